@@ -1,0 +1,217 @@
+package backend
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/url"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
+)
+
+// File is a store in a directory: each key is a file under the root, each
+// '/'-separated segment a directory. Writes are atomic and durable (write a
+// hidden temporary file, fsync, rename, fsync the directory). PutIf holds an
+// exclusive lock on <root>/.lock across compare and write, so it is safe
+// between processes on one machine.
+type File struct {
+	fs   vfs.FS
+	root string
+}
+
+func init() {
+	Register("file", func(_ context.Context, u *url.URL) (Store, error) {
+		if u.Host != "" && u.Host != "localhost" {
+			return nil, fmt.Errorf("%w: file URL must be file:///absolute/path, got host %q", ErrInvalidURL, u.Host)
+		}
+		if !path.IsAbs(u.Path) {
+			return nil, fmt.Errorf("%w: file URL needs an absolute path: %q", ErrInvalidURL, u.String())
+		}
+		return NewFile(vfs.Default, u.Path)
+	})
+}
+
+// NewFile opens (creating if needed) a file store rooted at dir.
+func NewFile(fsys vfs.FS, dir string) (*File, error) {
+	if err := vfs.MkdirAllDurable(fsys, dir); err != nil {
+		return nil, fmt.Errorf("viperblock/backend: file store %s: %w", dir, err)
+	}
+	return &File{fs: fsys, root: filepath.Clean(dir)}, nil
+}
+
+func (f *File) path(key string) string { return filepath.Join(f.root, filepath.FromSlash(key)) }
+
+func notFound(err error, key string) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %s", ErrNotFound, key)
+	}
+	return err
+}
+
+func (f *File) Get(_ context.Context, key string) ([]byte, Version, error) {
+	if err := ValidateKey(key); err != nil {
+		return nil, "", err
+	}
+	d, err := vfs.ReadFile(f.fs, f.path(key))
+	if err != nil {
+		return nil, "", notFound(err, key)
+	}
+	return d, version(d), nil
+}
+
+func (f *File) GetRange(_ context.Context, key string, off, n int64) ([]byte, error) {
+	if err := ValidateKey(key); err != nil {
+		return nil, err
+	}
+	fh, err := f.fs.Open(f.path(key))
+	if err != nil {
+		return nil, notFound(err, key)
+	}
+	defer fh.Close()
+	if off < 0 || n < 0 {
+		return nil, fmt.Errorf("%w: %s [%d,+%d)", ErrRange, key, off, n)
+	}
+	buf := make([]byte, n)
+	m, err := fh.ReadAt(buf, off)
+	if m < len(buf) {
+		if err == nil || err == io.EOF {
+			return nil, fmt.Errorf("%w: %s [%d,+%d)", ErrRange, key, off, n)
+		}
+		return nil, err
+	}
+	return buf, nil
+}
+
+func (f *File) Put(_ context.Context, key string, data []byte) error {
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	return f.write(key, data)
+}
+
+func (f *File) write(key string, data []byte) error {
+	p := f.path(key)
+	dir := filepath.Dir(p)
+	if err := vfs.MkdirAllDurable(f.fs, dir); err != nil {
+		return err
+	}
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	tmp := filepath.Join(dir, "."+filepath.Base(p)+".tmp-"+hex.EncodeToString(rnd[:]))
+	fh, err := f.fs.Create(tmp)
+	if err != nil {
+		return err
+	}
+	if _, err = fh.Write(data); err == nil {
+		err = fh.Sync()
+	}
+	if cerr := fh.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = f.fs.Rename(tmp, p)
+	}
+	if err != nil {
+		_ = f.fs.Remove(tmp)
+		return fmt.Errorf("viperblock/backend: put %s: %w", key, err)
+	}
+	return vfs.SyncDir(f.fs, dir)
+}
+
+func (f *File) PutIf(_ context.Context, key string, data []byte, ifMatch Version) (Version, error) {
+	if err := ValidateKey(key); err != nil {
+		return "", err
+	}
+	l, err := f.fs.Lock(filepath.Join(f.root, ".lock"))
+	if err != nil {
+		return "", fmt.Errorf("viperblock/backend: lock %s: %w", f.root, err)
+	}
+	defer l.Close()
+	cur, err := vfs.ReadFile(f.fs, f.path(key))
+	exists := err == nil
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	switch {
+	case ifMatch == "" && exists:
+		return "", fmt.Errorf("%w: %s exists", ErrPrecondition, key)
+	case ifMatch != "" && (!exists || version(cur) != ifMatch):
+		return "", fmt.Errorf("%w: %s", ErrPrecondition, key)
+	}
+	if err := f.write(key, data); err != nil {
+		return "", err
+	}
+	return version(data), nil
+}
+
+func (f *File) Delete(_ context.Context, key string) error {
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	p := f.path(key)
+	if err := f.fs.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return vfs.SyncDir(f.fs, filepath.Dir(p))
+}
+
+func (f *File) List(_ context.Context, prefix string) ([]string, error) {
+	if err := validPrefix(prefix); err != nil {
+		return nil, err
+	}
+	// Walk from the deepest directory the prefix names in full.
+	start := ""
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
+		start = prefix[:i]
+	}
+	var keys []string
+	var walk func(rel string) error
+	walk = func(rel string) error {
+		names, err := f.fs.ReadDir(f.path(rel))
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		for _, n := range names {
+			if strings.HasPrefix(n, ".") {
+				continue
+			}
+			k := n
+			if rel != "" {
+				k = rel + "/" + n
+			}
+			if !strings.HasPrefix(k, prefix) && !strings.HasPrefix(prefix, k+"/") {
+				continue
+			}
+			isDir, err := f.fs.Stat(f.path(k))
+			if err != nil {
+				continue
+			}
+			if isDir {
+				if err := walk(k); err != nil {
+					return err
+				}
+			} else if strings.HasPrefix(k, prefix) {
+				keys = append(keys, k)
+			}
+		}
+		return nil
+	}
+	if start == "" {
+		err := walk("")
+		return keys, err
+	}
+	err := walk(start)
+	return keys, err
+}
+
+func (f *File) Close() error { return nil }

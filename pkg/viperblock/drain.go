@@ -1,0 +1,352 @@
+package viperblock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/blockmap"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/cache"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/chunk"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/manifest"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/wal"
+)
+
+// Drain pushes everything written so far to the backend and commits it.
+func (v *Volume) Drain(ctx context.Context) error {
+	if v.opts.ReadOnly {
+		return nil
+	}
+	if err := v.checkWritable(); err != nil {
+		return err
+	}
+	return v.drain(ctx)
+}
+
+// seal closes the active segment of every shard that has records, so that
+// the sealed segments hold exactly the records with sequence numbers up to
+// the returned high-water mark. It returns every sealed segment.
+func (v *Volume) seal() ([]*segment, uint64) {
+	for i := range v.shards {
+		v.shards[i].mu.Lock()
+	}
+	v.gen++
+	var segs []*segment
+	for i := range v.shards {
+		sh := &v.shards[i]
+		if sh.seg.size > 0 {
+			sh.sealed = append(sh.sealed, sh.seg)
+			sh.seg = v.newSegment(i, v.gen)
+		}
+		segs = append(segs, sh.sealed...)
+	}
+	hw := v.seq.Load()
+	for i := range v.shards {
+		v.shards[i].mu.Unlock()
+	}
+	return segs, hw
+}
+
+type drained struct {
+	seq  uint64
+	data []byte
+}
+
+// drain is Drain without the state check (Close uses it).
+func (v *Volume) drain(ctx context.Context) error {
+	v.drainMu.Lock()
+	defer v.drainMu.Unlock()
+	if v.state.Load() == stateFenced {
+		return fmt.Errorf("%w: %s", ErrFenced, v.name)
+	}
+	segs, hw := v.seal()
+	if len(segs) == 0 && !v.dirty {
+		return nil
+	}
+	start := time.Now()
+
+	// Newest record of each block, and the trims, among the sealed records
+	// not yet committed.
+	writes := map[uint64]drained{}
+	var trims []trimRange
+	trimSeen := map[uint64]bool{}
+	var segBytes int64
+	for _, seg := range segs {
+		segBytes += seg.size
+		for _, sl := range seg.slabs {
+			for off := 0; off < sl.used; {
+				r := wal.ParseTrusted(sl.buf[off:])
+				off += wal.RecordLen(r.Type)
+				if r.Seq <= v.man.SeqHW {
+					continue
+				}
+				if r.Type == wal.TypeBlock {
+					if cur, ok := writes[r.Block]; !ok || r.Seq > cur.seq {
+						writes[r.Block] = drained{r.Seq, r.Data}
+					}
+				} else if !trimSeen[r.Seq] {
+					trimSeen[r.Seq] = true
+					trims = append(trims, trimRange{r.Block, uint64(r.Count), r.Seq})
+				}
+			}
+		}
+	}
+	// A trim newer than a block's write wins over it.
+	for b, w := range writes {
+		for _, t := range trims {
+			if t.seq > w.seq && b >= t.start && b < t.start+t.count {
+				delete(writes, b)
+				break
+			}
+		}
+	}
+	maxBlock := uint64(v.size.Load() / BlockSize)
+	blocks := make([]uint64, 0, len(writes))
+	for b := range writes {
+		if b < maxBlock {
+			blocks = append(blocks, b)
+		}
+	}
+	sort.Slice(blocks, func(i, j int) bool { return blocks[i] < blocks[j] })
+
+	// Pack and upload chunks.
+	var ops []blockmap.Extent
+	var placed []cache.Key // placed[i] is where blocks[i] went
+	newSizes := map[uint64]uint32{}
+	var bld chunk.Builder
+	for i := 0; i < len(blocks); i += chunk.MaxBlocks {
+		part := blocks[i:min(i+chunk.MaxBlocks, len(blocks))]
+		bld.Reset()
+		for _, b := range part {
+			bld.Add(b, writes[b].seq, writes[b].data)
+		}
+		v.chunkSeq++
+		id := v.epoch<<40 | v.chunkSeq
+		obj := bld.Finish(v.name, id)
+		if err := v.crashPoint("drain.before-chunk-put"); err != nil {
+			return err
+		}
+		if err := v.store.Put(ctx, chunkKey(v.name, id), obj); err != nil {
+			return v.drainFailed(fmt.Errorf("viperblock: upload chunk %016x: %w", id, err))
+		}
+		v.stats.chunksPut.Add(1)
+		v.stats.bytesDrained.Add(uint64(len(obj)))
+		newSizes[id] = uint32(len(part))
+		for j, b := range part {
+			ops = appendExtent(ops, blockmap.Extent{Start: b, Count: 1, Chunk: id, Off: uint32(j)})
+			placed = append(placed, cache.Key{Chunk: id, Index: uint32(j)})
+		}
+	}
+
+	// The new map: the old one, minus the trims, plus the new writes.
+	m := v.bmap.Load()
+	if len(trims) > 0 {
+		m = m.Overlay(clearOps(trims, maxBlock))
+	}
+	if len(ops) > 0 {
+		m = m.Overlay(ops)
+	}
+	next := *v.man
+	next.Size = v.size.Load()
+	next.SeqHW = max(hw, v.man.SeqHW)
+	next.Extents = m.Extents()
+	sizes := make(map[uint64]uint32, len(v.chunkSize)+len(newSizes))
+	for id, n := range v.chunkSize {
+		sizes[id] = n
+	}
+	for id, n := range newSizes {
+		sizes[id] = n
+	}
+	next.SetChunks(sizes)
+	if err := v.crashPoint("drain.before-commit"); err != nil {
+		return err
+	}
+	ver, err := v.store.PutIf(ctx, manifestKey(v.name), manifest.Encode(&next), v.manVer)
+	if err != nil {
+		if errors.Is(err, backend.ErrPrecondition) {
+			return v.fence(err)
+		}
+		return v.drainFailed(fmt.Errorf("viperblock: commit manifest: %w", err))
+	}
+	if err := v.crashPoint("drain.after-commit"); err != nil {
+		return err
+	}
+
+	// Committed. Publish the new map, then retire what it now holds.
+	var dropped []uint64
+	live := map[uint64]bool{}
+	for _, c := range next.Chunks {
+		live[c.ID] = true
+	}
+	for id := range sizes {
+		if !live[id] {
+			dropped = append(dropped, id)
+		}
+	}
+	v.chunkSize = map[uint64]uint32{}
+	for _, c := range next.Chunks {
+		v.chunkSize[c.ID] = c.Blocks
+		v.idx.setSize(c.ID, c.Blocks)
+	}
+	v.man, v.manVer, v.dirty = &next, ver, false
+	v.bmap.Store(m)
+	for i, b := range blocks {
+		v.cache.Put(placed[i], writes[b].data)
+	}
+	// Trims first, then block entries: a reader never finds neither the
+	// newest data nor the hole.
+	if len(trims) > 0 {
+		v.trimMu.Lock()
+		keep := v.trims[:0]
+		for _, t := range v.trims {
+			if t.seq > next.SeqHW {
+				keep = append(keep, t)
+			}
+		}
+		v.trims = keep
+		v.hasTrims.Store(len(keep) > 0)
+		v.trimMu.Unlock()
+	}
+	// Drop the block store entries that point into the drained segments:
+	// those blocks now read through the new map.
+	for _, seg := range segs {
+		sh := &v.shards[seg.shard]
+		sh.mu.Lock()
+		for _, sl := range seg.slabs {
+			for off := 0; off < sl.used; {
+				r := wal.ParseTrusted(sl.buf[off:])
+				off += wal.RecordLen(r.Type)
+				if r.Type == wal.TypeBlock {
+					if e, ok := sh.blocks[r.Block]; ok && e.sl == sl && e.off == off-wal.BlockRecordLen {
+						delete(sh.blocks, r.Block)
+					}
+				}
+			}
+		}
+		k := 0
+		for _, s := range sh.sealed {
+			if !containsSeg(segs, s) {
+				sh.sealed[k] = s
+				k++
+			}
+		}
+		clear(sh.sealed[k:])
+		sh.sealed = sh.sealed[:k]
+		sh.mu.Unlock()
+		v.retire(seg)
+	}
+	v.pending.Add(-segBytes)
+	v.wakeWaiters()
+	for _, id := range dropped {
+		if err := v.store.Delete(ctx, chunkKey(v.name, id)); err != nil {
+			v.log.Warn("could not delete unreferenced chunk; GC will retry", "volume", v.name, "chunk", fmt.Sprintf("%016x", id), "err", err)
+		}
+	}
+	v.stats.drains.Add(1)
+	v.lastErr.Store(nil)
+	v.log.Debug("drained", "volume", v.name, "blocks", len(blocks), "trims", len(trims), "seq", next.SeqHW, "took", time.Since(start))
+	return nil
+}
+
+func containsSeg(l []*segment, s *segment) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func appendExtent(ops []blockmap.Extent, e blockmap.Extent) []blockmap.Extent {
+	if n := len(ops); n > 0 {
+		l := &ops[n-1]
+		if l.End() == e.Start && l.Chunk == e.Chunk && l.Off+l.Count == e.Off {
+			l.Count++
+			return ops
+		}
+	}
+	return append(ops, e)
+}
+
+// clearOps turns trims into sorted, non-overlapping clearing operations.
+func clearOps(trims []trimRange, maxBlock uint64) []blockmap.Extent {
+	t := append([]trimRange(nil), trims...)
+	sortTrims(t)
+	var ops []blockmap.Extent
+	for _, r := range t {
+		s, e := r.start, min(r.start+r.count, maxBlock)
+		if s >= e {
+			continue
+		}
+		if n := len(ops); n > 0 && ops[n-1].End() >= s {
+			if e <= ops[n-1].End() {
+				continue
+			}
+			if e-ops[n-1].Start <= maxTrim {
+				ops[n-1].Count = uint32(e - ops[n-1].Start)
+				continue
+			}
+			s = ops[n-1].End()
+		}
+		ops = append(ops, blockmap.Extent{Start: s, Count: uint32(e - s)})
+	}
+	return ops
+}
+
+func (v *Volume) drainFailed(err error) error {
+	v.stats.drainErrors.Add(1)
+	v.lastErr.Store(&err)
+	return err
+}
+
+// fence marks the volume as taken over by another owner.
+func (v *Volume) fence(cause error) error {
+	v.state.CompareAndSwap(stateOpen, stateFenced)
+	err := fmt.Errorf("%w: %s: the manifest changed under us (%v); writes now fail", ErrFenced, v.name, cause)
+	v.lastErr.Store(&err)
+	v.log.Error("volume fenced: another owner took it over", "volume", v.name, "epoch", v.epoch)
+	v.wakeWaiters()
+	return err
+}
+
+// drainLoop drains on a timer, when enough is pending, and retries with
+// backoff after failures.
+func (v *Volume) drainLoop() {
+	defer v.done.Done()
+	t := time.NewTicker(v.opts.DrainInterval)
+	defer t.Stop()
+	backoff := 100 * time.Millisecond
+	for {
+		select {
+		case <-v.stop:
+			return
+		case <-t.C:
+		case <-v.kick:
+		}
+		if v.pending.Load() == 0 {
+			continue
+		}
+		err := v.drain(context.Background())
+		if err == nil {
+			backoff = 100 * time.Millisecond
+			continue
+		}
+		if errors.Is(err, ErrFenced) || errors.Is(err, errCrash) {
+			return
+		}
+		v.log.Warn("drain failed; retrying", "volume", v.name, "err", err, "backoff", backoff)
+		select {
+		case <-v.stop:
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+		v.kickDrain()
+	}
+}
+
+// errCrash is returned by test crash points.
+var errCrash = errors.New("viperblock: simulated crash")

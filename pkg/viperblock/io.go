@@ -1,0 +1,425 @@
+package viperblock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/blockmap"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/cache"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/wal"
+)
+
+func (v *Volume) checkRange(n int, off int64) error {
+	if off < 0 || n < 0 || off+int64(n) > v.size.Load() || off+int64(n) < off {
+		return fmt.Errorf("%w: [%d, +%d) of %d bytes", ErrOutOfRange, off, n, v.size.Load())
+	}
+	return nil
+}
+
+// WriteAt writes p at off. It returns once the data is in memory; Flush
+// makes it durable. Writes that do not cover whole blocks read, modify and
+// write the blocks they touch.
+func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
+	v.ops.RLock()
+	defer v.ops.RUnlock()
+	if err := v.checkWritable(); err != nil {
+		return 0, err
+	}
+	if err := v.walErr(); err != nil {
+		return 0, err
+	}
+	if err := v.checkRange(len(p), off); err != nil {
+		return 0, err
+	}
+	if err := v.throttle(); err != nil {
+		return 0, err
+	}
+	done := 0
+	for done < len(p) {
+		b := uint64(off / BlockSize)
+		in := int(off % BlockSize)
+		n := min(BlockSize-in, len(p)-done)
+		if in == 0 && n == BlockSize {
+			v.appendBlock(b, p[done:done+BlockSize])
+		} else if err := v.rmw(b, in, p[done:done+n]); err != nil {
+			return done, err
+		}
+		done += n
+		off += int64(n)
+	}
+	v.stats.writes.Add(1)
+	if v.pending.Load() >= v.opts.DrainBytes {
+		v.kickDrain()
+	}
+	return done, nil
+}
+
+// rmw writes part of a block: read it, patch it, log it whole. A stripe lock
+// keeps two partial writes to one block from losing each other's bytes.
+func (v *Volume) rmw(b uint64, in int, p []byte) error {
+	mu := &v.rmwMu[b%uint64(len(v.rmwMu))]
+	mu.Lock()
+	defer mu.Unlock()
+	var buf [BlockSize]byte
+	if err := v.readBlocks(context.Background(), b, buf[:]); err != nil {
+		return err
+	}
+	copy(buf[in:], p)
+	v.appendBlock(b, buf[:])
+	return nil
+}
+
+func (v *Volume) kickDrain() {
+	select {
+	case v.kick <- struct{}{}:
+	default:
+	}
+}
+
+// throttle makes a writer wait while too much data waits to be drained.
+func (v *Volume) throttle() error {
+	if v.pending.Load() < v.opts.MaxPendingBytes {
+		return nil
+	}
+	v.kickDrain()
+	v.waitMu.Lock()
+	defer v.waitMu.Unlock()
+	for v.pending.Load() >= v.opts.MaxPendingBytes {
+		if err := v.checkWritable(); err != nil {
+			return err
+		}
+		v.waitCond.Wait()
+	}
+	return nil
+}
+
+func (v *Volume) wakeWaiters() {
+	v.waitMu.Lock()
+	v.waitCond.Broadcast()
+	v.waitMu.Unlock()
+}
+
+// ReadAt reads len(p) bytes at off.
+func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
+	v.ops.RLock()
+	defer v.ops.RUnlock()
+	if v.state.Load() == stateClosed {
+		return 0, ErrClosed
+	}
+	if err := v.checkRange(len(p), off); err != nil {
+		return 0, err
+	}
+	v.stats.reads.Add(1)
+	if len(p) == 0 {
+		return 0, nil
+	}
+	ctx := context.Background()
+	if off%BlockSize == 0 && len(p)%BlockSize == 0 {
+		if err := v.readBlocks(ctx, uint64(off/BlockSize), p); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	first := off / BlockSize
+	last := (off + int64(len(p)) - 1) / BlockSize
+	buf := make([]byte, (last-first+1)*BlockSize)
+	if err := v.readBlocks(ctx, uint64(first), buf); err != nil {
+		return 0, err
+	}
+	copy(p, buf[off-first*BlockSize:])
+	return len(p), nil
+}
+
+// miss is a block that must come from the backend.
+type miss struct {
+	key cache.Key
+	dst []byte
+	blk uint64
+}
+
+// readBlocks fills dst (whole blocks) starting at block first.
+func (v *Volume) readBlocks(ctx context.Context, first uint64, dst []byte) error {
+	var misses []miss
+	n := uint64(len(dst) / BlockSize)
+	for i := uint64(0); i < n; i++ {
+		d := dst[i*BlockSize : (i+1)*BlockSize]
+		if k, ok := v.resolve(first+i, d); ok {
+			misses = append(misses, miss{k, d, first + i})
+		}
+	}
+	if len(misses) == 0 {
+		return nil
+	}
+	err := v.fetch(ctx, misses)
+	if errors.Is(err, backend.ErrNotFound) {
+		// A drain or GC may have replaced the chunk after we looked the
+		// block up: resolve again against the newer map.
+		for _, m := range misses {
+			if k, ok := v.resolve(m.blk, m.dst); ok {
+				if err := v.fetch(ctx, []miss{{k, m.dst, m.blk}}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	return err
+}
+
+// resolve copies block b into dst if it is in memory, cached, or a hole;
+// otherwise it returns the chunk location to fetch.
+func (v *Volume) resolve(b uint64, dst []byte) (cache.Key, bool) {
+	sh := &v.shards[b&(nShards-1)]
+	sh.mu.Lock()
+	if e, ok := sh.blocks[b]; ok {
+		copy(dst, e.data())
+		sh.mu.Unlock()
+		return cache.Key{}, false
+	}
+	sh.mu.Unlock()
+	if v.hasTrims.Load() && v.trimmed(b) {
+		clear(dst)
+		return cache.Key{}, false
+	}
+	c, idx, ok := v.bmap.Load().Lookup(b)
+	if !ok {
+		clear(dst)
+		return cache.Key{}, false
+	}
+	k := cache.Key{Chunk: c, Index: idx}
+	if v.cache.Get(k, dst) {
+		return cache.Key{}, false
+	}
+	return k, true
+}
+
+// fetch reads missed blocks from the backend, one ranged read per run of
+// blocks that sit next to each other in one chunk, and verifies each.
+func (v *Volume) fetch(ctx context.Context, misses []miss) error {
+	for i := 0; i < len(misses); {
+		j := i + 1
+		for j < len(misses) && misses[j].key.Chunk == misses[i].key.Chunk && misses[j].key.Index == misses[j-1].key.Index+1 {
+			j++
+		}
+		if err := v.fetchRun(ctx, misses[i:j]); err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
+}
+
+func (v *Volume) fetchRun(ctx context.Context, run []miss) error {
+	c := run[0].key.Chunk
+	idx, err := v.chunkIndex(ctx, c)
+	if err != nil {
+		return err
+	}
+	first := run[0].key.Index
+	data, err := v.store.GetRange(ctx, chunkKey(v.name, c), chunkDataOffset(first), int64(len(run))*BlockSize)
+	v.stats.backendReads.Add(1)
+	if err != nil {
+		return fmt.Errorf("viperblock: read chunk %016x: %w", c, err)
+	}
+	for i, m := range run {
+		e := idx[int(m.key.Index)]
+		d := data[i*BlockSize : (i+1)*BlockSize]
+		if err := verifyBlock(d, e, m.blk); err != nil {
+			return fmt.Errorf("%w: volume %s chunk %016x: %v", ErrCorrupt, v.name, c, err)
+		}
+		copy(m.dst, d)
+		v.cache.Put(m.key, d)
+	}
+	return nil
+}
+
+// Trim discards the whole blocks inside [off, off+length): they read as
+// zeros and stop using space once drained. Partial blocks at the edges are
+// left alone (use Zero to zero them).
+func (v *Volume) Trim(off, length int64) error {
+	v.ops.RLock()
+	defer v.ops.RUnlock()
+	if err := v.checkWritable(); err != nil {
+		return err
+	}
+	if err := v.checkRange(0, off); err != nil {
+		return err
+	}
+	if length < 0 || off+length > v.size.Load() {
+		return fmt.Errorf("%w: trim [%d, +%d) of %d bytes", ErrOutOfRange, off, length, v.size.Load())
+	}
+	start := (off + BlockSize - 1) / BlockSize
+	end := (off + length) / BlockSize
+	if end <= start {
+		return nil
+	}
+	if err := v.throttle(); err != nil {
+		return err
+	}
+	// One trim record covers at most maxTrim blocks (a 32-bit count).
+	for b := uint64(start); b < uint64(end); b += maxTrim {
+		v.trim(b, min(maxTrim, uint64(end)-b))
+	}
+	return nil
+}
+
+// Zero makes [off, off+length) read as zeros: whole blocks by trimming
+// (metadata only), partial edge blocks by writing zeros.
+func (v *Volume) Zero(off, length int64) error {
+	if length == 0 {
+		return v.checkRange(0, off)
+	}
+	if err := v.checkRange(0, off); err != nil {
+		return err
+	}
+	if length < 0 || off+length > v.size.Load() {
+		return fmt.Errorf("%w: zero [%d, +%d) of %d bytes", ErrOutOfRange, off, length, v.size.Load())
+	}
+	end := off + length
+	var zeros [BlockSize]byte
+	if head := off % BlockSize; head != 0 {
+		n := min(BlockSize-head, length)
+		if _, err := v.WriteAt(zeros[:n], off); err != nil {
+			return err
+		}
+		off += n
+	}
+	if tail := end % BlockSize; tail != 0 && end-tail >= off {
+		if _, err := v.WriteAt(zeros[:tail], end-tail); err != nil {
+			return err
+		}
+		end -= tail
+	}
+	if end > off {
+		return v.Trim(off, end-off)
+	}
+	return nil
+}
+
+const maxTrim = 1 << 30
+
+// trim logs a trim of count blocks from start in every shard it touches and
+// drops their undrained records from the block store.
+func (v *Volume) trim(start, count uint64) {
+	for i := range v.shards {
+		v.shards[i].mu.Lock()
+	}
+	seq := v.seq.Add(1)
+	var logged int64
+	for i := range v.shards {
+		sh := &v.shards[i]
+		if count < nShards && !shardTouched(start, count, i) {
+			continue
+		}
+		sl, off := v.reserve(sh, wal.HeaderSize)
+		wal.PutTrim(sl.buf[off:off+wal.HeaderSize], seq, start, uint32(count))
+		logged += wal.HeaderSize
+		dropRange(sh, start, count)
+	}
+	v.trimMu.Lock()
+	v.trims = append(v.trims, trimRange{start, count, seq})
+	v.hasTrims.Store(true)
+	v.trimMu.Unlock()
+	for i := range v.shards {
+		v.shards[i].mu.Unlock()
+	}
+	v.pending.Add(logged)
+	v.stats.trims.Add(1)
+}
+
+func shardTouched(start, count uint64, i int) bool {
+	for b := start; b < start+count; b++ {
+		if int(b&(nShards-1)) == i {
+			return true
+		}
+	}
+	return false
+}
+
+// dropRange removes block store entries in [start, start+count); sh.mu held.
+func dropRange(sh *shard, start, count uint64) {
+	if count/nShards > uint64(len(sh.blocks)) {
+		for b := range sh.blocks {
+			if b >= start && b < start+count {
+				delete(sh.blocks, b)
+			}
+		}
+		return
+	}
+	first := start + (uint64(sh.idx)-start%nShards+nShards)%nShards
+	for b := first; b < start+count; b += nShards {
+		delete(sh.blocks, b)
+	}
+}
+
+// trimmed reports whether an undrained trim covers block b.
+func (v *Volume) trimmed(b uint64) bool {
+	v.trimMu.RLock()
+	defer v.trimMu.RUnlock()
+	for _, t := range v.trims {
+		if b >= t.start && b < t.start+t.count {
+			return true
+		}
+	}
+	return false
+}
+
+// Extent is one run of a volume's address space, as reported by Extents.
+type Extent struct {
+	Offset, Length int64
+	// Zero is true for a hole: never written or trimmed; it reads as zeros.
+	Zero bool
+}
+
+// Extents describes [off, off+length) as a list of data and hole runs.
+func (v *Volume) Extents(off, length int64) ([]Extent, error) {
+	if err := v.checkRange(0, off); err != nil {
+		return nil, err
+	}
+	if length < 0 || off+length > v.size.Load() {
+		return nil, fmt.Errorf("%w: extents [%d, +%d)", ErrOutOfRange, off, length)
+	}
+	var out []Extent
+	add := func(o, l int64, zero bool) {
+		if n := len(out); n > 0 && out[n-1].Zero == zero && out[n-1].Offset+out[n-1].Length == o {
+			out[n-1].Length += l
+			return
+		}
+		out = append(out, Extent{o, l, zero})
+	}
+	if length == 0 {
+		return nil, nil
+	}
+	first := uint64(off / BlockSize)
+	last := uint64((off + length - 1) / BlockSize)
+	m := v.bmap.Load()
+	// Mapped blocks from the committed map, as a sorted list of ranges.
+	var mapped [][2]uint64
+	m.Range(first, last-first+1, func(e blockmap.Extent) { mapped = append(mapped, [2]uint64{e.Start, e.End()}) })
+	mi := 0
+	for b := first; b <= last; b++ {
+		for mi < len(mapped) && mapped[mi][1] <= b {
+			mi++
+		}
+		data := mi < len(mapped) && mapped[mi][0] <= b
+		sh := &v.shards[b&(nShards-1)]
+		sh.mu.Lock()
+		_, inMem := sh.blocks[b]
+		sh.mu.Unlock()
+		if inMem {
+			data = true
+		} else if data && v.hasTrims.Load() && v.trimmed(b) {
+			data = false
+		}
+		o := max(int64(b)*BlockSize, off)
+		e := min(int64(b+1)*BlockSize, off+length)
+		add(o, e-o, !data)
+	}
+	return out, nil
+}
+
+// sortTrims orders trims by start.
+func sortTrims(t []trimRange) { sort.Slice(t, func(i, j int) bool { return t[i].start < t[j].start }) }

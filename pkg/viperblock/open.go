@@ -1,0 +1,387 @@
+package viperblock
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/blockmap"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/cache"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/manifest"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/wal"
+)
+
+// Open opens a volume. A writable open (the default) takes ownership of the
+// volume by bumping its epoch in the backend, and replays the WAL this node
+// left if no other owner has committed since.
+func Open(ctx context.Context, store backend.Store, name string, opts Options) (*Volume, error) {
+	opts.setDefaults()
+	m, ver, err := readManifest(ctx, store, name)
+	if err != nil {
+		return nil, err
+	}
+	v := &Volume{
+		name: name, store: store, opts: opts, log: opts.Logger.With("volume", name), fs: opts.FS,
+		man: m, manVer: ver, chunkSize: map[uint64]uint32{}, epoch: m.Epoch, owner: m.Owner,
+		kick: make(chan struct{}, 1), writeback: make(chan *segment, 64), stop: make(chan struct{}),
+	}
+	v.waitCond = sync.NewCond(&v.waitMu)
+	v.idx.max = 1024
+	v.cache = cache.New(opts.CacheBlocks)
+	v.size.Store(m.Size)
+	v.seq.Store(m.SeqHW)
+	v.bmap.Store(blockmap.New(m.Extents))
+	for _, c := range m.Chunks {
+		v.chunkSize[c.ID] = c.Blocks
+		v.idx.setSize(c.ID, c.Blocks)
+	}
+	for i := range v.shards {
+		v.shards[i] = shard{idx: i, blocks: map[uint64]entry{}}
+	}
+	if opts.ReadOnly {
+		return v, nil
+	}
+	if opts.WALDir == "" {
+		return nil, ErrNeedsWALDir
+	}
+	v.wdir = filepath.Join(opts.WALDir, name)
+	if err := v.openWAL(ctx); err != nil {
+		if v.lock != nil {
+			v.lock.Close()
+		}
+		return nil, err
+	}
+	v.done.Add(2)
+	go v.drainLoop()
+	go v.writebackLoop()
+	if v.pending.Load() > 0 {
+		v.kickDrain()
+	}
+	return v, nil
+}
+
+func (v *Volume) openWAL(ctx context.Context) error {
+	if err := vfs.MkdirAllDurable(v.fs, v.wdir); err != nil {
+		return fmt.Errorf("viperblock: WAL directory: %w", err)
+	}
+	lock, err := v.fs.TryLock(filepath.Join(v.wdir, ".lock"))
+	if err != nil {
+		if errors.Is(err, vfs.ErrLocked) {
+			return fmt.Errorf("%w: %s (WAL %s)", ErrInUse, v.name, v.wdir)
+		}
+		return err
+	}
+	v.lock = lock
+	m := v.man
+	own, _, err := readOwner(v.fs, v.wdir)
+	if err != nil {
+		return err
+	}
+	segFiles, err := v.listSegments()
+	if err != nil {
+		return err
+	}
+	if len(segFiles) > 0 && !own.owns(m.Epoch, m.Owner) {
+		if err := v.quarantine(segFiles); err != nil {
+			return err
+		}
+		segFiles = nil
+	}
+	// Read and verify the WAL before taking ownership, so a corrupt WAL
+	// leaves the backend untouched.
+	if err := v.replay(segFiles); err != nil {
+		return err
+	}
+	var nonce [16]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return err
+	}
+	newEpoch := m.Epoch + 1
+	if newEpoch >= 1<<24 {
+		return fmt.Errorf("%w: epoch space of %s exhausted", ErrBackendState, v.name)
+	}
+	if err := writeOwner(v.fs, v.wdir, ownerRecord{epoch: m.Epoch, nonce: m.Owner, pendingEpoch: newEpoch, pendingNonce: nonce}); err != nil {
+		return fmt.Errorf("viperblock: write OWNER: %w", err)
+	}
+	if err := v.crashPoint("open.before-epoch-commit"); err != nil {
+		return err
+	}
+	next := *m
+	next.Epoch, next.Owner = newEpoch, nonce
+	ver, err := v.store.PutIf(ctx, manifestKey(v.name), manifest.Encode(&next), v.manVer)
+	if err != nil {
+		if errors.Is(err, backend.ErrPrecondition) {
+			return fmt.Errorf("%w: %s: another writer opened it at the same time", ErrFenced, v.name)
+		}
+		return fmt.Errorf("viperblock: take ownership of %s: %w", v.name, err)
+	}
+	if err := v.crashPoint("open.after-epoch-commit"); err != nil {
+		return err
+	}
+	if err := writeOwner(v.fs, v.wdir, ownerRecord{epoch: newEpoch, nonce: nonce}); err != nil {
+		return fmt.Errorf("viperblock: write OWNER: %w", err)
+	}
+	v.man, v.manVer, v.epoch, v.owner = &next, ver, newEpoch, nonce
+	v.gen++
+	for i := range v.shards {
+		v.shards[i].seg = v.newSegment(i, v.gen)
+	}
+	return nil
+}
+
+type segFile struct {
+	shard int
+	gen   uint64
+	path  string
+}
+
+func (v *Volume) listSegments() ([]segFile, error) {
+	var out []segFile
+	for i := 0; i < nShards; i++ {
+		dir := v.shardDir(i)
+		if err := vfs.MkdirAllDurable(v.fs, dir); err != nil {
+			return nil, err
+		}
+		names, err := v.fs.ReadDir(dir)
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range names {
+			g, ok := strings.CutSuffix(n, ".wal")
+			if !ok {
+				continue
+			}
+			gen, err := strconv.ParseUint(g, 16, 64)
+			if err != nil {
+				return nil, fmt.Errorf("%w: unexpected WAL file %s", ErrCorrupt, filepath.Join(dir, n))
+			}
+			out = append(out, segFile{i, gen, filepath.Join(dir, n)})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].shard != out[j].shard {
+			return out[i].shard < out[j].shard
+		}
+		return out[i].gen < out[j].gen
+	})
+	return out, nil
+}
+
+// quarantine moves a stale WAL (written by an owner whose epoch another node
+// has since superseded) out of the way, keeping it for inspection.
+func (v *Volume) quarantine(files []segFile) error {
+	dir := filepath.Join(v.wdir, fmt.Sprintf("stale-%d", time.Now().UnixNano()))
+	if err := vfs.MkdirAllDurable(v.fs, dir); err != nil {
+		return err
+	}
+	for _, f := range files {
+		if err := v.fs.Rename(f.path, filepath.Join(dir, fmt.Sprintf("%02d-%s", f.shard, filepath.Base(f.path)))); err != nil {
+			return err
+		}
+	}
+	for i := 0; i < nShards; i++ {
+		if err := vfs.SyncDir(v.fs, v.shardDir(i)); err != nil {
+			return err
+		}
+	}
+	if err := vfs.SyncDir(v.fs, dir); err != nil {
+		return err
+	}
+	v.log.Warn("WAL superseded by another owner's commits: its unuploaded writes are not replayed; kept for inspection",
+		"segments", len(files), "dir", dir, "epoch", v.man.Epoch)
+	return nil
+}
+
+// replay reads the WAL segments back into memory as sealed segments, so the
+// block store serves their data and the next drain uploads it.
+func (v *Volume) replay(files []segFile) error {
+	type rec struct {
+		seg *segment
+		sl  *slab
+		off int
+		r   wal.Record
+	}
+	var writes []rec
+	hw := v.man.SeqHW
+	for _, f := range files {
+		data, err := vfs.ReadFile(v.fs, f.path)
+		if err != nil {
+			return fmt.Errorf("viperblock: read WAL %s: %w", f.path, err)
+		}
+		h, hlen, err := wal.DecodeSegmentHeader(data)
+		if errors.Is(err, wal.ErrTornTail) {
+			// Created, header never fully written: nothing in it was flushed.
+			v.log.Warn("WAL segment with a torn header discarded", "file", f.path)
+			if err := v.fs.Remove(f.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%w: WAL %s: %v", ErrCorrupt, f.path, err)
+		}
+		if h.Volume != v.name || int(h.Shard) != f.shard {
+			return fmt.Errorf("%w: WAL %s belongs to volume %q shard %d", ErrCorrupt, f.path, h.Volume, h.Shard)
+		}
+		body := data[hlen:]
+		sl := &slab{buf: body}
+		seg := &segment{shard: f.shard, gen: f.gen, path: f.path, recovered: true, slabs: []*slab{sl}}
+		off := 0
+		for {
+			r, n, err := wal.Decode(body[off:])
+			if err == nil {
+				if r.Seq > hw {
+					if r.Type == wal.TypeBlock {
+						writes = append(writes, rec{seg, sl, off, r})
+					} else {
+						v.trims = append(v.trims, trimRange{r.Block, uint64(r.Count), r.Seq})
+					}
+				}
+				v.seq.Store(max(v.seq.Load(), r.Seq))
+				off += n
+				v.stats.replayed.Add(1)
+				continue
+			}
+			if err == io.EOF {
+				break
+			}
+			if errors.Is(err, wal.ErrTornTail) {
+				v.log.Warn("WAL torn tail discarded (writes never flushed)", "file", f.path, "offset", int64(hlen+off), "bytes", len(body)-off)
+				break
+			}
+			return fmt.Errorf("%w: WAL %s at offset %d: %v", ErrCorrupt, f.path, hlen+off, err)
+		}
+		sl.used = off
+		seg.size = int64(off)
+		seg.written = int64(off)
+		seg.synced.Store(int64(off))
+		sh := &v.shards[f.shard]
+		sh.sealed = append(sh.sealed, seg)
+		v.pending.Add(int64(off))
+		v.gen = max(v.gen, f.gen)
+	}
+	sort.Slice(v.trims, func(i, j int) bool { return v.trims[i].seq < v.trims[j].seq })
+	v.hasTrims.Store(len(v.trims) > 0)
+	for _, w := range writes {
+		if w.r.Block >= uint64(v.size.Load()/BlockSize) {
+			continue
+		}
+		covered := false
+		for _, t := range v.trims {
+			if t.seq > w.r.Seq && w.r.Block >= t.start && w.r.Block < t.start+t.count {
+				covered = true
+				break
+			}
+		}
+		if covered {
+			continue
+		}
+		sh := &v.shards[w.r.Block&(nShards-1)]
+		if e, ok := sh.blocks[w.r.Block]; !ok || e.seq < w.r.Seq {
+			sh.blocks[w.r.Block] = entry{seq: w.r.Seq, sl: w.sl, off: w.off}
+		}
+	}
+	if len(files) > 0 {
+		v.log.Info("WAL replayed", "segments", len(files), "records", v.stats.replayed.Load(), "pending_bytes", v.pending.Load())
+	}
+	return nil
+}
+
+// Close drains the volume to the backend and releases it. If the drain
+// fails, the data stays in the flushed WAL and Close returns the error; the
+// volume can be reopened on this node to retry.
+func (v *Volume) Close() error {
+	prev := v.state.Swap(stateClosed)
+	if prev == stateClosed {
+		return nil
+	}
+	v.wakeWaiters()
+	v.ops.Lock() // wait for in-flight I/O
+	v.ops.Unlock()
+	if v.opts.ReadOnly {
+		return nil
+	}
+	close(v.stop)
+	v.done.Wait()
+	var err error
+	if prev == stateFenced {
+		err = fmt.Errorf("%w: %s: writes since the last commit were not uploaded", ErrFenced, v.name)
+	} else {
+		err = v.flush()
+		if err == nil {
+			err = v.closeDrain()
+		}
+	}
+	for i := range v.shards {
+		sh := &v.shards[i]
+		for _, seg := range append(sh.sealed, sh.seg) {
+			seg.io.Lock()
+			if seg.f != nil {
+				seg.f.Close()
+				seg.f = nil
+			}
+			seg.dead = true
+			seg.io.Unlock()
+		}
+	}
+	if v.lock != nil {
+		v.lock.Close()
+	}
+	return err
+}
+
+// closeDrain drains with a few retries for passing backend faults.
+func (v *Volume) closeDrain() error {
+	var err error
+	backoff := 200 * time.Millisecond
+	for attempt := 0; attempt < 5; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		err = v.drain(ctx)
+		cancel()
+		if err == nil || errors.Is(err, ErrFenced) || errors.Is(err, errCrash) {
+			return err
+		}
+		v.log.Warn("drain at close failed; retrying", "err", err)
+		time.Sleep(backoff)
+		backoff *= 2
+	}
+	return fmt.Errorf("viperblock: %s: drain at close failed, data kept in the WAL at %s: %w", v.name, v.wdir, err)
+}
+
+// Resize grows the volume to size bytes (rounded up to 4 KiB) and commits
+// the new size. Shrinking is refused.
+func (v *Volume) Resize(ctx context.Context, size int64) error {
+	if err := v.checkWritable(); err != nil {
+		return err
+	}
+	size = roundSize(size)
+	v.drainMu.Lock()
+	cur := v.size.Load()
+	if size < cur {
+		v.drainMu.Unlock()
+		return fmt.Errorf("%w: cannot shrink %s from %d to %d bytes", ErrInvalidArg, v.name, cur, size)
+	}
+	if size > 1<<50 {
+		v.drainMu.Unlock()
+		return fmt.Errorf("%w: size %d exceeds 1 PiB", ErrInvalidArg, size)
+	}
+	if size == cur {
+		v.drainMu.Unlock()
+		return nil
+	}
+	v.size.Store(size)
+	v.dirty = true
+	v.drainMu.Unlock()
+	return v.drain(ctx)
+}

@@ -1,0 +1,394 @@
+package viperblock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/blockmap"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/cache"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/manifest"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
+)
+
+// BlockSize is the volume block size.
+const BlockSize = 4096
+
+const nShards = 16
+
+// Sentinel errors. The engine wraps them with detail; callers test with
+// errors.Is and map them to their own protocol's codes.
+var (
+	ErrNotFound     = errors.New("viperblock: volume not found")
+	ErrExists       = errors.New("viperblock: volume already exists")
+	ErrInvalidName  = errors.New("viperblock: invalid volume name")
+	ErrInvalidArg   = errors.New("viperblock: invalid argument")
+	ErrOutOfRange   = errors.New("viperblock: I/O past the end of the volume")
+	ErrReadOnly     = errors.New("viperblock: volume is read-only")
+	ErrClosed       = errors.New("viperblock: volume is closed")
+	ErrFenced       = errors.New("viperblock: volume fenced: another owner opened it")
+	ErrInUse        = errors.New("viperblock: volume is open in another process on this node")
+	ErrCorrupt      = errors.New("viperblock: corrupt data")
+	ErrNeedsWALDir  = errors.New("viperblock: a writable volume needs a WAL directory")
+	ErrBackendState = errors.New("viperblock: backend holds an inconsistent state")
+)
+
+// Options configure a volume. The zero value is usable for a read-only open;
+// a writable open needs WALDir.
+type Options struct {
+	// WALDir is the node-local directory holding the write-ahead log; the
+	// volume's log lives in WALDir/<name>.
+	WALDir string
+	// FS is the filesystem for the WAL (default vfs.Default).
+	FS vfs.FS
+	// ReadOnly opens without taking ownership; writes fail with ErrReadOnly.
+	ReadOnly bool
+	// CacheBlocks sizes the read cache in blocks. If zero, CacheMemPercent
+	// of system memory is used; if both are zero, 64 MiB.
+	CacheBlocks     int
+	CacheMemPercent float64
+	// DrainInterval bounds how long written data waits before it is drained
+	// to the backend (default 5 s): the loss window when a node dies.
+	DrainInterval time.Duration
+	// DrainBytes starts a drain when this much is pending (default 64 MiB).
+	DrainBytes int64
+	// MaxPendingBytes is the most WAL data held before writers wait for a
+	// drain (default 512 MiB). Pending data is held in memory as well.
+	MaxPendingBytes int64
+	// Logger receives the engine's logs (default slog.Default()).
+	Logger *slog.Logger
+	// crash, when set by tests, is called at named crash points.
+	crash func(point string) error
+}
+
+func (o *Options) setDefaults() {
+	if o.FS == nil {
+		o.FS = vfs.Default
+	}
+	if o.CacheBlocks == 0 {
+		if o.CacheMemPercent > 0 {
+			o.CacheBlocks = cache.BlocksForMemPercent(o.CacheMemPercent, 16384)
+		} else {
+			o.CacheBlocks = 16384
+		}
+	}
+	if o.DrainInterval <= 0 {
+		o.DrainInterval = 5 * time.Second
+	}
+	if o.DrainBytes <= 0 {
+		o.DrainBytes = 64 << 20
+	}
+	if o.MaxPendingBytes <= 0 {
+		o.MaxPendingBytes = 512 << 20
+	}
+	if o.MaxPendingBytes < o.DrainBytes {
+		o.MaxPendingBytes = o.DrainBytes
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Volume is an open volume. All methods are safe for concurrent use.
+type Volume struct {
+	name  string
+	store backend.Store
+	opts  Options
+	log   *slog.Logger
+	fs    vfs.FS
+	wdir  string    // WALDir/<name>; empty when read-only
+	lock  io.Closer // WAL directory lock
+
+	size  atomic.Int64
+	seq   atomic.Uint64 // last assigned sequence number; assigned under a shard lock
+	gen   uint64        // current WAL generation; changed with every shard lock held
+	epoch uint64
+	owner [16]byte
+
+	shards [nShards]shard
+	rmwMu  [64]sync.Mutex // stripes serializing read-modify-write of partial blocks
+
+	bmap  atomic.Pointer[blockmap.Map] // committed extent map
+	cache *cache.LRU
+	idx   chunkIndexCache
+
+	trimMu   sync.RWMutex // guards trims
+	trims    []trimRange  // trims not yet drained, in sequence order
+	hasTrims atomic.Bool
+
+	drainMu   sync.Mutex // one drain at a time; guards the fields below
+	man       *manifest.Manifest
+	manVer    backend.Version
+	chunkSeq  uint64            // last chunk counter used in this epoch
+	chunkSize map[uint64]uint32 // block count of every chunk in man
+	dirty     bool              // metadata (size) changed since the last commit
+
+	pending   atomic.Int64 // WAL bytes not yet drained
+	waitMu    sync.Mutex   // guards waitCond's condition (pending, state)
+	waitCond  *sync.Cond
+	kick      chan struct{} // asks the drain loop for a drain now
+	writeback chan *segment // full slabs to write out
+	stop      chan struct{}
+	done      sync.WaitGroup
+
+	ops     sync.RWMutex // held shared by every I/O call, exclusively by Close
+	walFail atomic.Pointer[error]
+	state   atomic.Int32 // stateOpen, stateFenced, stateClosed
+	lastErr atomic.Pointer[error]
+
+	stats counters
+}
+
+const (
+	stateOpen int32 = iota
+	stateFenced
+	stateClosed
+)
+
+type trimRange struct {
+	start, count uint64
+	seq          uint64
+}
+
+// counters are the engine's statistics.
+type counters struct {
+	writes, reads, flushes, fsyncs, trims atomic.Uint64
+	drains, drainErrors, chunksPut        atomic.Uint64
+	bytesDrained, backendReads            atomic.Uint64
+	replayed                              atomic.Uint64
+}
+
+// Stats is a snapshot of a volume's counters and state.
+type Stats struct {
+	Name          string
+	Size          int64
+	Epoch         uint64
+	PendingBytes  int64 // written but not yet in the backend
+	Writes        uint64
+	Reads         uint64
+	Flushes       uint64
+	Fsyncs        uint64
+	Trims         uint64
+	Drains        uint64
+	DrainErrors   uint64
+	ChunksPut     uint64
+	BytesDrained  uint64
+	BackendReads  uint64
+	CacheHits     uint64
+	CacheMisses   uint64
+	Extents       int
+	Chunks        int
+	Replayed      uint64 // WAL records replayed at open
+	Fenced        bool
+	LastDrainErr  string
+	CommittedSeq  uint64
+	CurrentSeq    uint64
+	MappedBlocks  uint64
+	SealedPending int
+}
+
+func manifestKey(name string) string { return name + "/manifest" }
+func chunkKey(name string, id uint64) string {
+	return fmt.Sprintf("%s/chunks/%016x", name, id)
+}
+
+func validName(name string) error {
+	if err := backend.ValidateName(name); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidName, err)
+	}
+	return nil
+}
+
+// roundSize rounds a size up to whole blocks.
+func roundSize(size int64) int64 { return (size + BlockSize - 1) / BlockSize * BlockSize }
+
+// Create creates a volume of size bytes (rounded up to 4 KiB) and opens it.
+// It fails with ErrExists if the name is taken.
+func Create(ctx context.Context, store backend.Store, name string, size int64, opts Options) (*Volume, error) {
+	if err := CreateOnly(ctx, store, name, size); err != nil {
+		return nil, err
+	}
+	return Open(ctx, store, name, opts)
+}
+
+// CreateOnly creates a volume's manifest without opening it.
+func CreateOnly(ctx context.Context, store backend.Store, name string, size int64) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	if size <= 0 || size > 1<<50 {
+		return fmt.Errorf("%w: size %d must be between 1 byte and 1 PiB", ErrInvalidArg, size)
+	}
+	m := &manifest.Manifest{Name: name, Size: roundSize(size)}
+	if _, err := store.PutIf(ctx, manifestKey(name), manifest.Encode(m), ""); err != nil {
+		if errors.Is(err, backend.ErrPrecondition) {
+			return fmt.Errorf("%w: %s", ErrExists, name)
+		}
+		return fmt.Errorf("viperblock: create %s: %w", name, err)
+	}
+	return nil
+}
+
+// readManifest loads and verifies a volume's manifest.
+func readManifest(ctx context.Context, store backend.Store, name string) (*manifest.Manifest, backend.Version, error) {
+	if err := validName(name); err != nil {
+		return nil, "", err
+	}
+	b, ver, err := store.Get(ctx, manifestKey(name))
+	if err != nil {
+		if errors.Is(err, backend.ErrNotFound) {
+			return nil, "", fmt.Errorf("%w: %s", ErrNotFound, name)
+		}
+		return nil, "", fmt.Errorf("viperblock: read manifest of %s: %w", name, err)
+	}
+	m, err := manifest.Decode(b)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: volume %s: %v", ErrCorrupt, name, err)
+	}
+	if m.Name != name {
+		return nil, "", fmt.Errorf("%w: manifest under %s names volume %q", ErrCorrupt, name, m.Name)
+	}
+	return m, ver, nil
+}
+
+// Info describes a volume as committed in the backend.
+type Info struct {
+	Name         string
+	Size         int64
+	WrittenBytes int64 // bytes mapped to chunks
+	Extents      int
+	Chunks       int
+	ChunkBytes   int64 // bytes of all referenced chunks
+	Epoch        uint64
+	Parent       string
+	CommittedSeq uint64
+}
+
+// Inspect reads a volume's committed state from the backend.
+func Inspect(ctx context.Context, store backend.Store, name string) (Info, error) {
+	m, _, err := readManifest(ctx, store, name)
+	if err != nil {
+		return Info{}, err
+	}
+	inf := Info{Name: m.Name, Size: m.Size, Extents: len(m.Extents), Chunks: len(m.Chunks), Epoch: m.Epoch, Parent: m.Parent, CommittedSeq: m.SeqHW}
+	for _, e := range m.Extents {
+		inf.WrittenBytes += int64(e.Count) * BlockSize
+	}
+	for _, c := range m.Chunks {
+		inf.ChunkBytes += int64(c.Blocks) * BlockSize
+	}
+	return inf, nil
+}
+
+// List returns the names of the volumes in a store.
+func List(ctx context.Context, store backend.Store) ([]string, error) {
+	keys, err := store.List(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, k := range keys {
+		if n, ok := strings.CutSuffix(k, "/manifest"); ok && !strings.Contains(n, "/") {
+			names = append(names, n)
+		}
+	}
+	return names, nil
+}
+
+// Delete removes a volume's objects from the store: the manifest first (so
+// the volume is gone at once), then its chunks. The volume must not be open
+// for writing anywhere. Deleting a missing volume is ErrNotFound.
+func Delete(ctx context.Context, store backend.Store, name string) error {
+	if _, _, err := readManifest(ctx, store, name); err != nil {
+		return err
+	}
+	keys, err := store.List(ctx, name+"/chunks/")
+	if err != nil {
+		return err
+	}
+	if err := store.Delete(ctx, manifestKey(name)); err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := store.Delete(ctx, k); err != nil {
+			return fmt.Errorf("viperblock: delete %s: %w (the volume is gone; some chunks remain)", name, err)
+		}
+	}
+	return nil
+}
+
+// DeleteWAL removes a volume's local WAL directory (after the volume was
+// closed cleanly or deliberately abandoned).
+func DeleteWAL(fs vfs.FS, walDir, name string) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	if fs == nil {
+		fs = vfs.Default
+	}
+	return fs.RemoveAll(filepath.Join(walDir, name))
+}
+
+// Name returns the volume's name.
+func (v *Volume) Name() string { return v.name }
+
+// Size returns the volume's size in bytes.
+func (v *Volume) Size() int64 { return v.size.Load() }
+
+// Epoch returns the ownership epoch this open holds.
+func (v *Volume) Epoch() uint64 { return v.epoch }
+
+// Stats returns the volume's counters.
+func (v *Volume) Stats() Stats {
+	s := Stats{
+		Name: v.name, Size: v.Size(), Epoch: v.epoch, PendingBytes: v.pending.Load(),
+		Writes: v.stats.writes.Load(), Reads: v.stats.reads.Load(), Flushes: v.stats.flushes.Load(),
+		Fsyncs: v.stats.fsyncs.Load(), Trims: v.stats.trims.Load(), Drains: v.stats.drains.Load(),
+		DrainErrors: v.stats.drainErrors.Load(), ChunksPut: v.stats.chunksPut.Load(),
+		BytesDrained: v.stats.bytesDrained.Load(), BackendReads: v.stats.backendReads.Load(),
+		Replayed: v.stats.replayed.Load(), Fenced: v.state.Load() == stateFenced,
+		CurrentSeq: v.seq.Load(),
+	}
+	s.CacheHits, s.CacheMisses = v.cache.Stats()
+	m := v.bmap.Load()
+	s.Extents = m.Len()
+	s.MappedBlocks = m.Blocks()
+	if e := v.lastErr.Load(); e != nil {
+		s.LastDrainErr = (*e).Error()
+	}
+	for i := range v.shards {
+		sh := &v.shards[i]
+		sh.mu.Lock()
+		s.SealedPending += len(sh.sealed)
+		sh.mu.Unlock()
+	}
+	return s
+}
+
+func (v *Volume) checkWritable() error {
+	if v.opts.ReadOnly {
+		return ErrReadOnly
+	}
+	switch v.state.Load() {
+	case stateFenced:
+		return fmt.Errorf("%w: %s", ErrFenced, v.name)
+	case stateClosed:
+		return ErrClosed
+	}
+	return nil
+}
+
+func (v *Volume) crashPoint(name string) error {
+	if v.opts.crash != nil {
+		return v.opts.crash(name)
+	}
+	return nil
+}
