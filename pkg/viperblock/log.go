@@ -296,4 +296,3 @@ func (v *Volume) writebackLoop() {
 		}
 	}
 }
-

@@ -96,7 +96,6 @@ func (e errFS) MkdirAll(dir string, perm os.FileMode) error {
 	return e.FS.MkdirAll(dir, perm)
 }
 
-
 func (f errFile) Write(p []byte) (int, error) {
 	if err := f.inj(OpWrite, f.name); err != nil {
 		return 0, err
