@@ -385,3 +385,22 @@ func (v *Volume) Resize(ctx context.Context, size int64) error {
 	v.drainMu.Unlock()
 	return v.drain(ctx)
 }
+
+// abandon stops a volume as a crash would: no flush, no drain, nothing more
+// written. Tests use it with vfs.MemFS.CrashClone.
+func (v *Volume) abandon() {
+	if v.state.Swap(stateClosed) == stateClosed {
+		return
+	}
+	v.wakeWaiters()
+	v.ops.Lock()
+	v.ops.Unlock()
+	if v.opts.ReadOnly {
+		return
+	}
+	close(v.stop)
+	v.done.Wait()
+	if v.lock != nil {
+		v.lock.Close()
+	}
+}

@@ -1,6 +1,8 @@
 package viperblock_test
 
 import (
+	"io"
+	"log/slog"
 	"bytes"
 	"context"
 	"errors"
@@ -103,3 +105,7 @@ func TestBadInput(t *testing.T) {
 	}
 	_ = vfs.Default
 }
+
+type slogLogger = slog.Logger
+
+var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -272,8 +272,13 @@ func (fs *MemFS) CrashClone(rng *rand.Rand) *MemFS {
 		if n.isDir {
 			c := newDir()
 			seen[n] = c
-			for k, v := range n.durable {
-				c.entries[k] = clone(v)
+			names := make([]string, 0, len(n.durable))
+			for k := range n.durable {
+				names = append(names, k)
+			}
+			sort.Strings(names) // deterministic use of rng
+			for _, k := range names {
+				c.entries[k] = clone(n.durable[k])
 				c.durable[k] = c.entries[k]
 			}
 			return c
