@@ -1,0 +1,159 @@
+package vbplugin
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/viperblock/viperblock-csi/pkg/units"
+)
+
+// Environment variables read when the matching parameter is absent. The
+// store URL may carry secrets for some schemes, so vblock serve and the CSI
+// node plugin pass it here rather than on nbdkit's command line.
+const (
+	EnvStore  = "VBLOCK_STORE"
+	EnvWALDir = "VBLOCK_WAL_DIR"
+)
+
+// Config is the plugin's configuration, filled by nbdkit's config callbacks.
+// The parameters (documented for users in shim.c's config_help):
+//
+//	volume=NAME          the volume (the magic key: a bare NAME works)
+//	store=URL            object store; default $VBLOCK_STORE
+//	wal_dir=DIR          WAL directory; default $VBLOCK_WAL_DIR
+//	cache=N|N%|SIZE      read cache in blocks, % of memory, or bytes
+//	size=SIZE            create the volume if it is missing
+//	readonly=BOOL        open without ownership
+//	drain_interval=DUR   engine drain interval
+type Config struct {
+	Volume          string
+	Store           string
+	WALDir          string
+	CacheBlocks     int
+	CacheMemPercent float64
+	Size            int64 // create if missing when > 0
+	ReadOnly        bool
+	DrainInterval   time.Duration
+
+	seen map[string]bool
+}
+
+// Set applies one key=value parameter.
+func (c *Config) Set(key, value string) error {
+	if c.seen == nil {
+		c.seen = map[string]bool{}
+	}
+	if c.seen[key] {
+		return fmt.Errorf("parameter %s given more than once", key)
+	}
+	c.seen[key] = true
+	switch key {
+	case "volume":
+		if value == "" {
+			return fmt.Errorf("volume= must not be empty")
+		}
+		c.Volume = value
+	case "store":
+		c.Store = value
+	case "wal_dir", "wal-dir", "waldir":
+		c.WALDir = value
+	case "cache":
+		return c.setCache(value)
+	case "size":
+		n, err := units.Parse(value)
+		if err != nil {
+			return fmt.Errorf("size=%s: %v", value, err)
+		}
+		if n <= 0 {
+			return fmt.Errorf("size=%s: must be positive", value)
+		}
+		c.Size = n
+	case "readonly", "ro":
+		b, err := parseBool(value)
+		if err != nil {
+			return fmt.Errorf("readonly=%s: %v", value, err)
+		}
+		c.ReadOnly = b
+	case "drain_interval", "drain-interval":
+		d, err := time.ParseDuration(value)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("drain_interval=%s: want a positive duration such as 5s", value)
+		}
+		c.DrainInterval = d
+	default:
+		return fmt.Errorf("unknown parameter %q (see nbdkit <plugin> --help)", key)
+	}
+	return nil
+}
+
+func (c *Config) setCache(v string) error {
+	if p, ok := strings.CutSuffix(strings.TrimSpace(v), "%"); ok {
+		f, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
+		if err != nil || f <= 0 || f > 90 {
+			return fmt.Errorf("cache=%s: percentage must be in (0, 90]", v)
+		}
+		c.CacheMemPercent = f
+		return nil
+	}
+	if n, err := strconv.Atoi(v); err == nil {
+		if n <= 0 {
+			return fmt.Errorf("cache=%s: must be a positive number of blocks", v)
+		}
+		c.CacheBlocks = n
+		return nil
+	}
+	n, err := units.Parse(v)
+	if err != nil {
+		return fmt.Errorf("cache=%s: want blocks (16384), a percentage (10%%) or a size (256MiB)", v)
+	}
+	if n < 4096 {
+		return fmt.Errorf("cache=%s: smaller than one 4 KiB block", v)
+	}
+	c.CacheBlocks = int(n / 4096)
+	return nil
+}
+
+// Complete fills defaults from the environment and checks the whole
+// configuration.
+func (c *Config) Complete(getenv func(string) string) error {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	if c.Volume == "" {
+		return fmt.Errorf("missing volume=<NAME>")
+	}
+	if c.Store == "" {
+		c.Store = getenv(EnvStore)
+	}
+	if c.Store == "" {
+		return fmt.Errorf("missing store=<URL> (or %s in the environment)", EnvStore)
+	}
+	if c.WALDir == "" {
+		c.WALDir = getenv(EnvWALDir)
+	}
+	if c.WALDir == "" && !c.ReadOnly {
+		return fmt.Errorf("missing wal_dir=<DIR> (or %s in the environment); a writable volume needs one", EnvWALDir)
+	}
+	if c.WALDir != "" && !filepath.IsAbs(c.WALDir) {
+		abs, err := filepath.Abs(c.WALDir)
+		if err != nil {
+			return fmt.Errorf("wal_dir=%s: %v", c.WALDir, err)
+		}
+		c.WALDir = abs
+	}
+	return nil
+}
+
+func parseBool(s string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "1", "true", "yes", "on", "":
+		return true, nil
+	case "0", "false", "no", "off":
+		return false, nil
+	}
+	return false, fmt.Errorf("not a boolean (use true/false, 1/0, yes/no, on/off)")
+}

@@ -1,0 +1,340 @@
+// Package vbplugin is the Go side of the nbdkit plugin, free of cgo so it can
+// be tested on its own: configuration, the lifecycle of the one Volume an
+// nbdkit process serves, the NBD operations and the mapping of engine errors
+// to errno values. Package main (cmd/nbdkit-plugin) is the thin cgo layer
+// that nbdkit calls.
+//
+// Lifecycle, for `nbdkit -f ... volume=V store=URL wal_dir=DIR`:
+//
+//	config, config_complete   parse and check parameters (Config)
+//	get_ready                 open the store and the volume once (GetReady);
+//	                          a missing volume, a WAL held by another process
+//	                          or a corrupt WAL fail nbdkit's start-up here,
+//	                          before the socket is bound
+//	open/close                one Conn per NBD connection, all sharing the
+//	                          Volume; when the last connection closes the
+//	                          volume is drained to the backend (best effort)
+//	cleanup                   after the last connection ended (also on
+//	                          SIGTERM/SIGINT): Close, which flushes and drains
+//	                          to the backend; if that fails the data stays in
+//	                          the WAL and nbdkit exits non-zero
+package vbplugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+)
+
+// Block size constraints advertised to clients. Any alignment works (the
+// engine reads, modifies and writes partial blocks); 4 KiB is the unit that
+// avoids that work.
+const (
+	MinBlockSize       = 1
+	PreferredBlockSize = vb.BlockSize
+	MaxBlockSize       = 32 << 20
+)
+
+// drainTimeout bounds the drain after the last connection closes, and
+// closeTimeout is the budget the engine's own Close retries work within.
+const drainTimeout = 10 * time.Minute
+
+// Plugin is the state of one nbdkit process: one configuration, one store,
+// one open volume shared by every connection.
+type Plugin struct {
+	Cfg Config
+	log *slog.Logger
+
+	store backend.Store
+	vol   *vb.Volume
+
+	conns      atomic.Int64 // open connections
+	fencedOnce sync.Once
+	drainMu    sync.Mutex // serializes last-connection drains with Cleanup
+	closed     bool       // guarded by drainMu
+}
+
+// New returns an unconfigured plugin that logs to log.
+func New(log *slog.Logger) *Plugin {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Plugin{log: log}
+}
+
+// Volume returns the open volume (nil before GetReady).
+func (p *Plugin) Volume() *vb.Volume { return p.vol }
+
+// GetReady opens the store and the volume, creating the volume first when
+// size= was given and it does not exist.
+func (p *Plugin) GetReady(ctx context.Context) error {
+	c := &p.Cfg
+	store, err := backend.Open(ctx, c.Store)
+	if err != nil {
+		return fmt.Errorf("store %s: %v", Redact(c.Store), err)
+	}
+	opts := vb.Options{
+		WALDir: c.WALDir, ReadOnly: c.ReadOnly,
+		CacheBlocks: c.CacheBlocks, CacheMemPercent: c.CacheMemPercent,
+		DrainInterval: c.DrainInterval, Logger: p.log,
+	}
+	vol, err := vb.Open(ctx, store, c.Volume, opts)
+	if errors.Is(err, vb.ErrNotFound) && c.Size > 0 && !c.ReadOnly {
+		vol, err = vb.Create(ctx, store, c.Volume, c.Size, opts)
+		if errors.Is(err, vb.ErrExists) { // created by someone else meanwhile
+			vol, err = vb.Open(ctx, store, c.Volume, opts)
+		} else if err == nil {
+			p.log.Info("created volume", "volume", c.Volume, "size", vol.Size())
+		}
+	}
+	if err != nil {
+		store.Close()
+		return openError(c, err)
+	}
+	if c.Size > 0 && (c.Size+vb.BlockSize-1)/vb.BlockSize*vb.BlockSize != vol.Size() {
+		p.log.Warn("volume exists with another size; size= ignored", "volume", c.Volume, "size", vol.Size(), "requested", c.Size)
+	}
+	p.store, p.vol = store, vol
+	st := vol.Stats()
+	p.log.Info("volume open", "volume", c.Volume, "size", vol.Size(), "epoch", vol.Epoch(),
+		"readonly", c.ReadOnly, "store", Redact(c.Store), "wal_dir", c.WALDir, "replayed_records", st.Replayed)
+	return nil
+}
+
+// openError turns an Open failure into one line that says what to do.
+func openError(c *Config, err error) error {
+	switch {
+	case errors.Is(err, vb.ErrNotFound):
+		return fmt.Errorf("volume %q not found in %s (create it with `vblock create`, or pass size= to create it here)", c.Volume, Redact(c.Store))
+	case errors.Is(err, vb.ErrInvalidName):
+		return fmt.Errorf("invalid volume name %q: %v", c.Volume, err)
+	case errors.Is(err, vb.ErrInvalidArg):
+		return fmt.Errorf("volume %q: %v", c.Volume, err)
+	case errors.Is(err, vb.ErrInUse):
+		return fmt.Errorf("volume %q is already open by another process using WAL directory %s", c.Volume, c.WALDir)
+	case errors.Is(err, vb.ErrNeedsWALDir):
+		return fmt.Errorf("volume %q: a writable open needs wal_dir=", c.Volume)
+	case errors.Is(err, vb.ErrCorrupt):
+		return fmt.Errorf("volume %q is corrupt, refusing to serve it: %v", c.Volume, err)
+	}
+	return fmt.Errorf("open volume %q: %v", c.Volume, err)
+}
+
+// Cleanup closes the volume: a final flush and drain to the backend. It is
+// called once, after the last connection has gone.
+func (p *Plugin) Cleanup() error {
+	p.drainMu.Lock()
+	defer p.drainMu.Unlock()
+	if p.closed || p.vol == nil {
+		return nil
+	}
+	p.closed = true
+	start := time.Now()
+	err := p.vol.Close()
+	st := p.vol.Stats()
+	if p.store != nil {
+		p.store.Close()
+	}
+	if err != nil {
+		return fmt.Errorf("closing volume %q: %v (data is safe in the WAL at %s; serve the volume again on this node to retry)", p.Cfg.Volume, err, p.Cfg.WALDir)
+	}
+	p.log.Info("volume closed and drained", "volume", p.Cfg.Volume, "took", time.Since(start).Round(time.Millisecond),
+		"writes", st.Writes, "reads", st.Reads, "flushes", st.Flushes, "drains", st.Drains, "bytes_drained", st.BytesDrained)
+	return nil
+}
+
+// Conn is one NBD connection.
+type Conn struct {
+	p        *Plugin
+	readonly bool
+}
+
+// Open starts a connection. readonly is nbdkit's view (-r or a read-only
+// export); a readonly= volume is read-only for every connection.
+func (p *Plugin) Open(readonly bool) (*Conn, error) {
+	if p.vol == nil {
+		return nil, fmt.Errorf("volume not open")
+	}
+	p.conns.Add(1)
+	return &Conn{p: p, readonly: readonly || p.Cfg.ReadOnly}, nil
+}
+
+// Close ends a connection. When it was the last one, the volume is drained
+// so the backend holds everything written so far; failures are logged (the
+// data is in memory and the WAL, and Cleanup will try again).
+func (c *Conn) Close() {
+	p := c.p
+	if p.conns.Add(-1) != 0 || p.Cfg.ReadOnly {
+		return
+	}
+	p.drainMu.Lock()
+	defer p.drainMu.Unlock()
+	if p.closed || p.conns.Load() != 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	if err := p.vol.Drain(ctx); err != nil {
+		p.noteErr(err)
+		p.log.Warn("drain after the last connection closed failed; will retry", "volume", p.Cfg.Volume, "err", err)
+	}
+}
+
+// CanWrite reports whether this connection may write.
+func (c *Conn) CanWrite() bool { return !c.readonly }
+
+// Size is the volume size in bytes.
+func (c *Conn) Size() int64 { return c.p.vol.Size() }
+
+// Pread fills buf from off.
+func (c *Conn) Pread(buf []byte, off uint64) error {
+	if off > 1<<62 {
+		return fmt.Errorf("%w: offset %d", vb.ErrOutOfRange, off)
+	}
+	_, err := c.p.vol.ReadAt(buf, int64(off))
+	return c.p.noteErr(err)
+}
+
+// Pwrite writes buf at off; with fua it returns only once the write is
+// durable.
+func (c *Conn) Pwrite(buf []byte, off uint64, fua bool) error {
+	if off > 1<<62 {
+		return fmt.Errorf("%w: offset %d", vb.ErrOutOfRange, off)
+	}
+	if _, err := c.p.vol.WriteAt(buf, int64(off)); err != nil {
+		return c.p.noteErr(err)
+	}
+	if fua {
+		return c.p.noteErr(c.p.vol.Flush())
+	}
+	return nil
+}
+
+// Flush makes every write completed before it, on any connection, durable.
+func (c *Conn) Flush() error { return c.p.noteErr(c.p.vol.Flush()) }
+
+// Trim discards [off, off+n): the range reads back as zeros and its whole
+// blocks stop using space once drained.
+func (c *Conn) Trim(n uint32, off uint64, fua bool) error { return c.Zero(n, off, fua) }
+
+// Zero makes [off, off+n) read as zeros. It is always fast: whole blocks are
+// a metadata operation and at most two partial blocks are written, so
+// may_trim and fast_zero need no special handling.
+func (c *Conn) Zero(n uint32, off uint64, fua bool) error {
+	if off > 1<<62 {
+		return fmt.Errorf("%w: offset %d", vb.ErrOutOfRange, off)
+	}
+	if err := c.p.vol.Zero(int64(off), int64(n)); err != nil {
+		return c.p.noteErr(err)
+	}
+	if fua {
+		return c.p.noteErr(c.p.vol.Flush())
+	}
+	return nil
+}
+
+// extentWindow bounds how much address space one Extents call examines, so
+// a query over a huge range answers quickly; NBD lets a server describe
+// less than was asked, as long as it describes something.
+const extentWindow = 1 << 30
+
+// Extents reports data and hole runs from off, for at most n bytes, calling
+// add for each in order. With reqOne, one extent is enough.
+func (c *Conn) Extents(n uint32, off uint64, reqOne bool, add func(off, length uint64, hole bool) error) error {
+	size := uint64(c.p.vol.Size())
+	if off >= size {
+		return fmt.Errorf("%w: extents at %d of %d bytes", vb.ErrOutOfRange, off, size)
+	}
+	length := min(uint64(n), size-off, extentWindow)
+	ext, err := c.p.vol.Extents(int64(off), int64(length))
+	if err != nil {
+		return c.p.noteErr(err)
+	}
+	for _, e := range ext {
+		if err := add(uint64(e.Offset), uint64(e.Length), e.Zero); err != nil {
+			return err
+		}
+		if reqOne {
+			break
+		}
+	}
+	return nil
+}
+
+var cacheBufs = sync.Pool{New: func() any { b := make([]byte, 4<<20); return &b }}
+
+// Cache reads [off, off+n) so later reads of it are served from memory.
+func (c *Conn) Cache(n uint32, off uint64) error {
+	bp := cacheBufs.Get().(*[]byte)
+	defer cacheBufs.Put(bp)
+	buf := *bp
+	for n > 0 {
+		k := min(uint32(len(buf)), n)
+		if err := c.Pread(buf[:k], off); err != nil {
+			return err
+		}
+		n -= k
+		off += uint64(k)
+	}
+	return nil
+}
+
+// noteErr logs the first sign of fencing loudly and passes err through.
+func (p *Plugin) noteErr(err error) error {
+	if err != nil && errors.Is(err, vb.ErrFenced) {
+		p.fencedOnce.Do(func() {
+			p.log.Error("volume fenced: another owner opened it; this server now fails every write with EIO", "volume", p.Cfg.Volume, "err", err)
+		})
+	}
+	return err
+}
+
+// Errno maps an error from the engine to the errno nbdkit sends the client.
+// write says whether the failed request modifies data (past-the-end writes
+// are ENOSPC, as NBD asks; past-the-end reads EINVAL).
+func Errno(err error, write bool) syscall.Errno {
+	var en syscall.Errno
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, vb.ErrOutOfRange):
+		if write {
+			return syscall.ENOSPC
+		}
+		return syscall.EINVAL
+	case errors.Is(err, vb.ErrInvalidArg):
+		return syscall.EINVAL
+	case errors.Is(err, vb.ErrReadOnly):
+		return syscall.EROFS
+	case errors.Is(err, vb.ErrClosed):
+		return syscall.ESHUTDOWN
+	case errors.Is(err, vb.ErrFenced), errors.Is(err, vb.ErrCorrupt), errors.Is(err, vb.ErrBackendState):
+		return syscall.EIO
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return syscall.EIO
+	case errors.As(err, &en):
+		return en
+	}
+	return syscall.EIO
+}
+
+// Redact shows a store URL without credentials or query parameters.
+func Redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "<unparseable store URL>"
+	}
+	u.User = nil
+	u.RawQuery = ""
+	u.Fragment = ""
+	return u.String()
+}

@@ -1,0 +1,242 @@
+package vbplugin
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+	"testing"
+
+	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
+)
+
+func TestCheckForeground(t *testing.T) {
+	env := func(string) string { return "" }
+	cases := []struct {
+		argv string
+		ok   bool
+	}{
+		{"nbdkit -f ./p.so volume=a", true},
+		{"nbdkit --foreground ./p.so", true},
+		{"nbdkit --no-fork ./p.so", true},
+		{"nbdkit -fv ./p.so", true},
+		{"nbdkit -vf ./p.so", true},
+		{"nbdkit -s ./p.so", true},
+		{"nbdkit -U /tmp/s -f p.so", true},
+		{"nbdkit --unix /tmp/f -f p.so", true},
+		{"nbdkit --unix=/tmp/x --run 'qemu-img info $nbd' p.so", true},
+		{"nbdkit --exit-with-parent p.so", true},
+		{"nbdkit p.so volume=a", false},
+		{"nbdkit -U /tmp/s p.so -f", false},
+		{"nbdkit -U f p.so", false},
+		{"nbdkit -P pid -v p.so", false},
+		{"nbdkit -Pf p.so", false},
+		{"nbdkit -v --filter=log p.so", false},
+		{"nbdkit --filter log p.so", false},
+	}
+	for _, c := range cases {
+		err := CheckForeground(splitArgs(c.argv), 1, env)
+		if (err == nil) != c.ok {
+			t.Errorf("%q: err = %v, want ok=%v", c.argv, err, c.ok)
+		}
+	}
+	if err := CheckForeground([]string{"nbdkit", "p.so"}, 7, func(k string) string { return map[string]string{"LISTEN_PID": "7"}[k] }); err != nil {
+		t.Errorf("socket activation: %v", err)
+	}
+	if err := CheckForeground(nil, 1, env); err != nil {
+		t.Errorf("unknown argv: %v", err)
+	}
+}
+
+// splitArgs splits on spaces, keeping '...' together.
+func splitArgs(s string) []string {
+	var out []string
+	var cur []byte
+	quoted := false
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\'':
+			quoted = !quoted
+		case c == ' ' && !quoted:
+			if len(cur) > 0 {
+				out = append(out, string(cur))
+				cur = nil
+			}
+		default:
+			cur = append(cur, c)
+		}
+	}
+	if len(cur) > 0 {
+		out = append(out, string(cur))
+	}
+	return out
+}
+
+func TestConfig(t *testing.T) {
+	var c Config
+	for k, v := range map[string]string{"volume": "v1", "cache": "10%", "size": "1GiB", "readonly": "false", "drain_interval": "2s"} {
+		if err := c.Set(k, v); err != nil {
+			t.Fatalf("%s=%s: %v", k, v, err)
+		}
+	}
+	env := map[string]string{EnvStore: "mem://x", EnvWALDir: "/tmp/w"}
+	if err := c.Complete(func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if c.Store != "mem://x" || c.WALDir != "/tmp/w" || c.CacheMemPercent != 10 || c.Size != 1<<30 {
+		t.Fatalf("config %+v", c)
+	}
+	bad := map[string]string{"cache": "0", "size": "12XB", "readonly": "maybe", "bogus": "1", "drain_interval": "-1s", "volume": ""}
+	for k, v := range bad {
+		var c Config
+		if err := c.Set(k, v); err == nil {
+			t.Errorf("%s=%s accepted", k, v)
+		}
+	}
+	var d Config
+	d.Set("cache", "256MiB")
+	if d.CacheBlocks != 65536 {
+		t.Errorf("cache=256MiB: %d blocks", d.CacheBlocks)
+	}
+	if err := d.Set("cache", "1"); err == nil {
+		t.Error("duplicate parameter accepted")
+	}
+	var e Config
+	e.Set("volume", "v")
+	if err := e.Complete(func(string) string { return "" }); err == nil {
+		t.Error("missing store accepted")
+	}
+	e.Store = "mem://"
+	if err := e.Complete(func(string) string { return "" }); err == nil {
+		t.Error("missing wal_dir accepted for a writable volume")
+	}
+	e.ReadOnly = true
+	if err := e.Complete(func(string) string { return "" }); err != nil {
+		t.Errorf("read-only without wal_dir: %v", err)
+	}
+}
+
+func newPlugin(t *testing.T, store string, size string) *Plugin {
+	t.Helper()
+	p := New(nil)
+	for k, v := range map[string]string{"volume": "vol", "store": store, "wal_dir": t.TempDir(), "size": size} {
+		if v == "" {
+			continue
+		}
+		if err := p.Cfg.Set(k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Cfg.Complete(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.GetReady(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestOperations(t *testing.T) {
+	store := fmt.Sprintf("mem://%s", t.Name())
+	p := newPlugin(t, store, "1MiB")
+	c1, _ := p.Open(false)
+	c2, _ := p.Open(false)
+	if c1.Size() != 1<<20 {
+		t.Fatalf("size %d", c1.Size())
+	}
+	data := bytes.Repeat([]byte("viperblock!"), 1000)
+	if err := c1.Pwrite(data, 12345, true); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(data))
+	if err := c2.Pread(got, 12345); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back: %v", err)
+	}
+	if err := c1.Zero(5000, 12345+100, false); err != nil {
+		t.Fatal(err)
+	}
+	c2.Pread(got, 12345)
+	if !bytes.Equal(got[100:5100], make([]byte, 5000)) || !bytes.Equal(got[:100], data[:100]) || !bytes.Equal(got[5100:], data[5100:]) {
+		t.Fatal("zero range wrong")
+	}
+	var ext []string
+	err := c1.Extents(1<<20, 0, false, func(off, n uint64, hole bool) error {
+		ext = append(ext, fmt.Sprintf("%d+%d:%v", off, n, hole))
+		return nil
+	})
+	if err != nil || len(ext) < 3 || ext[0] != "0+12288:true" {
+		t.Fatalf("extents %v %v", ext, err)
+	}
+	// Errors map to the errno a client expects.
+	if err := c1.Pwrite(data, 1<<20-10, false); Errno(err, true) != syscall.ENOSPC {
+		t.Errorf("write past end: %v -> %v", err, Errno(err, true))
+	}
+	if err := c1.Pread(got, 1<<20-10); Errno(err, false) != syscall.EINVAL {
+		t.Errorf("read past end: %v -> %v", err, Errno(err, false))
+	}
+	if err := c1.Pread(got, 1<<63); Errno(err, false) != syscall.EINVAL {
+		t.Errorf("read at 2^63: %v", err)
+	}
+	c1.Close()
+	c2.Close() // last connection: drains
+	if st := p.Volume().Stats(); st.PendingBytes != 0 {
+		t.Errorf("pending after last close: %d", st.PendingBytes)
+	}
+	if err := p.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	// Reopen from the store alone (fresh WAL dir).
+	q := newPlugin(t, store, "")
+	c, _ := q.Open(true)
+	if c.CanWrite() {
+		t.Error("read-only connection can write")
+	}
+	c.Pread(got, 12345)
+	if !bytes.Equal(got[:100], data[:100]) || !bytes.Equal(got[5100:], data[5100:]) {
+		t.Fatal("data lost across reopen")
+	}
+	c.Close()
+	q.Cleanup()
+}
+
+func TestOpenErrors(t *testing.T) {
+	p := New(nil)
+	p.Cfg = Config{Volume: "nope", Store: "mem://" + t.Name(), WALDir: t.TempDir()}
+	if err := p.GetReady(context.Background()); err == nil {
+		t.Fatal("opened a missing volume")
+	}
+	p.Cfg.Store = "ftp://x"
+	if err := p.GetReady(context.Background()); err == nil {
+		t.Fatal("opened an unknown store")
+	}
+	// A second writable open with the same WAL dir is refused.
+	q := newPlugin(t, "mem://"+t.Name(), "1MiB")
+	defer q.Cleanup()
+	r := New(nil)
+	r.Cfg = q.Cfg
+	if err := r.GetReady(context.Background()); err == nil {
+		t.Fatal("second writable open succeeded")
+	}
+}
+
+func TestErrno(t *testing.T) {
+	cases := map[error]syscall.Errno{
+		vb.ErrReadOnly:                    syscall.EROFS,
+		fmt.Errorf("x: %w", vb.ErrFenced): syscall.EIO,
+		vb.ErrCorrupt:                     syscall.EIO,
+		vb.ErrClosed:                      syscall.ESHUTDOWN,
+		errors.New("backend down"):        syscall.EIO,
+	}
+	for err, want := range cases {
+		if got := Errno(err, false); got != want {
+			t.Errorf("%v -> %v, want %v", err, got, want)
+		}
+	}
+}
+
+func TestRedact(t *testing.T) {
+	if got := Redact("s3://key:secret@bucket/prefix?secret_key=abc"); got != "s3://bucket/prefix" {
+		t.Errorf("Redact = %q", got)
+	}
+}

@@ -1,0 +1,212 @@
+/* The C side of the viperblock nbdkit plugin: the struct nbdkit_plugin,
+ * plugin_init (via NBDKIT_REGISTER_PLUGIN) and thin wrappers that call the
+ * //export'ed Go functions in export.go.
+ *
+ * Handles: open returns a runtime/cgo.Handle (an integer) cast to void *;
+ * C never holds a Go pointer. Errors: the Go side calls vb_error, which
+ * records the message and the errno (nbdkit_set_error) inside this C call,
+ * so nothing depends on errno surviving the trip through Go. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "shim.h"
+#include "_cgo_export.h"
+
+#define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+
+/* Keep in step with Config.Set in internal/vbplugin/config.go. */
+#define VB_CONFIG_HELP \
+  "volume=<NAME>      (required) the volume to serve; also the magic parameter\n" \
+  "store=<URL>        object store: file:///abs/dir, mem://name, s3://...\n" \
+  "                   (default $VBLOCK_STORE; pass URLs with credentials that way)\n" \
+  "wal_dir=<DIR>      node-local WAL directory (default $VBLOCK_WAL_DIR);\n" \
+  "                   required unless readonly=true\n" \
+  "cache=<N|N%|SIZE>  read cache: N 4 KiB blocks, N% of memory, or a size (256MiB)\n" \
+  "size=<SIZE>        create the volume with this size if it is missing (10GiB)\n" \
+  "readonly=<BOOL>    serve without taking ownership; writes fail (default false)\n" \
+  "drain_interval=<D> longest wait before written data is drained (default 5s)\n" \
+  "Run nbdkit in the foreground (-f): the Go runtime does not survive its fork."
+
+/* The pid that ran get_ready; a different pid in after_fork means nbdkit
+ * daemonised, and the Go runtime does not survive fork. */
+static pid_t ready_pid;
+/* Set when closing the volume at cleanup failed: nbdkit then exits non-zero
+ * so a supervisor knows the drain did not complete. */
+static int cleanup_failed;
+
+void
+vb_error (int err, const char *msg)
+{
+  nbdkit_error ("%s", msg);
+  if (err)
+    nbdkit_set_error (err);
+}
+
+void
+vb_debug (const char *msg)
+{
+  nbdkit_debug ("%s", msg);
+}
+
+void
+vb_log (const char *level, const char *msg)
+{
+  fprintf (stderr, "nbdkit: viperblock: %s: %s\n", level, msg);
+  fflush (stderr);
+}
+
+void
+vb_print (const char *msg)
+{
+  fputs (msg, stdout);
+  fflush (stdout);
+}
+
+int
+vb_add_extent (struct nbdkit_extents *e, uint64_t off, uint64_t len, uint32_t type)
+{
+  if (nbdkit_add_extent (e, off, len, type) == -1) {
+    nbdkit_set_error (errno);
+    return -1;
+  }
+  return 0;
+}
+
+void
+vb_shutdown (void)
+{
+  nbdkit_shutdown ();
+}
+
+static void w_load (void) { goLoad (); }
+static void w_unload (void)
+{
+  if (cleanup_failed) {
+    fflush (stderr);
+    _exit (EXIT_FAILURE);
+  }
+}
+static int w_config (const char *k, const char *v) { return goConfig ((char *) k, (char *) v); }
+static int w_config_complete (void) { return goConfigComplete (); }
+static void w_dump_plugin (void) { goDumpPlugin (); }
+
+static int
+w_get_ready (void)
+{
+  ready_pid = getpid ();
+  return goGetReady ();
+}
+
+static int
+w_after_fork (void)
+{
+  if (getpid () != ready_pid) {
+    /* Do not call into Go here: its threads did not survive the fork. */
+    nbdkit_error ("viperblock: nbdkit forked into the background; "
+                  "this plugin needs nbdkit -f (foreground)");
+    return -1;
+  }
+  return 0;
+}
+
+static void
+w_cleanup (void)
+{
+  if (goCleanup () == -1)
+    cleanup_failed = 1;
+}
+
+static void *
+w_open (int readonly)
+{
+  uintptr_t h = goOpen (readonly);
+  return h ? (void *) h : NULL;
+}
+
+#define H(h) ((uintptr_t) (h))
+static void w_close (void *h) { goClose (H (h)); }
+static int64_t w_get_size (void *h) { return goGetSize (H (h)); }
+static int w_can_write (void *h) { return goCanWrite (H (h)); }
+static int w_one (void *h) { return 1; }
+static int w_zero_ (void *h) { return 0; }
+static int w_can_fua (void *h) { return NBDKIT_FUA_NATIVE; }
+static int w_can_cache (void *h) { return NBDKIT_CACHE_NATIVE; }
+static int
+w_block_size (void *h, uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
+{
+  return goBlockSize (H (h), minimum, preferred, maximum);
+}
+static int
+w_pread (void *h, void *buf, uint32_t n, uint64_t off, uint32_t fl)
+{
+  return goPread (H (h), buf, n, off, fl);
+}
+static int
+w_pwrite (void *h, const void *buf, uint32_t n, uint64_t off, uint32_t fl)
+{
+  return goPwrite (H (h), (void *) buf, n, off, fl);
+}
+static int w_flush (void *h, uint32_t fl) { return goFlush (H (h), fl); }
+static int
+w_trim (void *h, uint32_t n, uint64_t off, uint32_t fl)
+{
+  return goTrim (H (h), n, off, fl);
+}
+static int
+w_zero (void *h, uint32_t n, uint64_t off, uint32_t fl)
+{
+  return goZero (H (h), n, off, fl);
+}
+static int
+w_extents (void *h, uint32_t n, uint64_t off, uint32_t fl, struct nbdkit_extents *e)
+{
+  return goExtents (H (h), n, off, fl, e);
+}
+static int
+w_cache (void *h, uint32_t n, uint64_t off, uint32_t fl)
+{
+  return goCache (H (h), n, off, fl);
+}
+
+static struct nbdkit_plugin plugin = {
+  .name = "viperblock",
+  .longname = "Viperblock: block volumes in object storage",
+  .version = "0.1",
+  .description = "Serves a Viperblock volume (write-ahead log on local disk, data in an object store).",
+  .load = w_load,
+  .unload = w_unload,
+  .config = w_config,
+  .config_complete = w_config_complete,
+  .config_help = VB_CONFIG_HELP,
+  .magic_config_key = "volume",
+  .dump_plugin = w_dump_plugin,
+  .get_ready = w_get_ready,
+  .after_fork = w_after_fork,
+  .cleanup = w_cleanup,
+  .open = w_open,
+  .close = w_close,
+  .get_size = w_get_size,
+  .block_size = w_block_size,
+  .can_write = w_can_write,
+  .can_flush = w_one,
+  .is_rotational = w_zero_,
+  .can_trim = w_one,
+  .can_zero = w_one,
+  .can_fast_zero = w_one,
+  .can_fua = w_can_fua,
+  .can_multi_conn = w_one,
+  .can_extents = w_one,
+  .can_cache = w_can_cache,
+  .pread = w_pread,
+  .pwrite = w_pwrite,
+  .flush = w_flush,
+  .trim = w_trim,
+  .zero = w_zero,
+  .extents = w_extents,
+  .cache = w_cache,
+  .errno_is_preserved = 0,
+};
+
+NBDKIT_REGISTER_PLUGIN (plugin)
