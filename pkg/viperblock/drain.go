@@ -116,7 +116,7 @@ func (v *Volume) drain(ctx context.Context) error {
 	var ops []blockmap.Extent
 	var placed []cache.Key // placed[i] is where blocks[i] went
 	newSizes := map[uint64]uint32{}
-	var bld chunk.Builder
+	bld := &v.builder
 	for i := 0; i < len(blocks); i += chunk.MaxBlocks {
 		part := blocks[i:min(i+chunk.MaxBlocks, len(blocks))]
 		bld.Reset()

@@ -23,18 +23,38 @@ type slab struct {
 	pooled bool // returned to slabPool when its segment is retired
 }
 
-var slabPool = sync.Pool{New: func() any { return &slab{buf: make([]byte, slabSize), pooled: true} }}
+// slabPool keeps retired slabs for reuse, up to a bound. Reusing memory
+// that is already mapped matters: a fresh 4 MiB slab costs 1024 page faults,
+// which on a virtual machine can cost more than the copies it will hold.
+// (A sync.Pool is emptied by every garbage collection, so it is not used.)
+var slabPool = struct {
+	mu   sync.Mutex // guards free
+	free []*slab
+	max  int
+}{max: 256} // 1 GiB
 
 func getSlab() *slab {
-	s := slabPool.Get().(*slab)
-	s.used = 0
-	return s
+	slabPool.mu.Lock()
+	if n := len(slabPool.free); n > 0 {
+		s := slabPool.free[n-1]
+		slabPool.free = slabPool.free[:n-1]
+		slabPool.mu.Unlock()
+		s.used = 0
+		return s
+	}
+	slabPool.mu.Unlock()
+	return &slab{buf: make([]byte, slabSize), pooled: true}
 }
 
 func putSlab(s *slab) {
-	if s.pooled {
-		slabPool.Put(s)
+	if !s.pooled {
+		return
 	}
+	slabPool.mu.Lock()
+	if len(slabPool.free) < slabPool.max {
+		slabPool.free = append(slabPool.free, s)
+	}
+	slabPool.mu.Unlock()
 }
 
 // entry locates the newest not-yet-drained record of a block.

@@ -15,6 +15,7 @@ import (
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/blockmap"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/cache"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/chunk"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/manifest"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
 )
@@ -52,7 +53,7 @@ type Options struct {
 	// ReadOnly opens without taking ownership; writes fail with ErrReadOnly.
 	ReadOnly bool
 	// CacheBlocks sizes the read cache in blocks. If zero, CacheMemPercent
-	// of system memory is used; if both are zero, 64 MiB.
+	// of system memory is used; if both are zero, 64 MiB. Negative: no cache.
 	CacheBlocks     int
 	CacheMemPercent float64
 	// DrainInterval bounds how long written data waits before it is drained
@@ -130,6 +131,7 @@ type Volume struct {
 	chunkSeq  uint64            // last chunk counter used in this epoch
 	chunkSize map[uint64]uint32 // block count of every chunk in man
 	dirty     bool              // metadata (size) changed since the last commit
+	builder   chunk.Builder     // reused chunk buffer
 
 	pending   atomic.Int64 // WAL bytes not yet drained
 	waitMu    sync.Mutex   // guards waitCond's condition (pending, state)

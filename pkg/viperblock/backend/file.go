@@ -38,8 +38,12 @@ func init() {
 	})
 }
 
-// NewFile opens (creating if needed) a file store rooted at dir.
+// NewFile opens (creating if needed) a file store rooted at dir; a nil fsys
+// means the operating system's filesystem.
 func NewFile(fsys vfs.FS, dir string) (*File, error) {
+	if fsys == nil {
+		fsys = vfs.Default
+	}
 	if err := vfs.MkdirAllDurable(fsys, dir); err != nil {
 		return nil, fmt.Errorf("viperblock/backend: file store %s: %w", dir, err)
 	}

@@ -196,20 +196,20 @@ func Decode(b []byte) (Record, int, error) {
 		return Record{}, 0, tornOrCorrupt(b, len(b), "record header truncated")
 	}
 	if string(b[:4]) != RecordMagic {
-		return Record{}, 0, tornOrCorrupt(b, len(b), fmt.Sprintf("bad record magic %q", b[:4]))
+		return Record{}, 0, tornOrCorrupt(b, HeaderSize, fmt.Sprintf("bad record magic %q", b[:4]))
 	}
 	typ := b[4]
 	var n int
 	switch typ {
 	case TypeBlock:
 		if l := binary.LittleEndian.Uint32(b[24:]); l != BlockSize {
-			return Record{}, 0, tornOrCorrupt(b, len(b), fmt.Sprintf("block record length %d", l))
+			return Record{}, 0, tornOrCorrupt(b, HeaderSize, fmt.Sprintf("block record length %d", l))
 		}
 		n = BlockRecordLen
 	case TypeTrim:
 		n = HeaderSize
 	default:
-		return Record{}, 0, tornOrCorrupt(b, len(b), fmt.Sprintf("unknown record type %d", typ))
+		return Record{}, 0, tornOrCorrupt(b, HeaderSize, fmt.Sprintf("unknown record type %d", typ))
 	}
 	if len(b) < n {
 		return Record{}, 0, fmt.Errorf("%w: record needs %d bytes, %d remain", ErrTornTail, n, len(b))

@@ -1,0 +1,198 @@
+package viperblock
+
+import (
+	"context"
+	"math/rand"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+)
+
+func benchVolume(b *testing.B, size int64, o Options) (*Volume, backend.Store) {
+	b.Helper()
+	st, err := backend.NewFile(nil, filepath.Join(b.TempDir(), "store"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if o.WALDir == "" {
+		o.WALDir = b.TempDir()
+	}
+	o.Logger = quietLogger()
+	v, err := Create(context.Background(), st, "bench", size, o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { v.Close() })
+	return v, st
+}
+
+// warmUp writes and drains 512 MiB so the measured run sees steady state:
+// arena slabs, chunk buffers and the cache already allocated. (On a fresh
+// virtual machine the first touch of each page of memory is very slow.)
+func warmUp(b *testing.B, v *Volume, size int64) {
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < 512<<20; off += 1 << 20 {
+		if _, err := v.WriteAt(buf, off%size); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := v.Drain(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkWrite4KRandom: 4 KiB writes at random offsets, acknowledged from
+// memory, from as many goroutines as GOMAXPROCS.
+func BenchmarkWrite4KRandom(b *testing.B) {
+	const size = 4 << 30
+	v, _ := benchVolume(b, size, Options{})
+	warmUp(b, v, size)
+	var seed atomic.Int64
+	b.SetBytes(BlockSize)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		rng := rand.New(rand.NewSource(seed.Add(1)))
+		buf := make([]byte, BlockSize)
+		rng.Read(buf)
+		for pb.Next() {
+			off := rng.Int63n(size/BlockSize) * BlockSize
+			if _, err := v.WriteAt(buf, off); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkWrite4KFlush: one 4 KiB write then a Flush (an fsync on disk).
+func BenchmarkWrite4KFlush(b *testing.B) {
+	const size = 1 << 30
+	v, _ := benchVolume(b, size, Options{})
+	rng := rand.New(rand.NewSource(1))
+	buf := make([]byte, BlockSize)
+	rng.Read(buf)
+	b.SetBytes(BlockSize)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := v.WriteAt(buf, rng.Int63n(size/BlockSize)*BlockSize); err != nil {
+			b.Fatal(err)
+		}
+		if err := v.Flush(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkWrite1MSeq: sequential 1 MiB writes.
+func BenchmarkWrite1MSeq(b *testing.B) {
+	const size = 4 << 30
+	v, _ := benchVolume(b, size, Options{})
+	warmUp(b, v, size)
+	buf := make([]byte, 1<<20)
+	rand.New(rand.NewSource(1)).Read(buf)
+	b.SetBytes(int64(len(buf)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		off := int64(i%(size>>20)) << 20
+		if _, err := v.WriteAt(buf, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func prefill(b *testing.B, v *Volume, blocks int) {
+	buf := make([]byte, 1<<20)
+	rand.New(rand.NewSource(2)).Read(buf)
+	for off := int64(0); off < int64(blocks)*BlockSize; off += int64(len(buf)) {
+		if _, err := v.WriteAt(buf, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := v.Drain(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkRead4KCacheHit: random 4 KiB reads of drained blocks that are all
+// in the read cache.
+func BenchmarkRead4KCacheHit(b *testing.B) {
+	const blocks = 16384 // 64 MiB
+	v, _ := benchVolume(b, blocks*BlockSize, Options{CacheBlocks: 2 * blocks})
+	prefill(b, v, blocks)
+	var seed atomic.Int64
+	b.SetBytes(BlockSize)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		rng := rand.New(rand.NewSource(seed.Add(1)))
+		buf := make([]byte, BlockSize)
+		for pb.Next() {
+			if _, err := v.ReadAt(buf, rng.Int63n(blocks)*BlockSize); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkRead4KCacheMiss: random 4 KiB reads with no cache: each one is a
+// ranged read of a chunk in the file store.
+func BenchmarkRead4KCacheMiss(b *testing.B) {
+	const blocks = 16384
+	v, _ := benchVolume(b, blocks*BlockSize, Options{CacheBlocks: -1})
+	prefill(b, v, blocks)
+	rng := rand.New(rand.NewSource(3))
+	buf := make([]byte, BlockSize)
+	b.SetBytes(BlockSize)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := v.ReadAt(buf, rng.Int63n(blocks)*BlockSize); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkReplay1GiB: open a volume whose WAL holds 1 GiB of flushed,
+// undrained writes (read, verify and index every record).
+func BenchmarkReplay1GiB(b *testing.B) {
+	const size = 1 << 30
+	st, _ := backend.NewFile(nil, filepath.Join(b.TempDir(), "store"))
+	wal := b.TempDir()
+	o := Options{WALDir: wal, MaxPendingBytes: 2 << 30, DrainBytes: 2 << 30, DrainInterval: time.Hour, Logger: quietLogger()}
+	v, err := Create(context.Background(), st, "r", size, o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	rand.New(rand.NewSource(4)).Read(buf)
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		if _, err := v.WriteAt(buf, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := v.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	v.abandon()
+	b.SetBytes(size)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		v, err := Open(context.Background(), st, "r", o)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if got := v.Stats().PendingBytes; got < size {
+			b.Fatalf("replayed %d bytes", got)
+		}
+		v.abandon()
+		b.StartTimer()
+	}
+}
