@@ -3,7 +3,7 @@ package viperblock
 import (
 	"bytes"
 	"context"
-		"fmt"
+	"fmt"
 	"math/rand"
 	"os"
 	"strconv"

@@ -1,11 +1,11 @@
 package viperblock_test
 
 import (
-	"io"
-	"log/slog"
 	"bytes"
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"math/rand"
 	"testing"
 
