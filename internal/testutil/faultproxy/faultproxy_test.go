@@ -1,0 +1,77 @@
+package faultproxy
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestKinds(t *testing.T) {
+	var hits atomic.Int64
+	var lastHost atomic.Value
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		lastHost.Store(r.Host)
+		b, _ := io.ReadAll(r.Body)
+		w.Write([]byte("echo:" + string(b) + strings.Repeat(".", 1000)))
+	}))
+	defer up.Close()
+	p := Start(t, up.URL, Options{Delay: 2 * time.Second})
+	c := &http.Client{Timeout: 300 * time.Millisecond, Transport: &http.Transport{DisableKeepAlives: true}}
+	do := func(k Kind) (status int, body string, err error) {
+		t.Helper()
+		if k != None {
+			p.Force(k, 1)
+		}
+		resp, err := c.Post(p.URL+"/x?y=1", "text/plain", strings.NewReader("hi"))
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), err
+	}
+	for _, c := range []struct {
+		kind       Kind
+		status     int
+		bodyPrefix string
+		wantErr    bool
+		forwarded  bool
+	}{
+		{None, 200, "echo:hi", false, true},
+		{Error500, 500, "<?xml", false, false},
+		{SlowDown503, 503, "<?xml", false, false},
+		{ResetBefore, 0, "", true, false},
+		{ResetAfter, 0, "", true, true},
+		{Truncate, 200, "echo:hi", true, true},
+		{Delay, 0, "", true, true},
+	} {
+		before := hits.Load()
+		status, body, err := do(c.kind)
+		if (err != nil) != c.wantErr || status != c.status || !strings.HasPrefix(body, c.bodyPrefix) {
+			t.Errorf("%v: status %d body %.20q err %v; want status %d body %q error %v", c.kind, status, body, err, c.status, c.bodyPrefix, c.wantErr)
+		}
+		if c.kind == Truncate && !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Errorf("truncate: error %v, want unexpected EOF", err)
+		}
+		if fwd := hits.Load() > before; fwd != c.forwarded {
+			t.Errorf("%v: forwarded = %v, want %v", c.kind, fwd, c.forwarded)
+		}
+	}
+	if h, _ := lastHost.Load().(string); h != strings.TrimPrefix(p.URL, "http://") {
+		t.Errorf("upstream saw Host %q, want the proxy's %q", h, strings.TrimPrefix(p.URL, "http://"))
+	}
+	p.SetRate(1)
+	if _, _, err := do(None); err == nil {
+		// With rate 1 every request gets some fault; most kinds error.
+		t.Logf("rate 1 request succeeded (a 500/503 answer is not a transport error)")
+	}
+	if p.Faults() < 7 {
+		t.Errorf("Faults() = %d, want at least 7", p.Faults())
+	}
+}
