@@ -9,7 +9,6 @@ import (
 
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/blockmap"
-	"github.com/viperblock/viperblock-csi/pkg/viperblock/cache"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/chunk"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/manifest"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/wal"
@@ -114,7 +113,6 @@ func (v *Volume) drain(ctx context.Context) error {
 
 	// Pack and upload chunks.
 	var ops []blockmap.Extent
-	var placed []cache.Key // placed[i] is where blocks[i] went
 	newSizes := map[uint64]uint32{}
 	bld := &v.builder
 	for i := 0; i < len(blocks); i += chunk.MaxBlocks {
@@ -137,7 +135,6 @@ func (v *Volume) drain(ctx context.Context) error {
 		newSizes[id] = uint32(len(part))
 		for j, b := range part {
 			ops = appendExtent(ops, blockmap.Extent{Start: b, Count: 1, Chunk: id, Off: uint32(j)})
-			placed = append(placed, cache.Key{Chunk: id, Index: uint32(j)})
 		}
 	}
 
@@ -193,9 +190,6 @@ func (v *Volume) drain(ctx context.Context) error {
 	}
 	v.man, v.manVer, v.dirty = &next, ver, false
 	v.bmap.Store(m)
-	for i, b := range blocks {
-		v.cache.Put(placed[i], writes[b].data)
-	}
 	// Trims first, then block entries: a reader never finds neither the
 	// newest data nor the hole.
 	if len(trims) > 0 {

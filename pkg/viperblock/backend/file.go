@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
@@ -59,8 +60,24 @@ func notFound(err error, key string) error {
 	return err
 }
 
+// isObject reports whether key names a file (a directory is a key prefix,
+// not an object).
+func (f *File) isObject(key string) error {
+	isDir, err := f.fs.Stat(f.path(key))
+	if err != nil {
+		return notFound(err, key)
+	}
+	if isDir {
+		return fmt.Errorf("%w: %s", ErrNotFound, key)
+	}
+	return nil
+}
+
 func (f *File) Get(_ context.Context, key string) ([]byte, Version, error) {
 	if err := ValidateKey(key); err != nil {
+		return nil, "", err
+	}
+	if err := f.isObject(key); err != nil {
 		return nil, "", err
 	}
 	d, err := vfs.ReadFile(f.fs, f.path(key))
@@ -74,13 +91,20 @@ func (f *File) GetRange(_ context.Context, key string, off, n int64) ([]byte, er
 	if err := ValidateKey(key); err != nil {
 		return nil, err
 	}
+	if err := f.isObject(key); err != nil {
+		return nil, err
+	}
 	fh, err := f.fs.Open(f.path(key))
 	if err != nil {
 		return nil, notFound(err, key)
 	}
 	defer fh.Close()
-	if off < 0 || n < 0 {
-		return nil, fmt.Errorf("%w: %s [%d,+%d)", ErrRange, key, off, n)
+	size, err := fh.Size()
+	if err != nil {
+		return nil, err
+	}
+	if off < 0 || n < 0 || off+n > size {
+		return nil, fmt.Errorf("%w: %s [%d,+%d) of %d bytes", ErrRange, key, off, n, size)
 	}
 	buf := make([]byte, n)
 	m, err := fh.ReadAt(buf, off)
@@ -159,8 +183,14 @@ func (f *File) Delete(_ context.Context, key string) error {
 	if err := ValidateKey(key); err != nil {
 		return err
 	}
+	if err := f.isObject(key); err != nil {
+		return nil // missing, or a directory (a prefix, not an object)
+	}
 	p := f.path(key)
-	if err := f.fs.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := f.fs.Remove(p); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
 		return err
 	}
 	return vfs.SyncDir(f.fs, filepath.Dir(p))
@@ -210,11 +240,8 @@ func (f *File) List(_ context.Context, prefix string) ([]string, error) {
 		}
 		return nil
 	}
-	if start == "" {
-		err := walk("")
-		return keys, err
-	}
 	err := walk(start)
+	sort.Strings(keys)
 	return keys, err
 }
 
