@@ -112,7 +112,7 @@ func TestCrashRandom(t *testing.T) {
 		t.Run(fmt.Sprintf("fileStore=%v", fileStore), func(t *testing.T) {
 			seed := testSeed(t)
 			rng := rand.New(rand.NewSource(seed))
-			runCrash(t, rng, seed, crashIters(300), fileStore, "")
+			runCrash(t, rng, seed, crashIters(300), storeFor(t, fileStore), "")
 		})
 	}
 }
@@ -129,17 +129,17 @@ func TestCrashPoints(t *testing.T) {
 	for _, p := range crashPoints {
 		t.Run(p, func(t *testing.T) {
 			seed := testSeed(t)
-			runCrash(t, rand.New(rand.NewSource(seed)), seed, crashIters(40), true, p)
+			runCrash(t, rand.New(rand.NewSource(seed)), seed, crashIters(40), storeFor(t, true), p)
 		})
 	}
 }
 
-func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, fileStore bool, force string) {
-	ctx := context.Background()
-	const blocks = 96
-	fs := vfs.NewMem()
+// storeFor returns a store factory for runCrash: a memory store that
+// outlives crashes (as an object store does), or a file store on the
+// crashing filesystem itself.
+func storeFor(t *testing.T, fileStore bool) func(fs *vfs.MemFS) backend.Store {
 	mem := backend.NewMem()
-	store := func() backend.Store {
+	return func(fs *vfs.MemFS) backend.Store {
 		if !fileStore {
 			return mem
 		}
@@ -149,6 +149,15 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, fileStore boo
 		}
 		return s
 	}
+}
+
+// runCrash runs iters crash/reopen cycles. newStore returns the backend as
+// seen after a crash of the filesystem fs.
+func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func(fs *vfs.MemFS) backend.Store, force string) {
+	ctx := context.Background()
+	const blocks = 96
+	fs := vfs.NewMem()
+	store := func() backend.Store { return newStore(fs) }
 	if err := CreateOnly(ctx, store(), "vol", blocks*BlockSize); err != nil {
 		t.Fatal(err)
 	}

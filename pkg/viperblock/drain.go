@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
@@ -111,30 +112,25 @@ func (v *Volume) drain(ctx context.Context) error {
 	}
 	sort.Slice(blocks, func(i, j int) bool { return blocks[i] < blocks[j] })
 
-	// Pack and upload chunks.
+	// Pack and upload chunks, several at a time.
 	var ops []blockmap.Extent
 	newSizes := map[uint64]uint32{}
-	bld := &v.builder
+	var parts [][]uint64
 	for i := 0; i < len(blocks); i += chunk.MaxBlocks {
-		part := blocks[i:min(i+chunk.MaxBlocks, len(blocks))]
-		bld.Reset()
-		for _, b := range part {
-			bld.Add(b, writes[b].seq, writes[b].data)
-		}
+		parts = append(parts, blocks[i:min(i+chunk.MaxBlocks, len(blocks))])
+	}
+	ids := make([]uint64, len(parts))
+	for i := range parts {
 		v.chunkSeq++
-		id := v.epoch<<40 | v.chunkSeq
-		obj := bld.Finish(v.name, id)
-		if err := v.crashPoint("drain.before-chunk-put"); err != nil {
-			return err
-		}
-		if err := v.store.Put(ctx, chunkKey(v.name, id), obj); err != nil {
-			return v.drainFailed(fmt.Errorf("viperblock: upload chunk %016x: %w", id, err))
-		}
-		v.stats.chunksPut.Add(1)
-		v.stats.bytesDrained.Add(uint64(len(obj)))
-		newSizes[id] = uint32(len(part))
+		ids[i] = v.epoch<<40 | v.chunkSeq
+	}
+	if err := v.upload(ctx, parts, ids, writes); err != nil {
+		return err
+	}
+	for i, part := range parts {
+		newSizes[ids[i]] = uint32(len(part))
 		for j, b := range part {
-			ops = appendExtent(ops, blockmap.Extent{Start: b, Count: 1, Chunk: id, Off: uint32(j)})
+			ops = appendExtent(ops, blockmap.Extent{Start: b, Count: 1, Chunk: ids[i], Off: uint32(j)})
 		}
 	}
 
@@ -243,6 +239,74 @@ func (v *Volume) drain(ctx context.Context) error {
 	v.lastErr.Store(nil)
 	v.log.Debug("drained", "volume", v.name, "blocks", len(blocks), "trims", len(trims), "seq", next.SeqHW, "took", time.Since(start))
 	return nil
+}
+
+// upload builds and uploads one chunk per part, up to
+// Options.UploadConcurrency at a time. Any failure fails the whole drain:
+// chunks already uploaded are unreferenced and reclaimed later.
+func (v *Volume) upload(ctx context.Context, parts [][]uint64, ids []uint64, writes map[uint64]drained) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(parts))
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < min(v.opts.UploadConcurrency, len(parts)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			bld := v.getBuilder()
+			defer v.putBuilder(bld)
+			for i := range work {
+				bld.Reset()
+				for _, b := range parts[i] {
+					bld.Add(b, writes[b].seq, writes[b].data)
+				}
+				obj := bld.Finish(v.name, ids[i])
+				if err := v.crashPoint("drain.before-chunk-put"); err != nil {
+					errs <- err
+					cancel()
+					continue
+				}
+				if err := v.store.Put(ctx, chunkKey(v.name, ids[i]), obj); err != nil {
+					errs <- v.drainFailed(fmt.Errorf("viperblock: upload chunk %016x: %w", ids[i], err))
+					cancel()
+					continue
+				}
+				v.stats.chunksPut.Add(1)
+				v.stats.bytesDrained.Add(uint64(len(obj)))
+			}
+		}()
+	}
+feed:
+	for i := range parts {
+		select {
+		case work <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(work)
+	wg.Wait()
+	close(errs)
+	return <-errs // nil when the channel is empty
+}
+
+// getBuilder returns a reusable chunk buffer (4 MiB each, kept for reuse:
+// fresh memory is expensive to fault in).
+func (v *Volume) getBuilder() *chunk.Builder {
+	select {
+	case b := <-v.builders:
+		return b
+	default:
+		return new(chunk.Builder)
+	}
+}
+
+func (v *Volume) putBuilder(b *chunk.Builder) {
+	select {
+	case v.builders <- b:
+	default:
+	}
 }
 
 func containsSeg(l []*segment, s *segment) bool {

@@ -219,7 +219,16 @@ func (v *Volume) fetchRun(ctx context.Context, run []miss) error {
 		return err
 	}
 	first := run[0].key.Index
-	data, err := v.store.GetRange(ctx, chunkKey(v.name, c), chunkDataOffset(first), int64(len(run))*BlockSize)
+	n := len(run)
+	if int(first)+n > len(idx) {
+		return fmt.Errorf("%w: volume %s maps past the end of chunk %016x", ErrCorrupt, v.name, c)
+	}
+	// Read ahead in the chunk when this run continues the previous one.
+	total := n
+	if prev := v.lastFetch.Load(); v.opts.ReadAheadBlocks > 0 && v.cache.Cap() > 0 && prev != nil && prev.chunk == c && prev.end == first {
+		total = min(n+v.opts.ReadAheadBlocks, len(idx)-int(first))
+	}
+	data, err := v.store.GetRange(ctx, chunkKey(v.name, c), chunkDataOffset(first), int64(total)*BlockSize)
 	v.stats.backendReads.Add(1)
 	if err != nil {
 		return fmt.Errorf("viperblock: read chunk %016x: %w", c, err)
@@ -233,7 +242,21 @@ func (v *Volume) fetchRun(ctx context.Context, run []miss) error {
 		copy(m.dst, d)
 		v.cache.Put(m.key, d)
 	}
+	for i := n; i < total; i++ {
+		e := idx[int(first)+i]
+		d := data[i*BlockSize : (i+1)*BlockSize]
+		if verifyBlock(d, e, e.Block) == nil {
+			v.cache.Put(cache.Key{Chunk: c, Index: first + uint32(i)}, d)
+		}
+	}
+	v.lastFetch.Store(&fetchPos{c, first + uint32(total)})
 	return nil
+}
+
+// fetchPos is where the last backend read ended, for read-ahead.
+type fetchPos struct {
+	chunk uint64
+	end   uint32
 }
 
 // Trim discards the whole blocks inside [off, off+length): they read as

@@ -17,6 +17,7 @@ import (
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/blockmap"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/cache"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/chunk"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/manifest"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/wal"
@@ -34,7 +35,7 @@ func Open(ctx context.Context, store backend.Store, name string, opts Options) (
 	v := &Volume{
 		name: name, store: store, opts: opts, log: opts.Logger.With("volume", name), fs: opts.FS,
 		man: m, manVer: ver, chunkSize: map[uint64]uint32{}, epoch: m.Epoch, owner: m.Owner,
-		kick: make(chan struct{}, 1), writeback: make(chan *segment, 64), stop: make(chan struct{}),
+		kick: make(chan struct{}, 1), builders: make(chan *chunk.Builder, opts.UploadConcurrency), writeback: make(chan *segment, 64), stop: make(chan struct{}),
 	}
 	v.waitCond = sync.NewCond(&v.waitMu)
 	v.idx.max = 1024

@@ -64,6 +64,13 @@ type Options struct {
 	// MaxPendingBytes is the most WAL data held before writers wait for a
 	// drain (default 512 MiB). Pending data is held in memory as well.
 	MaxPendingBytes int64
+	// UploadConcurrency is how many chunks a drain uploads at once
+	// (default 4).
+	UploadConcurrency int
+	// ReadAheadBlocks is how far a sequential read that misses the cache
+	// reads ahead in the same chunk (default 256 blocks, 1 MiB; negative:
+	// none).
+	ReadAheadBlocks int
 	// Logger receives the engine's logs (default slog.Default()).
 	Logger *slog.Logger
 	// crash, when set by tests, is called at named crash points.
@@ -93,6 +100,12 @@ func (o *Options) setDefaults() {
 	if o.MaxPendingBytes < o.DrainBytes {
 		o.MaxPendingBytes = o.DrainBytes
 	}
+	if o.UploadConcurrency <= 0 {
+		o.UploadConcurrency = 4
+	}
+	if o.ReadAheadBlocks == 0 {
+		o.ReadAheadBlocks = 256
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -120,6 +133,8 @@ type Volume struct {
 	bmap  atomic.Pointer[blockmap.Map] // committed extent map
 	cache *cache.LRU
 	idx   chunkIndexCache
+	// lastFetch is where the last backend read ended (read-ahead).
+	lastFetch atomic.Pointer[fetchPos]
 
 	trimMu   sync.RWMutex // guards trims
 	trims    []trimRange  // trims not yet drained, in sequence order
@@ -131,12 +146,12 @@ type Volume struct {
 	chunkSeq  uint64            // last chunk counter used in this epoch
 	chunkSize map[uint64]uint32 // block count of every chunk in man
 	dirty     bool              // metadata (size) changed since the last commit
-	builder   chunk.Builder     // reused chunk buffer
 
 	pending   atomic.Int64 // WAL bytes not yet drained
 	waitMu    sync.Mutex   // guards waitCond's condition (pending, state)
 	waitCond  *sync.Cond
-	kick      chan struct{} // asks the drain loop for a drain now
+	builders  chan *chunk.Builder // reusable chunk buffers
+	kick      chan struct{}       // asks the drain loop for a drain now
 	writeback chan *segment // full slabs to write out
 	stop      chan struct{}
 	done      sync.WaitGroup

@@ -153,6 +153,9 @@ func (c *LRU) Put(k Key, data []byte) {
 	s.pushFront(i)
 }
 
+// Cap is the cache's capacity in blocks.
+func (c *LRU) Cap() int { return c.shards[0].cap * nShards }
+
 // Len is the number of cached blocks.
 func (c *LRU) Len() int {
 	n := 0
