@@ -152,7 +152,7 @@ type Volume struct {
 	waitCond  *sync.Cond
 	builders  chan *chunk.Builder // reusable chunk buffers
 	kick      chan struct{}       // asks the drain loop for a drain now
-	writeback chan *segment // full slabs to write out
+	writeback chan *segment       // full slabs to write out
 	stop      chan struct{}
 	done      sync.WaitGroup
 
