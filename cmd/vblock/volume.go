@@ -1,0 +1,268 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/viperblock/viperblock-csi/pkg/units"
+	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
+)
+
+var cmdCreate = &command{
+	name: "create", args: "NAME --size SIZE", nargs: 1,
+	summary: "create an empty volume",
+	detail: `Creates volume NAME of SIZE bytes (rounded up to 4 KiB) in the store. The volume reads as
+zeros until written. Fails if NAME exists.`,
+	flags: func(fs *flag.FlagSet, o *opts) {
+		fs.StringVar(&o.size, "size", "", "volume size, e.g. 10GiB, 512MiB or bytes (required)")
+	},
+	run: func(ctx context.Context, e *env, o *opts, args []string) error {
+		if o.size == "" {
+			return usagef("--size is required (e.g. --size 10GiB)")
+		}
+		size, err := parseSize(o.size)
+		if err != nil {
+			return err
+		}
+		store, err := openStore(ctx, o)
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		if err := vb.CreateOnly(ctx, store, args[0], size); err != nil {
+			return volErr(args[0], o, err)
+		}
+		e.printf("created volume %s (%s)\n", args[0], units.Format(roundBlock(size)))
+		return nil
+	},
+}
+
+var cmdList = &command{
+	name: "list", args: "", nargs: 0,
+	summary: "list the volumes in the store",
+	flags: func(fs *flag.FlagSet, o *opts) {
+		fs.BoolVar(&o.long, "l", false, "long listing: size, bytes written, epoch")
+		fs.BoolVar(&o.json, "json", false, "print JSON")
+	},
+	run: func(ctx context.Context, e *env, o *opts, args []string) error {
+		store, err := openStore(ctx, o)
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		names, err := vb.List(ctx, store)
+		if err != nil {
+			return err
+		}
+		sort.Strings(names)
+		if !o.long && !o.json {
+			for _, n := range names {
+				e.printf("%s\n", n)
+			}
+			return nil
+		}
+		infos := make([]vb.Info, 0, len(names))
+		for _, n := range names {
+			inf, err := vb.Inspect(ctx, store, n)
+			if err != nil {
+				return volErr(n, o, err)
+			}
+			infos = append(infos, inf)
+		}
+		if o.json {
+			return printJSON(e, infos)
+		}
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintf(tw, "NAME\tSIZE\tWRITTEN\tEPOCH\n")
+		for _, inf := range infos {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", inf.Name, units.Format(inf.Size), units.Format(inf.WrittenBytes), inf.Epoch)
+		}
+		return tw.Flush()
+	},
+}
+
+var cmdInspect = &command{
+	name: "inspect", args: "NAME", nargs: 1,
+	summary: "show a volume's committed state",
+	detail: `Shows what the store holds for NAME: size, bytes written, extents, chunks, snapshots, parent
+and ownership epoch. Writes still in a server's memory or WAL are not included; with --wal-dir,
+the local WAL of NAME is summarized as well.`,
+	flags: func(fs *flag.FlagSet, o *opts) {
+		fs.BoolVar(&o.json, "json", false, "print JSON")
+	},
+	run: func(ctx context.Context, e *env, o *opts, args []string) error {
+		store, err := openStore(ctx, o)
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		inf, err := vb.Inspect(ctx, store, args[0])
+		if err != nil {
+			return volErr(args[0], o, err)
+		}
+		wal := localWAL(o.walDir, args[0])
+		if o.json {
+			return printJSON(e, struct {
+				vb.Info
+				Snapshots []string  `json:"Snapshots"`
+				LocalWAL  *walUsage `json:"LocalWAL,omitempty"`
+			}{inf, []string{}, wal})
+		}
+		pct := 0.0
+		if inf.Size > 0 {
+			pct = 100 * float64(inf.WrittenBytes) / float64(inf.Size)
+		}
+		parent := inf.Parent
+		if parent == "" {
+			parent = "none"
+		}
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 1, ' ', 0)
+		fmt.Fprintf(tw, "name:\t%s\n", inf.Name)
+		fmt.Fprintf(tw, "size:\t%s (%d bytes)\n", units.Format(inf.Size), inf.Size)
+		fmt.Fprintf(tw, "written:\t%s (%d bytes, %.1f%% of the volume)\n", units.Format(inf.WrittenBytes), inf.WrittenBytes, pct)
+		fmt.Fprintf(tw, "extents:\t%d\n", inf.Extents)
+		fmt.Fprintf(tw, "chunks:\t%d (%s)\n", inf.Chunks, units.Format(inf.ChunkBytes))
+		fmt.Fprintf(tw, "snapshots:\tnone\n")
+		fmt.Fprintf(tw, "parent:\t%s\n", parent)
+		fmt.Fprintf(tw, "epoch:\t%d\n", inf.Epoch)
+		fmt.Fprintf(tw, "committed seq:\t%d\n", inf.CommittedSeq)
+		if wal != nil {
+			state := "idle"
+			if wal.InUse {
+				state = "in use by a server"
+			}
+			fmt.Fprintf(tw, "local WAL:\t%s: %d segment file(s), %s, %s\n", wal.Dir, wal.Segments, units.Format(wal.Bytes), state)
+		}
+		return tw.Flush()
+	},
+}
+
+var cmdDelete = &command{
+	name: "delete", args: "NAME", nargs: 1,
+	summary: "delete a volume and its data",
+	detail: `Deletes NAME's manifest (the volume is gone at once) and then its chunks from the store. With
+--wal-dir, NAME's local WAL is removed too, and the delete is refused while a server on this node
+holds it. The volume must not be served anywhere else.`,
+	run: func(ctx context.Context, e *env, o *opts, args []string) error {
+		name := args[0]
+		store, err := openStore(ctx, o)
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		if o.walDir != "" {
+			if u := localWAL(o.walDir, name); u != nil && u.InUse {
+				return fmt.Errorf("volume %s is being served on this node (WAL %s is locked); stop the server first", name, u.Dir)
+			}
+		}
+		if err := vb.Delete(ctx, store, name); err != nil {
+			return volErr(name, o, err)
+		}
+		if o.walDir != "" {
+			if err := vb.DeleteWAL(nil, o.walDir, name); err != nil {
+				return fmt.Errorf("volume %s deleted, but removing its local WAL failed: %v", name, err)
+			}
+		}
+		e.printf("deleted volume %s\n", name)
+		return nil
+	},
+}
+
+// walUsage summarizes a volume's local WAL directory.
+type walUsage struct {
+	Dir      string
+	Segments int
+	Bytes    int64
+	InUse    bool
+}
+
+// localWAL looks at walDir/name (layout documented in package viperblock);
+// nil when there is none.
+func localWAL(walDir, name string) *walUsage {
+	if walDir == "" {
+		return nil
+	}
+	dir := filepath.Join(walDir, name)
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return nil
+	}
+	u := &walUsage{Dir: dir}
+	segs, _ := filepath.Glob(filepath.Join(dir, "[0-9][0-9]", "*.wal"))
+	for _, s := range segs {
+		if st, err := os.Stat(s); err == nil {
+			u.Segments++
+			u.Bytes += st.Size()
+		}
+	}
+	lock, err := vfs.Default.TryLock(filepath.Join(dir, ".lock"))
+	if errors.Is(err, vfs.ErrLocked) {
+		u.InUse = true
+	} else if err == nil {
+		lock.Close()
+	}
+	return u
+}
+
+// volErr explains engine errors about volume name.
+func volErr(name string, o *opts, err error) error {
+	switch {
+	case errors.Is(err, vb.ErrNotFound):
+		return fmt.Errorf("volume %s not found in %s", name, redact(mustURL(o.store)))
+	case errors.Is(err, vb.ErrExists):
+		return fmt.Errorf("volume %s already exists", name)
+	case errors.Is(err, vb.ErrInUse):
+		return fmt.Errorf("volume %s is open by another process using WAL directory %s: %w", name, o.walDir, vb.ErrInUse)
+	case errors.Is(err, vb.ErrInvalidName):
+		return fmt.Errorf("invalid volume name %q: %w", name, vb.ErrInvalidName)
+	case errors.Is(err, vb.ErrInvalidArg):
+		return errors.New(strings.TrimPrefix(err.Error(), "viperblock: "))
+	}
+	return err
+}
+
+func mustURL(s string) string {
+	u, err := storeURL(s)
+	if err != nil {
+		return s
+	}
+	return u
+}
+
+// redact hides credentials and query parameters of a store URL.
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "<store>"
+	}
+	u.User, u.RawQuery, u.Fragment = nil, "", ""
+	return u.String()
+}
+
+func parseSize(s string) (int64, error) {
+	n, err := units.Parse(s)
+	if err != nil {
+		return 0, usageError{strings.TrimPrefix(err.Error(), "units: ")}
+	}
+	if n <= 0 {
+		return 0, usagef("size %q must be positive", s)
+	}
+	return n, nil
+}
+
+func roundBlock(n int64) int64 { return (n + vb.BlockSize - 1) / vb.BlockSize * vb.BlockSize }
+
+func printJSON(e *env, v any) error {
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
