@@ -172,4 +172,3 @@ func findPlugin(o *opts, getenv func(string) string) (string, error) {
 	}
 	return "", fmt.Errorf("cannot find %s (looked in %v); build it with 'make plugin' or pass --plugin", pluginFile, tried)
 }
-
