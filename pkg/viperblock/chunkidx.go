@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/blockmap"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/chunk"
 )
 
@@ -12,25 +13,25 @@ import (
 // the block count of every chunk the volume references.
 type chunkIndexCache struct {
 	mu    sync.Mutex // guards sizes and idx
-	sizes map[uint64]uint32
-	idx   map[uint64][]chunk.Entry
+	sizes map[blockmap.ChunkRef]uint32
+	idx   map[blockmap.ChunkRef][]chunk.Entry
 	max   int
 }
 
-func (c *chunkIndexCache) setSize(id uint64, blocks uint32) {
+func (c *chunkIndexCache) setSize(id blockmap.ChunkRef, blocks uint32) {
 	c.mu.Lock()
 	if c.sizes == nil {
-		c.sizes = map[uint64]uint32{}
+		c.sizes = map[blockmap.ChunkRef]uint32{}
 	}
 	c.sizes[id] = blocks
 	c.mu.Unlock()
 }
 
-func (c *chunkIndexCache) put(id uint64, e []chunk.Entry) {
+func (c *chunkIndexCache) put(id blockmap.ChunkRef, e []chunk.Entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.idx == nil {
-		c.idx = map[uint64][]chunk.Entry{}
+		c.idx = map[blockmap.ChunkRef][]chunk.Entry{}
 	}
 	if len(c.idx) >= c.max {
 		for k := range c.idx { // evict an arbitrary entry
@@ -42,7 +43,7 @@ func (c *chunkIndexCache) put(id uint64, e []chunk.Entry) {
 }
 
 // chunkIndex returns chunk id's verified index, reading it if needed.
-func (v *Volume) chunkIndex(ctx context.Context, id uint64) ([]chunk.Entry, error) {
+func (v *Volume) chunkIndex(ctx context.Context, id blockmap.ChunkRef) ([]chunk.Entry, error) {
 	v.idx.mu.Lock()
 	e, ok := v.idx.idx[id]
 	n, known := v.idx.sizes[id]
@@ -51,14 +52,14 @@ func (v *Volume) chunkIndex(ctx context.Context, id uint64) ([]chunk.Entry, erro
 		return e, nil
 	}
 	if !known {
-		return nil, fmt.Errorf("%w: volume %s references unknown chunk %016x", ErrCorrupt, v.name, id)
+		return nil, fmt.Errorf("%w: volume %s references unknown chunk %s", ErrCorrupt, v.name, v.chunkKeyRef(id))
 	}
-	b, err := v.store.GetRange(ctx, chunkKey(v.name, id), chunk.IndexOffset(int(n)), chunk.IndexLen(int(n)))
+	b, err := v.store.GetRange(ctx, v.chunkKeyRef(id), chunk.IndexOffset(int(n)), chunk.IndexLen(int(n)))
 	v.stats.backendReads.Add(1)
 	if err != nil {
-		return nil, fmt.Errorf("viperblock: read index of chunk %016x: %w", id, err)
+		return nil, fmt.Errorf("viperblock: read index of chunk %s: %w", v.chunkKeyRef(id), err)
 	}
-	e, err = chunk.DecodeIndex(b, id, int(n))
+	e, err = chunk.DecodeIndex(b, id.ID, int(n))
 	if err != nil {
 		return nil, fmt.Errorf("%w: volume %s: %v", ErrCorrupt, v.name, err)
 	}

@@ -104,6 +104,17 @@ func (v *Volume) drain(ctx context.Context) error {
 		}
 	}
 	maxBlock := uint64(v.size.Load() / BlockSize)
+	// The map after this drain's trims; compaction reads from it.
+	m := v.bmap.Load()
+	if len(trims) > 0 {
+		m = m.Overlay(clearOps(trims, maxBlock))
+	}
+	if rep := v.compact; rep != nil {
+		v.compact = nil
+		if err := v.relocations(ctx, m, writes, rep); err != nil {
+			return v.drainFailed(err)
+		}
+	}
 	blocks := make([]uint64, 0, len(writes))
 	for b := range writes {
 		if b < maxBlock {
@@ -114,7 +125,7 @@ func (v *Volume) drain(ctx context.Context) error {
 
 	// Pack and upload chunks, several at a time.
 	var ops []blockmap.Extent
-	newSizes := map[uint64]uint32{}
+	newSizes := map[blockmap.ChunkRef]uint32{}
 	var parts [][]uint64
 	for i := 0; i < len(blocks); i += chunk.MaxBlocks {
 		parts = append(parts, blocks[i:min(i+chunk.MaxBlocks, len(blocks))])
@@ -128,25 +139,22 @@ func (v *Volume) drain(ctx context.Context) error {
 		return err
 	}
 	for i, part := range parts {
-		newSizes[ids[i]] = uint32(len(part))
+		newSizes[blockmap.ChunkRef{ID: ids[i]}] = uint32(len(part))
 		for j, b := range part {
 			ops = appendExtent(ops, blockmap.Extent{Start: b, Count: 1, Chunk: ids[i], Off: uint32(j)})
 		}
 	}
 
 	// The new map: the old one, minus the trims, plus the new writes.
-	m := v.bmap.Load()
-	if len(trims) > 0 {
-		m = m.Overlay(clearOps(trims, maxBlock))
-	}
 	if len(ops) > 0 {
 		m = m.Overlay(ops)
 	}
 	next := *v.man
 	next.Size = v.size.Load()
 	next.SeqHW = max(hw, v.man.SeqHW)
+	next.Request = max(next.Request, v.request)
 	next.Extents = m.Extents()
-	sizes := make(map[uint64]uint32, len(v.chunkSize)+len(newSizes))
+	sizes := make(map[blockmap.ChunkRef]uint32, len(v.chunkSize)+len(newSizes))
 	for id, n := range v.chunkSize {
 		sizes[id] = n
 	}
@@ -157,34 +165,23 @@ func (v *Volume) drain(ctx context.Context) error {
 	if err := v.crashPoint("drain.before-commit"); err != nil {
 		return err
 	}
-	ver, err := v.store.PutIf(ctx, manifestKey(v.name), manifest.Encode(&next), v.manVer)
-	if err != nil {
-		if errors.Is(err, backend.ErrPrecondition) {
-			return v.fence(err)
-		}
-		return v.drainFailed(fmt.Errorf("viperblock: commit manifest: %w", err))
+	if err := v.commit(ctx, &next); err != nil {
+		return err
 	}
 	if err := v.crashPoint("drain.after-commit"); err != nil {
 		return err
 	}
 
 	// Committed. Publish the new map, then retire what it now holds.
-	var dropped []uint64
-	live := map[uint64]bool{}
-	for _, c := range next.Chunks {
-		live[c.ID] = true
-	}
-	for id := range sizes {
-		if !live[id] {
+	var dropped []blockmap.ChunkRef
+	kept := next.Sizes()
+	for id := range v.chunkSize {
+		if _, ok := kept[id]; !ok && id.Vol == 0 {
 			dropped = append(dropped, id)
 		}
 	}
-	v.chunkSize = map[uint64]uint32{}
-	for _, c := range next.Chunks {
-		v.chunkSize[c.ID] = c.Blocks
-		v.idx.setSize(c.ID, c.Blocks)
-	}
-	v.man, v.manVer, v.dirty = &next, ver, false
+	v.setChunkSizes(&next)
+	v.dirty = false
 	v.bmap.Store(m)
 	// Trims first, then block entries: a reader never finds neither the
 	// newest data nor the hole.
@@ -230,14 +227,10 @@ func (v *Volume) drain(ctx context.Context) error {
 	}
 	v.pending.Add(-segBytes)
 	v.wakeWaiters()
-	for _, id := range dropped {
-		if err := v.store.Delete(ctx, chunkKey(v.name, id)); err != nil {
-			v.log.Warn("could not delete unreferenced chunk; GC will retry", "volume", v.name, "chunk", fmt.Sprintf("%016x", id), "err", err)
-		}
-	}
+	v.deleteChunks(ctx, dropped)
 	v.stats.drains.Add(1)
 	v.lastErr.Store(nil)
-	v.log.Debug("drained", "volume", v.name, "blocks", len(blocks), "trims", len(trims), "seq", next.SeqHW, "took", time.Since(start))
+	v.log.Debug("drained", "blocks", len(blocks), "trims", len(trims), "seq", next.SeqHW, "took", time.Since(start))
 	return nil
 }
 
@@ -354,6 +347,59 @@ func clearOps(trims []trimRange, maxBlock uint64) []blockmap.Extent {
 	return ops
 }
 
+// commit writes next as the volume's manifest by compare-and-swap against
+// the last committed version, and on success makes it the committed state.
+// Losing the compare-and-swap means another owner took the volume: fenced.
+// drainMu must be held.
+func (v *Volume) commit(ctx context.Context, next *manifest.Manifest) error {
+	next.Committed = time.Now().UnixNano()
+	next.Flags |= manifest.FlagOpen
+	if v.closing {
+		next.Flags &^= manifest.FlagOpen
+	}
+	ver, err := v.store.PutIf(ctx, manifestKey(v.name), manifest.Encode(next), v.manVer)
+	if err != nil {
+		if errors.Is(err, backend.ErrPrecondition) {
+			return v.fence(err)
+		}
+		return v.drainFailed(fmt.Errorf("viperblock: commit manifest: %w", err))
+	}
+	v.man, v.manVer = next, ver
+	return nil
+}
+
+// setChunkSizes records the chunk table of the committed manifest m.
+func (v *Volume) setChunkSizes(m *manifest.Manifest) {
+	v.chunkSize = m.Sizes()
+	for ref, n := range v.chunkSize {
+		v.idx.setSize(ref, n)
+	}
+}
+
+// deleteChunks deletes chunks of this volume that the committed map no
+// longer references, unless a snapshot still does. The snapshot list is
+// read after the commit that dropped them, which is what makes this safe
+// against a snapshot being taken concurrently (see snapshot.go). Chunks
+// kept here, or whose deletion fails, are left for GC.
+func (v *Volume) deleteChunks(ctx context.Context, dropped []blockmap.ChunkRef) {
+	if len(dropped) == 0 {
+		return
+	}
+	pinned, err := snapshotChunks(ctx, v.store, v.name)
+	if err != nil {
+		v.log.Warn("could not read snapshots; unreferenced chunks left for GC", "err", err)
+		return
+	}
+	for _, id := range dropped {
+		if pinned[id.ID] {
+			continue
+		}
+		if err := v.store.Delete(ctx, chunkKey(v.name, id.ID)); err != nil {
+			v.log.Warn("could not delete unreferenced chunk; GC will retry", "chunk", chunkKey(v.name, id.ID), "err", err)
+		}
+	}
+}
+
 func (v *Volume) drainFailed(err error) error {
 	v.stats.drainErrors.Add(1)
 	v.lastErr.Store(&err)
@@ -365,7 +411,7 @@ func (v *Volume) fence(cause error) error {
 	v.state.CompareAndSwap(stateOpen, stateFenced)
 	err := fmt.Errorf("%w: %s: the manifest changed under us (%v); writes now fail", ErrFenced, v.name, cause)
 	v.lastErr.Store(&err)
-	v.log.Error("volume fenced: another owner took it over", "volume", v.name, "epoch", v.epoch)
+	v.log.Error("volume fenced: another owner took it over", "epoch", v.epoch)
 	v.wakeWaiters()
 	return err
 }
@@ -384,7 +430,7 @@ func (v *Volume) drainLoop() {
 		case <-t.C:
 		case <-v.kick:
 		}
-		if v.pending.Load() == 0 {
+		if v.pollDrainRequest(context.Background()) == 0 && v.pending.Load() == 0 {
 			continue
 		}
 		err := v.drain(context.Background())
@@ -395,7 +441,7 @@ func (v *Volume) drainLoop() {
 		if errors.Is(err, ErrFenced) || errors.Is(err, errCrash) {
 			return
 		}
-		v.log.Warn("drain failed; retrying", "volume", v.name, "err", err, "backoff", backoff)
+		v.log.Warn("drain failed; retrying", "err", err, "backoff", backoff)
 		select {
 		case <-v.stop:
 			return

@@ -189,7 +189,7 @@ func (v *Volume) resolve(b uint64, dst []byte) (cache.Key, bool) {
 		clear(dst)
 		return cache.Key{}, false
 	}
-	k := cache.Key{Chunk: c, Index: idx}
+	k := cache.Key{Vol: c.Vol, Chunk: c.ID, Index: idx}
 	if v.cache.Get(k, dst) {
 		return cache.Key{}, false
 	}
@@ -201,7 +201,7 @@ func (v *Volume) resolve(b uint64, dst []byte) (cache.Key, bool) {
 func (v *Volume) fetch(ctx context.Context, misses []miss) error {
 	for i := 0; i < len(misses); {
 		j := i + 1
-		for j < len(misses) && misses[j].key.Chunk == misses[i].key.Chunk && misses[j].key.Index == misses[j-1].key.Index+1 {
+		for j < len(misses) && misses[j].key.Vol == misses[i].key.Vol && misses[j].key.Chunk == misses[i].key.Chunk && misses[j].key.Index == misses[j-1].key.Index+1 {
 			j++
 		}
 		if err := v.fetchRun(ctx, misses[i:j]); err != nil {
@@ -213,7 +213,7 @@ func (v *Volume) fetch(ctx context.Context, misses []miss) error {
 }
 
 func (v *Volume) fetchRun(ctx context.Context, run []miss) error {
-	c := run[0].key.Chunk
+	c := blockmap.ChunkRef{Vol: run[0].key.Vol, ID: run[0].key.Chunk}
 	idx, err := v.chunkIndex(ctx, c)
 	if err != nil {
 		return err
@@ -221,23 +221,23 @@ func (v *Volume) fetchRun(ctx context.Context, run []miss) error {
 	first := run[0].key.Index
 	n := len(run)
 	if int(first)+n > len(idx) {
-		return fmt.Errorf("%w: volume %s maps past the end of chunk %016x", ErrCorrupt, v.name, c)
+		return fmt.Errorf("%w: volume %s maps past the end of chunk %s", ErrCorrupt, v.name, v.chunkKeyRef(c))
 	}
 	// Read ahead in the chunk when this run continues the previous one.
 	total := n
 	if prev := v.lastFetch.Load(); v.opts.ReadAheadBlocks > 0 && v.cache.Cap() > 0 && prev != nil && prev.chunk == c && prev.end == first {
 		total = min(n+v.opts.ReadAheadBlocks, len(idx)-int(first))
 	}
-	data, err := v.store.GetRange(ctx, chunkKey(v.name, c), chunkDataOffset(first), int64(total)*BlockSize)
+	data, err := v.store.GetRange(ctx, v.chunkKeyRef(c), chunkDataOffset(first), int64(total)*BlockSize)
 	v.stats.backendReads.Add(1)
 	if err != nil {
-		return fmt.Errorf("viperblock: read chunk %016x: %w", c, err)
+		return fmt.Errorf("viperblock: read chunk %s: %w", v.chunkKeyRef(c), err)
 	}
 	for i, m := range run {
 		e := idx[int(m.key.Index)]
 		d := data[i*BlockSize : (i+1)*BlockSize]
 		if err := verifyBlock(d, e, m.blk); err != nil {
-			return fmt.Errorf("%w: volume %s chunk %016x: %v", ErrCorrupt, v.name, c, err)
+			return fmt.Errorf("%w: volume %s chunk %s: %v", ErrCorrupt, v.name, v.chunkKeyRef(c), err)
 		}
 		copy(m.dst, d)
 		v.cache.Put(m.key, d)
@@ -246,7 +246,7 @@ func (v *Volume) fetchRun(ctx context.Context, run []miss) error {
 		e := idx[int(first)+i]
 		d := data[i*BlockSize : (i+1)*BlockSize]
 		if verifyBlock(d, e, e.Block) == nil {
-			v.cache.Put(cache.Key{Chunk: c, Index: first + uint32(i)}, d)
+			v.cache.Put(cache.Key{Vol: c.Vol, Chunk: c.ID, Index: first + uint32(i)}, d)
 		}
 	}
 	v.lastFetch.Store(&fetchPos{c, first + uint32(total)})
@@ -255,7 +255,7 @@ func (v *Volume) fetchRun(ctx context.Context, run []miss) error {
 
 // fetchPos is where the last backend read ended, for read-ahead.
 type fetchPos struct {
-	chunk uint64
+	chunk blockmap.ChunkRef
 	end   uint32
 }
 

@@ -295,7 +295,7 @@ func (v *Volume) walErr() error {
 
 func (v *Volume) setWALErr(err error) error {
 	v.walFail.CompareAndSwap(nil, &err)
-	v.log.Error("WAL failed; the volume accepts no more writes", "volume", v.name, "err", err)
+	v.log.Error("WAL failed; the volume accepts no more writes", "err", err)
 	return err
 }
 

@@ -28,28 +28,11 @@ import (
 // left if no other owner has committed since.
 func Open(ctx context.Context, store backend.Store, name string, opts Options) (*Volume, error) {
 	opts.setDefaults()
-	m, ver, err := readManifest(ctx, store, name)
+	m, ver, err := readLiveManifest(ctx, store, name)
 	if err != nil {
 		return nil, err
 	}
-	v := &Volume{
-		name: name, store: store, opts: opts, log: opts.Logger.With("volume", name), fs: opts.FS,
-		man: m, manVer: ver, chunkSize: map[uint64]uint32{}, epoch: m.Epoch, owner: m.Owner,
-		kick: make(chan struct{}, 1), builders: make(chan *chunk.Builder, opts.UploadConcurrency), writeback: make(chan *segment, 64), stop: make(chan struct{}),
-	}
-	v.waitCond = sync.NewCond(&v.waitMu)
-	v.idx.max = 1024
-	v.cache = cache.New(opts.CacheBlocks)
-	v.size.Store(m.Size)
-	v.seq.Store(m.SeqHW)
-	v.bmap.Store(blockmap.New(m.Extents))
-	for _, c := range m.Chunks {
-		v.chunkSize[c.ID] = c.Blocks
-		v.idx.setSize(c.ID, c.Blocks)
-	}
-	for i := range v.shards {
-		v.shards[i] = shard{idx: i, blocks: map[uint64]entry{}}
-	}
+	v := newVolume(store, name, m, ver, opts)
 	if opts.ReadOnly {
 		return v, nil
 	}
@@ -70,6 +53,37 @@ func Open(ctx context.Context, store backend.Store, name string, opts Options) (
 		v.kickDrain()
 	}
 	return v, nil
+}
+
+// OpenSnapshot opens a snapshot read-only.
+func OpenSnapshot(ctx context.Context, store backend.Store, vol, snap string, opts Options) (*Volume, error) {
+	opts.setDefaults()
+	opts.ReadOnly = true
+	m, ver, err := readSnapshot(ctx, store, vol, snap)
+	if err != nil {
+		return nil, err
+	}
+	return newVolume(store, vol, m, ver, opts), nil
+}
+
+// newVolume builds the in-memory volume for manifest m (without a WAL).
+func newVolume(store backend.Store, name string, m *manifest.Manifest, ver backend.Version, opts Options) *Volume {
+	v := &Volume{
+		name: name, store: store, opts: opts, log: opts.Logger.With("volume", name), fs: opts.FS,
+		man: m, manVer: ver, epoch: m.Epoch, owner: m.Owner, refs: append([]string{name}, m.Refs...),
+		kick: make(chan struct{}, 1), builders: make(chan *chunk.Builder, opts.UploadConcurrency), writeback: make(chan *segment, 64), stop: make(chan struct{}),
+	}
+	v.waitCond = sync.NewCond(&v.waitMu)
+	v.idx.max = 1024
+	v.cache = cache.New(opts.CacheBlocks)
+	v.size.Store(m.Size)
+	v.seq.Store(m.SeqHW)
+	v.bmap.Store(blockmap.New(m.Extents))
+	v.setChunkSizes(m)
+	for i := range v.shards {
+		v.shards[i] = shard{idx: i, blocks: map[uint64]entry{}}
+	}
+	return v
 }
 
 func (v *Volume) openWAL(ctx context.Context) error {
@@ -120,6 +134,8 @@ func (v *Volume) openWAL(ctx context.Context) error {
 	}
 	next := *m
 	next.Epoch, next.Owner = newEpoch, nonce
+	next.Flags |= manifest.FlagOpen
+	next.Committed = time.Now().UnixNano()
 	ver, err := v.store.PutIf(ctx, manifestKey(v.name), manifest.Encode(&next), v.manVer)
 	if err != nil {
 		if errors.Is(err, backend.ErrPrecondition) {
@@ -321,6 +337,10 @@ func (v *Volume) Close() error {
 	} else {
 		err = v.flush()
 		if err == nil {
+			v.drainMu.Lock()
+			v.closing = true // the final commit clears FlagOpen
+			v.dirty = true
+			v.drainMu.Unlock()
 			err = v.closeDrain()
 		}
 	}

@@ -132,6 +132,7 @@ type Volume struct {
 
 	bmap  atomic.Pointer[blockmap.Map] // committed extent map
 	cache *cache.LRU
+	refs  []string // volume table: refs[0] is this volume, then ancestors; fixed at open
 	idx   chunkIndexCache
 	// lastFetch is where the last backend read ended (read-ahead).
 	lastFetch atomic.Pointer[fetchPos]
@@ -144,7 +145,10 @@ type Volume struct {
 	man       *manifest.Manifest
 	manVer    backend.Version
 	chunkSeq  uint64            // last chunk counter used in this epoch
-	chunkSize map[uint64]uint32 // block count of every chunk in man
+	chunkSize map[blockmap.ChunkRef]uint32 // block count of every chunk in man
+	closing   bool                         // the next commit is Close's: clear FlagOpen
+	request   uint64                       // newest drain request seen (see snapshot.go)
+	compact   *GCReport                    // set by GC: the next drain compacts into it
 	dirty     bool              // metadata (size) changed since the last commit
 
 	pending   atomic.Int64 // WAL bytes not yet drained
@@ -217,6 +221,9 @@ func chunkKey(name string, id uint64) string {
 	return fmt.Sprintf("%s/chunks/%016x", name, id)
 }
 
+// chunkKeyRef is the key of a chunk named by volume-table index.
+func (v *Volume) chunkKeyRef(ref blockmap.ChunkRef) string { return chunkKey(v.refs[ref.Vol], ref.ID) }
+
 func validName(name string) error {
 	if err := backend.ValidateName(name); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidName, err)
@@ -255,6 +262,7 @@ func CreateOnly(ctx context.Context, store backend.Store, name string, size int6
 }
 
 // readManifest loads and verifies a volume's manifest.
+// A tombstone (FlagDeleted) is returned as it is; see readLiveManifest.
 func readManifest(ctx context.Context, store backend.Store, name string) (*manifest.Manifest, backend.Version, error) {
 	if err := validName(name); err != nil {
 		return nil, "", err
@@ -285,17 +293,34 @@ type Info struct {
 	Chunks       int
 	ChunkBytes   int64 // bytes of all referenced chunks
 	Epoch        uint64
-	Parent       string
+	Parent       string // "volume@snapshot" for a clone
 	CommittedSeq uint64
+	Open         bool      // open for writing on some node
+	Committed    time.Time // time of the last commit
+	Snapshots    []string
+	Dependants   []string // clones made from this volume's snapshots
 }
 
 // Inspect reads a volume's committed state from the backend.
 func Inspect(ctx context.Context, store backend.Store, name string) (Info, error) {
-	m, _, err := readManifest(ctx, store, name)
+	m, _, err := readLiveManifest(ctx, store, name)
 	if err != nil {
 		return Info{}, err
 	}
-	inf := Info{Name: m.Name, Size: m.Size, Extents: len(m.Extents), Chunks: len(m.Chunks), Epoch: m.Epoch, Parent: m.Parent, CommittedSeq: m.SeqHW}
+	inf := Info{Name: m.Name, Size: m.Size, Extents: len(m.Extents), Chunks: len(m.Chunks), Epoch: m.Epoch, Parent: m.Parent,
+		CommittedSeq: m.SeqHW, Open: m.Flags&manifest.FlagOpen != 0, Committed: time.Unix(0, m.Committed)}
+	snaps, err := ListSnapshots(ctx, store, name)
+	if err != nil {
+		return Info{}, err
+	}
+	for _, s := range snaps {
+		inf.Snapshots = append(inf.Snapshots, s.Name)
+		deps, err := Dependants(ctx, store, name, s.Name)
+		if err != nil {
+			return Info{}, err
+		}
+		inf.Dependants = append(inf.Dependants, deps...)
+	}
 	for _, e := range m.Extents {
 		inf.WrittenBytes += int64(e.Count) * BlockSize
 	}
@@ -314,32 +339,44 @@ func List(ctx context.Context, store backend.Store) ([]string, error) {
 	var names []string
 	for _, k := range keys {
 		if n, ok := strings.CutSuffix(k, "/manifest"); ok && !strings.Contains(n, "/") {
-			names = append(names, n)
+			if _, _, err := readLiveManifest(ctx, store, n); err == nil {
+				names = append(names, n)
+			} else if !errors.Is(err, ErrNotFound) {
+				return nil, err
+			}
 		}
 	}
 	return names, nil
 }
 
-// Delete removes a volume's objects from the store: the manifest first (so
-// the volume is gone at once), then its chunks. The volume must not be open
-// for writing anywhere. Deleting a missing volume is ErrNotFound.
+// Delete deletes a volume. If snapshots of it remain, it becomes a hidden
+// tombstone that keeps just the data they use, and goes when they do.
+// Deleting a volume open for writing on a node is ErrInUse; a missing
+// volume is ErrNotFound.
 func Delete(ctx context.Context, store backend.Store, name string) error {
-	if _, _, err := readManifest(ctx, store, name); err != nil {
-		return err
-	}
-	keys, err := store.List(ctx, name+"/chunks/")
+	m, ver, err := readLiveManifest(ctx, store, name)
 	if err != nil {
 		return err
 	}
-	if err := store.Delete(ctx, manifestKey(name)); err != nil {
+	if m.Flags&manifest.FlagOpen != 0 {
+		return fmt.Errorf("%w: %s is open for writing on a node (epoch %d); detach it first", ErrInUse, name, m.Epoch)
+	}
+	snaps, err := listSnapshotObjects(ctx, store, name)
+	if err != nil {
 		return err
 	}
-	for _, k := range keys {
-		if err := store.Delete(ctx, k); err != nil {
-			return fmt.Errorf("viperblock: delete %s: %w (the volume is gone; some chunks remain)", name, err)
-		}
+	if len(snaps) == 0 {
+		return removeVolume(ctx, store, m)
 	}
-	return nil
+	m.Flags |= manifest.FlagDeleted
+	if _, err := store.PutIf(ctx, manifestKey(name), manifest.Encode(m), ver); err != nil {
+		if errors.Is(err, backend.ErrPrecondition) {
+			return fmt.Errorf("%w: %s changed while being deleted", ErrInUse, name)
+		}
+		return err
+	}
+	_, err = collectGarbage(ctx, store, name)
+	return err
 }
 
 // DeleteWAL removes a volume's local WAL directory (after the volume was

@@ -14,14 +14,27 @@ import (
 )
 
 // Extent maps Count blocks starting at Start to consecutive blocks of a
-// chunk, starting at block index Off within the chunk. Chunk 0 means "no
-// data" (used only in Overlay operations, never stored).
+// chunk, starting at block index Off within the chunk. The chunk is named by
+// Vol, an index into the volume's table of volumes (0: the volume itself; a
+// clone's map also points into its ancestors' chunks), and Chunk, the chunk
+// id within that volume. Chunk 0 means "no data" (used only in Overlay
+// operations, never stored).
 type Extent struct {
 	Start uint64
 	Count uint32
+	Vol   uint32
 	Chunk uint64
 	Off   uint32
 }
+
+// ChunkRef names one chunk: a volume-table index and a chunk id.
+type ChunkRef struct {
+	Vol uint32
+	ID  uint64
+}
+
+// Ref returns the extent's chunk.
+func (e Extent) Ref() ChunkRef { return ChunkRef{e.Vol, e.Chunk} }
 
 // End is one past the last block.
 func (e Extent) End() uint64 { return e.Start + uint64(e.Count) }
@@ -29,6 +42,9 @@ func (e Extent) End() uint64 { return e.Start + uint64(e.Count) }
 func (e Extent) String() string {
 	if e.Chunk == 0 {
 		return fmt.Sprintf("[%d+%d]=zero", e.Start, e.Count)
+	}
+	if e.Vol != 0 {
+		return fmt.Sprintf("[%d+%d]=v%d:%x@%d", e.Start, e.Count, e.Vol, e.Chunk, e.Off)
 	}
 	return fmt.Sprintf("[%d+%d]=%x@%d", e.Start, e.Count, e.Chunk, e.Off)
 }
@@ -86,14 +102,14 @@ func (m *Map) Blocks() uint64 {
 }
 
 // Lookup returns the chunk and index within it that hold block b.
-func (m *Map) Lookup(b uint64) (chunk uint64, off uint32, ok bool) {
+func (m *Map) Lookup(b uint64) (ref ChunkRef, off uint32, ok bool) {
 	ext := m.Extents()
 	i := sort.Search(len(ext), func(i int) bool { return ext[i].End() > b })
 	if i == len(ext) || ext[i].Start > b {
-		return 0, 0, false
+		return ChunkRef{}, 0, false
 	}
 	e := ext[i]
-	return e.Chunk, e.Off + uint32(b-e.Start), true
+	return e.Ref(), e.Off + uint32(b-e.Start), true
 }
 
 // Range calls fn for each extent overlapping [start, start+count), clipped
@@ -143,11 +159,11 @@ func (m *Map) Overlay(ops []Extent) *Map {
 				break
 			}
 			if cur.Start < op.Start {
-				out = appendMerge(out, Extent{cur.Start, uint32(op.Start - cur.Start), cur.Chunk, cur.Off})
+				out = appendMerge(out, Extent{cur.Start, uint32(op.Start - cur.Start), cur.Vol, cur.Chunk, cur.Off})
 			}
 			if cur.End() > opEnd {
 				d := opEnd - cur.Start
-				cur = Extent{opEnd, cur.Count - uint32(d), cur.Chunk, cur.Off + uint32(d)}
+				cur = Extent{opEnd, cur.Count - uint32(d), cur.Vol, cur.Chunk, cur.Off + uint32(d)}
 				break
 			}
 			have = false
@@ -166,7 +182,7 @@ func (m *Map) Overlay(ops []Extent) *Map {
 func appendMerge(out []Extent, e Extent) []Extent {
 	if n := len(out); n > 0 {
 		l := &out[n-1]
-		if l.End() == e.Start && l.Chunk == e.Chunk && l.Off+l.Count == e.Off {
+		if l.End() == e.Start && l.Vol == e.Vol && l.Chunk == e.Chunk && l.Off+l.Count == e.Off {
 			l.Count += e.Count
 			return out
 		}
@@ -182,10 +198,10 @@ func (m *Map) Truncate(maxBlock uint64) *Map {
 }
 
 // LiveBlocks counts, per chunk, the blocks the map references.
-func (m *Map) LiveBlocks() map[uint64]uint32 {
-	live := map[uint64]uint32{}
+func (m *Map) LiveBlocks() map[ChunkRef]uint32 {
+	live := map[ChunkRef]uint32{}
 	for _, e := range m.Extents() {
-		live[e.Chunk] += e.Count
+		live[e.Ref()] += e.Count
 	}
 	return live
 }

@@ -32,7 +32,7 @@ func TestOverlayModel(t *testing.T) {
 	rng := rand.New(rand.NewSource(seed))
 	const n = 200
 	type loc struct {
-		chunk uint64
+		chunk ChunkRef
 		off   uint32
 	}
 	model := make([]loc, n)
@@ -47,14 +47,14 @@ func TestOverlayModel(t *testing.T) {
 			}
 			e := Extent{Start: b, Count: c}
 			if rng.Intn(3) > 0 {
-				e.Chunk, e.Off = uint64(1+rng.Intn(5)), uint32(rng.Intn(100))
+				e.Vol, e.Chunk, e.Off = uint32(rng.Intn(2)), uint64(1+rng.Intn(5)), uint32(rng.Intn(100))
 			}
 			ops = append(ops, e)
 			for i := uint64(0); i < uint64(c); i++ {
 				if e.Chunk == 0 {
 					model[b+i] = loc{}
 				} else {
-					model[b+i] = loc{e.Chunk, e.Off + uint32(i)}
+					model[b+i] = loc{e.Ref(), e.Off + uint32(i)}
 				}
 			}
 			b += uint64(c) + uint64(rng.Intn(30))
@@ -65,7 +65,7 @@ func TestOverlayModel(t *testing.T) {
 		}
 		for i := uint64(0); i < n; i++ {
 			c, off, ok := m.Lookup(i)
-			if w := model[i]; (w.chunk != 0) != ok || c != w.chunk || (ok && off != w.off) {
+			if w := model[i]; (w.chunk.ID != 0) != ok || c != w.chunk || (ok && off != w.off) {
 				t.Fatalf("round %d block %d: got %d@%d %v, want %+v", round, i, c, off, ok, w)
 			}
 		}
@@ -73,7 +73,7 @@ func TestOverlayModel(t *testing.T) {
 		ext := m.Extents()
 		for i := 1; i < len(ext); i++ {
 			p := ext[i-1]
-			if p.End() == ext[i].Start && p.Chunk == ext[i].Chunk && p.Off+p.Count == ext[i].Off {
+			if p.End() == ext[i].Start && p.Ref() == ext[i].Ref() && p.Off+p.Count == ext[i].Off {
 				t.Fatalf("unmerged extents %v %v", p, ext[i])
 			}
 		}

@@ -18,8 +18,10 @@ const BlockSize = 4096
 
 const nShards = 16
 
-// Key names a block by where it lives in the backend.
+// Key names a block by where it lives in the backend: a volume-table index
+// (see package manifest), a chunk id and the block's index in the chunk.
 type Key struct {
+	Vol   uint32
 	Chunk uint64
 	Index uint32
 }
@@ -82,7 +84,7 @@ func BlocksForMemPercent(pct float64, fallback int) int {
 }
 
 func (c *LRU) shard(k Key) *shard {
-	h := k.Chunk*0x9E3779B97F4A7C15 ^ uint64(k.Index)*0xC2B2AE3D27D4EB4F
+	h := k.Chunk*0x9E3779B97F4A7C15 ^ uint64(k.Index)*0xC2B2AE3D27D4EB4F ^ uint64(k.Vol)*0x165667B19E3779F9
 	return &c.shards[h>>60]
 }
 

@@ -2,33 +2,41 @@
 // the volume's state in the backend (size, ownership epoch, how far the WAL
 // has been drained, the chunk table and the extent map). A new manifest
 // replaces the old one only by compare-and-swap, so the backend always holds
-// one complete, checksummed state. All integers are little-endian; the CRC is
-// CRC32C.
+// one complete, checksummed state. A snapshot is a frozen manifest stored
+// under its own key. All integers are little-endian; the CRC is CRC32C.
 //
 // # Layout (version 1)
 //
 //	offset  size    field
 //	0       8       magic "VBMANIF1"
 //	8       2       format version (1)
-//	10      2       flags, zero
+//	10      2       flags: 1 = open (a writer owns the volume), 2 = snapshot,
+//	                4 = deleted (kept only because snapshots or clones
+//	                still use its data), 8 = internal (a snapshot made
+//	                implicitly for a clone of a volume)
 //	12      4       block size (4096)
 //	16      8       volume size in bytes
 //	24      8       owner epoch (bumped by every writable open)
 //	32      16      owner nonce (random, chosen by the owner of the epoch)
 //	48      8       sequence high-water: every WAL record with a sequence
 //	                number at or below it is contained in this state
-//	56      8       reserved, zero
-//	64      2       length n of the volume name
-//	66      2       length p of the parent reference (empty: no parent)
-//	68      4       reserved, zero
-//	72      n       volume name
-//	72+n    p       parent reference
+//	56      8       commit time, Unix nanoseconds
+//	64      8       id of the last drain request this state answers
+//	72      2       length n of the volume name
+//	74      2       length p of the parent ("volume@snapshot"; empty: none)
+//	76      2       length l of the label (a snapshot's name)
+//	78      2       number r of other volumes whose chunks the map uses
+//	80      n+p+l   volume name, parent, label
+//	...     r*(2+x) volume table entries 1..r: length u16, name (entry 0
+//	                is the volume itself)
 //	...     4       chunk count k
-//	...     16*k    chunks, sorted by id: id u64, block count u32, live
-//	                blocks u32 (blocks the extent map references)
+//	...     20*k    chunks, sorted by (volume, id): volume index u32, chunk
+//	                id u64, block count u32, live blocks u32 (blocks the
+//	                extent map references)
 //	...     4       extent count e
-//	...     24*e    extents, sorted by start: start block u64, block count
-//	                u32, chunk id u64, block index in the chunk u32
+//	...     28*e    extents, sorted by start: start block u64, block count
+//	                u32, volume index u32, chunk id u64, block index in the
+//	                chunk u32
 //	...     4       CRC32C of every byte before it
 package manifest
 
@@ -47,10 +55,19 @@ const (
 	Version    = 1
 	Magic      = "VBMANIF1"
 	BlockSize  = 4096
-	fixedSize  = 72
-	chunkSize  = 16
-	extentSize = 24
+	fixedSize  = 80
+	chunkSize  = 20
+	extentSize = 28
 	MaxNameLen = 1024
+	MaxRefs    = 4096
+)
+
+// Flags.
+const (
+	FlagOpen     uint16 = 1
+	FlagSnapshot uint16 = 2
+	FlagDeleted  uint16 = 4
+	FlagInternal uint16 = 8
 )
 
 // Errors.
@@ -63,44 +80,72 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Chunk is one chunk table entry.
 type Chunk struct {
+	Vol    uint32
 	ID     uint64
 	Blocks uint32
 	Live   uint32
 }
 
+// Ref returns the chunk's reference.
+func (c Chunk) Ref() blockmap.ChunkRef { return blockmap.ChunkRef{Vol: c.Vol, ID: c.ID} }
+
 // Manifest is a decoded manifest.
 type Manifest struct {
-	Size    int64
-	Epoch   uint64
-	Owner   [16]byte
-	SeqHW   uint64
-	Name    string
-	Parent  string
-	Chunks  []Chunk
-	Extents []blockmap.Extent
+	Flags     uint16
+	Size      int64
+	Epoch     uint64
+	Owner     [16]byte
+	SeqHW     uint64
+	Committed int64 // Unix nanoseconds
+	Request   uint64
+	Name      string
+	Parent    string
+	Label     string
+	Refs      []string // volume table entries 1..r
+	Chunks    []Chunk
+	Extents   []blockmap.Extent
+}
+
+// VolumeName returns the name of volume-table entry i.
+func (m *Manifest) VolumeName(i uint32) string {
+	if i == 0 {
+		return m.Name
+	}
+	return m.Refs[i-1]
 }
 
 // Encode returns m's encoding.
 func Encode(m *Manifest) []byte {
-	n := fixedSize + len(m.Name) + len(m.Parent) + 4 + chunkSize*len(m.Chunks) + 4 + extentSize*len(m.Extents) + 4
+	n := fixedSize + len(m.Name) + len(m.Parent) + len(m.Label) + 4 + chunkSize*len(m.Chunks) + 4 + extentSize*len(m.Extents) + 4
+	for _, r := range m.Refs {
+		n += 2 + len(r)
+	}
 	b := make([]byte, 0, n)
 	le := binary.LittleEndian
 	b = append(b, Magic...)
 	b = le.AppendUint16(b, Version)
-	b = le.AppendUint16(b, 0)
+	b = le.AppendUint16(b, m.Flags)
 	b = le.AppendUint32(b, BlockSize)
 	b = le.AppendUint64(b, uint64(m.Size))
 	b = le.AppendUint64(b, m.Epoch)
 	b = append(b, m.Owner[:]...)
 	b = le.AppendUint64(b, m.SeqHW)
-	b = le.AppendUint64(b, 0)
+	b = le.AppendUint64(b, uint64(m.Committed))
+	b = le.AppendUint64(b, m.Request)
 	b = le.AppendUint16(b, uint16(len(m.Name)))
 	b = le.AppendUint16(b, uint16(len(m.Parent)))
-	b = le.AppendUint32(b, 0)
+	b = le.AppendUint16(b, uint16(len(m.Label)))
+	b = le.AppendUint16(b, uint16(len(m.Refs)))
 	b = append(b, m.Name...)
 	b = append(b, m.Parent...)
+	b = append(b, m.Label...)
+	for _, r := range m.Refs {
+		b = le.AppendUint16(b, uint16(len(r)))
+		b = append(b, r...)
+	}
 	b = le.AppendUint32(b, uint32(len(m.Chunks)))
 	for _, c := range m.Chunks {
+		b = le.AppendUint32(b, c.Vol)
 		b = le.AppendUint64(b, c.ID)
 		b = le.AppendUint32(b, c.Blocks)
 		b = le.AppendUint32(b, c.Live)
@@ -109,6 +154,7 @@ func Encode(m *Manifest) []byte {
 	for _, e := range m.Extents {
 		b = le.AppendUint64(b, e.Start)
 		b = le.AppendUint32(b, e.Count)
+		b = le.AppendUint32(b, e.Vol)
 		b = le.AppendUint64(b, e.Chunk)
 		b = le.AppendUint32(b, e.Off)
 	}
@@ -117,6 +163,13 @@ func Encode(m *Manifest) []byte {
 
 func corrupt(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", ErrCorrupt, fmt.Sprintf(format, a...))
+}
+
+func refLess(a, b blockmap.ChunkRef) bool {
+	if a.Vol != b.Vol {
+		return a.Vol < b.Vol
+	}
+	return a.ID < b.ID
 }
 
 // Decode decodes and fully validates a manifest.
@@ -139,38 +192,61 @@ func Decode(b []byte) (*Manifest, error) {
 		return nil, corrupt("block size %d", bs)
 	}
 	m := &Manifest{
-		Size:  int64(le.Uint64(b[16:])),
-		Epoch: le.Uint64(b[24:]),
-		SeqHW: le.Uint64(b[48:]),
+		Flags:     le.Uint16(b[10:]),
+		Size:      int64(le.Uint64(b[16:])),
+		Epoch:     le.Uint64(b[24:]),
+		SeqHW:     le.Uint64(b[48:]),
+		Committed: int64(le.Uint64(b[56:])),
+		Request:   le.Uint64(b[64:]),
+	}
+	if m.Flags&^(FlagOpen|FlagSnapshot|FlagDeleted|FlagInternal) != 0 {
+		return nil, corrupt("unknown flags %#x", m.Flags)
 	}
 	copy(m.Owner[:], b[32:48])
-	n, p := int(le.Uint16(b[64:])), int(le.Uint16(b[66:]))
-	if n > MaxNameLen || p > MaxNameLen {
-		return nil, corrupt("name lengths %d, %d", n, p)
+	n, p, l, r := int(le.Uint16(b[72:])), int(le.Uint16(b[74:])), int(le.Uint16(b[76:])), int(le.Uint16(b[78:]))
+	if n > MaxNameLen || p > MaxNameLen || l > MaxNameLen || r > MaxRefs {
+		return nil, corrupt("name lengths %d, %d, %d, %d volumes", n, p, l, r)
 	}
 	rest := body[fixedSize:]
-	if len(rest) < n+p+4 {
+	if len(rest) < n+p+l {
 		return nil, corrupt("truncated names")
 	}
-	m.Name, m.Parent = string(rest[:n]), string(rest[n:n+p])
-	rest = rest[n+p:]
+	m.Name, m.Parent, m.Label = string(rest[:n]), string(rest[n:n+p]), string(rest[n+p:n+p+l])
+	rest = rest[n+p+l:]
+	for i := 0; i < r; i++ {
+		if len(rest) < 2 || len(rest) < 2+int(le.Uint16(rest)) {
+			return nil, corrupt("truncated volume table")
+		}
+		k := int(le.Uint16(rest))
+		if k == 0 || k > MaxNameLen {
+			return nil, corrupt("volume table entry %d of length %d", i+1, k)
+		}
+		m.Refs = append(m.Refs, string(rest[2:2+k]))
+		rest = rest[2+k:]
+	}
+	if len(rest) < 4 {
+		return nil, corrupt("truncated chunk table")
+	}
 	k := int(le.Uint32(rest))
 	rest = rest[4:]
-	if k < 0 || len(rest) < k*chunkSize+4 {
+	if k < 0 || k > len(rest)/chunkSize {
 		return nil, corrupt("chunk table of %d entries does not fit", k)
 	}
 	m.Chunks = make([]Chunk, k)
-	blocks := make(map[uint64]uint32, k)
+	blocks := make(map[blockmap.ChunkRef]uint32, k)
 	for i := range m.Chunks {
 		e := rest[i*chunkSize:]
-		c := Chunk{le.Uint64(e), le.Uint32(e[8:]), le.Uint32(e[12:])}
-		if c.ID == 0 || c.Blocks == 0 || c.Blocks > 1024 || c.Live > c.Blocks || (i > 0 && c.ID <= m.Chunks[i-1].ID) {
+		c := Chunk{le.Uint32(e), le.Uint64(e[4:]), le.Uint32(e[12:]), le.Uint32(e[16:])}
+		if c.ID == 0 || int(c.Vol) > r || c.Blocks == 0 || c.Blocks > 1024 || c.Live > c.Blocks || (i > 0 && !refLess(m.Chunks[i-1].Ref(), c.Ref())) {
 			return nil, corrupt("chunk entry %d %+v", i, c)
 		}
 		m.Chunks[i] = c
-		blocks[c.ID] = c.Blocks
+		blocks[c.Ref()] = c.Blocks
 	}
 	rest = rest[k*chunkSize:]
+	if len(rest) < 4 {
+		return nil, corrupt("truncated extent list")
+	}
 	ne := int(le.Uint32(rest))
 	rest = rest[4:]
 	if ne < 0 || len(rest) != ne*extentSize {
@@ -179,7 +255,7 @@ func Decode(b []byte) (*Manifest, error) {
 	m.Extents = make([]blockmap.Extent, ne)
 	for i := range m.Extents {
 		e := rest[i*extentSize:]
-		m.Extents[i] = blockmap.Extent{Start: le.Uint64(e), Count: le.Uint32(e[8:]), Chunk: le.Uint64(e[12:]), Off: le.Uint32(e[20:])}
+		m.Extents[i] = blockmap.Extent{Start: le.Uint64(e), Count: le.Uint32(e[8:]), Vol: le.Uint32(e[12:]), Chunk: le.Uint64(e[16:]), Off: le.Uint32(e[24:])}
 	}
 	if m.Size <= 0 || m.Size%BlockSize != 0 {
 		return nil, corrupt("volume size %d", m.Size)
@@ -188,7 +264,7 @@ func Decode(b []byte) (*Manifest, error) {
 		return nil, corrupt("%v", err)
 	}
 	for i, e := range m.Extents {
-		cb, ok := blocks[e.Chunk]
+		cb, ok := blocks[e.Ref()]
 		if !ok || uint64(e.Off)+uint64(e.Count) > uint64(cb) {
 			return nil, corrupt("extent %d %v references a missing chunk or lies past its end", i, e)
 		}
@@ -198,11 +274,20 @@ func Decode(b []byte) (*Manifest, error) {
 
 // SetChunks rebuilds m's chunk table from known chunk sizes, recounting live
 // blocks from m's extents and dropping chunks no extent references.
-func (m *Manifest) SetChunks(sizes map[uint64]uint32) {
+func (m *Manifest) SetChunks(sizes map[blockmap.ChunkRef]uint32) {
 	live := blockmap.New(m.Extents).LiveBlocks()
 	m.Chunks = m.Chunks[:0:0]
-	for id, n := range live {
-		m.Chunks = append(m.Chunks, Chunk{ID: id, Blocks: sizes[id], Live: n})
+	for ref, n := range live {
+		m.Chunks = append(m.Chunks, Chunk{Vol: ref.Vol, ID: ref.ID, Blocks: sizes[ref], Live: n})
 	}
-	sort.Slice(m.Chunks, func(i, j int) bool { return m.Chunks[i].ID < m.Chunks[j].ID })
+	sort.Slice(m.Chunks, func(i, j int) bool { return refLess(m.Chunks[i].Ref(), m.Chunks[j].Ref()) })
+}
+
+// Sizes returns the block count of every chunk in the table.
+func (m *Manifest) Sizes() map[blockmap.ChunkRef]uint32 {
+	s := make(map[blockmap.ChunkRef]uint32, len(m.Chunks))
+	for _, c := range m.Chunks {
+		s[c.Ref()] = c.Blocks
+	}
+	return s
 }

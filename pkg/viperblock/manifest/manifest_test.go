@@ -9,16 +9,17 @@ import (
 )
 
 func sample() *Manifest {
-	m := &Manifest{Size: 1 << 30, Epoch: 3, SeqHW: 99, Name: "vol", Parent: "base@snap1",
-		Extents: []blockmap.Extent{{Start: 0, Count: 10, Chunk: 1, Off: 0}, {Start: 20, Count: 5, Chunk: 2, Off: 3}}}
+	m := &Manifest{Flags: FlagOpen, Size: 1 << 30, Epoch: 3, SeqHW: 99, Committed: 12345, Request: 7,
+		Name: "vol", Parent: "base@snap1", Label: "", Refs: []string{"base"},
+		Extents: []blockmap.Extent{{Start: 0, Count: 10, Chunk: 1, Off: 0}, {Start: 20, Count: 5, Vol: 1, Chunk: 2, Off: 3}}}
 	m.Owner[0] = 7
-	m.SetChunks(map[uint64]uint32{1: 10, 2: 8, 3: 4})
+	m.SetChunks(map[blockmap.ChunkRef]uint32{{ID: 1}: 10, {Vol: 1, ID: 2}: 8, {ID: 3}: 4})
 	return m
 }
 
 func TestRoundTrip(t *testing.T) {
 	m := sample()
-	if len(m.Chunks) != 2 || m.Chunks[1] != (Chunk{ID: 2, Blocks: 8, Live: 5}) {
+	if len(m.Chunks) != 2 || m.Chunks[1] != (Chunk{Vol: 1, ID: 2, Blocks: 8, Live: 5}) {
 		t.Fatalf("chunk table %+v", m.Chunks)
 	}
 	got, err := Decode(Encode(m))
@@ -44,6 +45,11 @@ func TestRejects(t *testing.T) {
 	m.Extents[1].Off = 5
 	if _, err := Decode(Encode(m)); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("extent past chunk end: %v", err)
+	}
+	m = sample()
+	m.Extents[1].Vol = 2 // no such volume-table entry
+	if _, err := Decode(Encode(m)); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("bad volume index: %v", err)
 	}
 	m = sample()
 	m.Extents[1].Start = 5 // overlaps the first

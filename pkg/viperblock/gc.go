@@ -1,0 +1,181 @@
+package viperblock
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/blockmap"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/chunk"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/manifest"
+)
+
+// Space reclaim.
+//
+// Chunks are immutable. A chunk of volume V may be referenced by V's
+// current map and by V's snapshots (tombstones included); clones reference
+// V's chunks only through a snapshot of V, which stays as long as they do.
+// So a chunk of V that neither V's manifest nor any of V's snapshots
+// references is garbage, with one exception: a chunk the current owner has
+// uploaded but not yet committed. Chunk ids carry the epoch of the owner
+// that wrote them (id >> 40), so an offline collector deletes an
+// unreferenced chunk only if an older epoch wrote it, or the volume is not
+// open.
+//
+// Compaction (GC on an open volume) rewrites the live blocks of chunks whose
+// live fraction is below a threshold into new chunks, as part of a drain, so
+// the switch is one manifest commit. Chunks a snapshot pins are left alone:
+// rewriting them would free nothing.
+
+// GCReport says what a collection did.
+type GCReport struct {
+	ChunksDeleted   int   // unreferenced chunks deleted
+	ChunksRewritten int   // sparse chunks whose live blocks were moved
+	BlocksMoved     int   // blocks copied into new chunks
+	BytesReclaimed  int64 // bytes of deleted chunks
+}
+
+// chunkEpoch is the epoch of the owner that wrote a chunk.
+func chunkEpoch(id uint64) uint64 { return id >> 40 }
+
+// collectGarbage deletes a volume's unreferenced chunks (see above). It is
+// safe to run while the volume is open on a node.
+func collectGarbage(ctx context.Context, store backend.Store, vol string) (GCReport, error) {
+	var rep GCReport
+	m, _, err := readManifest(ctx, store, vol)
+	if err != nil {
+		return rep, err
+	}
+	used := map[uint64]bool{}
+	if m.Flags&manifest.FlagDeleted == 0 {
+		for _, c := range m.Chunks {
+			if c.Vol == 0 {
+				used[c.ID] = true
+			}
+		}
+	}
+	pinned, err := snapshotChunks(ctx, store, vol)
+	if err != nil {
+		return rep, err
+	}
+	keys, err := store.List(ctx, vol+"/chunks/")
+	if err != nil {
+		return rep, err
+	}
+	open := m.Flags&manifest.FlagOpen != 0
+	for _, k := range keys {
+		id, err := strconv.ParseUint(strings.TrimPrefix(k, vol+"/chunks/"), 16, 64)
+		if err != nil || id == 0 {
+			continue // not a chunk this engine wrote; leave it
+		}
+		if used[id] || pinned[id] {
+			continue
+		}
+		if e := chunkEpoch(id); e > m.Epoch || (e == m.Epoch && open) {
+			continue // may belong to a drain in progress
+		}
+		if err := store.Delete(ctx, k); err != nil {
+			return rep, err
+		}
+		rep.ChunksDeleted++
+	}
+	return rep, nil
+}
+
+// GC reclaims space of a volume that is not open here: it deletes the
+// volume's unreferenced chunks. (An open volume compacts with Volume.GC.)
+func GC(ctx context.Context, store backend.Store, vol string) (GCReport, error) {
+	if err := validName(vol); err != nil {
+		return GCReport{}, err
+	}
+	return collectGarbage(ctx, store, vol)
+}
+
+// GC compacts the volume: it drains, rewrites the live blocks of chunks
+// less than half used (unless snapshots pin them) into new chunks, commits,
+// and deletes what no longer has a reference.
+func (v *Volume) GC(ctx context.Context) (GCReport, error) {
+	var total GCReport
+	if err := v.checkWritable(); err != nil {
+		return total, err
+	}
+	for {
+		v.drainMu.Lock()
+		v.compact = &total
+		v.dirty = true
+		v.drainMu.Unlock()
+		before := total.ChunksRewritten
+		if err := v.drain(ctx); err != nil {
+			return total, err
+		}
+		if total.ChunksRewritten == before {
+			break
+		}
+	}
+	rep, err := collectGarbage(ctx, v.store, v.name)
+	total.ChunksDeleted += rep.ChunksDeleted
+	return total, err
+}
+
+// gcMaxChunks bounds how many chunks one drain rewrites.
+const gcMaxChunks = 32
+
+// relocations picks sparse chunks of map m (the map after this drain's
+// trims) and reads their live blocks, skipping blocks this drain rewrites
+// anyway. drainMu must be held.
+func (v *Volume) relocations(ctx context.Context, m *blockmap.Map, writes map[uint64]drained, rep *GCReport) error {
+	pinned, err := snapshotChunks(ctx, v.store, v.name)
+	if err != nil {
+		return err
+	}
+	live := m.LiveBlocks()
+	var picked []blockmap.ChunkRef
+	for ref, n := range live {
+		if ref.Vol != 0 || pinned[ref.ID] {
+			continue
+		}
+		if size := v.chunkSize[ref]; size > 0 && n*2 < size {
+			picked = append(picked, ref)
+			if len(picked) == gcMaxChunks {
+				break
+			}
+		}
+	}
+	if len(picked) == 0 {
+		return nil
+	}
+	want := map[blockmap.ChunkRef]bool{}
+	for _, r := range picked {
+		want[r] = true
+	}
+	for _, e := range m.Extents() {
+		if !want[e.Ref()] {
+			continue
+		}
+		idx, err := v.chunkIndex(ctx, e.Ref())
+		if err != nil {
+			return err
+		}
+		data, err := v.store.GetRange(ctx, v.chunkKeyRef(e.Ref()), chunk.DataOffset(int(e.Off)), int64(e.Count)*BlockSize)
+		if err != nil {
+			return fmt.Errorf("viperblock: GC read %s: %w", v.chunkKeyRef(e.Ref()), err)
+		}
+		for i := uint32(0); i < e.Count; i++ {
+			b := e.Start + uint64(i)
+			d := data[i*BlockSize : (i+1)*BlockSize]
+			ie := idx[e.Off+i]
+			if err := verifyBlock(d, ie, b); err != nil {
+				return fmt.Errorf("%w: GC of %s: %v", ErrCorrupt, v.chunkKeyRef(e.Ref()), err)
+			}
+			if _, ok := writes[b]; ok {
+				continue
+			}
+			writes[b] = drained{seq: ie.Seq, data: d}
+			rep.BlocksMoved++
+		}
+	}
+	rep.ChunksRewritten += len(picked)
+	return nil
+}
