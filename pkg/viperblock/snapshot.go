@@ -53,12 +53,12 @@ type SnapshotInfo struct {
 	Deleted      bool // deleted, kept while clones depend on it
 }
 
-func snapKey(vol, snap string) string         { return vol + "/snapshots/" + snap }
-func depPrefix(vol, snap string) string       { return vol + "/deps/" + snap + "/" }
-func depKey(vol, snap, clone string) string   { return depPrefix(vol, snap) + clone }
-func drainRequestKey(vol string) string       { return vol + "/drain-request" }
-func parentRef(vol, snap string) string       { return vol + "@" + snap }
-func splitParent(p string) (string, string)   { a, b, _ := strings.Cut(p, "@"); return a, b }
+func snapKey(vol, snap string) string       { return vol + "/snapshots/" + snap }
+func depPrefix(vol, snap string) string     { return vol + "/deps/" + snap + "/" }
+func depKey(vol, snap, clone string) string { return depPrefix(vol, snap) + clone }
+func drainRequestKey(vol string) string     { return vol + "/drain-request" }
+func parentRef(vol, snap string) string     { return vol + "@" + snap }
+func splitParent(p string) (string, string) { a, b, _ := strings.Cut(p, "@"); return a, b }
 func snapInfo(m *manifest.Manifest) SnapshotInfo {
 	inf := SnapshotInfo{Volume: m.Name, Name: m.Label, Size: m.Size, Created: time.Unix(0, m.Committed),
 		Internal: m.Flags&manifest.FlagInternal != 0, Deleted: m.Flags&manifest.FlagDeleted != 0}

@@ -144,12 +144,12 @@ type Volume struct {
 	drainMu   sync.Mutex // one drain at a time; guards the fields below
 	man       *manifest.Manifest
 	manVer    backend.Version
-	chunkSeq  uint64            // last chunk counter used in this epoch
+	chunkSeq  uint64                       // last chunk counter used in this epoch
 	chunkSize map[blockmap.ChunkRef]uint32 // block count of every chunk in man
 	closing   bool                         // the next commit is Close's: clear FlagOpen
 	request   uint64                       // newest drain request seen (see snapshot.go)
 	compact   *GCReport                    // set by GC: the next drain compacts into it
-	dirty     bool              // metadata (size) changed since the last commit
+	dirty     bool                         // metadata (size) changed since the last commit
 
 	pending   atomic.Int64 // WAL bytes not yet drained
 	waitMu    sync.Mutex   // guards waitCond's condition (pending, state)
