@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/viperblock/viperblock-csi/pkg/nbdserve"
 )
@@ -23,8 +24,9 @@ var cmdServe = &command{
 	summary: "serve a volume over NBD on a Unix socket (runs nbdkit in the foreground)",
 	detail: `Runs 'nbdkit -f --unix PATH nbdkit-viperblock-plugin.so volume=NAME ...' as a child and waits.
 Clients connect with nbd+unix:///?socket=PATH (nbdcopy, nbdinfo, qemu, nbdfuse, nbd-client).
-SIGINT or SIGTERM stops nbdkit: the plugin flushes and drains the volume to the store, then vblock
-exits 0. If the drain fails, the data stays in the WAL directory and vblock exits 1; serving the
+SIGINT or SIGTERM stops nbdkit: once connected clients have disconnected (nbdkit lets open
+connections finish), the plugin flushes and drains the volume to the store and vblock exits 0. A
+second signal kills nbdkit at once: flushed writes stay in the WAL and the next serve replays them. If the drain fails, the data stays in the WAL directory and vblock exits 1; serving the
 volume again on this node retries.
 
 The store URL reaches nbdkit through the environment ($VBLOCK_STORE), never its command line.
@@ -113,14 +115,24 @@ func runServe(ctx context.Context, e *env, o *opts, args []string) error {
 	}
 	e.note("serving volume %s at %s (nbdkit pid %d); stop with Ctrl-C or SIGTERM", name, srv.URI(), srv.Pid())
 	stopping := false
+	var waitNote <-chan time.Time
 	for {
 		select {
 		case sig := <-sigs:
-			if !stopping {
-				e.note("%v: stopping nbdkit; the volume is flushed and drained to the store", sig)
-				stopping = true
+			if stopping {
+				// nbdkit finishes open connections before it exits; a
+				// second signal does not wait for them.
+				e.note("%v again: killing nbdkit; flushed writes stay in the WAL at %s and are replayed by the next serve", sig, o.walDir)
+				srv.Kill()
+				<-srv.Done()
+				return fmt.Errorf("nbdkit killed before the volume was drained")
 			}
+			e.note("%v: stopping nbdkit; the volume is flushed and drained to the store", sig)
+			stopping = true
 			srv.Signal(syscall.SIGTERM)
+			waitNote = time.After(2 * time.Second)
+		case <-waitNote:
+			e.note("nbdkit waits for connected clients to disconnect before it exits; signal again to kill it now")
 		case <-srv.Done():
 			if err := srv.Wait(); err != nil {
 				if stopping {

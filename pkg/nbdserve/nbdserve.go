@@ -211,7 +211,9 @@ func (s *Server) Signal(sig os.Signal) error {
 func (s *Server) Kill() error { return s.Signal(syscall.SIGKILL) }
 
 // Stop asks nbdkit to exit (SIGTERM: the plugin drains the volume) and
-// waits. If ctx ends first, nbdkit is killed and Stop returns ctx's error.
+// waits. nbdkit (1.32) stops accepting connections at once but lets open
+// connections run until their clients disconnect, so detach clients first.
+// If ctx ends first, nbdkit is killed and Stop returns ctx's error.
 func (s *Server) Stop(ctx context.Context) error {
 	if err := s.Signal(syscall.SIGTERM); err != nil {
 		return err

@@ -1,0 +1,244 @@
+package nbd
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/viperblock/viperblock-csi/pkg/nbdserve"
+)
+
+const pluginRel = "lib/nbdkit-viperblock-plugin.so"
+
+// repoRoot finds the directory holding go.mod, upwards from here.
+func repoRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("cannot find the repository root (go.mod) above the test directory")
+		}
+		dir = parent
+	}
+}
+
+// needTools skips the test unless every tool is on PATH.
+func needTools(t testing.TB, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (run `make deps`)", tool)
+		}
+	}
+}
+
+// harness is one test's volume: a file store and the plugin.
+type harness struct {
+	t      testing.TB
+	root   string
+	plugin string
+	dir    string
+	store  string // file:// URL
+	volume string
+	n      atomic.Int32
+}
+
+func newHarness(t testing.TB) *harness {
+	t.Helper()
+	needTools(t, "nbdkit")
+	root := repoRoot(t)
+	plugin := filepath.Join(root, pluginRel)
+	if _, err := os.Stat(plugin); err != nil {
+		t.Fatalf("%s is missing: build it with `make build` (or `make plugin`) before running these tests", plugin)
+	}
+	dir := t.TempDir()
+	return &harness{t: t, root: root, plugin: plugin, dir: dir, store: "file://" + filepath.Join(dir, "store"), volume: "vol"}
+}
+
+// server is one running nbdkit.
+type server struct {
+	*nbdserve.Server
+	h      *harness
+	walDir string
+}
+
+// serve starts nbdkit with the plugin on a new socket, with the WAL in walDir
+// (relative to the harness directory) and extra plugin parameters.
+func (h *harness) serve(walDir string, params ...string) *server {
+	h.t.Helper()
+	s, err := h.start(walDir, nil, params...)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return s
+}
+
+func (h *harness) start(walDir string, nbdArgs []string, params ...string) (*server, error) {
+	wal := filepath.Join(h.dir, walDir)
+	sock := filepath.Join(h.dir, fmt.Sprintf("nbd%d.sock", h.n.Add(1)))
+	p := append([]string{"volume=" + h.volume, "wal_dir=" + wal}, params...)
+	var logw bytes.Buffer
+	srv, err := nbdserve.Start(context.Background(), nbdserve.Config{
+		Plugin: h.plugin, Socket: sock, Params: p, Args: nbdArgs,
+		Env:          []string{"VBLOCK_STORE=" + h.store},
+		Stderr:       &testLog{t: h.t, prefix: filepath.Base(sock) + ": ", buf: &logw},
+		ReadyTimeout: time.Minute,
+	})
+	if err != nil {
+		return nil, err
+	}
+	h.t.Cleanup(func() { srv.Kill(); <-srv.Done() })
+	return &server{Server: srv, h: h, walDir: wal}, nil
+}
+
+// stop stops the server cleanly and requires a clean exit (drained).
+func (s *server) stop() {
+	s.h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := s.Stop(ctx); err != nil {
+		s.h.t.Fatalf("nbdkit did not stop cleanly: %v", err)
+	}
+}
+
+// kill9 kills nbdkit with SIGKILL and waits for it.
+func (s *server) kill9() {
+	s.Kill()
+	<-s.Done()
+}
+
+func (s *server) dial() *client {
+	s.h.t.Helper()
+	c, err := dial(s.Socket())
+	if err != nil {
+		s.h.t.Fatal(err)
+	}
+	s.h.t.Cleanup(func() { c.c.Close() })
+	return c
+}
+
+// testLog forwards nbdkit's stderr to the test log, line by line.
+type testLog struct {
+	t      testing.TB
+	prefix string
+	buf    *bytes.Buffer
+}
+
+func (l *testLog) Write(p []byte) (int, error) {
+	l.buf.Write(p)
+	for {
+		i := bytes.IndexByte(l.buf.Bytes(), '\n')
+		if i < 0 {
+			break
+		}
+		line := string(l.buf.Next(i + 1))
+		if testing.Verbose() {
+			l.t.Log(l.prefix + strings.TrimRight(line, "\n"))
+		}
+	}
+	return len(p), nil
+}
+
+// run runs a command and fails the test on error, returning its output.
+func run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// seed picks a random seed and logs it; VB_SEED overrides.
+func seed(t testing.TB) uint64 {
+	t.Helper()
+	s := rand.Uint64()
+	if v := os.Getenv("VB_SEED"); v != "" {
+		fmt.Sscan(v, &s)
+	}
+	t.Logf("seed %d (rerun with VB_SEED=%d)", s, s)
+	return s
+}
+
+func newRand(s uint64) *rand.Rand {
+	var key [32]byte
+	for i := range 4 {
+		key[i*8] = byte(s >> (8 * i))
+		key[i*8+1] = byte(s >> (8*i + 32))
+	}
+	return rand.New(rand.NewChaCha8(key))
+}
+
+// randomFile writes n random bytes to a new file in dir.
+func randomFile(t testing.TB, dir string, n int64, r *rand.Rand) string {
+	t.Helper()
+	f, err := os.CreateTemp(dir, "random-*.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for n > 0 {
+		k := min(int64(len(buf)), n)
+		for i := 0; i < int(k); i += 8 {
+			v := r.Uint64()
+			for j := 0; j < 8 && i+j < int(k); j++ {
+				buf[i+j] = byte(v >> (8 * j))
+			}
+		}
+		if _, err := f.Write(buf[:k]); err != nil {
+			t.Fatal(err)
+		}
+		n -= k
+	}
+	return f.Name()
+}
+
+// sameFilePrefix compares the first n bytes of two files.
+func sameFilePrefix(t testing.TB, a, b string, n int64) {
+	t.Helper()
+	fa, err := os.Open(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fa.Close()
+	fb, err := os.Open(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fb.Close()
+	ba, bb := make([]byte, 1<<20), make([]byte, 1<<20)
+	for off := int64(0); off < n; off += int64(len(ba)) {
+		k := min(int64(len(ba)), n-off)
+		if _, err := fa.ReadAt(ba[:k], off); err != nil {
+			t.Fatalf("read %s: %v", a, err)
+		}
+		if _, err := fb.ReadAt(bb[:k], off); err != nil {
+			t.Fatalf("read %s: %v", b, err)
+		}
+		if !bytes.Equal(ba[:k], bb[:k]) {
+			for i := range k {
+				if ba[i] != bb[i] {
+					t.Fatalf("%s and %s differ at byte %d", a, b, off+i)
+				}
+			}
+		}
+	}
+}
