@@ -430,7 +430,7 @@ func (v *Volume) drainLoop() {
 		case <-t.C:
 		case <-v.kick:
 		}
-		if v.pollDrainRequest(context.Background()) == 0 && v.pending.Load() == 0 {
+		if !v.pollRequest(context.Background()) && v.pending.Load() == 0 {
 			continue
 		}
 		err := v.drain(context.Background())

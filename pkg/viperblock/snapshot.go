@@ -2,7 +2,6 @@ package viperblock
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"sort"
@@ -36,11 +35,9 @@ import (
 // commit and retries. So no snapshot ever pins a deleted chunk.
 //
 // A snapshot of a volume open on a node should include what the node has
-// written but not yet drained. CreateSnapshot asks the owner to drain by
-// writing <volume>/drain-request (8 bytes: a request id, little-endian); the
-// owner polls it every DrainInterval, drains, and commits the id in the
-// manifest's request field. If the owner does not answer in time (it may be
-// dead), the snapshot holds the last committed state.
+// written but not yet drained: CreateSnapshot asks the owner to drain first
+// (see request.go). If the owner does not answer in time (it may be dead),
+// the snapshot holds the last committed state.
 
 // SnapshotInfo describes a snapshot.
 type SnapshotInfo struct {
@@ -56,7 +53,6 @@ type SnapshotInfo struct {
 func snapKey(vol, snap string) string       { return vol + "/snapshots/" + snap }
 func depPrefix(vol, snap string) string     { return vol + "/deps/" + snap + "/" }
 func depKey(vol, snap, clone string) string { return depPrefix(vol, snap) + clone }
-func drainRequestKey(vol string) string     { return vol + "/drain-request" }
 func parentRef(vol, snap string) string     { return vol + "@" + snap }
 func splitParent(p string) (string, string) { a, b, _ := strings.Cut(p, "@"); return a, b }
 func snapInfo(m *manifest.Manifest) SnapshotInfo {
@@ -181,7 +177,7 @@ func CreateSnapshot(ctx context.Context, store backend.Store, vol, snap string, 
 		return snapInfo(old), nil
 	}
 	if m.Flags&manifest.FlagOpen != 0 {
-		if err := requestDrain(ctx, store, vol, opts); err != nil {
+		if err := askOwner(ctx, store, vol, 0, opts.OwnerWait, opts.Logf); err != nil {
 			return SnapshotInfo{}, err
 		}
 	}
@@ -210,55 +206,6 @@ func CreateSnapshot(ctx context.Context, store backend.Store, vol, snap string, 
 			return SnapshotInfo{}, fmt.Errorf("viperblock: snapshot %s: the volume kept changing; try again", parentRef(vol, snap))
 		}
 	}
-}
-
-// requestDrain asks the owner of an open volume to drain and waits until a
-// commit answers the request, the volume closes, or OwnerWait passes.
-func requestDrain(ctx context.Context, store backend.Store, vol string, opts SnapshotOptions) error {
-	id := uint64(time.Now().UnixNano())
-	if err := store.Put(ctx, drainRequestKey(vol), binary.LittleEndian.AppendUint64(nil, id)); err != nil {
-		return fmt.Errorf("viperblock: request a drain of %s: %w", vol, err)
-	}
-	deadline := time.Now().Add(opts.OwnerWait)
-	for {
-		m, _, err := readLiveManifest(ctx, store, vol)
-		if err != nil {
-			return err
-		}
-		if m.Request >= id || m.Flags&manifest.FlagOpen == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			if opts.Logf != nil {
-				opts.Logf("owner of %s did not drain within %s; snapshotting its last committed state (%s old)",
-					vol, opts.OwnerWait, time.Since(time.Unix(0, m.Committed)).Round(time.Millisecond))
-			}
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-// pollDrainRequest returns a pending drain request id newer than the last
-// one answered, or 0.
-func (v *Volume) pollDrainRequest(ctx context.Context) uint64 {
-	b, _, err := v.store.Get(ctx, drainRequestKey(v.name))
-	if err != nil || len(b) != 8 {
-		return 0
-	}
-	id := binary.LittleEndian.Uint64(b)
-	v.drainMu.Lock()
-	defer v.drainMu.Unlock()
-	if id <= v.man.Request {
-		return 0
-	}
-	v.request = id
-	v.dirty = true
-	return id
 }
 
 // readLiveManifest reads a volume's manifest; a tombstone is ErrNotFound.
