@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/blockmap"
@@ -48,6 +49,9 @@ func collectGarbage(ctx context.Context, store backend.Store, vol string) (GCRep
 	if err != nil {
 		return rep, err
 	}
+	if err := dropStaleInternalSnapshots(ctx, store, vol); err != nil {
+		return rep, err
+	}
 	used := map[uint64]bool{}
 	if m.Flags&manifest.FlagDeleted == 0 {
 		for _, c := range m.Chunks {
@@ -82,6 +86,35 @@ func collectGarbage(ctx context.Context, store backend.Store, vol string) (GCRep
 		rep.ChunksDeleted++
 	}
 	return rep, nil
+}
+
+// internalSnapshotGrace is how old an internal snapshot without clones must
+// be before GC deletes it: CloneVolume creates it moments before the clone.
+var internalSnapshotGrace = 10 * time.Minute
+
+// dropStaleInternalSnapshots deletes internal snapshots that no clone uses
+// and that are older than internalSnapshotGrace: leftovers of a CloneVolume
+// that crashed between making the snapshot and the clone.
+func dropStaleInternalSnapshots(ctx context.Context, store backend.Store, vol string) error {
+	objs, err := listSnapshotObjects(ctx, store, vol)
+	if err != nil {
+		return err
+	}
+	for _, s := range objs {
+		if s.Flags&manifest.FlagInternal == 0 || s.Flags&manifest.FlagDeleted != 0 || time.Since(time.Unix(0, s.Committed)) < internalSnapshotGrace {
+			continue
+		}
+		deps, err := Dependants(ctx, store, vol, s.Label)
+		if err != nil {
+			return err
+		}
+		if len(deps) == 0 {
+			if err := store.Delete(ctx, snapKey(vol, s.Label)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // GC reclaims space of a volume that is not open here: it deletes the

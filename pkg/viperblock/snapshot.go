@@ -383,6 +383,17 @@ func CloneVolume(ctx context.Context, store backend.Store, src, dst string, size
 	if len(snap) > 128 {
 		snap = snap[:128]
 	}
+	if err := validName(dst); err != nil {
+		return err
+	}
+	if old, _, err := readManifest(ctx, store, dst); err == nil {
+		if old.Parent == parentRef(src, snap) && old.Flags&manifest.FlagDeleted == 0 {
+			return DeleteSnapshot(ctx, store, src, snap) // finish a crashed earlier call
+		}
+		return fmt.Errorf("%w: %s", ErrExists, dst)
+	} else if !errors.Is(err, ErrNotFound) {
+		return err
+	}
 	opts.Internal = true
 	if _, err := CreateSnapshot(ctx, store, src, snap, opts); err != nil {
 		return err
@@ -451,21 +462,26 @@ func purgeIfUnused(ctx context.Context, store backend.Store, vol string) error {
 	return removeVolume(ctx, store, m)
 }
 
-// removeVolume deletes everything a volume stores, then its dependency on
-// its parent, then lets the parent reclaim what only this volume used.
+// removeVolume deletes everything a tombstoned volume stores, its manifest
+// last (so a crash part way leaves the tombstone to finish from), then its
+// dependency on its parent, then lets the parent reclaim what only this
+// volume used.
 func removeVolume(ctx context.Context, store backend.Store, m *manifest.Manifest) error {
 	vol := m.Name
-	if err := store.Delete(ctx, manifestKey(vol)); err != nil {
-		return err
-	}
 	keys, err := store.List(ctx, vol+"/")
 	if err != nil {
 		return err
 	}
 	for _, k := range keys {
-		if err := store.Delete(ctx, k); err != nil {
-			return fmt.Errorf("viperblock: delete %s: %w (the volume is gone; some objects remain for GC)", vol, err)
+		if k == manifestKey(vol) {
+			continue
 		}
+		if err := store.Delete(ctx, k); err != nil {
+			return fmt.Errorf("viperblock: delete %s: %w", vol, err)
+		}
+	}
+	if err := store.Delete(ctx, manifestKey(vol)); err != nil {
+		return err
 	}
 	if m.Parent == "" {
 		return nil

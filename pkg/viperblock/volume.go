@@ -352,28 +352,35 @@ func List(ctx context.Context, store backend.Store) ([]string, error) {
 // Delete deletes a volume. If snapshots of it remain, it becomes a hidden
 // tombstone that keeps just the data they use, and goes when they do.
 // Deleting a volume open for writing on a node is ErrInUse; a missing
-// volume is ErrNotFound.
+// volume is ErrNotFound. Delete first marks the volume deleted, so a crash
+// part way leaves a tombstone that a retry (or GC) finishes removing.
 func Delete(ctx context.Context, store backend.Store, name string) error {
-	m, ver, err := readLiveManifest(ctx, store, name)
+	m, ver, err := readManifest(ctx, store, name)
 	if err != nil {
 		return err
 	}
-	if m.Flags&manifest.FlagOpen != 0 {
+	deleted := m.Flags&manifest.FlagDeleted != 0
+	if !deleted && m.Flags&manifest.FlagOpen != 0 {
 		return fmt.Errorf("%w: %s is open for writing on a node (epoch %d); detach it first", ErrInUse, name, m.Epoch)
 	}
 	snaps, err := listSnapshotObjects(ctx, store, name)
 	if err != nil {
 		return err
 	}
+	if deleted && len(snaps) > 0 {
+		return fmt.Errorf("%w: %s (deleted)", ErrNotFound, name)
+	}
+	if !deleted {
+		m.Flags |= manifest.FlagDeleted
+		if _, err := store.PutIf(ctx, manifestKey(name), manifest.Encode(m), ver); err != nil {
+			if errors.Is(err, backend.ErrPrecondition) {
+				return fmt.Errorf("%w: %s changed while being deleted", ErrInUse, name)
+			}
+			return err
+		}
+	}
 	if len(snaps) == 0 {
 		return removeVolume(ctx, store, m)
-	}
-	m.Flags |= manifest.FlagDeleted
-	if _, err := store.PutIf(ctx, manifestKey(name), manifest.Encode(m), ver); err != nil {
-		if errors.Is(err, backend.ErrPrecondition) {
-			return fmt.Errorf("%w: %s changed while being deleted", ErrInUse, name)
-		}
-		return err
 	}
 	_, err = collectGarbage(ctx, store, name)
 	return err

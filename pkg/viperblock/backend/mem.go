@@ -146,3 +146,15 @@ func (m *Mem) Bytes() int64 {
 }
 
 func (m *Mem) Close() error { return nil }
+
+// Clone returns an independent copy of the store (for tests that branch a
+// store's state).
+func (m *Mem) Clone() *Mem {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	c := NewMem()
+	for k, v := range m.objs {
+		c.objs[k] = v // objects are never modified in place
+	}
+	return c
+}
