@@ -32,10 +32,9 @@ import (
 
 // GCReport says what a collection did.
 type GCReport struct {
-	ChunksDeleted   int   // unreferenced chunks deleted
-	ChunksRewritten int   // sparse chunks whose live blocks were moved
-	BlocksMoved     int   // blocks copied into new chunks
-	BytesReclaimed  int64 // bytes of deleted chunks
+	ChunksDeleted   int // unreferenced chunks deleted
+	ChunksRewritten int // sparse chunks whose live blocks were moved
+	BlocksMoved     int // blocks copied into new chunks
 }
 
 // chunkEpoch is the epoch of the owner that wrote a chunk.
@@ -44,6 +43,13 @@ func chunkEpoch(id uint64) uint64 { return id >> 40 }
 // collectGarbage deletes a volume's unreferenced chunks (see above). It is
 // safe to run while the volume is open on a node.
 func collectGarbage(ctx context.Context, store backend.Store, vol string) (GCReport, error) {
+	return collect(ctx, store, vol, 0)
+}
+
+// collect is collectGarbage; ownerEpoch != 0 means the caller is the
+// volume's owner at that epoch and holds its drainMu, so no drain is in
+// progress and its own unreferenced chunks are garbage too.
+func collect(ctx context.Context, store backend.Store, vol string, ownerEpoch uint64) (GCReport, error) {
 	var rep GCReport
 	m, _, err := readManifest(ctx, store, vol)
 	if err != nil {
@@ -77,7 +83,7 @@ func collectGarbage(ctx context.Context, store backend.Store, vol string) (GCRep
 		if used[id] || pinned[id] {
 			continue
 		}
-		if e := chunkEpoch(id); e > m.Epoch || (e == m.Epoch && open) {
+		if e := chunkEpoch(id); e > m.Epoch || (e == m.Epoch && open && ownerEpoch != m.Epoch) {
 			continue // may belong to a drain in progress
 		}
 		if err := store.Delete(ctx, k); err != nil {
@@ -147,7 +153,9 @@ func (v *Volume) GC(ctx context.Context) (GCReport, error) {
 			break
 		}
 	}
-	rep, err := collectGarbage(ctx, v.store, v.name)
+	v.drainMu.Lock()
+	rep, err := collect(ctx, v.store, v.name, v.epoch)
+	v.drainMu.Unlock()
 	total.ChunksDeleted += rep.ChunksDeleted
 	return total, err
 }
