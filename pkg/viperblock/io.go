@@ -422,6 +422,24 @@ func (v *Volume) Extents(off, length int64) ([]Extent, error) {
 	// Mapped blocks from the committed map, as a sorted list of ranges.
 	var mapped [][2]uint64
 	m.Range(first, last-first+1, func(e blockmap.Extent) { mapped = append(mapped, [2]uint64{e.Start, e.End()}) })
+	// Fast path: nothing undrained, so the map alone answers, a run at a
+	// time.
+	if v.pending.Load() == 0 && !v.hasTrims.Load() {
+		span := func(s, e uint64, zero bool) { // blocks [s, e), clipped to the range
+			o, end := max(int64(s)*BlockSize, off), min(int64(e)*BlockSize, off+length)
+			if end > o {
+				add(o, end-o, zero)
+			}
+		}
+		pos := first
+		for _, r := range mapped {
+			span(pos, r[0], true)
+			span(r[0], r[1], false)
+			pos = r[1]
+		}
+		span(pos, last+1, true)
+		return out, nil
+	}
 	mi := 0
 	for b := first; b <= last; b++ {
 		for mi < len(mapped) && mapped[mi][1] <= b {
