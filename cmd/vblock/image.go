@@ -84,8 +84,9 @@ func importFile(ctx context.Context, e *env, o *opts, name, path string) (err er
 		f = os.Stdin
 	} else if f, err = os.Open(path); err != nil {
 		return err
+	} else {
+		defer f.Close()
 	}
-	defer f.Close()
 	srcSize, seekable := fileSize(f)
 	store, err := openStore(ctx, o)
 	if err != nil {

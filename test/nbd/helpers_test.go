@@ -3,6 +3,7 @@ package nbd
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -186,7 +187,7 @@ func newRand(s uint64) *rand.Rand {
 	return rand.New(rand.NewChaCha8(key))
 }
 
-// randomFile writes n random bytes to a new file in dir.
+// randomFile writes n random bytes (from r) to a new file in dir.
 func randomFile(t testing.TB, dir string, n int64, r *rand.Rand) string {
 	t.Helper()
 	f, err := os.CreateTemp(dir, "random-*.bin")
@@ -194,15 +195,15 @@ func randomFile(t testing.TB, dir string, n int64, r *rand.Rand) string {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	var key [32]byte
+	for i := 0; i < 32; i += 8 {
+		binary.LittleEndian.PutUint64(key[i:], r.Uint64())
+	}
+	src := rand.NewChaCha8(key)
 	buf := make([]byte, 1<<20)
 	for n > 0 {
 		k := min(int64(len(buf)), n)
-		for i := 0; i < int(k); i += 8 {
-			v := r.Uint64()
-			for j := 0; j < 8 && i+j < int(k); j++ {
-				buf[i+j] = byte(v >> (8 * j))
-			}
-		}
+		src.Read(buf[:k])
 		if _, err := f.Write(buf[:k]); err != nil {
 			t.Fatal(err)
 		}
