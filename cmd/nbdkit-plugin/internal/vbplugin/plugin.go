@@ -26,6 +26,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -56,6 +58,8 @@ type Plugin struct {
 
 	store backend.Store
 	vol   *vb.Volume
+
+	profile *os.File // CPU profile being written, if any
 
 	conns      atomic.Int64 // open connections
 	fencedOnce sync.Once
@@ -104,10 +108,37 @@ func (p *Plugin) GetReady(ctx context.Context) error {
 		p.log.Warn("volume exists with another size; size= ignored", "volume", c.Volume, "size", vol.Size(), "requested", c.Size)
 	}
 	p.store, p.vol = store, vol
+	if path := os.Getenv(EnvCPUProfile); path != "" {
+		p.startProfile(path)
+	}
 	st := vol.Stats()
 	p.log.Info("volume open", "volume", c.Volume, "size", vol.Size(), "epoch", vol.Epoch(),
 		"readonly", c.ReadOnly, "store", Redact(c.Store), "wal_dir", c.WALDir, "replayed_records", st.Replayed)
 	return nil
+}
+
+// EnvCPUProfile names a file to write a Go CPU profile of the plugin to,
+// from get_ready to cleanup (a diagnostic; `go tool pprof` reads it).
+const EnvCPUProfile = "VBLOCK_CPUPROFILE"
+
+func (p *Plugin) startProfile(path string) {
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		p.log.Warn("cannot write CPU profile", "path", path, "err", err)
+		return
+	}
+	p.profile = f
+}
+
+func (p *Plugin) stopProfile() {
+	if p.profile != nil {
+		pprof.StopCPUProfile()
+		p.profile.Close()
+		p.profile = nil
+	}
 }
 
 // openError turns an Open failure into one line that says what to do.
@@ -138,6 +169,7 @@ func (p *Plugin) Cleanup() error {
 		return nil
 	}
 	p.closed = true
+	p.stopProfile()
 	start := time.Now()
 	err := p.vol.Close()
 	st := p.vol.Stats()

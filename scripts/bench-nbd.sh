@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# fio over NBD (--ioengine=nbd) against the viperblock plugin (file store and
+# WAL on local disk) and, in the same run, nbdkit's built-in memory and file
+# plugins. Prints IOPS, MB/s, p99 latency and the ratios ours/memory and
+# ours/file, and checks the targets from issue 3.
+#
+# Environment: BENCH_RUNTIME (seconds per job, default 10), BENCH_DIR (where
+# the store, WAL and file image go; default /var/tmp), BENCH_KEEP=1 keeps
+# the fio JSON output.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+plugin="$root/lib/nbdkit-viperblock-plugin.so"
+runtime="${BENCH_RUNTIME:-10}"
+size=1G
+hot=256M # working set of the random-read job
+
+for t in nbdkit fio python3; do
+  command -v "$t" >/dev/null || { echo "bench: $t is not installed (make deps)" >&2; exit 1; }
+done
+[ -e "$plugin" ] || { echo "bench: $plugin is missing (make build)" >&2; exit 1; }
+fio --enghelp=nbd >/dev/null 2>&1 || { echo "bench: this fio has no nbd engine" >&2; exit 1; }
+
+work="$(mktemp -d "${BENCH_DIR:-/var/tmp}/viperblock-bench.XXXXXX")"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "bench: results kept in $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME ARGS...: nbdkit -f on $work/NAME.sock; waits for the pidfile.
+start() {
+  local name=$1; shift
+  nbdkit -f --unix "$work/$name.sock" --pidfile "$work/$name.pid" "$@" 2>>"$work/$name.log" &
+  pids+=($!)
+  for _ in $(seq 300); do
+    [ -s "$work/$name.pid" ] && return 0
+    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/$name.log" >&2; exit 1; }
+    sleep 0.05
+  done
+  echo "bench: nbdkit $name did not start" >&2; exit 1
+}
+
+truncate -s "$size" "$work/file.img"
+start viperblock "$plugin" volume=bench "store=file://$work/store" "wal_dir=$work/wal" size=$size cache=1GiB
+start memory memory size=$size
+start file file "file=$work/file.img"
+targets=(viperblock memory file)
+
+echo "fio ${runtime}s per job, nbd engine, one connection per job; disk: $(df -T "$work" | awk 'NR==2{print $2" on "$1}'); $(nproc) CPUs"
+echo "viperblock: file store + WAL in $work; nbdkit $(nbdkit --version | awk '{print $2}'); $(fio --version)"
+
+# job NAME TARGET fio-args...: one timed fio run, JSON to $work/NAME.TARGET.json
+job() {
+  local name=$1 target=$2; shift 2
+  fio --name="$name" --ioengine=nbd --uri="nbd+unix:///?socket=$work/$target.sock" \
+    --output-format=json --output="$work/$name.$target.json" "$@" >/dev/null
+}
+untimed() { # prefill or warm up, not measured
+  local target=$1; shift
+  fio --name=prep --ioengine=nbd --uri="nbd+unix:///?socket=$work/$target.sock" --output=/dev/null "$@"
+}
+
+common=(--time_based --runtime="$runtime" --ramp_time=1 --size=$size --randrepeat=0 --norandommap)
+for t in "${targets[@]}"; do echo "  running: 4k randwrite QD32 on $t"; job randwrite "$t" --rw=randwrite --bs=4k --iodepth=32 "${common[@]}"; done
+for t in "${targets[@]}"; do
+  echo "  running: 4k randread QD32 (working set $hot, read once first) on $t"
+  untimed "$t" --rw=write --bs=1M --iodepth=16 --size=$hot
+  untimed "$t" --rw=read --bs=1M --iodepth=16 --size=$hot
+  job randread "$t" --rw=randread --bs=4k --iodepth=32 --time_based --runtime="$runtime" --ramp_time=1 --size=$hot --norandommap
+done
+for t in "${targets[@]}"; do echo "  running: 4k write + fsync each, QD1 on $t"; job fsync "$t" --rw=write --bs=4k --iodepth=1 --fsync=1 "${common[@]}"; done
+for t in "${targets[@]}"; do echo "  running: 1M seq write QD16 on $t"; job seqwrite "$t" --rw=write --bs=1M --iodepth=16 "${common[@]}"; done
+for t in "${targets[@]}"; do echo "  running: 1M seq read QD16 on $t"; job seqread "$t" --rw=read --bs=1M --iodepth=16 "${common[@]}"; done
+
+grep -h -E 'error|warning' "$work/viperblock.log" | head -5 || true
+
+python3 - "$work" <<'PY'
+import json, sys
+work = sys.argv[1]
+jobs = [("randwrite", "4k randwrite QD32", "write"), ("randread", "4k randread QD32 (hot)", "read"),
+        ("fsync", "4k write+fsync QD1", "write"), ("seqwrite", "1M seq write QD16", "write"),
+        ("seqread", "1M seq read QD16", "read")]
+targets = ["viperblock", "memory", "file"]
+res = {}
+for j, _, d in jobs:
+    for t in targets:
+        x = json.load(open(f"{work}/{j}.{t}.json"))["jobs"][0]
+        io = x[d]
+        p99 = io["clat_ns"].get("percentile", {}).get("99.000000", 0) / 1000
+        if j == "fsync":  # the flush dominates: report its p99 (write p99 in the note)
+            sync = x.get("sync", {}).get("lat_ns", {}).get("percentile", {}).get("99.000000", 0) / 1000
+            res[(j, t, "wp99")] = p99
+            p99 = sync
+        res[(j, t)] = (io["iops"], io["bw_bytes"] / 1e6, p99)
+
+print()
+print(f"{'job':<24}{'target':<12}{'IOPS':>10}{'MB/s':>10}{'p99 µs':>10}")
+for j, label, _ in jobs:
+    for i, t in enumerate(targets):
+        iops, mbs, p99 = res[(j, t)]
+        print(f"{label if i == 0 else '':<24}{t:<12}{iops:>10.0f}{mbs:>10.1f}{p99:>10.0f}")
+print("(p99: completion latency; for write+fsync, the fsync's p99 — write p99s: " +
+      ", ".join(f"{t} {res[('fsync', t, 'wp99')]:.0f}" for t in targets) + " µs)")
+print()
+print(f"{'ratio ours/other':<24}{'/memory':>10}{'/file':>10}   (IOPS; p99 for fsync)")
+ratio = {}
+for j, label, _ in jobs:
+    k = 2 if j == "fsync" else 0
+    r = [res[(j, "viperblock")][k] / max(res[(j, t)][k], 1e-9) for t in ("memory", "file")]
+    ratio[j] = r
+    print(f"{label:<24}{r[0]:>9.2f}x{r[1]:>9.2f}x")
+print()
+checks = [("4k randwrite >= 0.9x memory", ratio["randwrite"][0] >= 0.9, f"{ratio['randwrite'][0]:.2f}x"),
+          ("4k randread >= 0.9x memory", ratio["randread"][0] >= 0.9, f"{ratio['randread'][0]:.2f}x"),
+          ("fsync p99 <= 1.5x file", ratio["fsync"][1] <= 1.5, f"{ratio['fsync'][1]:.2f}x"),
+          ("1M seq write >= 0.8x file", ratio["seqwrite"][1] >= 0.8, f"{ratio['seqwrite'][1]:.2f}x")]
+for name, ok, val in checks:
+    print(f"target {name:<30} {'met ' if ok else 'MISSED'} ({val})")
+PY
