@@ -6,8 +6,12 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
+
+	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
 
 type result struct {
@@ -159,7 +163,7 @@ func TestImportExportFsck(t *testing.T) {
 	b[4096+100] ^= 0xff
 	os.WriteFile(chunks[0], b, 0o644)
 	r := vblock(t, dir, "fsck", "v")
-	if r.code != 3 || !strings.Contains(r.stdout, "CORRUPT: chunk "+filepath.Base(chunks[0])) {
+	if r.code != 3 || !strings.Contains(r.stdout, "CORRUPT: chunk v/chunks/"+filepath.Base(chunks[0])) {
 		t.Fatalf("fsck of a damaged chunk: %+v", r)
 	}
 	// A missing chunk, and a damaged manifest.
@@ -171,8 +175,58 @@ func TestImportExportFsck(t *testing.T) {
 	b, _ = os.ReadFile(m)
 	b[20] ^= 1
 	os.WriteFile(m, b, 0o644)
-	if r := vblock(t, dir, "fsck", "v"); r.code != 3 || !strings.Contains(r.stderr, "manifest is corrupt") {
+	if r := vblock(t, dir, "fsck", "v"); r.code != 3 || !strings.Contains(r.stdout, "CORRUPT: manifest: manifest is corrupt") {
 		t.Fatalf("fsck with a damaged manifest: %+v", r)
+	}
+}
+
+// TestFsckSnapshotsAndClones: fsck follows snapshots and a clone's
+// references into its parent's chunks.
+func TestFsckSnapshotsAndClones(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "in.img")
+	data := bytes.Repeat([]byte("snapshot me "), 1<<18)
+	os.WriteFile(img, data, 0o644)
+	if r := vblock(t, dir, "import", "src", img); r.code != 0 {
+		t.Fatalf("import: %+v", r)
+	}
+	ctx := context.Background()
+	store, err := backend.Open(ctx, "file://"+filepath.Join(dir, "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vb.CreateSnapshot(ctx, store, "src", "s1", vb.SnapshotOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := vb.Clone(ctx, store, "src", "s1", "copy", 0); err != nil {
+		t.Fatal(err)
+	}
+	// Overwrite the source: the snapshot keeps the old chunks alive.
+	os.WriteFile(img, bytes.Repeat([]byte{9}, 1<<20), 0o644)
+	if r := vblock(t, dir, "import", "src", img); r.code != 0 {
+		t.Fatalf("re-import: %+v", r)
+	}
+	if r := vblock(t, dir, "inspect", "src"); !strings.Contains(r.stdout, "s1") {
+		t.Errorf("inspect does not list the snapshot:\n%s", r.stdout)
+	}
+	if r := vblock(t, dir, "inspect", "copy"); !strings.Contains(r.stdout, "src@s1") {
+		t.Errorf("inspect does not show the parent:\n%s", r.stdout)
+	}
+	for _, v := range []string{"src", "copy"} {
+		if r := vblock(t, dir, "fsck", v); r.code != 0 {
+			t.Fatalf("fsck %s: %+v", v, r)
+		}
+	}
+	// Damage a chunk only the snapshot (and the clone) still use.
+	chunks, _ := filepath.Glob(filepath.Join(dir, "store", "src", "chunks", "*"))
+	sort.Strings(chunks)
+	b, _ := os.ReadFile(chunks[0])
+	b[len(b)-100] ^= 1
+	os.WriteFile(chunks[0], b, 0o644)
+	for _, v := range []string{"src", "copy"} {
+		if r := vblock(t, dir, "fsck", v); r.code != 3 {
+			t.Errorf("fsck %s with a damaged shared chunk: %+v", v, r)
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/viperblock/viperblock-csi/pkg/units"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
@@ -95,7 +96,7 @@ var cmdInspect = &command{
 	name: "inspect", args: "NAME", nargs: 1,
 	summary: "show a volume's committed state",
 	detail: `Shows what the store holds for NAME: size, bytes written, extents, chunks, snapshots, parent
-and ownership epoch. Writes still in a server's memory or WAL are not included; with --wal-dir,
+ownership epoch, clones and whether a writer has it open. Writes still in a server's memory or WAL are not included; with --wal-dir,
 the local WAL of NAME is summarized as well.`,
 	flags: func(fs *flag.FlagSet, o *opts) {
 		fs.BoolVar(&o.json, "json", false, "print JSON")
@@ -114,9 +115,8 @@ the local WAL of NAME is summarized as well.`,
 		if o.json {
 			return printJSON(e, struct {
 				vb.Info
-				Snapshots []string  `json:"Snapshots"`
-				LocalWAL  *walUsage `json:"LocalWAL,omitempty"`
-			}{inf, []string{}, wal})
+				LocalWAL *walUsage `json:"LocalWAL,omitempty"`
+			}{inf, wal})
 		}
 		pct := 0.0
 		if inf.Size > 0 {
@@ -132,10 +132,19 @@ the local WAL of NAME is summarized as well.`,
 		fmt.Fprintf(tw, "written:\t%s (%d bytes, %.1f%% of the volume)\n", units.Format(inf.WrittenBytes), inf.WrittenBytes, pct)
 		fmt.Fprintf(tw, "extents:\t%d\n", inf.Extents)
 		fmt.Fprintf(tw, "chunks:\t%d (%s)\n", inf.Chunks, units.Format(inf.ChunkBytes))
-		fmt.Fprintf(tw, "snapshots:\tnone\n")
+		fmt.Fprintf(tw, "snapshots:\t%s\n", listOrNone(inf.Snapshots))
 		fmt.Fprintf(tw, "parent:\t%s\n", parent)
+		fmt.Fprintf(tw, "clones:\t%s\n", listOrNone(inf.Dependants))
+		open := "no"
+		if inf.Open {
+			open = "yes, owned by a writer (its latest writes may not be committed yet)"
+		}
+		fmt.Fprintf(tw, "open:\t%s\n", open)
 		fmt.Fprintf(tw, "epoch:\t%d\n", inf.Epoch)
 		fmt.Fprintf(tw, "committed seq:\t%d\n", inf.CommittedSeq)
+		if !inf.Committed.IsZero() {
+			fmt.Fprintf(tw, "last commit:\t%s\n", inf.Committed.Local().Format(time.RFC3339))
+		}
 		if wal != nil {
 			state := "idle"
 			if wal.InUse {
@@ -176,6 +185,13 @@ holds it. The volume must not be served anywhere else.`,
 		e.printf("deleted volume %s\n", name)
 		return nil
 	},
+}
+
+func listOrNone(l []string) string {
+	if len(l) == 0 {
+		return "none"
+	}
+	return strings.Join(l, ", ")
 }
 
 // walUsage summarizes a volume's local WAL directory.
