@@ -27,9 +27,11 @@ func readAll(t *testing.T, v *vb.Volume) []byte {
 	return buf
 }
 
-func TestTrimZeroExtents(t *testing.T) {
+func TestTrimZeroExtents(t *testing.T) { forEachStore(t, testTrimZeroExtents) }
+
+func testTrimZeroExtents(t *testing.T, newStore func(t *testing.T) backend.Store) {
 	ctx := context.Background()
-	s := backend.NewMem()
+	s := newStore(t)
 	v := mustCreate(t, s, "v", 64*vb.BlockSize, opts(t))
 	defer v.Close()
 	if _, err := v.WriteAt(fill(1, 16*vb.BlockSize), 0); err != nil {
@@ -89,9 +91,11 @@ func TestTrimZeroExtents(t *testing.T) {
 	}
 }
 
-func TestResize(t *testing.T) {
+func TestResize(t *testing.T) { forEachStore(t, testResize) }
+
+func testResize(t *testing.T, newStore func(t *testing.T) backend.Store) {
 	ctx := context.Background()
-	s := backend.NewMem()
+	s := newStore(t)
 	v := mustCreate(t, s, "v", 1<<20, opts(t))
 	if err := v.Resize(ctx, 1<<19); !errors.Is(err, vb.ErrInvalidArg) {
 		t.Fatalf("shrink: %v", err)
@@ -110,9 +114,11 @@ func TestResize(t *testing.T) {
 }
 
 // Two writers on two nodes: the newer one fences the older.
-func TestFencing(t *testing.T) {
+func TestFencing(t *testing.T) { forEachStore(t, testFencing) }
+
+func testFencing(t *testing.T, newStore func(t *testing.T) backend.Store) {
 	ctx := context.Background()
-	s := backend.NewMem()
+	s := newStore(t)
 	a := mustCreate(t, s, "v", 1<<20, opts(t))
 	if _, err := a.WriteAt(fill(1, 4096), 0); err != nil {
 		t.Fatal(err)
@@ -120,7 +126,7 @@ func TestFencing(t *testing.T) {
 	if err := a.Drain(ctx); err != nil {
 		t.Fatal(err)
 	}
-	b, err := vb.Open(ctx, s, "v", opts(t))
+	b, err := vb.Open(ctx, newStore(t), "v", opts(t)) // another node
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +148,7 @@ func TestFencing(t *testing.T) {
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
-	c, err := vb.Open(ctx, s, "v", vb.Options{ReadOnly: true})
+	c, err := vb.Open(ctx, newStore(t), "v", vb.Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,9 +159,11 @@ func TestFencing(t *testing.T) {
 }
 
 // A WAL left on a node that lost ownership is set aside, not replayed.
-func TestStaleWALQuarantined(t *testing.T) {
+func TestStaleWALQuarantined(t *testing.T) { forEachStore(t, testStaleWALQuarantined) }
+
+func testStaleWALQuarantined(t *testing.T, newStore func(t *testing.T) backend.Store) {
 	ctx := context.Background()
-	s := backend.NewMem()
+	s := newStore(t)
 	walA := t.TempDir()
 	a := mustCreate(t, s, "v", 1<<20, vb.Options{WALDir: walA})
 	if _, err := a.WriteAt(fill(1, 4096), 0); err != nil {
@@ -165,7 +173,7 @@ func TestStaleWALQuarantined(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Node A dies without draining; node B takes over and writes.
-	b, err := vb.Open(ctx, s, "v", opts(t))
+	b, err := vb.Open(ctx, newStore(t), "v", opts(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,9 +212,11 @@ func TestInUse(t *testing.T) {
 	}
 }
 
-func TestCorruptionDetected(t *testing.T) {
+func TestCorruptionDetected(t *testing.T) { forEachStore(t, testCorruptionDetected) }
+
+func testCorruptionDetected(t *testing.T, newStore func(t *testing.T) backend.Store) {
 	ctx := context.Background()
-	s := backend.NewMem()
+	s := newStore(t)
 	v := mustCreate(t, s, "v", 1<<20, vb.Options{WALDir: t.TempDir(), CacheBlocks: 0})
 	v.WriteAt(fill(5, 8192), 0)
 	if err := v.Close(); err != nil {
@@ -310,8 +320,10 @@ func (f *flakyStore) PutIf(ctx context.Context, k string, d []byte, v backend.Ve
 
 // With the backend down, writes go on into the WAL until the pending limit,
 // then wait (not fail) until the backend returns.
-func TestBackendOutageBackpressure(t *testing.T) {
-	fs := &flakyStore{Store: backend.NewMem()}
+func TestBackendOutageBackpressure(t *testing.T) { forEachStore(t, testBackendOutageBackpressure) }
+
+func testBackendOutageBackpressure(t *testing.T, newStore func(t *testing.T) backend.Store) {
+	fs := &flakyStore{Store: newStore(t)}
 	o := opts(t)
 	o.DrainInterval = 20 * time.Millisecond
 	o.DrainBytes = 64 << 10

@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/viperblock/viperblock-csi/internal/testutil/s3server"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3" // registers s3://
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
 )
 
@@ -105,16 +107,30 @@ func testSeed(t *testing.T) int64 {
 // TestCrashRandom writes, flushes, trims and drains at random, crashes the
 // machine at random moments (dropping a random share of unsynced data), and
 // reopens, checking that nothing flushed is lost and no block is torn.
-// The backend is either a memory store (outlives the crash, like S3) or a
-// file store on the crashing filesystem.
+// The backend is either a memory store (outlives the crash, like S3), a
+// file store on the crashing filesystem, or a real S3 server (versitygw,
+// which outlives the crash too; fewer iterations, each costs round trips).
 func TestCrashRandom(t *testing.T) {
 	for _, fileStore := range []bool{false, true} {
 		t.Run(fmt.Sprintf("fileStore=%v", fileStore), func(t *testing.T) {
+			t.Parallel()
 			seed := testSeed(t)
 			rng := rand.New(rand.NewSource(seed))
 			runCrash(t, rng, seed, crashIters(300), storeFor(t, fileStore), "")
 		})
 	}
+	t.Run("s3", func(t *testing.T) {
+		t.Parallel()
+		srv := s3server.Start(t)
+		st, err := backend.Open(context.Background(), srv.URL("crash"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		seed := testSeed(t)
+		rng := rand.New(rand.NewSource(seed))
+		runCrash(t, rng, seed, crashIters(60), func(*vfs.MemFS) backend.Store { return st }, "")
+	})
 }
 
 // crashPoints are the engine's named crash points.

@@ -27,9 +27,16 @@ func mustCreate(t *testing.T, s backend.Store, name string, size int64, o vb.Opt
 	return v
 }
 
+// TestRoundTripAcrossNodes: written, drained and closed on one node, the
+// volume opens on another (a fresh WAL directory, its own store client) with
+// every write.
 func TestRoundTripAcrossNodes(t *testing.T) {
+	forEachStore(t, testRoundTripAcrossNodes)
+}
+
+func testRoundTripAcrossNodes(t *testing.T, newStore func(t *testing.T) backend.Store) {
 	ctx := context.Background()
-	s := backend.NewMem()
+	s := newStore(t)
 	v := mustCreate(t, s, "vol1", 64<<20, opts(t))
 	rng := rand.New(rand.NewSource(1))
 	want := make([]byte, 64<<20)
@@ -61,14 +68,17 @@ func TestRoundTripAcrossNodes(t *testing.T) {
 	if err := v.Close(); err != nil {
 		t.Fatal(err)
 	}
-	// Another node: a fresh WAL directory.
-	v2, err := vb.Open(ctx, s, "vol1", opts(t))
+	// Another node: a fresh WAL directory and its own store client.
+	v2, err := vb.Open(ctx, newStore(t), "vol1", opts(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	check(v2)
 	if v2.Epoch() != 2 {
 		t.Fatalf("epoch %d, want 2", v2.Epoch())
+	}
+	if st := v2.Stats(); st.BackendReads == 0 {
+		t.Fatalf("the new node read nothing from the backend: %+v", st)
 	}
 	if err := v2.Close(); err != nil {
 		t.Fatal(err)
