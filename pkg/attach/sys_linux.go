@@ -1,0 +1,247 @@
+//go:build linux
+
+package attach
+
+// Kernel interfaces: loop ioctls (the only unsafe code in the package),
+// sysfs and mountinfo readers, block device helpers.
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// Loop ioctls and struct loop_info64, from <linux/loop.h>.
+const (
+	loopClrFD         = 0x4C01
+	loopSetStatus64   = 0x4C04
+	loopGetStatus64   = 0x4C05
+	loopSetCapacity   = 0x4C07
+	loFlagsAutoclear  = 4
+	loNameSize        = 64
+	loKeySize         = 32
+	loopInfo64Size    = 232
+	loopInfo64LimitAt = 32 // offset of lo_sizelimit
+)
+
+type loopInfo64 struct {
+	Device         uint64
+	Inode          uint64
+	Rdevice        uint64
+	Offset         uint64
+	Sizelimit      uint64
+	Number         uint32
+	EncryptType    uint32
+	EncryptKeySize uint32
+	Flags          uint32
+	FileName       [loNameSize]byte
+	CryptName      [loNameSize]byte
+	EncryptKey     [loKeySize]byte
+	Init           [2]uint64
+}
+
+// The layout must match the kernel's.
+var _ [loopInfo64Size]byte = [unsafe.Sizeof(loopInfo64{})]byte{}
+var _ [loopInfo64LimitAt]byte = [unsafe.Offsetof(loopInfo64{}.Sizelimit)]byte{}
+
+func ioctl(fd uintptr, req uintptr, arg uintptr) error {
+	for {
+		_, _, e := syscall.Syscall(syscall.SYS_IOCTL, fd, req, arg)
+		if e == syscall.EINTR {
+			continue
+		}
+		if e != 0 {
+			return e
+		}
+		return nil
+	}
+}
+
+// loopSetSizeLimit sets the size limit of a live loop device and makes the
+// kernel apply it (LOOP_SET_STATUS64; then LOOP_SET_CAPACITY if the
+// capacity did not follow, as on kernels that only recompute it there).
+func loopSetSizeLimit(dev string, limit int64) error {
+	f, err := os.OpenFile(dev, os.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var info loopInfo64
+	if err := ioctl(f.Fd(), loopGetStatus64, uintptr(unsafe.Pointer(&info))); err != nil {
+		return fmt.Errorf("LOOP_GET_STATUS64 %s: %w", dev, err)
+	}
+	info.Sizelimit = uint64(limit)
+	var serr error
+	for i := 0; i < 50; i++ {
+		// Old kernels answer EAGAIN while the device's page cache is
+		// being dropped.
+		if serr = ioctl(f.Fd(), loopSetStatus64, uintptr(unsafe.Pointer(&info))); serr != syscall.EAGAIN {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if serr != nil {
+		return fmt.Errorf("LOOP_SET_STATUS64 %s: %w", dev, serr)
+	}
+	if sz, err := blockSize(dev); err == nil && sz == limit {
+		return nil
+	}
+	if err := ioctl(f.Fd(), loopSetCapacity, 0); err != nil {
+		return fmt.Errorf("LOOP_SET_CAPACITY %s: %w", dev, err)
+	}
+	return nil
+}
+
+// loopClear detaches a loop device from its file (what losetup -d does),
+// after flushing it. If the device is still open elsewhere the kernel
+// detaches it when the last user closes it (autoclear).
+func loopClear(dev string) error {
+	f, err := os.OpenFile(dev, os.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	f.Sync()
+	if err := ioctl(f.Fd(), loopClrFD, 0); err != nil && err != syscall.ENXIO {
+		return fmt.Errorf("LOOP_CLR_FD %s: %w", dev, err)
+	}
+	return nil
+}
+
+// sysBlock is /sys/block/<name of dev>.
+func sysBlock(dev string) string { return filepath.Join("/sys/block", filepath.Base(dev)) }
+
+func readSysfs(p string) (string, error) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimRight(string(b), "\n"), nil
+}
+
+// blockSize is the device's size in bytes, from sysfs.
+func blockSize(dev string) (int64, error) {
+	s, err := readSysfs(filepath.Join(sysBlock(dev), "size"))
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, err
+	}
+	return n * 512, nil
+}
+
+// loopBacking is the backing file of a loop device ("" if none).
+func loopBacking(dev string) string {
+	s, err := readSysfs(filepath.Join(sysBlock(dev), "loop", "backing_file"))
+	if err != nil {
+		return ""
+	}
+	return s
+}
+
+// loopsOf lists the loop devices whose backing file is file.
+func loopsOf(file string) []string {
+	ms, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	var out []string
+	for _, m := range ms {
+		if s, err := readSysfs(m); err == nil && s == file {
+			out = append(out, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(m))))
+		}
+	}
+	return out
+}
+
+// mounted reports whether path is a mount point, and its filesystem type.
+func mounted(path string) (bool, string) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return false, ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		// id parent maj:min root mountpoint options [optional...] - fstype source superopts
+		fs := strings.Fields(sc.Text())
+		if len(fs) < 10 || unescapeMount(fs[4]) != path {
+			continue
+		}
+		for i := 6; i < len(fs)-1; i++ {
+			if fs[i] == "-" {
+				return true, fs[i+1]
+			}
+		}
+		return true, ""
+	}
+	return false, ""
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for space, ...).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// devBusy reports whether a block device is mounted or claimed by another
+// driver (an exclusive open fails with EBUSY). It cannot see plain opens.
+func devBusy(dev string) bool {
+	fd, err := syscall.Open(dev, syscall.O_RDONLY|syscall.O_EXCL|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return errors.Is(err, syscall.EBUSY)
+	}
+	syscall.Close(fd)
+	return false
+}
+
+// flushDev asks the device to write its cache through (fsync on the block
+// device: page cache, then a flush request to the driver).
+func flushDev(dev string) error {
+	f, err := os.OpenFile(dev, os.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+// unmount unmounts path, retrying while it is busy until deadline.
+func unmount(path string, deadline time.Time) error {
+	for {
+		err := syscall.Unmount(path, 0)
+		if err == nil || err == syscall.EINVAL || err == syscall.ENOENT {
+			// EINVAL: not a mount point (any more).
+			if m, _ := mounted(path); !m {
+				return nil
+			}
+		}
+		if err != nil && err != syscall.EBUSY && err != syscall.EINVAL {
+			return fmt.Errorf("unmount %s: %w", path, err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: unmount %s: %v", ErrBusy, path, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
