@@ -58,6 +58,10 @@ func goConfigComplete() C.int {
 	if err := vbplugin.CheckForeground(argv, os.Getpid(), os.Getenv); err != nil {
 		return fail(0, err)
 	}
+	if vbplugin.ReadOnlyServer(argv) {
+		// nbdkit -r: no client can write, so do not take ownership.
+		plugin.Cfg.ReadOnly = true
+	}
 	if err := plugin.Cfg.Complete(os.Getenv); err != nil {
 		return fail(0, err)
 	}

@@ -69,6 +69,20 @@ func TestCapabilities(t *testing.T) {
 	if err := rc.WriteAt(make([]byte, 512), 0, false); !errors.As(err, &ne) || ne.errno != syscall.EPERM {
 		t.Errorf("write to a read-only export: %v, want EPERM", err)
 	}
+	rc.Close()
+	ro.stop()
+	// nbdkit -r opens the volume without ownership: no WAL, epoch unchanged.
+	r2, err := h.start("", []string{"-r"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := run(t, "nbdinfo", "--json", r2.URI()); !strings.Contains(out, `"is_read_only": true`) {
+		t.Errorf("nbdkit -r: not read-only\n%s", out)
+	}
+	if !strings.Contains(r2.Stderr(), "readonly=true") {
+		t.Errorf("nbdkit -r did not open the volume read-only:\n%s", r2.Stderr())
+	}
+	r2.stop()
 }
 
 // TestNbdcopyRoundTrip writes 256 MiB of random data with nbdcopy, reads it

@@ -34,26 +34,43 @@ func CheckForeground(argv []string, pid int, getenv func(string) string) error {
 	if getenv != nil && getenv("LISTEN_PID") == strconv.Itoa(pid) {
 		return nil
 	}
+	if fg, _ := scanArgs(argv); fg {
+		return nil
+	}
+	return ErrNotForeground
+}
+
+// ReadOnlyServer reports whether nbdkit was started with -r/--readonly, in
+// which case no client can write and the volume is best opened without
+// taking ownership.
+func ReadOnlyServer(argv []string) bool {
+	_, ro := scanArgs(argv)
+	return ro
+}
+
+// scanArgs reads nbdkit's options, up to the plugin name.
+func scanArgs(argv []string) (foreground, readonly bool) {
+	if len(argv) < 2 {
+		return false, false
+	}
 	args := argv[1:]
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		switch {
 		case a == "--":
-			return ErrNotForeground
+			return
 		case strings.HasPrefix(a, "--"):
 			name, _, hasVal := strings.Cut(a[2:], "=")
-			if longForeground[name] {
-				return nil
-			}
+			foreground = foreground || longForeground[name]
+			readonly = readonly || name == "readonly" || name == "read-only"
 			if longWithArg[name] && !hasVal {
 				i++
 			}
 		case strings.HasPrefix(a, "-") && len(a) > 1:
 			for j := 1; j < len(a); j++ {
 				ch := a[j]
-				if ch == 'f' || ch == 's' {
-					return nil
-				}
+				foreground = foreground || ch == 'f' || ch == 's'
+				readonly = readonly || ch == 'r'
 				if strings.IndexByte(shortWithArg, ch) >= 0 {
 					if j == len(a)-1 {
 						i++ // the argument is the next word
@@ -62,9 +79,8 @@ func CheckForeground(argv []string, pid int, getenv func(string) string) error {
 				}
 			}
 		default:
-			// The plugin name: options end here.
-			return ErrNotForeground
+			return // the plugin name: options end here
 		}
 	}
-	return ErrNotForeground
+	return
 }

@@ -179,7 +179,11 @@ func (p *Plugin) Cleanup() error {
 	if err != nil {
 		return fmt.Errorf("closing volume %q: %v (data is safe in the WAL at %s; serve the volume again on this node to retry)", p.Cfg.Volume, err, p.Cfg.WALDir)
 	}
-	p.log.Info("volume closed and drained", "volume", p.Cfg.Volume, "took", time.Since(start).Round(time.Millisecond),
+	msg := "volume closed and drained"
+	if p.Cfg.ReadOnly {
+		msg = "volume closed (read-only)"
+	}
+	p.log.Info(msg, "volume", p.Cfg.Volume, "took", time.Since(start).Round(time.Millisecond),
 		"writes", st.Writes, "reads", st.Reads, "flushes", st.Flushes, "drains", st.Drains, "bytes_drained", st.BytesDrained)
 	return nil
 }

@@ -47,6 +47,14 @@ func TestCheckForeground(t *testing.T) {
 	if err := CheckForeground(nil, 1, env); err != nil {
 		t.Errorf("unknown argv: %v", err)
 	}
+	for argv, want := range map[string]bool{
+		"nbdkit -f -r p.so": true, "nbdkit -fr p.so": true, "nbdkit --readonly -f p.so": true,
+		"nbdkit -f p.so": false, "nbdkit -f -U r p.so": false, "nbdkit -f p.so -r": false,
+	} {
+		if got := ReadOnlyServer(splitArgs(argv)); got != want {
+			t.Errorf("ReadOnlyServer(%q) = %v", argv, got)
+		}
+	}
 }
 
 // splitArgs splits on spaces, keeping '...' together.
