@@ -75,7 +75,7 @@ func (a *attacher) Attach(ctx context.Context, exp Export) (Device, error) {
 	if err := checkExport(exp); err != nil {
 		return Device{}, err
 	}
-	unlock, err := a.lock(exp.ID)
+	unlock, err := a.lock(ctx, exp.ID)
 	if err != nil {
 		return Device{}, err
 	}
@@ -109,7 +109,7 @@ func (a *attacher) Detach(ctx context.Context, id string) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
-	unlock, err := a.lock(id)
+	unlock, err := a.lock(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -131,7 +131,7 @@ func (a *attacher) Find(ctx context.Context, id string) (Device, bool, error) {
 	if err := checkID(id); err != nil {
 		return Device{}, false, err
 	}
-	unlock, err := a.lock(id)
+	unlock, err := a.lock(ctx, id)
 	if err != nil {
 		return Device{}, false, err
 	}
@@ -151,7 +151,7 @@ func (a *attacher) Resize(ctx context.Context, exp Export) (Device, error) {
 	if err := checkExport(exp); err != nil {
 		return Device{}, err
 	}
-	unlock, err := a.lock(exp.ID)
+	unlock, err := a.lock(ctx, exp.ID)
 	if err != nil {
 		return Device{}, err
 	}
@@ -178,7 +178,7 @@ func (a *attacher) Reconnect(ctx context.Context, exp Export) (Device, error) {
 	if err := checkExport(exp); err != nil {
 		return Device{}, err
 	}
-	unlock, err := a.lock(exp.ID)
+	unlock, err := a.lock(ctx, exp.ID)
 	if err != nil {
 		return Device{}, err
 	}

@@ -501,3 +501,140 @@ func TestFuseConcurrentAttach(t *testing.T) {
 	}
 	assertClean(t, dir, exp.ID)
 }
+
+// TestMain lets the test binary act as a short-lived "node plugin" for
+// TestFuseSurvivesCaller.
+func TestMain(m *testing.M) {
+	if os.Getenv("VB_ATTACH_HELPER") == "1" {
+		os.Exit(attachHelper())
+	}
+	os.Exit(m.Run())
+}
+
+// attachHelper attaches, reports the device on stdout and waits to be
+// killed.
+func attachHelper() int {
+	a, err := New(KindNbdfuse, Options{StateDir: os.Getenv("VB_DIR")})
+	if err != nil {
+		os.Stdout.WriteString("ERR " + err.Error() + "\n")
+		return 1
+	}
+	dev, err := a.Attach(context.Background(), Export{Socket: os.Getenv("VB_SOCK"), ID: os.Getenv("VB_ID")})
+	if err != nil {
+		os.Stdout.WriteString("ERR " + err.Error() + "\n")
+		return 1
+	}
+	os.Stdout.WriteString("ATTACHED " + dev.Path + "\n")
+	select {}
+}
+
+// TestFuseSurvivesCaller attaches from a child process, kills the child's
+// whole process group, and checks that the attachment lives on and that a
+// new attacher on the same state dir finds and detaches it.
+func TestFuseSurvivesCaller(t *testing.T) {
+	ctx := context.Background()
+	a, dir := newFuse(t)
+	sock := startNbdkit(t, "memory", "64M")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "VB_ATTACH_HELPER=1", "VB_DIR="+dir, "VB_SOCK="+sock, "VB_ID=survivor")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line := make(chan string, 1)
+	go func() {
+		b := make([]byte, 512)
+		n, _ := out.Read(b)
+		line <- strings.TrimSpace(string(b[:n]))
+	}()
+	var path string
+	select {
+	case l := <-line:
+		var ok bool
+		if path, ok = strings.CutPrefix(l, "ATTACHED "); !ok {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("helper: %q", l)
+		}
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatal("helper did not attach")
+	}
+	// What a restart of the node plugin's container does to its group.
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGHUP)
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	cmd.Wait()
+
+	st, err := a.readState("survivor")
+	if err != nil || st == nil {
+		t.Fatalf("state: %v", err)
+	}
+	if !procAlive(st.PID, st.PIDStart) {
+		t.Fatal("nbdfuse died with the process that attached it")
+	}
+	dev, ok, err := a.Find(ctx, "survivor")
+	if !ok || err != nil || dev.Path != path {
+		t.Fatalf("Find: %+v %v %v (helper attached %s)", dev, ok, err, path)
+	}
+	f, err := os.OpenFile(dev.Path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte("still here")
+	if _, err := f.WriteAt(msg, 4096); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := f.ReadAt(got, 4096); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("I/O after the caller died: %q %v", got, err)
+	}
+	f.Close()
+	if err := a.Detach(ctx, "survivor"); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, dir, "survivor")
+}
+
+// TestFuseReadOnlyNamedTCP attaches a named export over TCP, read-only.
+func TestFuseReadOnlyNamedTCP(t *testing.T) {
+	ctx := context.Background()
+	a, dir := newFuse(t)
+	addr := startNbdkitTCP(t, "memory", "64M")
+	exp := Export{Addr: addr, Name: "vol one", ID: "ro-tcp", ReadOnly: true}
+	dev, err := a.Attach(ctx, exp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ro, _ := readSysfs(filepath.Join(sysBlock(dev.Path), "ro")); ro != "1" {
+		t.Errorf("%s ro=%q", dev.Path, ro)
+	}
+	f, err := os.OpenFile(dev.Path, os.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 4096)
+	if _, err := f.ReadAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if w, err := os.OpenFile(dev.Path, os.O_WRONLY, 0); err == nil {
+		_, werr := w.WriteAt(b, 0)
+		if werr == nil {
+			werr = w.Sync()
+		}
+		w.Close()
+		if werr == nil {
+			t.Error("wrote to a read-only device")
+		}
+	}
+	if err := a.Detach(ctx, exp.ID); err != nil {
+		t.Fatal(err)
+	}
+	assertClean(t, dir, exp.ID)
+}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,12 +21,34 @@ import (
 // the socket once it serves.
 func startNbdkit(t *testing.T, args ...string) string {
 	t.Helper()
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	serveNbdkit(t, Export{Socket: sock}, append([]string{"--unix", sock}, args...))
+	return sock
+}
+
+// startNbdkitTCP runs nbdkit on a free port of 127.0.0.1 and returns its
+// address.
+func startNbdkitTCP(t *testing.T, args ...string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	serveNbdkit(t, Export{Addr: "127.0.0.1:" + port}, append([]string{"-i", "127.0.0.1", "-p", port}, args...))
+	return "127.0.0.1:" + port
+}
+
+// serveNbdkit runs `nbdkit -f args...` until the test ends and waits until
+// exp serves.
+func serveNbdkit(t *testing.T, exp Export, args []string) {
+	t.Helper()
 	if _, err := exec.LookPath("nbdkit"); err != nil {
 		t.Skip("nbdkit not installed (scripts/deps.sh installs it)")
 	}
-	sock := filepath.Join(t.TempDir(), "nbd.sock")
 	var stderr bytes.Buffer
-	cmd := exec.Command("nbdkit", append([]string{"-f", "--unix", sock}, args...)...)
+	cmd := exec.Command("nbdkit", append([]string{"-f"}, args...)...)
 	cmd.Stderr = &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -44,10 +67,10 @@ func startNbdkit(t *testing.T, args ...string) string {
 	})
 	for end := time.Now().Add(10 * time.Second); ; {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := Probe(ctx, Export{Socket: sock})
+		_, err := Probe(ctx, exp)
 		cancel()
 		if err == nil {
-			return sock
+			return
 		}
 		select {
 		case <-done:

@@ -4,6 +4,7 @@ package attach
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 const stateVersion = 1
@@ -164,7 +166,7 @@ func (a *attacher) removeState(id string) error {
 // serialises operations on one ID between goroutines and processes. The
 // lock file is removed on unlock when the ID is no longer attached; a waiter
 // that then holds a lock on the removed file notices and retries.
-func (a *attacher) lock(id string) (unlock func(), err error) {
+func (a *attacher) lock(ctx context.Context, id string) (unlock func(), err error) {
 	if err := os.MkdirAll(a.o.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("attach: state dir: %w", err)
 	}
@@ -174,7 +176,7 @@ func (a *attacher) lock(id string) (unlock func(), err error) {
 		if err != nil {
 			return nil, fmt.Errorf("attach: lock: %w", err)
 		}
-		if err := flock(f); err != nil {
+		if err := flock(ctx, f); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("attach: lock %s: %w", path, err)
 		}
@@ -191,11 +193,17 @@ func (a *attacher) lock(id string) (unlock func(), err error) {
 	}
 }
 
-func flock(f *os.File) error {
+// flock takes an exclusive lock on f, polling so that ctx can end the wait.
+func flock(ctx context.Context, f *os.File) error {
 	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
-		if err != syscall.EINTR {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err != syscall.EWOULDBLOCK && err != syscall.EINTR {
 			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for another operation on the same ID: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
 		}
 	}
 }
