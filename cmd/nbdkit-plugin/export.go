@@ -191,7 +191,11 @@ func ioResult(err error, write bool) C.int {
 // fail reports err to nbdkit with errno en (0: leave nbdkit's default) and
 // returns -1.
 func fail(en syscall.Errno, err error) C.int {
-	msg := C.CString("viperblock: " + err.Error())
+	text := err.Error()
+	if !strings.HasPrefix(text, "viperblock") {
+		text = "viperblock: " + text
+	}
+	msg := C.CString(text)
 	C.vb_error(C.int(en), msg)
 	C.free(unsafe.Pointer(msg))
 	return -1

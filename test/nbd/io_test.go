@@ -238,3 +238,50 @@ func TestBadParameters(t *testing.T) {
 	}
 	live.stop()
 }
+
+// TestFencing: when a second server opens the volume for writing elsewhere
+// (another WAL directory, as another node would), the first one's writes
+// fail with EIO once it notices, and it exits non-zero instead of
+// overwriting the new owner's state.
+func TestFencing(t *testing.T) {
+	h := newHarness(t)
+	a := h.serve("wal-a", "size=1MiB", "drain_interval=50ms")
+	ca := a.dial()
+	if err := ca.WriteAt([]byte("from A"), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // let A commit
+	b := h.serve("wal-b")
+	cb := b.dial()
+	if err := cb.WriteAt([]byte("from B"), 4096, true); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	for i := 0; i < 100; i++ {
+		if err = ca.WriteAt([]byte("late A"), 8192, false); err != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var ne *nbdError
+	if !errors.As(err, &ne) || ne.errno != syscall.EIO {
+		t.Fatalf("stale owner's write: %v, want EIO", err)
+	}
+	ca.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := a.Stop(ctx); err == nil {
+		t.Error("the fenced server exited 0")
+	}
+	buf := make([]byte, 6)
+	cb.ReadAt(buf, 0)
+	if string(buf) != "from A" {
+		t.Errorf("B reads %q at 0, want A's committed write", buf)
+	}
+	cb.ReadAt(buf, 8192)
+	if string(buf) == "late A" {
+		t.Error("the fenced owner's write reached the new owner")
+	}
+	cb.Close()
+	b.stop()
+}

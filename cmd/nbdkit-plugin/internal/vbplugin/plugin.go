@@ -176,8 +176,11 @@ func (p *Plugin) Cleanup() error {
 	if p.store != nil {
 		p.store.Close()
 	}
+	if errors.Is(err, vb.ErrFenced) {
+		return fmt.Errorf("closing volume %q: another owner took it over, so this server's writes since its last commit were not uploaded: %v", p.Cfg.Volume, err)
+	}
 	if err != nil {
-		return fmt.Errorf("closing volume %q: %v (data is safe in the WAL at %s; serve the volume again on this node to retry)", p.Cfg.Volume, err, p.Cfg.WALDir)
+		return fmt.Errorf("closing volume %q: %v (the data is safe in the WAL at %s; serve the volume again on this node to retry)", p.Cfg.Volume, err, p.Cfg.WALDir)
 	}
 	msg := "volume closed and drained"
 	if p.Cfg.ReadOnly {
