@@ -15,13 +15,13 @@ import (
 // while two other connections keep writing, then restarts it on the same WAL
 // directory and checks that every write acknowledged before the FLUSH is
 // there (and no block holds anything but a value some write gave it).
-// VB_CRASH_ITERS sets the number of rounds (default 20).
+// VB_NBD_CRASH_ITERS sets the number of rounds (default 20).
 func TestCrashKill9(t *testing.T) {
 	iters := 20
 	if testing.Short() {
 		iters = 4
 	}
-	if v, err := strconv.Atoi(os.Getenv("VB_CRASH_ITERS")); err == nil && v > 0 {
+	if v, err := strconv.Atoi(os.Getenv("VB_NBD_CRASH_ITERS")); err == nil && v > 0 {
 		iters = v
 	}
 	const (

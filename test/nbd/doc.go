@@ -6,5 +6,5 @@
 //
 // The tests need nbdkit and libnbd's tools; the filesystem tests also need
 // root, /dev/fuse and loop devices, and skip (saying why) without them.
-// VB_CRASH_ITERS sets the number of kill -9 crash iterations (default 20).
+// VB_NBD_CRASH_ITERS sets the number of kill -9 crash iterations (default 20).
 package nbd
