@@ -24,9 +24,10 @@ var cmdImport = &command{
 	detail: `Writes FILE into volume NAME from offset 0 and drains it to the store. NAME is created with
 FILE's size (or --size) if it does not exist; an existing volume must be at least as large.
 Holes and all-zero blocks are not stored. The volume must not be served while importing: the import
-takes ownership of it. Without --wal-dir a temporary WAL directory is used.`,
+takes ownership of it (refused while a server has it open, unless --force). Without --wal-dir a temporary WAL directory is used.`,
 	flags: func(fs *flag.FlagSet, o *opts) {
 		fs.StringVar(&o.size, "size", "", "size for a new volume (default: the size of FILE)")
+		fs.BoolVar(&o.force, "force", false, "take the volume over even if a server has it open (fences that server)")
 		fs.StringVar(&o.progress, "progress", "auto", "progress bar: auto (on a terminal), always or never")
 	},
 	run: func(ctx context.Context, e *env, o *opts, args []string) error {
@@ -119,6 +120,8 @@ func importFile(ctx context.Context, e *env, o *opts, name, path string) (err er
 		return volErr(name, o, err)
 	case seekable && inf.Size < srcSize:
 		return fmt.Errorf("volume %s (%s) is smaller than %s (%s)", name, units.Format(inf.Size), path, units.Format(srcSize))
+	case inf.Open && !o.force:
+		return fmt.Errorf("volume %s is open for writing by a server (here or on another node); importing would take it over and fence that server. Stop it first, or pass --force to take over (e.g. after its node died)", name)
 	}
 	v, done, err := openWritable(ctx, o, store, name)
 	if err != nil {

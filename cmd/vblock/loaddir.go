@@ -25,7 +25,7 @@ after 'vblock serve' through any NBD client (nbdfuse + a loop device, nbd-client
 	flags: func(fs *flag.FlagSet, o *opts) {
 		fs.StringVar(&o.size, "size", "", "volume size (default: DIR's size plus 30% and 64 MiB, at least 64 MiB)")
 		fs.StringVar(&o.label, "label", "", "filesystem label (default NAME, cut to 16 bytes)")
-		fs.BoolVar(&o.force, "force", false, "replace the contents of an existing volume")
+		fs.BoolVar(&o.force, "force", false, "replace the contents of an existing volume (taking it over if a server has it open)")
 		fs.StringVar(&o.tmpDir, "tmp-dir", "", "directory for the temporary image (default $TMPDIR)")
 		fs.StringVar(&o.progress, "progress", "auto", "progress bar: auto (on a terminal), always or never")
 	},

@@ -326,8 +326,6 @@ func friendly(err error) string {
 	switch {
 	case errors.Is(err, vb.ErrInvalidName):
 		hint = "names are 1-128 characters of A-Z a-z 0-9 . _ - starting with a letter or digit"
-	case errors.Is(err, vb.ErrInUse):
-		hint = "stop the server using it first"
 	case errors.Is(err, vb.ErrNeedsWALDir):
 		hint = "pass --wal-dir or set " + envWALDir
 	case errors.Is(err, vb.ErrFenced):

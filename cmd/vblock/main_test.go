@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -226,6 +227,33 @@ func TestFsckSnapshotsAndClones(t *testing.T) {
 	for _, v := range []string{"src", "copy"} {
 		if r := vblock(t, dir, "fsck", v); r.code != 3 {
 			t.Errorf("fsck %s with a damaged shared chunk: %+v", v, r)
+		}
+	}
+}
+
+// TestImportRefusesOpenVolume: import does not fence a running server
+// unless told to.
+func TestImportRefusesOpenVolume(t *testing.T) {
+	dir := t.TempDir()
+	vblock(t, dir, "create", "v", "--size", "1MiB")
+	ctx := context.Background()
+	store, _ := backend.Open(ctx, "file://"+filepath.Join(dir, "store"))
+	v, err := vb.Open(ctx, store, "v", vb.Options{WALDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	img := filepath.Join(dir, "img")
+	os.WriteFile(img, []byte("data"), 0o644)
+	if r := vblock(t, dir, "import", "v", img); r.code != 1 || !strings.Contains(r.stderr, "--force") {
+		t.Fatalf("import into an open volume: %+v", r)
+	}
+	if r := vblock(t, dir, "import", "--force", "v", img); r.code != 0 {
+		t.Fatalf("import --force: %+v", r)
+	}
+	if _, err := v.WriteAt([]byte("x"), 0); err == nil {
+		if err := v.Drain(ctx); !errors.Is(err, vb.ErrFenced) {
+			t.Errorf("the old owner was not fenced: %v", err)
 		}
 	}
 }

@@ -29,6 +29,8 @@ connections finish), the plugin flushes and drains the volume to the store and v
 second signal kills nbdkit at once: flushed writes stay in the WAL and the next serve replays them. If the drain fails, the data stays in the WAL directory and vblock exits 1; serving the
 volume again on this node retries.
 
+Serving takes ownership of the volume: a server that has it open elsewhere (another WAL directory
+or node) is fenced and fails its writes from then on.
 The store URL reaches nbdkit through the environment ($VBLOCK_STORE), never its command line.
 The plugin is found with --plugin, $VBLOCK_PLUGIN, or next to this binary (../lib or the same
 directory).`,

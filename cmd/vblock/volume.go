@@ -237,7 +237,11 @@ func volErr(name string, o *opts, err error) error {
 	case errors.Is(err, vb.ErrExists):
 		return fmt.Errorf("volume %s already exists", name)
 	case errors.Is(err, vb.ErrInUse):
-		return fmt.Errorf("volume %s is open by another process using WAL directory %s: %w", name, o.walDir, vb.ErrInUse)
+		where := ""
+		if o.walDir != "" {
+			where = " (WAL directory " + o.walDir + ")"
+		}
+		return fmt.Errorf("volume %s is open for writing by a server%s; stop it first", name, where)
 	case errors.Is(err, vb.ErrInvalidName):
 		return fmt.Errorf("invalid volume name %q: %w", name, vb.ErrInvalidName)
 	case errors.Is(err, vb.ErrInvalidArg):
