@@ -308,6 +308,7 @@ func (a *attacher) teardownFuse(ctx context.Context, st *state) error {
 		}
 	}
 	for _, l := range loops {
+		flushDevWithin(l, time.Until(deadline)/2)
 		if err := loopClear(l); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("attach: detach %s: %w", l, err)
 		}

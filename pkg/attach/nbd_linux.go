@@ -284,12 +284,7 @@ func (a *attacher) teardownNBD(ctx context.Context, st *state) error {
 		}
 		// Flush, but do not wait on a dead server: the disconnect fails
 		// whatever is still pending.
-		done := make(chan struct{})
-		go func() { flushDev(dev); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(time.Until(deadline) / 2):
-		}
+		flushDevWithin(dev, time.Until(deadline)/2)
 		var at nlAttrs
 		at.u32(nbdAttrIndex, uint32(i))
 		if _, err := a.nbdRequest(nbdCmdDisconnect, at); err != nil && !errors.Is(err, syscall.EINVAL) {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -184,6 +185,15 @@ options:
 	}
 }
 
+// haveFS reports whether mkfs.<fs> is installed and the kernel knows fs.
+func haveFS(fs string) bool {
+	if _, err := exec.LookPath("mkfs." + fs); err != nil {
+		return false
+	}
+	b, _ := os.ReadFile("/proc/filesystems")
+	return bytes.Contains(b, []byte("\t"+fs+"\n"))
+}
+
 // TestMemServer checks the test server itself against our client.
 func TestMemServer(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "m.sock")
@@ -263,17 +273,31 @@ func TestKernelNBD(t *testing.T) {
 		t.Fatalf("Find: %+v %v %v", d, ok, err)
 	}
 
-	// Held exclusively (as a mount would): Detach refuses.
-	fd, err := syscall.Open(dev.Path, syscall.O_RDONLY|syscall.O_EXCL, 0)
-	if err != nil {
-		t.Fatal(err)
+	// A mounted ext4 (when the guest has it): Detach refuses, Resize
+	// grows the device and resize2fs the filesystem, online. Without it,
+	// an exclusive open stands in for the mount.
+	var mnt string
+	if haveFS("ext4") {
+		run(t, "mkfs.ext4", "-q", dev.Path)
+		mnt = mount(t, dev.Path, "ext4")
+		if err := os.WriteFile(filepath.Join(mnt, "f"), pattern, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := att.Detach(ctx, exp.ID); !errors.Is(err, ErrBusy) {
+			t.Errorf("Detach of a mounted device: %v", err)
+		}
+	} else {
+		fd, err := syscall.Open(dev.Path, syscall.O_RDONLY|syscall.O_EXCL, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := att.Detach(ctx, exp.ID); !errors.Is(err, ErrBusy) {
+			t.Errorf("Detach of a held device: %v", err)
+		}
+		syscall.Close(fd)
 	}
-	if err := att.Detach(ctx, exp.ID); !errors.Is(err, ErrBusy) {
-		t.Errorf("Detach of a held device: %v", err)
-	}
-	syscall.Close(fd)
 
-	// Resize: to the export's size (Size 0), after the export grew.
+	// Resize: to the export's size (Size 0).
 	if _, err := att.Resize(ctx, Export{Socket: sock, ID: exp.ID, Size: 256 << 20}); !errors.Is(err, ErrInvalid) {
 		t.Errorf("Resize beyond the export: %v", err)
 	}
@@ -286,6 +310,21 @@ func TestKernelNBD(t *testing.T) {
 		t.Fatalf("after Resize: %+v, kernel %d", d, sz)
 	} else {
 		t.Logf("resized online to %d bytes", sz)
+		if mnt != "" {
+			before := fsSize(t, mnt)
+			run(t, "resize2fs", dev.Path)
+			after := fsSize(t, mnt)
+			t.Logf("ext4 grown online: %d -> %d bytes", before, after)
+			if after < before+50<<20 {
+				t.Errorf("ext4 did not grow: %d -> %d", before, after)
+			}
+		}
+	}
+	if mnt != "" {
+		if got, err := os.ReadFile(filepath.Join(mnt, "f")); err != nil || !bytes.Equal(got, pattern) {
+			t.Fatalf("file after resize: %v", err)
+		}
+		run(t, "umount", mnt)
 	}
 
 	// Reconnect: the server goes away with a write pending, comes back,

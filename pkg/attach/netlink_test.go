@@ -73,7 +73,7 @@ func TestNetlinkKernel(t *testing.T) {
 
 func TestNewNBDUnsupported(t *testing.T) {
 	if _, err := os.Stat("/sys/module/nbd"); err == nil {
-		t.Skip("the nbd module is loaded here; kernel NBD is tested in a VM")
+		t.Skip("the nbd module is loaded here: kernel NBD is available (TestKernelNBD)")
 	}
 	_, err := New(KindNBD, Options{StateDir: t.TempDir()})
 	if !errors.Is(err, ErrUnsupported) {

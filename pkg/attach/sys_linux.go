@@ -99,16 +99,15 @@ func loopSetSizeLimit(dev string, limit int64) error {
 	return nil
 }
 
-// loopClear detaches a loop device from its file (what losetup -d does),
-// after flushing it. If the device is still open elsewhere the kernel
-// detaches it when the last user closes it (autoclear).
+// loopClear detaches a loop device from its file (what losetup -d does).
+// If the device is still open elsewhere the kernel detaches it when the
+// last user closes it (autoclear).
 func loopClear(dev string) error {
 	f, err := os.OpenFile(dev, os.O_RDONLY|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	f.Sync()
 	if err := ioctl(f.Fd(), loopClrFD, 0); err != nil && err != syscall.ENXIO {
 		return fmt.Errorf("LOOP_CLR_FD %s: %w", dev, err)
 	}
@@ -224,6 +223,17 @@ func flushDev(dev string) error {
 	}
 	defer f.Close()
 	return f.Sync()
+}
+
+// flushDevWithin flushes dev but waits at most d: a server that hangs must
+// not hang the caller (what is still pending fails when the device goes).
+func flushDevWithin(dev string, d time.Duration) {
+	done := make(chan struct{})
+	go func() { flushDev(dev); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
 }
 
 // unmount unmounts path, retrying while it is busy until deadline.
