@@ -1,0 +1,10 @@
+package main
+
+import (
+	"github.com/viperblock/viperblock-csi/pkg/attach"
+)
+
+// newAttacher builds the attacher chosen by --attacher.
+func newAttacher(kind, stateDir string) (attach.Attacher, error) {
+	return attach.New(kind, attach.Options{StateDir: stateDir})
+}

@@ -1,0 +1,94 @@
+// Command node is the Viperblock CSI node plugin: the CSI Identity and Node
+// services on a Unix socket, for the kubelet. For each staged volume it
+// runs one `nbdkit -f` serving the volume with the viperblock plugin, its
+// WAL under --wal-dir, attached as a block device (kernel NBD, or nbdfuse
+// and a loop device) and, for filesystem volumes, mounted at the staging
+// path.
+//
+// nbdkit processes and attachments outlive this process: on start-up the
+// healer re-adopts them (or restarts them), so a restart of the node plugin
+// is invisible to mounted filesystems. Stop it with SIGTERM: staged volumes
+// keep running.
+//
+//	node --endpoint unix:///csi/csi.sock --node-id $(NODE_NAME) \
+//	     --store default=s3://bucket/vols?endpoint=... --plugin /usr/lib/viperblock/nbdkit-viperblock-plugin.so
+package main
+
+import (
+	"context"
+	"flag"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/klog/v2"
+
+	"github.com/viperblock/viperblock-csi/pkg/driver"
+	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3"
+)
+
+var version = "dev"
+
+func main() {
+	var opts driver.Options
+	klog.InitFlags(flag.CommandLine)
+	opts.AddFlags(flag.CommandLine, true)
+	httpAddr := flag.String("http-address", ":8092", "address of /metrics and /healthz (\"0\" disables them)")
+	flag.Parse()
+	opts.Version = version
+	if err := run(&opts, *httpAddr); err != nil {
+		klog.ErrorS(err, "node plugin failed")
+		klog.Flush()
+		os.Exit(1)
+	}
+}
+
+func run(opts *driver.Options, httpAddr string) error {
+	if err := opts.ValidateNode(); err != nil {
+		return err
+	}
+	att, err := newAttacher(opts.Attacher, opts.AttachDir)
+	if err != nil {
+		return err
+	}
+	ns, err := driver.NewNodeServer(opts, driver.NodeDeps{Attacher: att})
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ns.Register(ctx)
+	ns.Heal(ctx)
+	cancel()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	driver.DefaultMetrics().Register(reg, ns.Collector())
+	if httpAddr != "" && httpAddr != "0" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+		go func() {
+			if err := http.ListenAndServe(httpAddr, mux); err != nil {
+				klog.ErrorS(err, "HTTP endpoint failed", "address", httpAddr)
+			}
+		}()
+	}
+	srv, err := driver.NewServer(opts.Endpoint, opts, driver.Services{Node: ns}, nil)
+	if err != nil {
+		return err
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		s := <-sig
+		klog.InfoS("stopping; staged volumes keep running", "signal", s.String())
+		srv.Stop()
+	}()
+	return srv.Serve()
+}

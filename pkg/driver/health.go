@@ -1,0 +1,191 @@
+package driver
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
+)
+
+// walPending measures a volume's WAL on this node: the bytes of segment
+// files (the engine deletes a segment once drained, so every byte there is
+// not yet in the store) and when the oldest of them was created.
+func walPending(walDir, vol string) (bytes int64, oldest time.Time) {
+	root := filepath.Join(walDir, vol)
+	shards, _ := os.ReadDir(root)
+	for _, sh := range shards {
+		if !sh.IsDir() {
+			continue
+		}
+		segs, _ := os.ReadDir(filepath.Join(root, sh.Name()))
+		for _, s := range segs {
+			if !strings.HasSuffix(s.Name(), ".wal") {
+				continue
+			}
+			p := filepath.Join(root, sh.Name(), s.Name())
+			var sx unix.Statx_t
+			if err := unix.Statx(unix.AT_FDCWD, p, 0, unix.STATX_BTIME|unix.STATX_SIZE|unix.STATX_MTIME, &sx); err != nil {
+				continue
+			}
+			bytes += int64(sx.Size)
+			t := time.Unix(sx.Mtime.Sec, int64(sx.Mtime.Nsec))
+			if sx.Mask&unix.STATX_BTIME != 0 {
+				t = time.Unix(sx.Btime.Sec, int64(sx.Btime.Nsec))
+			}
+			if oldest.IsZero() || t.Before(oldest) {
+				oldest = t
+			}
+		}
+	}
+	return bytes, oldest
+}
+
+// NodeGetVolumeHealth reports a staged volume's condition on this node:
+// INACCESSIBLE when nbdkit is not running, the device is not attached, the
+// filesystem is not mounted, the store cannot be reached, or another node
+// took the volume over (fenced); DEGRADED when the WAL holds more data, or
+// older data, than the drain-lag limits allow.
+func (n *NodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalidArg("volume_id is required")
+	}
+	id, st, err := n.stagedAt(req.GetVolumeId(), "")
+	if err != nil {
+		return nil, toStatus(err, "volume health "+req.GetVolumeId())
+	}
+	h := &csi.VolumeHealth{VolumeId: req.GetVolumeId()}
+	add := func(t csi.VolumeHealthErrorType, reason, msg string) {
+		h.HealthStatuses = append(h.HealthStatuses, &csi.VolumeHealth_VolumeHealthEntry{Status: t, Reason: reason, Message: msg})
+	}
+	if !st.Staged {
+		add(csi.VolumeHealthErrorType_INACCESSIBLE, "NotStaged", "staging did not complete")
+		return &csi.NodeGetVolumeHealthResponse{VolumeHealth: h}, nil
+	}
+	if n.running(id) == nil {
+		add(csi.VolumeHealthErrorType_INACCESSIBLE, "ServerDown", "nbdkit is not running for this volume; the node plugin is restarting it")
+	} else if dev, found, err := n.att.Find(ctx, id.key()); err != nil || !found {
+		add(csi.VolumeHealthErrorType_INACCESSIBLE, "NotAttached", fmt.Sprintf("no block device is attached (%v)", err))
+	} else if !st.Block {
+		if m, err := n.mnt.IsMountPoint(st.StagingPath); err != nil || !m {
+			add(csi.VolumeHealthErrorType_INACCESSIBLE, "NotMounted", fmt.Sprintf("%s is not mounted from %s", st.StagingPath, dev.Path))
+		}
+	}
+	if url, err := n.volumeURL(id, st); err == nil {
+		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		inf, err := func() (vb.Info, error) {
+			store, err := n.volumeStore(hctx, url)
+			if err != nil {
+				return vb.Info{}, err
+			}
+			return vb.Inspect(hctx, store, id.Vol)
+		}()
+		cancel()
+		switch {
+		case errors.Is(err, vb.ErrNotFound):
+			add(csi.VolumeHealthErrorType_DATA_LOSS, "VolumeDeleted", "the volume no longer exists in its store")
+		case errors.Is(err, vb.ErrCorrupt), errors.Is(err, vb.ErrBackendState):
+			add(csi.VolumeHealthErrorType_DATA_LOSS, "MetadataCorrupt", err.Error())
+		case err != nil:
+			n.metrics.BackendErrors.WithLabelValues(id.Store).Inc()
+			add(csi.VolumeHealthErrorType_INACCESSIBLE, "StoreUnavailable", err.Error())
+		case !st.ReadOnly && st.Epoch != 0 && inf.Epoch > st.Epoch:
+			add(csi.VolumeHealthErrorType_INACCESSIBLE, "Fenced",
+				fmt.Sprintf("another owner opened the volume (epoch %d > ours %d); writes here fail", inf.Epoch, st.Epoch))
+		}
+	}
+	if !st.ReadOnly {
+		bytes, oldest := walPending(n.paths(id).WALDir, id.Vol)
+		if bytes > n.opts.DrainLagBytes || (!oldest.IsZero() && time.Since(oldest) > n.opts.DrainLagAge) {
+			add(csi.VolumeHealthErrorType_DEGRADED, "DrainLagging",
+				fmt.Sprintf("%d bytes written on this node are not in the store yet, the oldest since %s", bytes, oldest.UTC().Format(time.RFC3339)))
+		}
+	}
+	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: h}, nil
+}
+
+// Collector returns a Prometheus collector of per-volume node metrics.
+func (n *NodeServer) Collector() prometheus.Collector { return volumeCollector{n} }
+
+var (
+	descWAL    = prometheus.NewDesc("viperblock_volume_wal_pending_bytes", "Bytes written on this node and not yet in the store.", []string{"volume_id"}, nil)
+	descWALAge = prometheus.NewDesc("viperblock_volume_wal_oldest_seconds", "Age of the oldest data not yet in the store.", []string{"volume_id"}, nil)
+	descUp     = prometheus.NewDesc("viperblock_volume_server_up", "1 while the volume's nbdkit runs.", []string{"volume_id"}, nil)
+	descIO     = prometheus.NewDesc("viperblock_volume_io_bytes_total", "Bytes read and written through the volume's block device.", []string{"volume_id", "op"}, nil)
+	descOps    = prometheus.NewDesc("viperblock_volume_io_ops_total", "Read and write requests completed by the volume's block device.", []string{"volume_id", "op"}, nil)
+)
+
+type volumeCollector struct{ n *NodeServer }
+
+func (c volumeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descWAL, descWALAge, descUp, descIO, descOps} {
+		ch <- d
+	}
+}
+
+func (c volumeCollector) Collect(ch chan<- prometheus.Metric) {
+	ids, _ := c.n.stagedVolumes()
+	for _, id := range ids {
+		st, ok, err := c.n.loadState(id)
+		if err != nil || !ok {
+			continue
+		}
+		v := id.String()
+		up := 0.0
+		if c.n.running(id) != nil {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, up, v)
+		if !st.ReadOnly {
+			bytes, oldest := walPending(c.n.paths(id).WALDir, id.Vol)
+			age := 0.0
+			if !oldest.IsZero() {
+				age = time.Since(oldest).Seconds()
+			}
+			ch <- prometheus.MustNewConstMetric(descWAL, prometheus.GaugeValue, float64(bytes), v)
+			ch <- prometheus.MustNewConstMetric(descWALAge, prometheus.GaugeValue, age, v)
+		}
+		if s, ok := deviceStat(st.Device); ok {
+			ch <- prometheus.MustNewConstMetric(descIO, prometheus.CounterValue, float64(s[2]*512), v, "read")
+			ch <- prometheus.MustNewConstMetric(descIO, prometheus.CounterValue, float64(s[6]*512), v, "write")
+			ch <- prometheus.MustNewConstMetric(descOps, prometheus.CounterValue, float64(s[0]), v, "read")
+			ch <- prometheus.MustNewConstMetric(descOps, prometheus.CounterValue, float64(s[4]), v, "write")
+		}
+	}
+}
+
+// deviceStat reads /sys/class/block/<dev>/stat (reads, merges, sectors
+// read, ms, writes, merges, sectors written, ...).
+func deviceStat(dev string) ([]uint64, bool) {
+	if dev == "" {
+		return nil, false
+	}
+	f, err := os.Open(filepath.Join("/sys/class/block", filepath.Base(dev), "stat"))
+	if err != nil {
+		return nil, false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	if !sc.Scan() {
+		return nil, false
+	}
+	var out []uint64
+	for _, fld := range strings.Fields(sc.Text()) {
+		x, err := strconv.ParseUint(fld, 10, 64)
+		if err != nil {
+			return nil, false
+		}
+		out = append(out, x)
+	}
+	return out, len(out) >= 7
+}

@@ -1,0 +1,58 @@
+package driver
+
+import (
+	"context"
+	"sync/atomic"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// IdentityServer is the CSI Identity service.
+type IdentityServer struct {
+	csi.UnimplementedIdentityServer
+	opts       *Options
+	controller bool         // this server also offers the Controller service
+	ready      *atomic.Bool // set while serving
+	probe      func(context.Context) error
+}
+
+// GetPluginInfo returns the driver's name and version.
+func (s *IdentityServer) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
+	v := s.opts.Version
+	if v == "" {
+		v = "dev"
+	}
+	return &csi.GetPluginInfoResponse{Name: s.opts.DriverName, VendorVersion: v}, nil
+}
+
+// GetPluginCapabilities reports the Controller service (when offered) and
+// online volume expansion. Volumes are not tied to a topology: any node can
+// open any volume from the object store.
+func (s *IdentityServer) GetPluginCapabilities(context.Context, *csi.GetPluginCapabilitiesRequest) (*csi.GetPluginCapabilitiesResponse, error) {
+	caps := []*csi.PluginCapability{{
+		Type: &csi.PluginCapability_VolumeExpansion_{VolumeExpansion: &csi.PluginCapability_VolumeExpansion{
+			Type: csi.PluginCapability_VolumeExpansion_ONLINE,
+		}},
+	}}
+	if s.controller {
+		caps = append(caps, &csi.PluginCapability{
+			Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{
+				Type: csi.PluginCapability_Service_CONTROLLER_SERVICE,
+			}},
+		})
+	}
+	return &csi.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// Probe reports ready while the server serves and, on a node, while nbdkit
+// and the plugin are usable.
+func (s *IdentityServer) Probe(ctx context.Context, _ *csi.ProbeRequest) (*csi.ProbeResponse, error) {
+	ok := s.ready == nil || s.ready.Load()
+	if ok && s.probe != nil {
+		if err := s.probe(ctx); err != nil {
+			return nil, toStatus(err, "probe")
+		}
+	}
+	return &csi.ProbeResponse{Ready: wrapperspb.Bool(ok)}, nil
+}

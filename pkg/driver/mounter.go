@@ -1,0 +1,104 @@
+package driver
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+	mount "k8s.io/mount-utils"
+	utilexec "k8s.io/utils/exec"
+)
+
+// Mounter is what the node service needs from the host's mount table and
+// filesystem tools. NewMounter returns the real one (k8s.io/mount-utils);
+// tests substitute fakes.
+type Mounter interface {
+	// FormatAndMount mounts source at target, first making a filesystem of
+	// type fstype (with formatOptions) if source holds none.
+	FormatAndMount(source, target, fstype string, options, formatOptions []string) error
+	// Mount mounts source at target (fstype "" and option "bind" for bind
+	// mounts).
+	Mount(source, target, fstype string, options []string) error
+	// Unmount unmounts target; a busy target is an error wrapping errBusy.
+	Unmount(target string) error
+	// IsMountPoint reports whether path is a mount point (bind mounts of
+	// files included); a missing path is an error wrapping os.ErrNotExist.
+	IsMountPoint(path string) (bool, error)
+	// ResizeFS grows the filesystem on device, mounted at path, to the
+	// device's size if it is smaller.
+	ResizeFS(device, path string) error
+	// DeviceSize returns the size of a block device in bytes.
+	DeviceSize(device string) (int64, error)
+}
+
+// NewMounter returns the host mounter.
+func NewMounter() Mounter {
+	ex := utilexec.New()
+	return &hostMounter{m: mount.NewSafeFormatAndMount(mount.NewWithoutSystemd(""), ex), exec: ex}
+}
+
+type hostMounter struct {
+	m    *mount.SafeFormatAndMount
+	exec utilexec.Interface
+}
+
+func (h *hostMounter) FormatAndMount(source, target, fstype string, options, formatOptions []string) error {
+	return h.m.FormatAndMountSensitiveWithFormatOptions(source, target, fstype, options, nil, formatOptions)
+}
+
+func (h *hostMounter) Mount(source, target, fstype string, options []string) error {
+	return h.m.Mount(source, target, fstype, options)
+}
+
+func (h *hostMounter) Unmount(target string) error {
+	err := h.m.Unmount(target)
+	if err != nil && strings.Contains(strings.ToLower(err.Error()), "busy") {
+		return fmt.Errorf("%w: %v", errBusy, err)
+	}
+	return err
+}
+
+func (h *hostMounter) IsMountPoint(path string) (bool, error) {
+	return h.m.IsMountPoint(path)
+}
+
+func (h *hostMounter) ResizeFS(device, path string) error {
+	r := mount.NewResizeFs(h.exec)
+	need, err := r.NeedResize(device, path)
+	if err != nil || !need {
+		return err
+	}
+	_, err = r.Resize(device, path)
+	return err
+}
+
+func (h *hostMounter) DeviceSize(device string) (int64, error) { return blockDeviceSize(device) }
+
+// blockDeviceSize asks the kernel for a block device's size (BLKGETSIZE64).
+func blockDeviceSize(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	var size uint64
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&size))); errno != 0 {
+		return 0, fmt.Errorf("BLKGETSIZE64 %s: %w", path, errno)
+	}
+	return int64(size), nil
+}
+
+// isBlockDevice reports whether path is a block device node.
+func isBlockDevice(path string) bool {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return false
+	}
+	return st.Mode&unix.S_IFMT == unix.S_IFBLK
+}
+
+// isNotExist reports a missing path (also through mount-utils' wrapping).
+func isNotExist(err error) bool { return errors.Is(err, os.ErrNotExist) || os.IsNotExist(err) }

@@ -1,0 +1,152 @@
+package driver
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Node-local state, under --state-dir:
+//
+//	volumes/<store>.<volume>/state.json        the volume's staging (volState), written atomically
+//	volumes/<store>.<volume>/credentials.env   S3 credentials from node-stage secrets (0600)
+//	volumes/<store>.<volume>/nbdkit.pid        written by nbdkit once it serves
+//	volumes/<store>.<volume>/nbdkit.log        nbdkit's output
+//	sock/<hash>.sock                           nbdkit's socket (0600; short, for the 108-byte limit)
+//	creds/                                     credential files for the node's own store handles
+//
+// and under --wal-dir, the engine's WAL: <wal-dir>/<store>/<volume>/...
+//
+// Directories are 0700. A state file exists from the start of NodeStage
+// to the end of a clean NodeUnstage; the healer reads them after a restart.
+
+const stateVersion = 1
+
+// volState is what the node remembers about a staged volume.
+type volState struct {
+	Version     int      `json:"version"`
+	VolumeID    string   `json:"volumeID"`
+	StagingPath string   `json:"stagingPath"`
+	Block       bool     `json:"block"`
+	FsType      string   `json:"fsType,omitempty"`
+	MountFlags  []string `json:"mountFlags,omitempty"`
+	Mode        string   `json:"mode"`
+	ReadOnly    bool     `json:"readOnly"`
+	MkfsOptions []string `json:"mkfsOptions,omitempty"`
+	Cache       string   `json:"cache,omitempty"`
+	Drain       string   `json:"drainInterval,omitempty"`
+	Creds       bool     `json:"credentials,omitempty"` // credentials.env exists
+	Device      string   `json:"device,omitempty"`
+	Size        int64    `json:"size,omitempty"`  // the size the device shows
+	Epoch       uint64   `json:"epoch,omitempty"` // ownership epoch of our nbdkit's open
+	Staged      bool     `json:"staged"`          // every NodeStage step completed
+	Targets     []string `json:"targets,omitempty"`
+}
+
+func (s *volState) hasTarget(t string) bool {
+	for _, x := range s.Targets {
+		if x == t {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *volState) removeTarget(t string) {
+	out := s.Targets[:0]
+	for _, x := range s.Targets {
+		if x != t {
+			out = append(out, x)
+		}
+	}
+	s.Targets = out
+}
+
+// paths of one volume's node-local files.
+type volPaths struct {
+	Dir, State, Creds, Pidfile, Log, Socket, WALDir string
+}
+
+func (n *NodeServer) paths(id volumeID) volPaths {
+	dir := filepath.Join(n.opts.StateDir, "volumes", id.key())
+	sum := sha256.Sum256([]byte(id.String()))
+	return volPaths{
+		Dir:     dir,
+		State:   filepath.Join(dir, "state.json"),
+		Creds:   filepath.Join(dir, "credentials.env"),
+		Pidfile: filepath.Join(dir, "nbdkit.pid"),
+		Log:     filepath.Join(dir, "nbdkit.log"),
+		Socket:  filepath.Join(n.opts.StateDir, "sock", hex.EncodeToString(sum[:8])+".sock"),
+		WALDir:  filepath.Join(n.opts.WALDir, id.Store),
+	}
+}
+
+// loadState reads a volume's state; ok is false if it is not staged here.
+func (n *NodeServer) loadState(id volumeID) (*volState, bool, error) {
+	b, err := os.ReadFile(n.paths(id).State)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	var st volState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, false, fmt.Errorf("state of %s is unreadable: %v", id, err)
+	}
+	if st.Version != stateVersion || st.VolumeID != id.String() {
+		return nil, false, fmt.Errorf("state of %s has version %d and volume %q", id, st.Version, st.VolumeID)
+	}
+	return &st, true, nil
+}
+
+// saveState writes a volume's state atomically.
+func (n *NodeServer) saveState(id volumeID, st *volState) error {
+	st.Version = stateVersion
+	st.VolumeID = id.String()
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	p := n.paths(id)
+	if err := os.MkdirAll(p.Dir, 0o700); err != nil {
+		return err
+	}
+	return writePrivateFile(p.State, b)
+}
+
+// stagedVolumes lists the volumes with a state directory.
+func (n *NodeServer) stagedVolumes() ([]volumeID, error) {
+	ents, err := os.ReadDir(filepath.Join(n.opts.StateDir, "volumes"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ids []volumeID
+	for _, e := range ents {
+		store, vol, ok := cutKey(e.Name())
+		if !ok {
+			continue
+		}
+		if id, err := parseVolumeID(store + "/" + vol); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}
+
+// cutKey splits "<store>.<volume>" (store names have no '.').
+func cutKey(k string) (string, string, bool) {
+	for i := 0; i < len(k); i++ {
+		if k[i] == '.' {
+			return k[:i], k[i+1:], true
+		}
+	}
+	return "", "", false
+}

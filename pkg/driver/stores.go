@@ -1,0 +1,219 @@
+package driver
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+)
+
+// Secret keys understood in CSI secrets (provisioner, node-stage,
+// snapshotter, controller-expand and controller-publish secrets). Either
+// spelling works; other keys are ignored (and never logged).
+var secretKeys = map[string]string{
+	"awsAccessKeyID":        "AWS_ACCESS_KEY_ID",
+	"awsSecretAccessKey":    "AWS_SECRET_ACCESS_KEY",
+	"awsSessionToken":       "AWS_SESSION_TOKEN",
+	"AWS_ACCESS_KEY_ID":     "AWS_ACCESS_KEY_ID",
+	"AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+	"AWS_SESSION_TOKEN":     "AWS_SESSION_TOKEN",
+}
+
+// credentials turns CSI secrets into the env-style credentials file format
+// of the S3 store (see pkg/viperblock/backend/s3). It returns nil when the
+// secrets hold no credentials.
+func credentials(secrets map[string]string) ([]byte, error) {
+	vals := map[string]string{}
+	for k, v := range secrets {
+		env, ok := secretKeys[k]
+		if !ok {
+			continue
+		}
+		if v == "" || strings.ContainsAny(v, "\r\n\x00") {
+			return nil, fmt.Errorf("%w: secret key %s is empty or has a line break", errInvalidSecret, k)
+		}
+		vals[env] = v
+	}
+	if len(vals) == 0 {
+		return nil, nil
+	}
+	if vals["AWS_ACCESS_KEY_ID"] == "" || vals["AWS_SECRET_ACCESS_KEY"] == "" {
+		return nil, fmt.Errorf("%w: secrets need both awsAccessKeyID and awsSecretAccessKey", errInvalidSecret)
+	}
+	var b strings.Builder
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} {
+		if v := vals[k]; v != "" {
+			fmt.Fprintf(&b, "%s=%s\n", k, v)
+		}
+	}
+	return []byte(b.String()), nil
+}
+
+// withCredentialsFile returns the store URL with credentials_file=path
+// (only S3 URLs take credentials; other stores ignore them).
+func withCredentialsFile(raw, path string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", backend.ErrInvalidURL, err)
+	}
+	if u.Scheme != "s3" || path == "" {
+		return raw, nil
+	}
+	q := u.Query()
+	q.Set("credentials_file", path)
+	u.RawQuery = q.Encode()
+	return u.String(), nil
+}
+
+// writePrivateFile writes data to path atomically with mode 0600: a
+// temporary file in the same directory, fsync, rename, directory fsync.
+func writePrivateFile(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// storeOpener opens a store by URL (backend.Open; tests substitute it).
+type storeOpener func(ctx context.Context, url string) (backend.Store, error)
+
+// storeSet resolves store names to open stores. A store opened with CSI
+// secrets gets its own credentials file and its own handle, cached by the
+// secrets' hash so a request with the same secrets reuses both.
+type storeSet struct {
+	urls    map[string]string
+	def     string
+	credDir string
+	open    storeOpener
+
+	mu    sync.Mutex               // guards cache
+	cache map[string]backend.Store // key: name + "\x00" + hash of the credentials ("" without)
+}
+
+func newStoreSet(o *Options, credDir string, open storeOpener) *storeSet {
+	if open == nil {
+		open = backend.Open
+	}
+	return &storeSet{urls: o.Stores, def: o.DefaultStore, credDir: credDir, open: open, cache: map[string]backend.Store{}}
+}
+
+// names lists the configured stores, sorted.
+func (s *storeSet) names() []string {
+	var n []string
+	for k := range s.urls {
+		n = append(n, k)
+	}
+	sort.Strings(n)
+	return n
+}
+
+// url returns a store's URL, or an error wrapping backend.ErrNotFound for a
+// name that is not configured.
+func (s *storeSet) url(name string) (string, error) {
+	u, ok := s.urls[name]
+	if !ok {
+		return "", fmt.Errorf("store %q is not configured on this driver: %w", name, backend.ErrNotFound)
+	}
+	return u, nil
+}
+
+// get opens (or reuses) store name with the credentials in secrets.
+func (s *storeSet) get(ctx context.Context, name string, secrets map[string]string) (backend.Store, error) {
+	raw, err := s.url(name)
+	if err != nil {
+		return nil, err
+	}
+	creds, err := credentials(secrets)
+	if err != nil {
+		return nil, err
+	}
+	key := name + "\x00"
+	if creds != nil {
+		sum := sha256.Sum256(append([]byte(name+"\x00"), creds...))
+		key += hex.EncodeToString(sum[:16])
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st, ok := s.cache[key]; ok {
+		return st, nil
+	}
+	if creds != nil && strings.HasPrefix(raw, "s3:") {
+		if s.credDir == "" {
+			return nil, fmt.Errorf("no credentials directory configured")
+		}
+		path := filepath.Join(s.credDir, name+"-"+key[len(name)+1:]+".env")
+		if err := writePrivateFile(path, creds); err != nil {
+			return nil, fmt.Errorf("write credentials file: %w", err)
+		}
+		if raw, err = withCredentialsFile(raw, path); err != nil {
+			return nil, err
+		}
+	}
+	st, err := s.open(ctx, raw)
+	if err != nil {
+		return nil, fmt.Errorf("open store %q: %w", name, err)
+	}
+	s.cache[key] = st
+	return st, nil
+}
+
+// close closes every cached store.
+func (s *storeSet) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, st := range s.cache {
+		st.Close()
+		delete(s.cache, k)
+	}
+}
+
+// redactURL shows a store URL without user information or query (where
+// credential references live).
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "<unparseable URL>"
+	}
+	u.User = nil
+	u.RawQuery = ""
+	return u.String()
+}
