@@ -64,17 +64,31 @@ untimed() { # prefill or warm up, not measured
   fio --name=prep --ioengine=nbd --uri="nbd+unix:///?socket=$work/$target.sock" --output=/dev/null "$@"
 }
 
+# quiesce: before each timed job, wait until viperblock has drained what
+# earlier jobs wrote (its WAL directory empties), so one job's background
+# upload does not run inside the next job's measurement.
+quiesce() {
+  local t0=$SECONDS
+  while [ "$(du -sk "$work/wal" 2>/dev/null | cut -f1)" -gt 1024 ]; do
+    [ $((SECONDS - t0)) -ge 120 ] && { echo "  (viperblock still draining after 120 s; going on)"; return; }
+    sleep 0.5
+  done
+  [ $((SECONDS - t0)) -gt 0 ] && echo "  (waited $((SECONDS - t0)) s for viperblock to drain)"
+  return 0
+}
+
 common=(--time_based --runtime="$runtime" --ramp_time=1 --size=$size --randrepeat=0 --norandommap)
-for t in "${targets[@]}"; do echo "  running: 4k randwrite QD32 on $t"; job randwrite "$t" --rw=randwrite --bs=4k --iodepth=32 "${common[@]}"; done
+for t in "${targets[@]}"; do quiesce; echo "  running: 4k randwrite QD32 on $t"; job randwrite "$t" --rw=randwrite --bs=4k --iodepth=32 "${common[@]}"; done
 for t in "${targets[@]}"; do
   echo "  running: 4k randread QD32 (working set $hot, read once first) on $t"
   untimed "$t" --rw=write --bs=1M --iodepth=16 --size=$hot
   untimed "$t" --rw=read --bs=1M --iodepth=16 --size=$hot
+  quiesce
   job randread "$t" --rw=randread --bs=4k --iodepth=32 --time_based --runtime="$runtime" --ramp_time=1 --size=$hot --norandommap
 done
-for t in "${targets[@]}"; do echo "  running: 4k write + fsync each, QD1 on $t"; job fsync "$t" --rw=write --bs=4k --iodepth=1 --fsync=1 "${common[@]}"; done
-for t in "${targets[@]}"; do echo "  running: 1M seq write QD16 on $t"; job seqwrite "$t" --rw=write --bs=1M --iodepth=16 "${common[@]}"; done
-for t in "${targets[@]}"; do echo "  running: 1M seq read QD16 on $t"; job seqread "$t" --rw=read --bs=1M --iodepth=16 "${common[@]}"; done
+for t in "${targets[@]}"; do quiesce; echo "  running: 4k write + fsync each, QD1 on $t"; job fsync "$t" --rw=write --bs=4k --iodepth=1 --fsync=1 "${common[@]}"; done
+for t in "${targets[@]}"; do quiesce; echo "  running: 1M seq write QD16 on $t"; job seqwrite "$t" --rw=write --bs=1M --iodepth=16 "${common[@]}"; done
+for t in "${targets[@]}"; do quiesce; echo "  running: 1M seq read QD16 on $t"; job seqread "$t" --rw=read --bs=1M --iodepth=16 "${common[@]}"; done
 
 grep -h -E 'error|warning' "$work/viperblock.log" | head -5 || true
 

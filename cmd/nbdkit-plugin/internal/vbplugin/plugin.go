@@ -46,8 +46,8 @@ const (
 	MaxBlockSize       = 32 << 20
 )
 
-// drainTimeout bounds the drain after the last connection closes, and
-// closeTimeout is the budget the engine's own Close retries work within.
+// drainTimeout bounds the drain after the last connection closes (Close at
+// cleanup has its own retries and budget inside the engine).
 const drainTimeout = 10 * time.Minute
 
 // Plugin is the state of one nbdkit process: one configuration, one store,
