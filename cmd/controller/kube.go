@@ -1,4 +1,4 @@
-package driver
+package main
 
 import (
 	"context"
@@ -7,8 +7,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/viperblock/viperblock-csi/pkg/driver"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
+
+var _ driver.NodeChecker = KubeNodeChecker{}
 
 // KubeNodeChecker finds nodes through their CSINode objects: a node exists
 // for this driver when some CSINode lists the driver with that node ID

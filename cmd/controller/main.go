@@ -80,7 +80,7 @@ func run(opts *driver.Options, metricsAddr, healthAddr string, leaderElect bool,
 	case "none":
 		nodes = driver.AnyNodeChecker{}
 	default:
-		nodes = driver.KubeNodeChecker{Reader: mgr.GetAPIReader(), Driver: opts.DriverName}
+		nodes = KubeNodeChecker{Reader: mgr.GetAPIReader(), Driver: opts.DriverName}
 	}
 	cs, err := driver.NewControllerServer(opts, nodes, nil)
 	if err != nil {

@@ -240,8 +240,9 @@ func (n *NodeServer) spec(id volumeID, st *volState, url string) nbdkitSpec {
 		params = append(params, fmt.Sprintf("virtual_size=%d", vs))
 	}
 	return nbdkitSpec{
-		Nbdkit: n.opts.Nbdkit, Plugin: n.opts.Plugin, Socket: p.Socket, Pidfile: p.Pidfile, LogFile: p.Log,
-		Params: params, Env: []string{envStore + "=" + url}, Threads: n.opts.NbdkitThreads, Ready: n.opts.ReadyTimeout,
+		Nbdkit: n.opts.Nbdkit, Plugin: n.opts.Plugin, Socket: p.Socket, Pidfile: p.Pidfile, Status: p.Status, LogFile: p.Log,
+		Wrapper: n.opts.NbdkitWrapper,
+		Params:  params, Env: []string{envStore + "=" + url}, Threads: n.opts.NbdkitThreads, Ready: n.opts.ReadyTimeout,
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 //	volumes/<store>.<volume>/state.json        the volume's staging (volState), written atomically
 //	volumes/<store>.<volume>/credentials.env   S3 credentials from node-stage secrets (0600)
 //	volumes/<store>.<volume>/nbdkit.pid        written by nbdkit once it serves
+//	volumes/<store>.<volume>/nbdkit.status     nbdkit's exit status, written by its keeper
 //	volumes/<store>.<volume>/nbdkit.log        nbdkit's output
 //	sock/<hash>.sock                           nbdkit's socket (0600; short, for the 108-byte limit)
 //	creds/                                     credential files for the node's own store handles
@@ -68,7 +69,7 @@ func (s *volState) removeTarget(t string) {
 
 // paths of one volume's node-local files.
 type volPaths struct {
-	Dir, State, Creds, Pidfile, Log, Socket, WALDir string
+	Dir, State, Creds, Pidfile, Status, Log, Socket, WALDir string
 }
 
 func (n *NodeServer) paths(id volumeID) volPaths {
@@ -79,6 +80,7 @@ func (n *NodeServer) paths(id volumeID) volPaths {
 		State:   filepath.Join(dir, "state.json"),
 		Creds:   filepath.Join(dir, "credentials.env"),
 		Pidfile: filepath.Join(dir, "nbdkit.pid"),
+		Status:  filepath.Join(dir, "nbdkit.status"),
 		Log:     filepath.Join(dir, "nbdkit.log"),
 		Socket:  filepath.Join(n.opts.StateDir, "sock", hex.EncodeToString(sum[:8])+".sock"),
 		WALDir:  filepath.Join(n.opts.WALDir, id.Store),

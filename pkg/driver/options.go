@@ -75,6 +75,10 @@ type Options struct {
 	ReadyTimeout time.Duration
 	// NbdkitThreads is nbdkit's --threads (0: nbdkit's default).
 	NbdkitThreads int
+	// NbdkitWrapper is a command prefix for nbdkit's keeper, e.g.
+	// systemd-run --scope --collect --quiet --, so that nbdkit outlives the
+	// node plugin's container.
+	NbdkitWrapper []string
 	// VirtualSize is the plugin's virtual_size=: the export size nbdkit
 	// advertises, larger than the volume so an attached device can grow.
 	// -1: the largest volume size, if the plugin supports it; 0: never.
@@ -143,6 +147,10 @@ func (o *Options) AddFlags(fs *flag.FlagSet, node bool) {
 	fs.DurationVar(&o.DrainLagAge, "drain-lag-age", 5*time.Minute, "age of the oldest WAL data not yet in the backend above which a volume is reported degraded")
 	fs.DurationVar(&o.ReadyTimeout, "nbdkit-ready-timeout", 2*time.Minute, "how long to wait for nbdkit to serve a volume (it replays the WAL first)")
 	fs.IntVar(&o.NbdkitThreads, "nbdkit-threads", 0, "nbdkit --threads (0: nbdkit's default)")
+	fs.Func("nbdkit-wrapper", "command prefix for nbdkit, space-separated, e.g. \"systemd-run --scope --collect --quiet --\", so it outlives the node plugin's container", func(v string) error {
+		o.NbdkitWrapper = strings.Fields(v)
+		return nil
+	})
 	fs.Int64Var(&o.VirtualSize, "virtual-size", -1, "export size nbdkit advertises so attached devices can grow (-1: the largest volume, if the plugin supports virtual_size=; 0: off)")
 	fs.StringVar(&o.AttachDir, "attach-dir", "/run/viperblock/attach", "the attacher's state directory (should not outlive a reboot)")
 }

@@ -1,7 +1,6 @@
 package driver
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -25,11 +24,16 @@ type nbdkitSpec struct {
 	Plugin  string
 	Socket  string   // Unix socket to serve on (mode 0600 once serving)
 	Pidfile string   // nbdkit writes it once it serves; it finds the process after a restart
+	Status  string   // the keeper writes nbdkit's exit status here
 	LogFile string   // nbdkit's stdout and stderr (a file, not a pipe, so nbdkit outlives us)
 	Params  []string // plugin parameters: never secrets
 	Env     []string // VBLOCK_STORE=... (the store URL may reference a credentials file)
 	Threads int
 	Ready   time.Duration
+	// Wrapper is a command prefix for the keeper, e.g. systemd-run
+	// --scope --collect --quiet --, so it runs outside the node plugin's
+	// container and cgroup.
+	Wrapper []string
 }
 
 // server is a running nbdkit: started by this process or adopted from an
@@ -40,8 +44,8 @@ type server interface {
 	Done() <-chan struct{}
 	// Stop sends SIGTERM (the plugin drains the volume to the store, then
 	// nbdkit exits) and waits. It returns an error if nbdkit exited with a
-	// non-zero status (known only for a process this one started), or
-	// ctx's error if ctx ends first, leaving nbdkit running.
+	// non-zero status, or ctx's error if ctx ends first, leaving nbdkit
+	// running.
 	Stop(ctx context.Context) error
 	// Kill sends SIGKILL.
 	Kill() error
@@ -62,12 +66,21 @@ func NewSupervisor() Supervisor { return procSupervisor{} }
 
 type procSupervisor struct{}
 
-// Start starts nbdkit in its own process group with its output going to
-// spec.LogFile, so it survives the node plugin (a restarted plugin adopts
-// it), and waits until it serves.
+// keeperScript runs nbdkit as a child of a small shell, the keeper, and
+// records its exit status. nbdkit -f sets PR_SET_PDEATHSIG(SIGTERM): it
+// stops serving when its parent dies. Its parent is the keeper, not the
+// node plugin, so a restart of the node plugin leaves it serving; and the
+// keeper's status file tells a restarted node plugin how nbdkit exited.
+// $0 is the status file, "$@" the nbdkit command.
+const keeperScript = `"$@"; echo $? > "$0.tmp" && mv -f "$0.tmp" "$0"`
+
+// Start starts nbdkit under its keeper, in their own process group, with
+// output going to spec.LogFile, and waits until it serves.
 func (procSupervisor) Start(ctx context.Context, spec nbdkitSpec) (server, error) {
-	if err := os.Remove(spec.Pidfile); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
+	for _, f := range []string{spec.Pidfile, spec.Status} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
 	}
 	if err := removeStaleSocket(spec.Socket); err != nil {
 		return nil, err
@@ -78,13 +91,14 @@ func (procSupervisor) Start(ctx context.Context, spec nbdkitSpec) (server, error
 	}
 	fmt.Fprintf(logf, "---- %s starting nbdkit\n", time.Now().UTC().Format(time.RFC3339))
 	logStart, _ := logf.Seek(0, io.SeekEnd)
-	args := []string{"-f", "--unix", spec.Socket, "--pidfile", spec.Pidfile}
+	args := append([]string{}, spec.Wrapper...)
+	args = append(args, "/bin/sh", "-c", keeperScript, spec.Status, spec.Nbdkit, "-f", "--unix", spec.Socket, "--pidfile", spec.Pidfile)
 	if spec.Threads > 0 {
 		args = append(args, "--threads", strconv.Itoa(spec.Threads))
 	}
 	args = append(args, spec.Plugin)
 	args = append(args, spec.Params...)
-	cmd := exec.Command(spec.Nbdkit, args...)
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), spec.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = "/"
@@ -92,12 +106,12 @@ func (procSupervisor) Start(ctx context.Context, spec nbdkitSpec) (server, error
 	err = cmd.Start()
 	logf.Close()
 	if err != nil {
-		return nil, fmt.Errorf("start %s: %w", spec.Nbdkit, err)
+		return nil, fmt.Errorf("start nbdkit: %w", err)
 	}
-	p := &child{cmd: cmd, done: make(chan struct{}), spec: spec}
+	keeperDone := make(chan struct{})
 	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
+		cmd.Wait()
+		close(keeperDone)
 	}()
 	ready := spec.Ready
 	if ready <= 0 {
@@ -108,7 +122,11 @@ func (procSupervisor) Start(ctx context.Context, spec nbdkitSpec) (server, error
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if pid, ok := readPidfile(spec.Pidfile); ok && pid == cmd.Process.Pid {
+		if pid, ok := readPidfile(spec.Pidfile); ok {
+			p, err := watch(pid, spec, false)
+			if err != nil {
+				return nil, err
+			}
 			if err := os.Chmod(spec.Socket, 0o600); err != nil {
 				p.Kill()
 				<-p.done
@@ -117,11 +135,13 @@ func (procSupervisor) Start(ctx context.Context, spec nbdkitSpec) (server, error
 			return p, nil
 		}
 		select {
-		case <-p.done:
-			return nil, fmt.Errorf("nbdkit exited before serving (%s): %s", exitString(p.err), logTail(spec.LogFile, logStart))
+		case <-keeperDone:
+			return nil, fmt.Errorf("nbdkit exited before serving (%s): %s", readStatus(spec.Status, 0), logTail(spec.LogFile, logStart))
 		case <-ctx.Done():
-			p.Kill()
-			<-p.done
+			cmd.Process.Kill()
+			if pid, ok := readPidfile(spec.Pidfile); ok {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
 			return nil, fmt.Errorf("nbdkit did not serve within %s: %w: %s", ready, ctx.Err(), logTail(spec.LogFile, logStart))
 		case <-tick.C:
 		}
@@ -132,33 +152,59 @@ func (procSupervisor) Start(ctx context.Context, spec nbdkitSpec) (server, error
 // is nbdkit serving this socket (a pid may have been reused).
 func (procSupervisor) Adopt(spec nbdkitSpec) (server, bool, error) {
 	pid, ok := readPidfile(spec.Pidfile)
-	if !ok {
+	if !ok || !isNbdkitFor(pid, spec.Socket) {
 		return nil, false, nil
 	}
+	p, err := watch(pid, spec, true)
+	if errors.Is(err, unix.ESRCH) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	// The pid could have been reused between the check and pidfd_open:
+	// check again now that the pidfd pins it.
+	if !isNbdkitFor(pid, spec.Socket) {
+		p.close()
+		return nil, false, nil
+	}
+	return p, true, nil
+}
+
+// isNbdkitFor reports whether pid is an nbdkit serving socket.
+func isNbdkitFor(pid int, socket string) bool {
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
-		return nil, false, nil // gone
+		return false
 	}
 	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
-	if len(args) == 0 || !strings.Contains(filepath.Base(args[0]), "nbdkit") || !contains(args, spec.Socket) {
-		return nil, false, nil
-	}
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		if errors.Is(err, unix.ESRCH) {
-			return nil, false, nil
+	return len(args) > 0 && strings.Contains(filepath.Base(args[0]), "nbdkit") && contains(args, socket)
+}
+
+// readStatus waits up to wait for the keeper's status file and describes
+// the exit status ("" for 0).
+func readStatus(path string, wait time.Duration) string {
+	deadline := time.Now().Add(wait)
+	for {
+		b, err := os.ReadFile(path)
+		if err == nil {
+			n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+			switch {
+			case err != nil:
+				return "unreadable exit status"
+			case n == 0:
+				return ""
+			case n > 128:
+				return "killed by " + unix.SignalName(syscall.Signal(n-128))
+			default:
+				return "exit status " + strconv.Itoa(n)
+			}
 		}
-		return nil, false, fmt.Errorf("pidfd_open %d: %w", pid, err)
+		if time.Now().After(deadline) {
+			return "exit status unknown"
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	// The process may have exited (a zombie has an empty cmdline, but check
-	// again now that the pidfd pins the pid).
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err != nil || !bytes.Equal(b, cmdline) {
-		unix.Close(fd)
-		return nil, false, nil
-	}
-	a := &adopted{pid: pid, fd: fd, done: make(chan struct{})}
-	go a.wait()
-	return a, true, nil
 }
 
 func contains(l []string, s string) bool {
@@ -215,78 +261,34 @@ func logTail(path string, from int64) string {
 	return s
 }
 
-func exitString(err error) string {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return "killed by " + ws.Signal().String()
-		}
-		return "exit status " + strconv.Itoa(ee.ExitCode())
-	}
-	if err == nil {
-		return "exit status 0"
-	}
-	return err.Error()
+// proc is a running nbdkit, watched through a pidfd (it is the keeper's
+// child, not ours).
+type proc struct {
+	pid     int
+	spec    nbdkitSpec
+	adopted bool
+	done    chan struct{}
+	mu      sync.Mutex // guards fd
+	fd      int        // the pidfd; -1 once the process has exited
 }
 
-// child is an nbdkit this process started.
-type child struct {
-	cmd  *exec.Cmd
-	spec nbdkitSpec
-	done chan struct{}
-	err  error // set before done closes
+// watch opens a pidfd for pid and closes done when the process exits.
+func watch(pid int, spec nbdkitSpec, adopted bool) (*proc, error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	p := &proc{pid: pid, spec: spec, adopted: adopted, fd: fd, done: make(chan struct{})}
+	go p.wait()
+	return p, nil
 }
 
-func (p *child) Pid() int              { return p.cmd.Process.Pid }
-func (p *child) Done() <-chan struct{} { return p.done }
-func (p *child) Adopted() bool         { return false }
+func (p *proc) Pid() int              { return p.pid }
+func (p *proc) Done() <-chan struct{} { return p.done }
+func (p *proc) Adopted() bool         { return p.adopted }
 
-func (p *child) signal(sig syscall.Signal) error {
-	select {
-	case <-p.done:
-		return nil
-	default:
-	}
-	err := p.cmd.Process.Signal(sig)
-	if errors.Is(err, os.ErrProcessDone) {
-		return nil
-	}
-	return err
-}
-
-func (p *child) Kill() error { return p.signal(syscall.SIGKILL) }
-
-func (p *child) Stop(ctx context.Context) error {
-	if err := p.signal(syscall.SIGTERM); err != nil {
-		return err
-	}
-	select {
-	case <-p.done:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	os.Remove(p.spec.Pidfile)
-	if p.err != nil {
-		return fmt.Errorf("nbdkit %s: %s", exitString(p.err), logTail(p.spec.LogFile, -1))
-	}
-	return nil
-}
-
-// adopted is an nbdkit found after a restart, watched through a pidfd (its
-// exit status is not ours to collect).
-type adopted struct {
-	pid  int
-	done chan struct{}
-	mu   sync.Mutex // guards fd
-	fd   int        // the pidfd; -1 once the process has exited
-}
-
-func (a *adopted) Pid() int              { return a.pid }
-func (a *adopted) Done() <-chan struct{} { return a.done }
-func (a *adopted) Adopted() bool         { return true }
-
-func (a *adopted) wait() {
-	fds := []unix.PollFd{{Fd: int32(a.fd), Events: unix.POLLIN}}
+func (p *proc) wait() {
+	fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}}
 	for {
 		n, err := unix.Poll(fds, -1)
 		if err == unix.EINTR {
@@ -296,36 +298,46 @@ func (a *adopted) wait() {
 			break
 		}
 	}
-	a.mu.Lock()
-	unix.Close(a.fd)
-	a.fd = -1
-	close(a.done)
-	a.mu.Unlock()
+	p.close()
 }
 
-func (a *adopted) signal(sig unix.Signal) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.fd < 0 {
+// close releases the pidfd and marks the process gone.
+func (p *proc) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.fd >= 0 {
+		unix.Close(p.fd)
+		p.fd = -1
+		close(p.done)
+	}
+}
+
+func (p *proc) signal(sig unix.Signal) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.fd < 0 {
 		return nil
 	}
-	err := unix.PidfdSendSignal(a.fd, sig, nil, 0)
+	err := unix.PidfdSendSignal(p.fd, sig, nil, 0)
 	if errors.Is(err, unix.ESRCH) {
 		return nil
 	}
 	return err
 }
 
-func (a *adopted) Kill() error { return a.signal(unix.SIGKILL) }
+func (p *proc) Kill() error { return p.signal(unix.SIGKILL) }
 
-func (a *adopted) Stop(ctx context.Context) error {
-	if err := a.signal(unix.SIGTERM); err != nil {
+func (p *proc) Stop(ctx context.Context) error {
+	if err := p.signal(unix.SIGTERM); err != nil {
 		return err
 	}
 	select {
-	case <-a.done:
-		return nil
+	case <-p.done:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	if st := readStatus(p.spec.Status, 2*time.Second); st != "" {
+		return fmt.Errorf("nbdkit %s: %s", st, logTail(p.spec.LogFile, -1))
+	}
+	return nil
 }
