@@ -44,8 +44,20 @@ func (v *Volume) seal() ([]*segment, uint64) {
 		segs = append(segs, sh.sealed...)
 	}
 	hw := v.seq.Load()
+	var fresh []*segment
 	for i := range v.shards {
+		if s := v.shards[i].seg; s.gen == v.gen {
+			fresh = append(fresh, s)
+		}
 		v.shards[i].mu.Unlock()
+	}
+	// Create the new segments' files in the background, so the first Flush
+	// after a drain does not pay for a file creation and a directory sync.
+	for _, s := range fresh {
+		select {
+		case v.writeback <- s:
+		default:
+		}
 	}
 	return segs, hw
 }

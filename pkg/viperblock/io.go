@@ -399,6 +399,9 @@ type Extent struct {
 
 // Extents describes [off, off+length) as a list of data and hole runs.
 func (v *Volume) Extents(off, length int64) ([]Extent, error) {
+	if v.state.Load() == stateClosed {
+		return nil, ErrClosed
+	}
 	if err := v.checkRange(0, off); err != nil {
 		return nil, err
 	}

@@ -90,6 +90,7 @@ type segment struct {
 	io      sync.Mutex // serializes file I/O; guards f, written, dead
 	f       vfs.File
 	written int64 // record bytes written to the file
+	created bool  // the file exists
 	synced  atomic.Int64
 	dead    bool // retired: the file is gone, nothing more to write
 }
@@ -206,7 +207,19 @@ func (v *Volume) createSegmentFile(sh *shard, seg *segment) error {
 		return fmt.Errorf("viperblock: sync WAL directory: %w", err)
 	}
 	seg.f = f
+	seg.created = true
 	return nil
+}
+
+// prepare creates a segment's file ahead of its first write.
+func (v *Volume) prepare(sh *shard, seg *segment) {
+	seg.io.Lock()
+	defer seg.io.Unlock()
+	if seg.f == nil && !seg.dead && v.walErr() == nil {
+		if err := v.createSegmentFile(sh, seg); err != nil {
+			v.log.Warn("could not create the next WAL segment ahead of time", "err", err)
+		}
+	}
 }
 
 // retire removes a drained segment's file and returns its slabs.
@@ -217,7 +230,7 @@ func (v *Volume) retire(seg *segment) {
 		seg.f.Close()
 		seg.f = nil
 	}
-	if seg.recovered || seg.written > 0 {
+	if seg.recovered || seg.written > 0 || seg.created {
 		_ = v.fs.Remove(seg.path)
 	}
 	seg.io.Unlock()
@@ -309,6 +322,7 @@ func (v *Volume) writebackLoop() {
 			return
 		case seg := <-v.writeback:
 			sh := &v.shards[seg.shard]
+			v.prepare(sh, seg)
 			sh.mu.Lock()
 			target := seg.size
 			sh.mu.Unlock()

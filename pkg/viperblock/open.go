@@ -93,7 +93,7 @@ func (v *Volume) openWAL(ctx context.Context) error {
 	lock, err := v.fs.TryLock(filepath.Join(v.wdir, ".lock"))
 	if err != nil {
 		if errors.Is(err, vfs.ErrLocked) {
-			return fmt.Errorf("%w: %s (WAL %s)", ErrInUse, v.name, v.wdir)
+			return fmt.Errorf("%w: %s is open in another process on this node (WAL %s)", ErrInUse, v.name, v.wdir)
 		}
 		return err
 	}
@@ -351,6 +351,9 @@ func (v *Volume) Close() error {
 			if seg.f != nil {
 				seg.f.Close()
 				seg.f = nil
+			}
+			if seg.created && seg.size == 0 {
+				_ = v.fs.Remove(seg.path) // created ahead of time, never used
 			}
 			seg.dead = true
 			seg.io.Unlock()

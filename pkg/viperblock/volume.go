@@ -36,7 +36,7 @@ var (
 	ErrReadOnly     = errors.New("viperblock: volume is read-only")
 	ErrClosed       = errors.New("viperblock: volume is closed")
 	ErrFenced       = errors.New("viperblock: volume fenced: another owner opened it")
-	ErrInUse        = errors.New("viperblock: volume is open in another process on this node")
+	ErrInUse        = errors.New("viperblock: volume is in use")
 	ErrCorrupt      = errors.New("viperblock: corrupt data")
 	ErrNeedsWALDir  = errors.New("viperblock: a writable volume needs a WAL directory")
 	ErrBackendState = errors.New("viperblock: backend holds an inconsistent state")
