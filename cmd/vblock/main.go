@@ -1,7 +1,7 @@
 // Command vblock manages Viperblock volumes: create, list, inspect, delete,
 // serve over NBD (through nbdkit and the viperblock plugin), import and
-// export raw images, check a volume's integrity, and build an ext4
-// filesystem from a directory.
+// export raw images, check a volume's integrity, build an ext4 filesystem
+// from a directory, snapshot, clone, and reclaim space.
 //
 // Exit status: 0 success, 1 failure, 2 bad usage, 3 fsck found corruption.
 package main
@@ -88,6 +88,7 @@ func init() {
 	commands = []*command{
 		cmdCreate, cmdList, cmdInspect, cmdDelete, cmdServe,
 		cmdImport, cmdExport, cmdFsck, cmdLoadDir,
+		cmdSnapshot, cmdClone, cmdGC,
 	}
 }
 
@@ -159,7 +160,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		cmdUsage(stdout, c)
 		return exitOK
 	}
-	if err == nil && len(pos) != c.nargs {
+	if err == nil && c.nargs >= 0 && len(pos) != c.nargs {
 		err = usagef("expected %d argument(s) (%s), got %d", c.nargs, c.args, len(pos))
 	}
 	if err != nil {

@@ -523,6 +523,9 @@ func ChangedBlocks(ctx context.Context, store backend.Store, vol, snapA, snapB s
 	if err != nil {
 		return nil, err
 	}
+	if (a.Flags|b.Flags)&manifest.FlagDeleted != 0 {
+		return nil, fmt.Errorf("%w: snapshot %s or %s (deleted)", ErrNotFound, parentRef(vol, snapA), parentRef(vol, snapB))
+	}
 	type loc struct {
 		vol   string
 		chunk uint64

@@ -309,13 +309,15 @@ func Inspect(ctx context.Context, store backend.Store, name string) (Info, error
 	}
 	inf := Info{Name: m.Name, Size: m.Size, Extents: len(m.Extents), Chunks: len(m.Chunks), Epoch: m.Epoch, Parent: m.Parent,
 		CommittedSeq: m.SeqHW, Open: m.Flags&manifest.FlagOpen != 0, Committed: time.Unix(0, m.Committed)}
-	snaps, err := ListSnapshots(ctx, store, name)
+	snaps, err := listSnapshotObjects(ctx, store, name)
 	if err != nil {
 		return Info{}, err
 	}
 	for _, s := range snaps {
-		inf.Snapshots = append(inf.Snapshots, s.Name)
-		deps, err := Dependants(ctx, store, name, s.Name)
+		if s.Flags&(manifest.FlagDeleted|manifest.FlagInternal) == 0 {
+			inf.Snapshots = append(inf.Snapshots, s.Label)
+		}
+		deps, err := Dependants(ctx, store, name, s.Label)
 		if err != nil {
 			return Info{}, err
 		}

@@ -1,0 +1,200 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/viperblock/viperblock-csi/pkg/units"
+	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
+)
+
+var cmdSnapshot = &command{
+	name: "snapshot", args: "create|list|delete|diff VOLUME [SNAPSHOT [SNAPSHOT2]]", nargs: -1,
+	summary: "create, list, delete or compare snapshots",
+	detail: `snapshot create VOLUME SNAPSHOT   freeze VOLUME's current state (no data is copied); if a
+                                   server has VOLUME open, it is asked to upload what it holds first
+snapshot list VOLUME              list VOLUME's snapshots
+snapshot delete VOLUME SNAPSHOT   delete a snapshot (kept hidden while clones still use its data)
+snapshot diff VOLUME SNAP1 SNAP2  list the block ranges that differ between two snapshots`,
+	flags: func(fs *flag.FlagSet, o *opts) {
+		fs.BoolVar(&o.json, "json", false, "print JSON (list)")
+		fs.StringVar(&o.drainInterval, "owner-wait", "30s", "how long create waits for a server that has the volume open to upload its data")
+	},
+	run: func(ctx context.Context, e *env, o *opts, args []string) error {
+		if len(args) < 2 {
+			return usagef("expected a subcommand and a volume (see 'vblock snapshot --help')")
+		}
+		want := map[string]int{"create": 3, "list": 2, "delete": 3, "diff": 4}
+		n, ok := want[args[0]]
+		if !ok {
+			return usagef("unknown snapshot subcommand %q (create, list, delete, diff)", args[0])
+		}
+		if len(args) != n {
+			return usagef("snapshot %s takes %d argument(s)", args[0], n-1)
+		}
+		store, err := openStore(ctx, o)
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		vol := args[1]
+		switch args[0] {
+		case "create":
+			wait, err := time.ParseDuration(o.drainInterval)
+			if err != nil || wait < 0 {
+				return usagef("--owner-wait: %q is not a duration", o.drainInterval)
+			}
+			inf, err := vb.CreateSnapshot(ctx, store, vol, args[2], vb.SnapshotOptions{OwnerWait: wait,
+				Logf: func(f string, a ...any) { e.note(f, a...) }})
+			if err != nil {
+				return snapErr(vol, args[2], o, err)
+			}
+			e.printf("snapshot %s@%s: %s written of %s\n", vol, inf.Name, units.Format(inf.WrittenBytes), units.Format(inf.Size))
+		case "list":
+			snaps, err := vb.ListSnapshots(ctx, store, vol)
+			if err != nil {
+				return volErr(vol, o, err)
+			}
+			if o.json {
+				return printJSON(e, snaps)
+			}
+			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(tw, "NAME\tSIZE\tWRITTEN\tCREATED\tCLONES\n")
+			for _, s := range snaps {
+				deps, err := vb.Dependants(ctx, store, vol, s.Name)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Name, units.Format(s.Size), units.Format(s.WrittenBytes),
+					s.Created.UTC().Format(time.RFC3339), strings.Join(deps, ","))
+			}
+			return tw.Flush()
+		case "delete":
+			deps, err := vb.Dependants(ctx, store, vol, args[2])
+			if err != nil {
+				return err
+			}
+			if err := vb.DeleteSnapshot(ctx, store, vol, args[2]); err != nil {
+				return snapErr(vol, args[2], o, err)
+			}
+			if len(deps) > 0 {
+				e.printf("deleted snapshot %s@%s; its data stays while clones use it: %s\n", vol, args[2], strings.Join(deps, ", "))
+			} else {
+				e.printf("deleted snapshot %s@%s\n", vol, args[2])
+			}
+		case "diff":
+			ranges, err := vb.ChangedBlocks(ctx, store, vol, args[2], args[3])
+			if err != nil {
+				return snapErr(vol, args[2]+"|"+args[3], o, err)
+			}
+			var total uint64
+			for _, r := range ranges {
+				e.printf("%d\t%d\n", r[0]*vb.BlockSize, r[1]*vb.BlockSize)
+				total += r[1]
+			}
+			e.note("%d ranges, %s differ", len(ranges), units.Format(int64(total)*vb.BlockSize))
+		}
+		return nil
+	},
+}
+
+func snapErr(vol, snap string, o *opts, err error) error {
+	switch {
+	case errors.Is(err, vb.ErrNotFound):
+		return fmt.Errorf("%s: %w", vol+"@"+snap, errors.Unwrap(err))
+	case errors.Is(err, vb.ErrExists):
+		return errors.New(strings.TrimPrefix(err.Error(), "viperblock: "))
+	}
+	return volErr(vol, o, err)
+}
+
+var cmdClone = &command{
+	name: "clone", args: "SOURCE NEW", nargs: 2,
+	summary: "make a copy-on-write clone of a snapshot or a volume",
+	detail: `Creates volume NEW sharing SOURCE's data; only blocks NEW writes are stored for it. SOURCE is
+VOLUME@SNAPSHOT, or a VOLUME (its current state is snapshotted implicitly). Instant at any size.`,
+	flags: func(fs *flag.FlagSet, o *opts) {
+		fs.StringVar(&o.size, "size", "", "size of the clone (default: the source's; may only be larger)")
+	},
+	run: func(ctx context.Context, e *env, o *opts, args []string) error {
+		var size int64
+		if o.size != "" {
+			s, err := parseSize(o.size)
+			if err != nil {
+				return err
+			}
+			size = s
+		}
+		store, err := openStore(ctx, o)
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		src, snap, isSnap := strings.Cut(args[0], "@")
+		if isSnap {
+			err = vb.Clone(ctx, store, src, snap, args[1], size)
+		} else {
+			err = vb.CloneVolume(ctx, store, src, args[1], size, vb.SnapshotOptions{Logf: func(f string, a ...any) { e.note(f, a...) }})
+		}
+		if err != nil {
+			if errors.Is(err, vb.ErrExists) {
+				return fmt.Errorf("volume %s already exists", args[1])
+			}
+			if isSnap {
+				return snapErr(src, snap, o, err)
+			}
+			return volErr(src, o, err)
+		}
+		e.printf("cloned %s to %s\n", args[0], args[1])
+		return nil
+	},
+}
+
+var cmdGC = &command{
+	name: "gc", args: "NAME", nargs: 1,
+	summary: "reclaim space: compact sparse chunks and delete unreferenced ones",
+	detail: `With --wal-dir, opens NAME for writing (taking ownership), moves the live blocks of chunks
+less than half used into new chunks, and deletes every chunk nothing references (not the volume,
+not a snapshot, not a clone). Without --wal-dir, only deletes unreferenced chunks; that is safe
+while a server has the volume open.`,
+	run: func(ctx context.Context, e *env, o *opts, args []string) error {
+		store, err := openStore(ctx, o)
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		before, err := vb.Inspect(ctx, store, args[0])
+		if err != nil {
+			return volErr(args[0], o, err)
+		}
+		var rep vb.GCReport
+		if o.walDir != "" {
+			v, err := vb.Open(ctx, store, args[0], vb.Options{WALDir: o.walDir})
+			if err != nil {
+				return volErr(args[0], o, err)
+			}
+			rep, err = v.GC(ctx)
+			if cerr := v.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return volErr(args[0], o, err)
+			}
+		} else if rep, err = vb.GC(ctx, store, args[0]); err != nil {
+			return volErr(args[0], o, err)
+		}
+		after, err := vb.Inspect(ctx, store, args[0])
+		if err != nil {
+			return volErr(args[0], o, err)
+		}
+		e.printf("gc %s: %d chunks compacted (%s of live data moved), %d unreferenced chunks deleted; chunks %d -> %d (%s -> %s stored)\n",
+			args[0], rep.ChunksRewritten, units.Format(int64(rep.BlocksMoved)*vb.BlockSize), rep.ChunksDeleted,
+			before.Chunks, after.Chunks, units.Format(before.ChunkBytes), units.Format(after.ChunkBytes))
+		return nil
+	},
+}
