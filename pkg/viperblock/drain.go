@@ -148,7 +148,10 @@ func (v *Volume) drain(ctx context.Context) error {
 		ids[i] = v.epoch<<40 | v.chunkSeq
 	}
 	if err := v.upload(ctx, parts, ids, writes); err != nil {
-		return err
+		if errors.Is(err, errCrash) {
+			return err
+		}
+		return v.drainFailed(err)
 	}
 	for i, part := range parts {
 		newSizes[blockmap.ChunkRef{ID: ids[i]}] = uint32(len(part))
@@ -273,7 +276,7 @@ func (v *Volume) upload(ctx context.Context, parts [][]uint64, ids []uint64, wri
 					continue
 				}
 				if err := v.store.Put(ctx, chunkKey(v.name, ids[i]), obj); err != nil {
-					errs <- v.drainFailed(fmt.Errorf("viperblock: upload chunk %016x: %w", ids[i], err))
+					errs <- fmt.Errorf("viperblock: upload chunk %016x: %w", ids[i], err)
 					cancel()
 					continue
 				}

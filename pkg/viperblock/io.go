@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/blockmap"
@@ -196,20 +197,46 @@ func (v *Volume) resolve(b uint64, dst []byte) (cache.Key, bool) {
 	return k, true
 }
 
-// fetch reads missed blocks from the backend, one ranged read per run of
-// blocks that sit next to each other in one chunk, and verifies each.
+// fetch reads missed blocks from the backend: one ranged read per run of
+// blocks that sit next to each other in one chunk (whatever their order in
+// the volume), several runs at a time, each block verified.
 func (v *Volume) fetch(ctx context.Context, misses []miss) error {
+	sort.Slice(misses, func(i, j int) bool {
+		a, b := misses[i].key, misses[j].key
+		if a.Vol != b.Vol {
+			return a.Vol < b.Vol
+		}
+		if a.Chunk != b.Chunk {
+			return a.Chunk < b.Chunk
+		}
+		return a.Index < b.Index
+	})
+	var runs [][]miss
 	for i := 0; i < len(misses); {
 		j := i + 1
 		for j < len(misses) && misses[j].key.Vol == misses[i].key.Vol && misses[j].key.Chunk == misses[i].key.Chunk && misses[j].key.Index == misses[j-1].key.Index+1 {
 			j++
 		}
-		if err := v.fetchRun(ctx, misses[i:j]); err != nil {
-			return err
-		}
+		runs = append(runs, misses[i:j])
 		i = j
 	}
-	return nil
+	if len(runs) == 1 {
+		return v.fetchRun(ctx, runs[0])
+	}
+	errs := make([]error, len(runs))
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for i, r := range runs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			errs[i] = v.fetchRun(ctx, r)
+			<-sem
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func (v *Volume) fetchRun(ctx context.Context, run []miss) error {
