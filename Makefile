@@ -44,9 +44,11 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeChunk$$' -fuzztime $(FUZZTIME) ./pkg/viperblock/chunk
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeManifest$$' -fuzztime $(FUZZTIME) ./pkg/viperblock/manifest
 
-# Long randomized crash/reopen runs.
-stress:
-	VB_CRASH_ITERS=5000 $(GO) test -count=1 -timeout 60m -run 'TestCrash' -v ./pkg/viperblock/
+# Long randomized runs: engine crash/reopen cycles, the snapshot/clone
+# model, and kill -9 of a real nbdkit.
+stress: build
+	VB_CRASH_ITERS=5000 $(GO) test -count=1 -timeout 60m -run 'TestCrash|TestModel' -v ./pkg/viperblock/
+	VB_NBD_CRASH_ITERS=200 $(GO) test -count=1 -timeout 60m -run TestCrashKill9 ./test/nbd
 
 preflight: deps
 	@echo "== gofmt"; out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "$$out"; exit 1; fi
@@ -56,8 +58,14 @@ preflight: deps
 
 bench: deps build bench-go bench-nbd
 
+# Engine benchmarks. The 4 KiB write burst is sized to stay below the drain
+# threshold; the replay and S3 benchmarks run a few fixed iterations.
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./pkg/viperblock/
+	$(GO) test -run '^$$' -bench 'Write4KRandom|Write4KFlush|Write1MSeq|Read4K' -benchmem -benchtime 2s ./pkg/viperblock/
+	$(GO) test -run '^$$' -bench 'Write4KBurst' -benchmem -benchtime 65536x ./pkg/viperblock/
+	$(GO) test -run '^$$' -bench 'Replay1GiB' -benchmem -benchtime 2x ./pkg/viperblock/
+	$(GO) test -run '^$$' -bench 'Snapshot|Clone|GCCompaction' -benchtime 20x ./pkg/viperblock/
+	$(GO) test -run '^$$' -bench '^BenchmarkS3' -benchtime 5s ./pkg/viperblock/
 
 bench-nbd:
 	./scripts/bench-nbd.sh
