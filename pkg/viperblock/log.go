@@ -91,6 +91,7 @@ type segment struct {
 	f       vfs.File
 	written int64 // record bytes written to the file
 	created bool  // the file exists
+	removed bool  // the file of a retired segment is deleted
 	synced  atomic.Int64
 	dead    bool // retired: the file is gone, nothing more to write
 }
@@ -211,6 +212,21 @@ func (v *Volume) createSegmentFile(sh *shard, seg *segment) error {
 	return nil
 }
 
+// removeRetired deletes the file of a retired segment and reports whether
+// seg was retired.
+func (v *Volume) removeRetired(seg *segment) bool {
+	seg.io.Lock()
+	defer seg.io.Unlock()
+	if !seg.dead {
+		return false
+	}
+	if !seg.removed {
+		seg.removed = true
+		_ = v.fs.Remove(seg.path)
+	}
+	return true
+}
+
 // prepare creates a segment's file ahead of its first write.
 func (v *Volume) prepare(sh *shard, seg *segment) {
 	seg.io.Lock()
@@ -230,10 +246,18 @@ func (v *Volume) retire(seg *segment) {
 		seg.f.Close()
 		seg.f = nil
 	}
-	if seg.recovered || seg.written > 0 || seg.created {
-		_ = v.fs.Remove(seg.path)
-	}
+	remove := seg.recovered || seg.written > 0 || seg.created
 	seg.io.Unlock()
+	if remove {
+		// Its records are all committed (replay skips them), so the file
+		// can go at leisure: off the drain's path if the writeback
+		// goroutine has room.
+		select {
+		case v.writeback <- seg:
+		default:
+			_ = v.fs.Remove(seg.path)
+		}
+	}
 	for _, sl := range seg.slabs {
 		putSlab(sl)
 	}
@@ -321,6 +345,9 @@ func (v *Volume) writebackLoop() {
 		case <-v.stop:
 			return
 		case seg := <-v.writeback:
+			if v.removeRetired(seg) {
+				continue
+			}
 			sh := &v.shards[seg.shard]
 			v.prepare(sh, seg)
 			sh.mu.Lock()

@@ -331,6 +331,7 @@ func (v *Volume) Close() error {
 	}
 	close(v.stop)
 	v.done.Wait()
+	v.removeQueued()
 	var err error
 	if prev == stateFenced {
 		err = fmt.Errorf("%w: %s: writes since the last commit were not uploaded", ErrFenced, v.name)
@@ -359,10 +360,24 @@ func (v *Volume) Close() error {
 			seg.io.Unlock()
 		}
 	}
+	v.removeQueued()
 	if v.lock != nil {
 		v.lock.Close()
 	}
 	return err
+}
+
+// removeQueued deletes the files of retired segments still queued for the
+// stopped writeback goroutine.
+func (v *Volume) removeQueued() {
+	for {
+		select {
+		case seg := <-v.writeback:
+			v.removeRetired(seg)
+		default:
+			return
+		}
+	}
 }
 
 // closeDrain drains with a few retries for passing backend faults.
