@@ -590,11 +590,12 @@ func (n *NodeServer) unstage(ctx context.Context, id volumeID, st *volState) err
 // WAL is stale and the engine sets it aside at the next open here).
 func (n *NodeServer) stopAndDrain(ctx context.Context, id volumeID, st *volState, url string) (clean bool, err error) {
 	for attempt := 0; ; attempt++ {
-		if err := n.stopServer(ctx, id, st); err != nil {
-			return false, err
+		stopErr := n.stopServer(ctx, id, st)
+		if stopErr != nil && (ctx.Err() != nil || !errors.Is(stopErr, errNotDrained)) {
+			return false, stopErr
 		}
 		if st.ReadOnly {
-			return true, nil
+			return stopErr == nil, stopErr
 		}
 		store, err := n.volumeStore(ctx, url)
 		if err != nil {
@@ -619,6 +620,10 @@ func (n *NodeServer) stopAndDrain(ctx context.Context, id volumeID, st *volState
 			klog.InfoS("another node owns the volume now; this node's unuploaded writes (if any) were fenced", "volume", id,
 				"ourEpoch", st.Epoch, "storeEpoch", inf.Epoch)
 			return false, nil
+		case stopErr != nil:
+			// nbdkit could not drain (the store failed?): the data is in
+			// the WAL; the retry serves the volume again to drain it.
+			return false, stopErr
 		case attempt > 0:
 			return false, fmt.Errorf("%w: nbdkit stopped but the volume is still open at epoch %d; its data is in the WAL at %s: %s",
 				errNotDrained, inf.Epoch, n.paths(id).WALDir, logTail(n.paths(id).Log, -1))

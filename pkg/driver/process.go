@@ -178,7 +178,12 @@ func isNbdkitFor(pid int, socket string) bool {
 		return false
 	}
 	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
-	return len(args) > 0 && strings.Contains(filepath.Base(args[0]), "nbdkit") && contains(args, socket)
+	// argv[0] is nbdkit; argv[1] when an interpreter runs a wrapper script.
+	named := false
+	for i := 0; i < len(args) && i < 2; i++ {
+		named = named || strings.Contains(filepath.Base(args[i]), "nbdkit")
+	}
+	return named && contains(args, socket)
 }
 
 // readStatus waits up to wait for the keeper's status file and describes
