@@ -99,7 +99,7 @@ type fakeSup struct {
 	stopErr   error // guarded by mu: Stop fails with it (after closing)
 	crash     bool  // guarded by mu: Stop exits without draining (and fails)
 	leaked    []*vb.Volume
-	starts    int   // guarded by mu
+	starts    int // guarded by mu
 	running   map[string]*fakeServer
 	adoptable bool // guarded by mu: Adopt finds running servers
 }
