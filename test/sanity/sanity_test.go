@@ -60,6 +60,20 @@ func pluginPath(t testing.TB) string {
 	return p
 }
 
+// pluginStores returns the store schemes the plugin links ("file,mem,s3").
+func pluginStores(t testing.TB) string {
+	out, err := exec.Command("nbdkit", "--dump-plugin", pluginPath(t)).Output()
+	if err != nil {
+		t.Fatalf("nbdkit --dump-plugin: %v", err)
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(l, "viperblock_stores="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
 // needNodeTools skips unless this machine can stage volumes for real.
 func needNodeTools(t testing.TB) {
 	t.Helper()
@@ -205,23 +219,33 @@ func TestSanity(t *testing.T) {
 	fileRig := newRig(t, "file", "file://"+filepath.Join(fdir, "store"), fdir, nil)
 	defer fileRig.close(t)
 
-	// S3: the store URL has no credentials of its own for the calls that
-	// carry CSI secrets; the rest (ListVolumes, GetCapacity) use the
-	// controller's default credentials.
-	srv := s3server.Start(t)
-	sdir := filepath.Join(base, "s3")
-	os.MkdirAll(sdir, 0o700)
-	s3Rig := newRig(t, "s3", srv.URL("sanity"), sdir, map[string]string{
-		"awsAccessKeyID": srv.AccessKey, "awsSecretAccessKey": srv.SecretKey,
-	})
-	defer s3Rig.close(t)
+	fileCfg := fileRig.config()
+	var _ = Describe("file store", func() { sanity.GinkgoTest(fileCfg); paginationSpecs(fileCfg) })
 
-	fileCfg, s3Cfg := fileRig.config(), s3Rig.config()
-	var _ = Describe("file store", func() { sanity.GinkgoTest(fileCfg) })
-	var _ = Describe("s3 store", func() { sanity.GinkgoTest(s3Cfg) })
+	// S3: every call carries the credentials as CSI secrets (the node
+	// passes them to nbdkit in a credentials file); the calls that have
+	// no secrets (ListVolumes, GetCapacity) use the store URL's own.
+	if stores := pluginStores(t); !strings.Contains(","+stores+",", ",s3,") {
+		t.Logf("NOTE: the nbdkit plugin serves only %q stores: the S3 sanity run needs the plugin built with the s3 store; skipped", stores)
+	} else {
+		srv := s3server.Start(t)
+		sdir := filepath.Join(base, "s3")
+		os.MkdirAll(sdir, 0o700)
+		s3Rig := newRig(t, "s3", srv.URL("sanity"), sdir, map[string]string{
+			"awsAccessKeyID": srv.AccessKey, "awsSecretAccessKey": srv.SecretKey,
+		})
+		defer s3Rig.close(t)
+		s3Cfg := s3Rig.config()
+		var _ = Describe("s3 store", func() { sanity.GinkgoTest(s3Cfg); paginationSpecs(s3Cfg) })
+	}
 	var skipped []string
+	counts := map[types.SpecState]int{}
 	ReportAfterSuite("skipped specs", func(rep Report) {
 		for _, s := range rep.SpecReports {
+			if s.LeafNodeType != types.NodeTypeIt {
+				continue
+			}
+			counts[s.State]++
 			if s.State == types.SpecStateSkipped || s.State == types.SpecStatePending {
 				skipped = append(skipped, fmt.Sprintf("%s [%s]: %s", s.FullText(), s.State, s.Failure.Message))
 			}
@@ -233,5 +257,7 @@ func TestSanity(t *testing.T) {
 	reporter.Succinct = true
 	RunSpecs(t, "Viperblock CSI sanity", suite, reporter)
 	sort.Strings(skipped)
+	t.Logf("sanity: %d passed, %d failed, %d skipped, %d pending", counts[types.SpecStatePassed],
+		counts[types.SpecStateFailed]+counts[types.SpecStatePanicked]+counts[types.SpecStateTimedout], counts[types.SpecStateSkipped], counts[types.SpecStatePending])
 	t.Logf("%d skipped or pending specs:\n%s", len(skipped), strings.Join(skipped, "\n"))
 }
