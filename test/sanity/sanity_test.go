@@ -54,6 +54,9 @@ func repoRoot(t testing.TB) string {
 func pluginPath(t testing.TB) string {
 	t.Helper()
 	p := filepath.Join(repoRoot(t), "lib", "nbdkit-viperblock-plugin.so")
+	if env := os.Getenv("VB_PLUGIN"); env != "" {
+		p = env // another build of the plugin
+	}
 	if _, err := os.Stat(p); err != nil {
 		t.Fatalf("the nbdkit plugin %s is missing: run `make build` first", p)
 	}
