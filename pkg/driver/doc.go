@@ -1,0 +1,91 @@
+// Package driver is the Viperblock CSI driver (csi.viperblock.io): the
+// Identity, Controller and Node services. cmd/controller and cmd/node are
+// thin mains around it.
+//
+// # Identifiers
+//
+// The driver keeps no database: the object stores are the source of truth,
+// and IDs say where to look.
+//
+//	volume ID    <store>/<volume>              default/pvc-0f6d5c2e-...
+//	snapshot ID  <store>/<volume>@<snapshot>   default/pvc-0f6d...@snapshot-9a1b...
+//
+// <store> names a --store NAME=URL flag of the driver: 1-16 characters of
+// [A-Za-z0-9_-]. <volume> and <snapshot> are engine names: 1-128 characters
+// of [A-Za-z0-9._-] starting with a letter or digit; "csi.meta" is
+// reserved. Nothing else parses, so an ID from a hostile caller cannot name
+// a key outside its store or a path outside the node's state and WAL
+// directories.
+//
+// The volume name is derived from the CSI name alone (volumeNameFor): the
+// name itself when it is a valid engine name of at most 64 bytes (as
+// Kubernetes' pvc-<uuid> is), otherwise a readable prefix and 32 hex
+// digits of its SHA-256. A retried CreateVolume therefore finds the volume
+// the first attempt made. Snapshot names likewise (at most 46 bytes), so
+// IDs stay within 128 bytes.
+//
+// # StorageClass parameters and secrets
+//
+// Parameters: store, fsType (ext4, xfs), mkfsOptions, cache, drainInterval
+// (see params.go); "csi.storage.k8s.io/" keys are the sidecars' and
+// ignored; anything else is InvalidArgument. The controller hands
+// fsType, mkfsOptions, cache and drainInterval to the node in the volume
+// context.
+//
+// CSI secrets (provisioner, controller-publish, controller-expand,
+// snapshotter and node-stage secrets) may carry S3 credentials under
+// awsAccessKeyID, awsSecretAccessKey and awsSessionToken. They are written
+// to a 0600 file (atomically) and the store URL names it with
+// credentials_file=; they never appear on a command line, in a URL or in a
+// log line (the gRPC interceptor logs requests with every secret replaced
+// by "***"). Calls without secrets use the store URL's own credentials.
+//
+// # Controller
+//
+// Volumes and snapshots are the engine's; copy-on-write clones of a
+// snapshot or a volume are instant at any size. Besides them the driver
+// keeps three kinds of small records in each store, under csi.meta/ (see
+// meta.go): which node a volume is published to, which volume owns a CSI
+// snapshot name (CSI snapshot names are global, the engine's are per
+// volume), and which node plugins exist (for ControllerPublishVolume's
+// NotFound on an unknown node, with --node-check=store; in a cluster the
+// CSINode objects answer instead).
+//
+// Publication does not move data: the node that stages a volume opens it
+// for writing, which takes ownership in the store (an epoch bumped by a
+// compare-and-swap) and fences any node that still had it open.
+//
+// Capabilities: CREATE_DELETE_VOLUME, CREATE_DELETE_SNAPSHOT,
+// CLONE_VOLUME, EXPAND_VOLUME (online), LIST_VOLUMES,
+// LIST_VOLUMES_PUBLISHED_NODES, LIST_SNAPSHOTS, GET_CAPACITY,
+// PUBLISH_UNPUBLISH_VOLUME, GET_VOLUME, GET_VOLUME_HEALTH,
+// SINGLE_NODE_MULTI_WRITER. (CSI 1.13 replaced VOLUME_CONDITION by
+// GET_VOLUME_HEALTH and the VolumeHealth messages.) Access modes:
+// SINGLE_NODE_WRITER, SINGLE_NODE_SINGLE_WRITER, SINGLE_NODE_MULTI_WRITER,
+// SINGLE_NODE_READER_ONLY; filesystem (ext4, xfs) and raw block.
+//
+// # Node
+//
+// NodeStageVolume starts `nbdkit -f --unix <socket> <plugin> volume=...
+// wal_dir=<wal-dir>/<store>` for the volume (the store URL in the
+// environment), under a keeper shell that records its exit status (nbdkit
+// -f asks for SIGTERM when its parent dies; the keeper, not the node
+// plugin, is its parent, so a restart of the node plugin does not stop
+// it). Once nbdkit serves, the export is attached as a block device
+// (pkg/attach) and, for a filesystem volume, formatted if blank and
+// mounted at the staging path. NodeUnstageVolume unmounts, detaches and
+// stops nbdkit with SIGTERM; the plugin drains the volume to the store as
+// it exits, and the node removes its local state and WAL only once the
+// store shows the volume closed. Every step of both is idempotent and
+// recorded in a state file, so a retry, or a restarted node plugin (the
+// healer, healer.go), carries on where things stopped.
+//
+// Node capabilities: STAGE_UNSTAGE_VOLUME, EXPAND_VOLUME, GET_VOLUME_STATS,
+// GET_VOLUME_HEALTH, SINGLE_NODE_MULTI_WRITER. Volumes have no topology.
+//
+// # Errors
+//
+// errors.go is the one place where engine, store and attacher errors
+// become gRPC codes. Mutating RPCs take a per-object in-flight lock; a
+// concurrent duplicate gets codes.Aborted.
+package driver
