@@ -1,0 +1,214 @@
+package sanity
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/viperblock/viperblock-csi/pkg/driver"
+)
+
+// pluginHasVirtualSize reports whether the plugin takes virtual_size=,
+// which a device needs to grow while attached through nbdfuse.
+func pluginHasVirtualSize(t testing.TB) bool {
+	out, _ := exec.Command("nbdkit", pluginPath(t), "--help").CombinedOutput()
+	return strings.Contains(string(out), "virtual_size")
+}
+
+// TestOnlineExpand grows mounted ext4 and xfs volumes: ControllerExpand
+// while the volume is staged (its engine in nbdkit grows it on request),
+// then NodeExpand (the attached device and the filesystem grow), with the
+// data still there and the new space usable.
+func TestOnlineExpand(t *testing.T) {
+	if testing.Short() {
+		t.Skip("stages real volumes; skipped with -short")
+	}
+	needNodeTools(t)
+	if !pluginHasVirtualSize(t) {
+		t.Skip("the nbdkit plugin has no virtual_size= parameter: an nbdfuse device cannot grow while attached")
+	}
+	dir := t.TempDir()
+	t.Cleanup(func() { cleanupDir(t, dir) })
+	os.MkdirAll(filepath.Join(dir, "store"), 0o700)
+	r := newRig(t, "file", "file://"+filepath.Join(dir, "store"), dir, nil)
+	defer r.close(t)
+	conn, err := grpc.NewClient("unix://"+r.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cl, node := csi.NewControllerClient(conn), csi.NewNodeClient(conn)
+	ctx := context.Background()
+
+	for _, fs := range []string{"ext4", "xfs"} {
+		t.Run(fs, func(t *testing.T) {
+			if fs == "ext4" && !hasCapability(unix.CAP_SYS_RESOURCE) {
+				t.Skip("growing a mounted ext4 needs CAP_SYS_RESOURCE, which this process lacks (the kernel refuses with EPERM)")
+			}
+			const size, grown = 320 << 20, 640 << 20
+			vc := &csi.VolumeCapability{
+				AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+				AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs}},
+			}
+			vol, err := cl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "grow-" + fs, VolumeCapabilities: []*csi.VolumeCapability{vc},
+				CapacityRange: &csi.CapacityRange{RequiredBytes: size},
+				Parameters:    map[string]string{driver.ParamStore: "file", driver.ParamDrainInterval: "500ms"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := vol.GetVolume().GetVolumeId()
+			staging := filepath.Join(dir, "staging-"+fs)
+			if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging,
+				VolumeCapability: vc, VolumeContext: vol.GetVolume().GetVolumeContext()}); err != nil {
+				t.Fatal(err)
+			}
+			payload := []byte(strings.Repeat("viperblock grows online\n", 1000))
+			if err := writeSynced(filepath.Join(staging, "before"), payload); err != nil {
+				t.Fatal(err)
+			}
+			before := fsBytes(t, staging)
+
+			exp, err := cl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id,
+				CapacityRange: &csi.CapacityRange{RequiredBytes: grown}, VolumeCapability: vc})
+			if err != nil || exp.GetCapacityBytes() != grown || !exp.GetNodeExpansionRequired() {
+				t.Fatalf("controller expand: %v %v", exp, err)
+			}
+			nexp, err := node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: id, VolumePath: staging,
+				CapacityRange: &csi.CapacityRange{RequiredBytes: grown}, VolumeCapability: vc})
+			if err != nil || nexp.GetCapacityBytes() != grown {
+				t.Fatalf("node expand: %v %v", nexp, err)
+			}
+			after := fsBytes(t, staging)
+			if after < before+(grown-size)*8/10 {
+				t.Fatalf("filesystem has %d bytes after growing, %d before", after, before)
+			}
+			// The new space is usable and the old data intact.
+			big := make([]byte, 400<<20)
+			for i := range big {
+				big[i] = byte(i / 4096)
+			}
+			if err := writeSynced(filepath.Join(staging, "after"), big); err != nil {
+				t.Fatalf("write into the new space: %v", err)
+			}
+			if b, err := os.ReadFile(filepath.Join(staging, "before")); err != nil || string(b) != string(payload) {
+				t.Fatalf("data written before growing: %v", err)
+			}
+			if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// A raw block volume grows while published: the device node at the
+// target shows the new size.
+func TestOnlineExpandBlock(t *testing.T) {
+	if testing.Short() {
+		t.Skip("stages real volumes; skipped with -short")
+	}
+	needNodeTools(t)
+	if !pluginHasVirtualSize(t) {
+		t.Skip("the nbdkit plugin has no virtual_size= parameter: an nbdfuse device cannot grow while attached")
+	}
+	dir := t.TempDir()
+	t.Cleanup(func() { cleanupDir(t, dir) })
+	os.MkdirAll(filepath.Join(dir, "store"), 0o700)
+	r := newRig(t, "file", "file://"+filepath.Join(dir, "store"), dir, nil)
+	defer r.close(t)
+	conn, err := grpc.NewClient("unix://"+r.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cl, node := csi.NewControllerClient(conn), csi.NewNodeClient(conn)
+	ctx := context.Background()
+	vc := &csi.VolumeCapability{
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+		AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
+	}
+	vol, err := cl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "grow-block", VolumeCapabilities: []*csi.VolumeCapability{vc},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20},
+		Parameters:    map[string]string{driver.ParamStore: "file", driver.ParamDrainInterval: "500ms"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := vol.GetVolume().GetVolumeId()
+	staging, target := filepath.Join(dir, "staging-block"), filepath.Join(dir, "pod", "dev")
+	os.MkdirAll(staging, 0o750)
+	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: vc}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: vc}); err != nil {
+		t.Fatal(err)
+	}
+	if got := devBytes(t, target); got != 64<<20 {
+		t.Fatalf("published device has %d bytes", got)
+	}
+	if _, err := cl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id, CapacityRange: &csi.CapacityRange{RequiredBytes: 96 << 20}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: id, VolumePath: target, VolumeCapability: vc,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 96 << 20}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := devBytes(t, target); got != 96<<20 {
+		t.Fatalf("device has %d bytes after growing", got)
+	}
+	stats, err := node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: target})
+	if err != nil || stats.GetUsage()[0].GetTotal() != 96<<20 {
+		t.Fatalf("stats: %v %v", stats, err)
+	}
+	if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func devBytes(t *testing.T, path string) int64 {
+	t.Helper()
+	out, err := exec.Command("blockdev", "--getsize64", path).Output()
+	if err != nil {
+		t.Fatalf("blockdev %s: %v", path, err)
+	}
+	n, _ := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+	return n
+}
+
+func fsBytes(t *testing.T, path string) int64 {
+	t.Helper()
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return int64(st.Blocks) * st.Bsize
+}
+
+// hasCapability reports whether this process has capability c in its
+// effective set.
+func hasCapability(c int) bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && n&(1<<c) != 0
+		}
+	}
+	return false
+}
