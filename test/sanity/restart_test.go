@@ -388,3 +388,11 @@ func nbdkitBin() string {
 	}
 	return "nbdkit"
 }
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if nodeBin != "" {
+		os.RemoveAll(filepath.Dir(nodeBin))
+	}
+	os.Exit(code)
+}
