@@ -15,12 +15,14 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"log/slog"
 	"fmt"
 	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 
+	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -48,6 +50,8 @@ func main() {
 	standalone := flag.Bool("standalone", false, "run without Kubernetes: no leader election; metrics and health on a plain HTTP server")
 	flag.Parse()
 	opts.Version = version
+	// The engine logs with log/slog: send it through klog too.
+	slog.SetDefault(slog.New(logr.ToSlogHandler(klog.Background())))
 	if err := run(&opts, *metricsAddr, *healthAddr, *leaderElect, *leaderNS, *standalone); err != nil {
 		klog.ErrorS(err, "controller failed")
 		klog.Flush()

@@ -17,12 +17,14 @@ package main
 import (
 	"context"
 	"flag"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -41,6 +43,8 @@ func main() {
 	httpAddr := flag.String("http-address", ":8092", "address of /metrics and /healthz (\"0\" disables them)")
 	flag.Parse()
 	opts.Version = version
+	// The engine logs with log/slog: send it through klog too.
+	slog.SetDefault(slog.New(logr.ToSlogHandler(klog.Background())))
 	if err := run(&opts, *httpAddr); err != nil {
 		klog.ErrorS(err, "node plugin failed")
 		klog.Flush()
