@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 
+	"k8s.io/klog/v2"
+
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
 
@@ -132,6 +134,9 @@ type storeSet struct {
 func newStoreSet(o *Options, credDir string, open storeOpener) *storeSet {
 	if open == nil {
 		open = backend.Open
+	}
+	for name, u := range o.Stores {
+		klog.V(1).InfoS("store", "name", name, "url", redactURL(u), "default", name == o.DefaultStore)
 	}
 	return &storeSet{urls: o.Stores, def: o.DefaultStore, credDir: credDir, open: open, cache: map[string]backend.Store{}}
 }
