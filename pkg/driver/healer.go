@@ -111,10 +111,24 @@ func (n *NodeServer) heal(ctx context.Context, id volumeID) error {
 		// cannot reconnect; its device stays broken until restaged.
 		rc, ok := n.att.(attach.Reconnecter)
 		if !ok {
-			return fmt.Errorf("%w: the attacher cannot reconnect a device to a restarted server", attach.ErrUnsupported)
+			err = fmt.Errorf("%w: the attacher cannot reconnect a device to a restarted server", attach.ErrUnsupported)
+		} else {
+			dev, err = rc.Reconnect(ctx, n.export(id, st))
 		}
-		if dev, err = rc.Reconnect(ctx, n.export(id, st)); err != nil {
+		switch {
+		case errors.Is(err, attach.ErrUnsupported):
+			// nbdfuse: its connection died with the old nbdkit and
+			// cannot be remade under a mounted filesystem. The volume's
+			// data is safe (flushed writes are in the WAL the new nbdkit
+			// replayed); the device fails I/O until the volume is
+			// unstaged and staged again.
+			n.setBroken(id, "the device lost its connection to nbdkit and cannot reconnect; restage the volume")
+			klog.ErrorS(err, "nbdkit restarted but the device cannot reconnect to it; I/O on the volume fails until it is restaged", "volume", id)
+			dev, _, _ = n.att.Find(ctx, id.key())
+		case err != nil:
 			return fmt.Errorf("reconnect: %w", err)
+		default:
+			n.setBroken(id, "")
 		}
 	case !found:
 		if dev, err = n.att.Attach(ctx, n.export(id, st)); err != nil {

@@ -74,6 +74,8 @@ func (n *NodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVo
 	}
 	if n.running(id) == nil {
 		add(csi.VolumeHealthErrorType_INACCESSIBLE, "ServerDown", "nbdkit is not running for this volume; the node plugin is restarting it")
+	} else if why := n.brokenReason(id); why != "" {
+		add(csi.VolumeHealthErrorType_INACCESSIBLE, "DeviceDisconnected", why)
 	} else if dev, found, err := n.att.Find(ctx, id.key()); err != nil || !found {
 		add(csi.VolumeHealthErrorType_INACCESSIBLE, "NotAttached", fmt.Sprintf("no block device is attached (%v)", err))
 	} else if !st.Block {

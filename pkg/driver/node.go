@@ -65,6 +65,7 @@ type volRuntime struct {
 	srv      server
 	stopping bool      // an unstage is stopping it: its exit is expected
 	died     time.Time // it exited unexpectedly at this time (zero while it runs)
+	broken   string    // why the device no longer reaches nbdkit ("" while it does)
 }
 
 // NewNodeServer builds the node service. Call Heal after it to re-adopt
@@ -251,6 +252,25 @@ func (n *NodeServer) export(id volumeID, st *volState) attach.Export {
 	return attach.Export{Socket: n.paths(id).Socket, ID: id.key(), ReadOnly: st.ReadOnly, Size: st.Size}
 }
 
+// setBroken records (or clears) why the volume's device cannot reach nbdkit.
+func (n *NodeServer) setBroken(id volumeID, why string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if rt := n.run[id.key()]; rt != nil {
+		rt.broken = why
+	}
+}
+
+// brokenReason says why the volume's device cannot reach nbdkit, if so.
+func (n *NodeServer) brokenReason(id volumeID) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if rt := n.run[id.key()]; rt != nil {
+		return rt.broken
+	}
+	return ""
+}
+
 // running returns the volume's nbdkit if it runs.
 func (n *NodeServer) running(id volumeID) server {
 	n.mu.Lock()
@@ -303,7 +323,11 @@ var errNbdkit = errors.New("nbdkit failed")
 // track records srv as the volume's nbdkit and watches it.
 func (n *NodeServer) track(id volumeID, srv server) {
 	n.mu.Lock()
-	n.run[id.key()] = &volRuntime{srv: srv}
+	rt := &volRuntime{srv: srv}
+	if old := n.run[id.key()]; old != nil {
+		rt.broken = old.broken // a new server does not mend the device's connection
+	}
+	n.run[id.key()] = rt
 	n.mu.Unlock()
 	go n.watch(id, srv)
 }

@@ -531,3 +531,41 @@ func TestWALPending(t *testing.T) {
 		t.Fatalf("walPending = %d, %v", n, oldest)
 	}
 }
+
+// plainAttacher hides the fake's Reconnect, like nbdfuse attachments.
+type plainAttacher struct{ attach.Attacher }
+
+// nbdkit dies under an attacher that cannot reconnect (nbdfuse): the
+// healer restarts nbdkit, health says the device is disconnected, and
+// unstage still drains and cleans up.
+func TestNodeServerDiesNoReconnect(t *testing.T) {
+	r := newNodeRig(t)
+	ns, err := NewNodeServer(r.ns.opts, NodeDeps{Attacher: plainAttacher{r.att}, Supervisor: r.sup, Mounter: r.mnt, Open: r.store.opener()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.ns.Close()
+	r.ns = ns
+	r.create("v1", 64<<20)
+	if err := r.stage("v1", snw); err != nil {
+		t.Fatal(err)
+	}
+	r.server("v1").exit()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		h := r.health("v1")
+		if r.server("v1") != nil && len(h) == 1 && h[0] == "INACCESSIBLE:DeviceDisconnected" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("health after a restart without reconnect: %v", h)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := r.unstage("v1"); err != nil {
+		t.Fatal(err)
+	}
+	if r.staged("v1") || r.info("v1").Open {
+		t.Fatal("unstage incomplete")
+	}
+}
