@@ -27,6 +27,8 @@
   "size=<SIZE>        create the volume with this size if it is missing (10GiB)\n" \
   "readonly=<BOOL>    serve without taking ownership; writes fail (default false)\n" \
   "drain_interval=<D> longest wait before written data is drained (default 5s)\n" \
+  "virtual_size=<SIZE> advertise at least SIZE bytes, so an attached device can\n" \
+  "                   grow with the volume; past the volume's end reads are zeros\n" \
   "Run nbdkit in the foreground (-f): the Go runtime does not survive its fork."
 
 /* The pid that ran get_ready; a different pid in after_fork means nbdkit

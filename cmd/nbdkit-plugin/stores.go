@@ -7,4 +7,5 @@ package main
 //	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3"
 import (
 	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3"
 )

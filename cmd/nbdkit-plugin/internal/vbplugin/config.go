@@ -29,6 +29,7 @@ const (
 //	size=SIZE            create the volume if it is missing
 //	readonly=BOOL        open without ownership
 //	drain_interval=DUR   engine drain interval
+//	virtual_size=SIZE    advertise at least SIZE bytes (see Conn.Size)
 type Config struct {
 	Volume          string
 	Store           string
@@ -38,6 +39,7 @@ type Config struct {
 	Size            int64 // create if missing when > 0
 	ReadOnly        bool
 	DrainInterval   time.Duration
+	VirtualSize     int64 // advertised size when larger than the volume
 
 	seen map[string]bool
 }
@@ -84,6 +86,15 @@ func (c *Config) Set(key, value string) error {
 			return fmt.Errorf("drain_interval=%s: want a positive duration such as 5s", value)
 		}
 		c.DrainInterval = d
+	case "virtual_size", "virtual-size":
+		n, err := units.Parse(value)
+		if err != nil {
+			return fmt.Errorf("virtual_size=%s: %v", value, err)
+		}
+		if n <= 0 || n > 1<<50 || n%512 != 0 {
+			return fmt.Errorf("virtual_size=%s: must be a positive multiple of 512 bytes, at most 1 PiB", value)
+		}
+		c.VirtualSize = n
 	default:
 		return fmt.Errorf("unknown parameter %q (see nbdkit <plugin> --help)", key)
 	}

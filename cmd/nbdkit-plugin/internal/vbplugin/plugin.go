@@ -231,13 +231,33 @@ func (c *Conn) Close() {
 // CanWrite reports whether this connection may write.
 func (c *Conn) CanWrite() bool { return !c.readonly }
 
-// Size is the volume size in bytes.
-func (c *Conn) Size() int64 { return c.p.vol.Size() }
+// Size is the size the export advertises: the volume's, or virtual_size=
+// when that is larger. A client's device can then grow while attached when
+// the volume grows (pkg/attach: nbdfuse learns the export size once; the
+// device itself is limited to the volume's size). Between the volume's end
+// and the virtual size, reads return zeros, zero and trim do nothing and
+// writes fail with ENOSPC.
+func (c *Conn) Size() int64 { return max(c.p.vol.Size(), c.p.Cfg.VirtualSize) }
 
-// Pread fills buf from off.
+// Pread fills buf from off; past the volume's end (inside the virtual
+// size) it reads zeros.
 func (c *Conn) Pread(buf []byte, off uint64) error {
 	if off > 1<<62 {
 		return fmt.Errorf("%w: offset %d", vb.ErrOutOfRange, off)
+	}
+	if c.p.Cfg.VirtualSize > 0 {
+		size := uint64(c.p.vol.Size())
+		if off+uint64(len(buf)) > size && off+uint64(len(buf)) <= uint64(c.Size()) {
+			in := uint64(0)
+			if off < size {
+				in = size - off
+			}
+			clear(buf[in:])
+			if in == 0 {
+				return nil
+			}
+			buf = buf[:in]
+		}
 	}
 	_, err := c.p.vol.ReadAt(buf, int64(off))
 	return c.p.noteErr(err)
@@ -272,6 +292,12 @@ func (c *Conn) Zero(n uint32, off uint64, fua bool) error {
 	if off > 1<<62 {
 		return fmt.Errorf("%w: offset %d", vb.ErrOutOfRange, off)
 	}
+	if size := uint64(c.p.vol.Size()); c.p.Cfg.VirtualSize > 0 && off+uint64(n) > size && off+uint64(n) <= uint64(c.Size()) {
+		if off >= size {
+			return nil // past the volume's end: already zeros
+		}
+		n = uint32(size - off)
+	}
 	if err := c.p.vol.Zero(int64(off), int64(n)); err != nil {
 		return c.p.noteErr(err)
 	}
@@ -290,6 +316,9 @@ const extentWindow = 1 << 30
 // add for each in order. With reqOne, one extent is enough.
 func (c *Conn) Extents(n uint32, off uint64, reqOne bool, add func(off, length uint64, hole bool) error) error {
 	size := uint64(c.p.vol.Size())
+	if virt := uint64(c.Size()); off >= size && off < virt {
+		return add(off, min(uint64(n), virt-off), true) // past the volume's end: a hole
+	}
 	if off >= size {
 		return fmt.Errorf("%w: extents at %d of %d bytes", vb.ErrOutOfRange, off, size)
 	}
