@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/go-logr/logr"
@@ -92,7 +93,10 @@ func run(opts *driver.Options, metricsAddr, healthAddr string, leaderElect bool,
 	}
 	defer cs.Close()
 	driver.DefaultMetrics().Register(ctrlmetrics.Registry)
-	srv, err := driver.NewServer(opts.Endpoint, opts, driver.Services{Controller: cs}, nil)
+	// CSI is served at once (Identity, so probes work on every replica);
+	// Controller calls are refused until this replica leads.
+	var leading atomic.Bool
+	srv, err := driver.NewServer(opts.Endpoint, opts, driver.Services{Controller: cs, ControllerActive: leading.Load}, nil)
 	if err != nil {
 		return err
 	}
@@ -105,15 +109,18 @@ func run(opts *driver.Options, metricsAddr, healthAddr string, leaderElect bool,
 	if err := mgr.Add(grpcRunnable{srv}); err != nil {
 		return err
 	}
+	if err := mgr.Add(leaderRunnable{&leading}); err != nil {
+		return err
+	}
 	return mgr.Start(ctrl.SetupSignalHandler())
 }
 
-// grpcRunnable serves CSI while this replica leads.
+// grpcRunnable serves CSI on every replica.
 type grpcRunnable struct{ srv *driver.Server }
 
 var _ manager.LeaderElectionRunnable = grpcRunnable{}
 
-func (g grpcRunnable) NeedLeaderElection() bool { return true }
+func (g grpcRunnable) NeedLeaderElection() bool { return false }
 
 func (g grpcRunnable) Start(ctx context.Context) error {
 	errc := make(chan error, 1)
@@ -125,6 +132,21 @@ func (g grpcRunnable) Start(ctx context.Context) error {
 	case err := <-errc:
 		return err
 	}
+}
+
+// leaderRunnable runs while this replica leads: it opens the Controller
+// service. Losing the lease ends the process (controller-runtime exits),
+// so the flag never needs to drop back.
+type leaderRunnable struct{ leading *atomic.Bool }
+
+func (l leaderRunnable) NeedLeaderElection() bool { return true }
+
+func (l leaderRunnable) Start(ctx context.Context) error {
+	klog.InfoS("leading: serving the Controller service")
+	l.leading.Store(true)
+	<-ctx.Done()
+	l.leading.Store(false)
+	return nil
 }
 
 func runStandalone(opts *driver.Options, metricsAddr, healthAddr string) error {

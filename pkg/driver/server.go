@@ -15,6 +15,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -35,6 +36,10 @@ type Server struct {
 type Services struct {
 	Controller *ControllerServer
 	Node       *NodeServer
+	// ControllerActive, if set, gates the Controller service: while it
+	// reports false (this replica does not lead), Controller calls fail
+	// with Unavailable. Identity (Probe) is always served.
+	ControllerActive func() bool
 }
 
 // NewServer listens on endpoint (unix:///path or unix:/path or a bare
@@ -58,7 +63,7 @@ func NewServer(endpoint string, opts *Options, svc Services, m *Metrics) (*Serve
 		m = DefaultMetrics()
 	}
 	s := &Server{lis: lis, path: p}
-	s.srv = grpc.NewServer(grpc.UnaryInterceptor(interceptor(m)))
+	s.srv = grpc.NewServer(grpc.ChainUnaryInterceptor(interceptor(m), gate(svc.ControllerActive)))
 	s.identity = &IdentityServer{opts: opts, controller: svc.Controller != nil, ready: &s.serving}
 	if svc.Node != nil {
 		s.identity.probe = svc.Node.probe
@@ -116,6 +121,16 @@ func socketPath(endpoint string) (string, error) {
 		return "", fmt.Errorf("endpoint %q: want an absolute socket path", endpoint)
 	}
 	return p, nil
+}
+
+// gate refuses Controller calls while active reports false.
+func gate(active func() bool) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if active != nil && strings.HasPrefix(info.FullMethod, "/csi.v1.Controller/") && !active() {
+			return nil, status.Error(codes.Unavailable, "this controller replica is not the leader")
+		}
+		return handler(ctx, req)
+	}
 }
 
 // interceptor logs each call (secrets redacted), counts it and times it.
