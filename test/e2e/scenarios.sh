@@ -1,0 +1,331 @@
+# shellcheck shell=bash
+# The e2e scenarios. Each is a function that returns non-zero on failure
+# (with a line saying why); run_scenario times it and counts it. Pods are
+# hostNetwork busybox pods (the only network is loopback) in namespace e2e.
+# Sourced by run.sh.
+
+NS=e2e
+PASSED=0
+FAILED=0
+SKIPPED=0
+RESULTS=()
+
+run_scenario() {
+  local name=$1 fn=$2 s rc=0
+  s=$(date +%s.%N)
+  log "-- scenario: $name"
+  if [ "$fn" != scenario_smoke ] && ! driver_alive; then
+    rc=1 # no point waiting for timeouts
+  else
+    "$fn" || rc=$?
+  fi
+  local d; d=$(awk -v a="$s" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
+  if [ $rc = 0 ] && [ "$fn" != scenario_smoke ] && ! driver_alive; then
+    log "   a driver process died during the scenario"
+    rc=1
+  fi
+  if [ $rc = 0 ]; then
+    PASSED=$((PASSED + 1)); RESULTS+=("PASS  $(printf '%-44s %6ss' "$name" "$d")")
+    log "-- PASS $name (${d}s)"
+  else
+    FAILED=$((FAILED + 1)); RESULTS+=("FAIL  $(printf '%-44s %6ss' "$name" "$d")")
+    log "-- FAIL $name (${d}s)"
+    diagnose
+  fi
+}
+
+skip_scenario() {
+  SKIPPED=$((SKIPPED + 1)); RESULTS+=("SKIP  $(printf '%-44s' "$1")  $2")
+}
+
+fail() { log "   failed: $*"; return 1; }
+
+# diagnose prints what explains a failure: the namespace's objects and
+# events and the tails of the driver's logs.
+diagnose() {
+  {
+    kc -n "$NS" get pods,pvc -o wide
+    kc get pv,volumeattachments
+    kc -n "$NS" get volumesnapshots 2>/dev/null
+    kc -n "$NS" get events --sort-by=.lastTimestamp | tail -20
+    local l
+    for l in controller node csi-provisioner csi-attacher csi-snapshotter csi-resizer kubelet; do
+      [ -f "$R/log/$l.log" ] && { echo "--- tail $l.log"; tail -15 "$R/log/$l.log"; }
+    done
+  } 2>&1 | sed 's/^/   | /'
+}
+
+# pvc NAME CLASS SIZE [Block] [dataSource-yaml]: creates a PVC.
+pvc() {
+  local name=$1 class=$2 size=$3 mode=${4:-Filesystem} source=${5:-}
+  kc -n "$NS" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: $name}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: $class
+  volumeMode: $mode
+  resources: {requests: {storage: $size}}
+${source}
+EOF
+}
+
+# pod NAME PVC SCRIPT [block] [Always|Never]: a busybox pod with the PVC at
+# /data (or as the device /dev/xvda), running SCRIPT once.
+pod() {
+  local name=$1 claim=$2 script=$3 kind=${4:-fs}
+  local use
+  if [ "$kind" = block ]; then
+    use="volumeDevices: [{name: v, devicePath: /dev/xvda}]"
+  else
+    use="volumeMounts: [{name: v, mountPath: /data}]"
+  fi
+  kc -n "$NS" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $name}
+spec:
+  hostNetwork: true
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: c
+    image: $BUSYBOX_IMAGE
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c"]
+    args:
+    - |
+$(printf '%s\n' "$script" | sed 's/^[[:space:]]*/      /')
+    $use
+  volumes: [{name: v, persistentVolumeClaim: {claimName: $claim}}]
+EOF
+}
+
+# run_pod NAME PVC SCRIPT [block]: runs SCRIPT to completion; prints its
+# output; fails unless the pod Succeeded.
+run_pod() {
+  local name=$1
+  pod "$@" || return 1
+  local phase=""
+  local end=$(( $(date +%s) + ${POD_TIMEOUT:-180} ))
+  while [ "$(date +%s)" -lt $end ]; do
+    phase=$(kc -n "$NS" get pod "$name" -o jsonpath='{.status.phase}' 2>/dev/null)
+    case "$phase" in Succeeded | Failed) break ;; esac
+    sleep 1
+  done
+  kc -n "$NS" logs "$name" 2>/dev/null
+  [ "$phase" = Succeeded ] || { log "   pod $name: phase ${phase:-none}" >&2; return 1; }
+}
+
+wait_running() {
+  kc -n "$NS" wait --for=condition=Ready "pod/$1" --timeout="${2:-180}s" >/dev/null || fail "pod $1 not Ready"
+}
+
+delete_pod() { kc -n "$NS" delete pod "$@" --wait=true --timeout=120s >/dev/null; }
+
+wait_bound() {
+  kc -n "$NS" wait --for=jsonpath='{.status.phase}'=Bound "pvc/$1" --timeout="${2:-120}s" >/dev/null || fail "pvc $1 not Bound"
+}
+
+# volume_mounts lists the mounts of staged or published volumes and the
+# node plugin's own (nbdfuse) mounts.
+volume_mounts() {
+  awk -v k="$R/kubelet/" -v n="$R/run-viperblock/" \
+    '(index($2, k) == 1 && $2 ~ /csi/) || index($2, n) == 1 {print $2}' /proc/mounts
+}
+
+pv_of() { kc -n "$NS" get pvc "$1" -o jsonpath='{.spec.volumeName}'; }
+
+# ---- scenarios -------------------------------------------------------------
+
+# Smoke: the cluster itself works (no driver needed).
+scenario_smoke() {
+  kc get node "$NODE" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -qx True || fail "node not Ready" || return 1
+  kc -n "$NS" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: smoke}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: $BUSYBOX_IMAGE, imagePullPolicy: Never, command: ["/bin/sh", "-c", "echo smoke-ok; exec sleep 3600"]}
+EOF
+  wait_running smoke 120 || return 1
+  kc -n "$NS" logs smoke | grep -qx smoke-ok || fail "pod log lacks smoke-ok" || return 1
+  [ "$(kc -n "$NS" exec smoke -- cat /proc/self/comm 2>&1)" = cat ] || fail "kubectl exec does not work" || return 1
+  delete_pod smoke || fail "pod deletion" || return 1
+}
+
+write_script='dd if=/dev/urandom of=/data/blob bs=1M count=8 2>/dev/null && sha256sum /data/blob > /data/blob.sha256 && sync && cat /data/blob.sha256'
+verify_script='sha256sum -c /data/blob.sha256 >&2 && cat /data/blob.sha256'
+
+# fs_roundtrip NAME CLASS FSTYPE: write, delete the pod, read in a new pod.
+fs_roundtrip() {
+  local name=$1 class=$2 fstype=$3 w r
+  pvc "$name" "$class" 1Gi && wait_bound "$name" || return 1
+  w=$(run_pod "$name-w" "$name" "awk '\$2==\"/data\"{print \"fstype\", \$3}' /proc/mounts; $write_script") || fail "writer pod: $w" || return 1
+  echo "$w" | grep -qx "fstype $fstype" || fail "/data is not $fstype: $w" || return 1
+  delete_pod "$name-w" || return 1
+  r=$(run_pod "$name-r" "$name" "$verify_script") || fail "reader pod: $r" || return 1
+  [ "$(echo "$w" | tail -1)" = "$(echo "$r" | tail -1)" ] || fail "checksums differ: wrote $w read $r" || return 1
+  delete_pod "$name-r"
+}
+
+scenario_ext4() { fs_roundtrip ext4 viperblock-ext4 ext4; }
+scenario_xfs() { fs_roundtrip xfs viperblock-xfs xfs; }
+
+scenario_block() {
+  local w r
+  pvc block viperblock-block 256Mi Block && wait_bound block || return 1
+  w=$(run_pod block-w block 'test -b /dev/xvda || { echo "/dev/xvda is not a block device"; exit 1; }
+    dd if=/dev/urandom of=/tmp/x bs=1M count=16 2>/dev/null && dd if=/tmp/x of=/dev/xvda bs=1M conv=fsync 2>/dev/null && sha256sum < /tmp/x' block) ||
+    fail "writer: $w" || return 1
+  delete_pod block-w || return 1
+  r=$(run_pod block-r block 'dd if=/dev/xvda bs=1M count=16 2>/dev/null | sha256sum' block) || fail "reader: $r" || return 1
+  [ "$w" = "$r" ] || fail "device checksum: wrote $w read $r" || return 1
+  delete_pod block-r
+}
+
+wait_snapshot_ready() {
+  kc -n "$NS" wait --for=jsonpath='{.status.readyToUse}'=true "volumesnapshot/$1" --timeout=120s >/dev/null ||
+    fail "snapshot $1 not ReadyToUse"
+}
+
+# Snapshot of a volume in use: the restore has the data as of the snapshot,
+# not what was written after it.
+scenario_snapshot() {
+  local before after restored
+  pvc snap-src viperblock-ext4 1Gi && wait_bound snap-src || return 1
+  pod snap-w snap-src "$write_script; exec sleep 3600" && wait_running snap-w || return 1
+  before=$(kc -n "$NS" logs snap-w | tail -1)
+  [ -n "$before" ] || fail "writer printed no checksum" || return 1
+  kc -n "$NS" apply -f - >/dev/null <<EOF
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshot
+metadata: {name: snap1}
+spec: {volumeSnapshotClassName: viperblock-snapshots, source: {persistentVolumeClaimName: snap-src}}
+EOF
+  wait_snapshot_ready snap1 || return 1
+  after=$(kc -n "$NS" exec snap-w -- sh -c "$write_script") || fail "write after snapshot: $after" || return 1
+  [ "$after" != "$before" ] || fail "second write produced the same checksum" || return 1
+  pvc snap-restore viperblock-ext4 1Gi Filesystem "  dataSource: {apiGroup: snapshot.storage.k8s.io, kind: VolumeSnapshot, name: snap1}" &&
+    wait_bound snap-restore || return 1
+  restored=$(run_pod snap-r snap-restore "$verify_script") || fail "restored volume: $restored" || return 1
+  [ "$(echo "$restored" | tail -1)" = "$before" ] || fail "restore has $restored, the snapshot had $before (later write: $after)" || return 1
+  delete_pod snap-w snap-r
+}
+
+# Clone: same data; writes to the clone leave the source alone; the source
+# PVC can go while the clone still needs its data.
+scenario_clone() {
+  local src c out
+  pvc clone-src viperblock-ext4 1Gi && wait_bound clone-src || return 1
+  src=$(run_pod clone-w clone-src "$write_script") || fail "writer: $src" || return 1
+  delete_pod clone-w || return 1
+  pvc clone viperblock-ext4 1Gi Filesystem "  dataSource: {kind: PersistentVolumeClaim, name: clone-src}" && wait_bound clone || return 1
+  c=$(run_pod clone-r clone "$verify_script && echo clone-only > /data/clone-only && sync") || fail "clone reader: $c" || return 1
+  [ "$(echo "$c" | tail -1)" = "$(echo "$src" | tail -1)" ] || fail "clone has $c, source had $src" || return 1
+  out=$(run_pod clone-src-r clone-src "$verify_script; test ! -e /data/clone-only && echo source-untouched") || fail "source after clone write: $out" || return 1
+  echo "$out" | grep -qx source-untouched || fail "a write to the clone shows in the source" || return 1
+  delete_pod clone-r clone-src-r || return 1
+  # Delete the source while the clone lives: the clone must still read.
+  local pv; pv=$(pv_of clone-src)
+  kc -n "$NS" delete pvc clone-src --timeout=120s >/dev/null || fail "deleting the source PVC" || return 1
+  wait_until 120 "PV $pv deleted" eval "! kc get pv $pv" || fail "source PV not deleted" || return 1
+  out=$(run_pod clone-r2 clone "$verify_script") || fail "clone after its source was deleted: $out" || return 1
+  delete_pod clone-r2
+}
+
+# Online expansion: the pod keeps running and df sees the new size.
+scenario_expand() {
+  local before after
+  pvc expand viperblock-ext4 1Gi && wait_bound expand || return 1
+  pod expand-p expand "exec sleep 3600" && wait_running expand-p || return 1
+  before=$(kc -n "$NS" exec expand-p -- df -k /data | awk 'NR==2{print $2}')
+  kc -n "$NS" patch pvc expand --type=merge -p '{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}' >/dev/null || return 1
+  local end=$(( $(date +%s) + 180 ))
+  while [ "$(date +%s)" -lt $end ]; do
+    after=$(kc -n "$NS" exec expand-p -- df -k /data | awk 'NR==2{print $2}')
+    [ -n "$after" ] && [ -n "$before" ] && [ "$after" -gt $((before * 18 / 10)) ] && break
+    sleep 2
+  done
+  log "   df: ${before} KiB -> ${after} KiB"
+  [ -n "$after" ] && [ "$after" -gt $((before * 18 / 10)) ] || fail "df did not grow (before ${before} KiB, after ${after} KiB)" || return 1
+  [ "$(kc -n "$NS" get pvc expand -o jsonpath='{.status.capacity.storage}')" = 2Gi ] || fail "PVC capacity not 2Gi" || return 1
+  kc -n "$NS" get pod expand-p -o jsonpath='{.status.phase}' | grep -qx Running || fail "pod stopped during expansion" || return 1
+  delete_pod expand-p
+}
+
+# The node plugin is killed (SIGKILL) and restarted while a pod writes with
+# fsync: the pod sees no I/O error and keeps writing.
+scenario_node_restart() {
+  pvc restart viperblock-ext4 1Gi && wait_bound restart || return 1
+  pod restart-p restart 'i=0
+    while :; do
+      dd if=/dev/urandom of=/data/f$((i % 4)) bs=64k count=16 conv=fsync 2>/tmp/err || { echo IOERROR; cat /tmp/err; exit 1; }
+      i=$((i + 1)); echo $i > /data/count; sync; sleep 0.2
+    done' && wait_running restart-p || return 1
+  sleep 5
+  local c1 c2 c3
+  c1=$(kc -n "$NS" exec restart-p -- cat /data/count) || fail "no progress before the restart" || return 1
+  restart_node_plugin KILL || fail "node plugin did not come back" || return 1
+  sleep 10
+  c2=$(kc -n "$NS" exec restart-p -- cat /data/count) || fail "cannot read after the restart" || return 1
+  sleep 5
+  c3=$(kc -n "$NS" exec restart-p -- cat /data/count)
+  log "   writes: $c1 before the restart, $c2 and $c3 after"
+  [ "$(kc -n "$NS" get pod restart-p -o jsonpath='{.status.phase}')" = Running ] || fail "pod stopped: $(kc -n "$NS" logs restart-p | tail -3)" || return 1
+  ! kc -n "$NS" logs restart-p | grep -q IOERROR || fail "I/O error in the pod: $(kc -n "$NS" logs restart-p | tail -3)" || return 1
+  [ "${c3:-0}" -gt "${c2:-0}" ] && [ "${c2:-0}" -gt "${c1:-0}" ] || fail "writes stalled ($c1, $c2, $c3)" || return 1
+  # Unstage through the restarted plugin must work too.
+  delete_pod restart-p || fail "pod deletion after the restart" || return 1
+}
+
+# Everything deleted: PVs, VolumeAttachments, snapshot contents and the
+# volumes' objects in the store are gone.
+scenario_cleanup() {
+  kc -n "$NS" delete pods --all --wait=true --timeout=180s >/dev/null || fail "pods" || return 1
+  kc -n "$NS" delete volumesnapshots --all --wait=true --timeout=120s >/dev/null || fail "snapshots" || return 1
+  kc -n "$NS" delete pvc --all --wait=true --timeout=180s >/dev/null || fail "PVCs" || return 1
+  wait_until 180 "all PVs deleted" eval '[ -z "$(kc get pv -o name)" ]' || fail "PVs left: $(kc get pv -o name)" || return 1
+  wait_until 120 "all VolumeAttachments deleted" eval '[ -z "$(kc get volumeattachments -o name)" ]' || fail "VolumeAttachments left" || return 1
+  wait_until 120 "all VolumeSnapshotContents deleted" eval '[ -z "$(kc get volumesnapshotcontents -o name)" ]' || fail "VolumeSnapshotContents left" || return 1
+  local vols chunks
+  wait_until 120 "store empty" eval '[ -z "$(VBLOCK_STORE=$STORE_URL "$DRIVER_BIN/vblock" list 2>/dev/null)" ]'
+  vols=$(VBLOCK_STORE=$STORE_URL "$DRIVER_BIN/vblock" list 2>&1)
+  chunks=$(find "$R/store" -type f -path '*/chunks/*' | wc -l)
+  log "   store: volumes [${vols}], chunk objects $chunks, objects $(find "$R/store" -type f | wc -l)"
+  [ -z "$vols" ] || fail "volumes left in the store: $vols" || return 1
+  [ "$chunks" = 0 ] || fail "$chunks chunk objects left in the store" || return 1
+  wait_until 60 "no volume mounts left" eval '[ -z "$(volume_mounts)" ]' || fail "mounts left: $(volume_mounts)" || return 1
+}
+
+DRIVER_SCENARIOS=(
+  "1 ext4 PVC: write, new pod reads back|scenario_ext4"
+  "2a xfs PVC: write, new pod reads back|scenario_xfs"
+  "2b raw block PVC: dd write/read|scenario_block"
+  "3 snapshot of a volume in use, restore|scenario_snapshot"
+  "4 clone: same data, independent writes|scenario_clone"
+  "5 online expansion, df grows|scenario_expand"
+  "6 node plugin killed while a pod writes|scenario_node_restart"
+  "7 delete everything, store empty|scenario_cleanup"
+)
+
+run_scenarios() {
+  kc create namespace "$NS" >/dev/null 2>&1 || true
+  wait_until 60 "default ServiceAccount in $NS" kc -n "$NS" get serviceaccount default
+  run_scenario "0 smoke: node Ready, busybox pod, exec" scenario_smoke
+  local s
+  if [ "$1" = yes ]; then
+    for s in "${DRIVER_SCENARIOS[@]}"; do run_scenario "${s%%|*}" "${s##*|}"; done
+  else
+    for s in "${DRIVER_SCENARIOS[@]}"; do skip_scenario "${s%%|*}" "not run: $2"; done
+  fi
+}
+
+print_results() {
+  echo "---- scenarios ----"
+  local l; for l in "${RESULTS[@]}"; do echo "$l"; done
+}
