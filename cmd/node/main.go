@@ -8,7 +8,11 @@
 // nbdkit processes and attachments outlive this process: on start-up the
 // healer re-adopts them (or restarts them), so a restart of the node plugin
 // is invisible to mounted filesystems. Stop it with SIGTERM: staged volumes
-// keep running.
+// keep running. For that to hold in a container, nbdkit and nbdfuse must
+// not die with the container: run the DaemonSet with hostPID and start them
+// in their own scope (--nbdkit-wrapper "systemd-run --scope --collect
+// --quiet --", and the attacher's equivalent), or use kernel NBD, whose
+// device reconnects to a restarted nbdkit.
 //
 //	node --endpoint unix:///csi/csi.sock --node-id $(NODE_NAME) \
 //	     --store default=s3://bucket/vols?endpoint=... --plugin /usr/lib/viperblock/nbdkit-viperblock-plugin.so
