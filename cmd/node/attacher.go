@@ -5,6 +5,6 @@ import (
 )
 
 // newAttacher builds the attacher chosen by --attacher.
-func newAttacher(kind, stateDir string) (attach.Attacher, error) {
-	return attach.New(kind, attach.Options{StateDir: stateDir})
+func newAttacher(kind, stateDir string, wrapper []string) (attach.Attacher, error) {
+	return attach.New(kind, attach.Options{StateDir: stateDir, Wrapper: wrapper})
 }

@@ -11,7 +11,7 @@
 // keep running. For that to hold in a container, nbdkit and nbdfuse must
 // not die with the container: run the DaemonSet with hostPID and start them
 // in their own scope (--nbdkit-wrapper "systemd-run --scope --collect
-// --quiet --", and the attacher's equivalent), or use kernel NBD, whose
+// --quiet --", and --attach-wrapper likewise), or use kernel NBD, whose
 // device reconnects to a restarted nbdkit.
 //
 //	node --endpoint unix:///csi/csi.sock --node-id $(NODE_NAME) \
@@ -25,6 +25,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -45,22 +46,27 @@ func main() {
 	klog.InitFlags(flag.CommandLine)
 	opts.AddFlags(flag.CommandLine, true)
 	httpAddr := flag.String("http-address", ":8092", "address of /metrics and /healthz (\"0\" disables them)")
+	var attachWrapper []string
+	flag.Func("attach-wrapper", "command prefix for nbdfuse, space-separated, e.g. \"systemd-run --scope --collect --quiet --\", so it outlives the node plugin's container", func(v string) error {
+		attachWrapper = strings.Fields(v)
+		return nil
+	})
 	flag.Parse()
 	opts.Version = version
 	// The engine logs with log/slog: send it through klog too.
 	slog.SetDefault(slog.New(logr.ToSlogHandler(klog.Background())))
-	if err := run(&opts, *httpAddr); err != nil {
+	if err := run(&opts, *httpAddr, attachWrapper); err != nil {
 		klog.ErrorS(err, "node plugin failed")
 		klog.Flush()
 		os.Exit(1)
 	}
 }
 
-func run(opts *driver.Options, httpAddr string) error {
+func run(opts *driver.Options, httpAddr string, attachWrapper []string) error {
 	if err := opts.ValidateNode(); err != nil {
 		return err
 	}
-	att, err := newAttacher(opts.Attacher, opts.AttachDir)
+	att, err := newAttacher(opts.Attacher, opts.AttachDir, attachWrapper)
 	if err != nil {
 		return err
 	}
