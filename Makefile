@@ -5,18 +5,18 @@ export PATH := $(shell $(GO) env GOPATH)/bin:$(PATH)
 PKGS := ./...
 FUZZTIME ?= 10s
 
-.PHONY: all build plugin deps test unit fuzz nbd-test preflight bench bench-go bench-nbd demo stress clean
+.PHONY: all build plugin deps test unit fuzz sanity preflight bench bench-go bench-nbd demo stress clean
 
 all: build
 
 deps:
 	@./scripts/deps.sh
 
-build: bin/vblock lib/nbdkit-viperblock-plugin.so
+build: bin/vblock bin/controller bin/node lib/nbdkit-viperblock-plugin.so
 
-bin/vblock: FORCE
+bin/vblock bin/controller bin/node: FORCE
 	@mkdir -p bin
-	$(GO) build -o bin/vblock ./cmd/vblock
+	$(GO) build -o $@ ./cmd/$(notdir $@)
 
 lib/nbdkit-viperblock-plugin.so: FORCE
 	@mkdir -p lib
@@ -35,6 +35,10 @@ test: deps build
 
 unit:
 	$(GO) test -count=1 -short $(PKGS)
+
+# csi-sanity against the real controller and node services (also in `test`).
+sanity: build
+	$(GO) test -count=1 -v ./test/sanity
 
 # Short coverage-guided runs of each fuzz target; the seed corpus lives in
 # testdata/fuzz and runs in every `go test`.

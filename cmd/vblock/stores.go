@@ -2,9 +2,8 @@ package main
 
 // Store packages linked into vblock. Each registers its URL scheme with
 // backend.Register from init; file:// and mem:// come with package backend.
-// Add new stores here (and in cmd/nbdkit-plugin/stores.go), e.g.:
-//
-//	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3"
+// Keep this list and cmd/nbdkit-plugin/stores.go the same.
 import (
 	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3"
 )
