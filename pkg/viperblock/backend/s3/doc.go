@@ -23,6 +23,8 @@
 //	max_attempts=N          attempts per request, first one included (default 8)
 //	timeout=DURATION        per-attempt timeout, e.g. 30s (default 60s)
 //	max_backoff=DURATION    cap on the jittered delay between attempts (default 20s)
+//	imds=BOOL               let the default credential chain ask the EC2 instance
+//	                        metadata service (default false: never contacted)
 //
 // Anything else in the URL (an unknown parameter, a repeated one, user
 // information such as s3://key:secret@bucket, a port in the bucket name) is an

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"io"
 	"math"
 	"math/rand/v2"
@@ -59,6 +60,11 @@ type Config struct {
 	CredentialsFile string
 	// Profile selects a shared config profile.
 	Profile string
+	// IMDS lets the default credential chain ask the EC2 instance metadata
+	// service (169.254.169.254) for credentials. Off unless asked for
+	// (URL parameter imds=true): elsewhere it only costs a timeout, and a
+	// store should not reach out to addresses nobody configured.
+	IMDS bool
 	// MaxAttempts is the number of attempts per request (default 8).
 	MaxAttempts int
 	// AttemptTimeout bounds each attempt (default 60 s).
@@ -158,6 +164,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		config.WithHTTPClient(httpClient),
 		config.WithLogger(logger),
 		config.WithClientLogMode(0),
+		config.WithEC2IMDSClientEnableState(imdsState(cfg.IMDS)),
 		config.WithRetryer(func() aws.Retryer {
 			return retry.NewStandard(func(o *retry.StandardOptions) {
 				o.MaxAttempts = cfg.MaxAttempts
@@ -656,4 +663,11 @@ func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
 	}
 	sort.Strings(keys)
 	return keys, nil
+}
+
+func imdsState(on bool) imds.ClientEnableState {
+	if on {
+		return imds.ClientEnabled
+	}
+	return imds.ClientDisabled
 }

@@ -75,6 +75,12 @@ func ParseURL(u *url.URL) (Config, error) {
 			cfg.CredentialsFile = v
 		case "profile":
 			cfg.Profile = v
+		case "imds":
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return bad("imds: %v", err)
+			}
+			cfg.IMDS = b
 		case "max_attempts":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 || n > 100 {
@@ -94,7 +100,7 @@ func ParseURL(u *url.URL) (Config, error) {
 			}
 			cfg.MaxBackoff = d
 		default:
-			return bad("unknown parameter %q (known: endpoint, region, path_style, credentials_file, profile, max_attempts, timeout, max_backoff)", k)
+			return bad("unknown parameter %q (known: endpoint, region, path_style, credentials_file, profile, imds, max_attempts, timeout, max_backoff)", k)
 		}
 	}
 	if !pathStyleSet {
