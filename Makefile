@@ -5,7 +5,7 @@ export PATH := $(shell $(GO) env GOPATH)/bin:$(PATH)
 PKGS := ./...
 FUZZTIME ?= 10s
 
-.PHONY: all build plugin deps test unit fuzz sanity preflight bench bench-go bench-nbd demo stress clean
+.PHONY: all build plugin deps test unit fuzz sanity vm-test preflight bench bench-go bench-nbd demo stress clean
 
 all: build
 
@@ -32,6 +32,7 @@ FORCE:
 test: deps build
 	$(GO) test -count=1 -timeout 30m $(PKGS)
 	$(MAKE) --no-print-directory fuzz
+	$(MAKE) --no-print-directory vm-test
 
 unit:
 	$(GO) test -count=1 -short $(PKGS)
@@ -39,6 +40,12 @@ unit:
 # csi-sanity against the real controller and node services (also in `test`).
 sanity: build
 	$(GO) test -count=1 -v ./test/sanity
+
+# QEMU guests (TCG) on Viperblock volumes: NBD URI, snapshot/clone, kill -9,
+# kernel NBD + CSI node service in a guest, pkg/attach's suite in a guest.
+# The guest is cached in $(VB_VM_CACHE) (default /var/cache/viperblock-vm).
+vm-test: deps build
+	./test/vm/run.sh
 
 # Short coverage-guided runs of each fuzz target; the seed corpus lives in
 # testdata/fuzz and runs in every `go test`.
