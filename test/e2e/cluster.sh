@@ -42,6 +42,7 @@ start_bg() {
   setsid bash -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CG" "$@" \
     >"$R/log/$name.log" 2>&1 </dev/null &
   echo $! >"$R/pid/$name"
+  disown $! # no "Killed" notices: teardown and scenario 6 kill them on purpose
 }
 
 make_pki() {

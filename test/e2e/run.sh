@@ -88,8 +88,14 @@ if [ -e "$R" ] || [ -d "$CG" ]; then
 fi
 mkdir -p "$R/log" "$R/pid" "$R/bin"
 
+# The original stdout and stderr: a signal can land while a function runs
+# with its output redirected (kc ... >/dev/null), and the trap would inherit
+# that redirection.
+exec 3>&1 4>&2
+
 finish() {
   local rc=$?
+  exec 1>&3 2>&4
   teardown
   print_steps
   print_results
@@ -99,7 +105,7 @@ finish() {
   exit 1
 }
 trap finish EXIT
-trap 'log "interrupted"; exit 130' INT TERM
+trap 'exec 1>&3 2>&4; log "interrupted"; FAILED=$((FAILED + 1)); RESULTS+=("FAIL  interrupted"); exit 130' INT TERM
 
 # A setup step that fails counts as a failed test and ends the run.
 setup_failed() {
