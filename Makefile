@@ -5,7 +5,7 @@ export PATH := $(shell $(GO) env GOPATH)/bin:$(PATH)
 PKGS := ./...
 FUZZTIME ?= 10s
 
-.PHONY: all build plugin deps test unit fuzz sanity vm-test preflight bench bench-go bench-nbd demo stress clean
+.PHONY: all build plugin deps test unit fuzz sanity vm-test e2e preflight bench bench-go bench-nbd demo stress clean
 
 all: build
 
@@ -33,6 +33,7 @@ test: deps build
 	$(GO) test -count=1 -timeout 30m $(PKGS)
 	$(MAKE) --no-print-directory fuzz
 	$(MAKE) --no-print-directory vm-test
+	$(MAKE) --no-print-directory e2e
 
 unit:
 	$(GO) test -count=1 -short $(PKGS)
@@ -46,6 +47,12 @@ sanity: build
 # The guest is cached in $(VB_VM_CACHE) (default /var/cache/viperblock-vm).
 vm-test: deps build
 	./test/vm/run.sh
+
+# A real single-node Kubernetes v1.37 (built from the Go module proxy once
+# into $(VB_E2E_CACHE), default /var/cache/viperblock-e2e) running the driver:
+# PVCs, snapshots, clones, expansion, node-plugin restart, cleanup.
+e2e: deps build
+	VB_E2E_REQUIRE_DRIVER=1 ./test/e2e/run.sh
 
 # Short coverage-guided runs of each fuzz target; the seed corpus lives in
 # testdata/fuzz and runs in every `go test`.
