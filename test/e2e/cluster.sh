@@ -186,6 +186,11 @@ import_images() {
   local i=$R/images
   mkdir -p "$i/pause" "$i/busybox/bin" "$i/busybox/tmp" "$i/busybox/etc"
   cp "$R/bin/pause" "$i/pause/pause"
+  # The image has no libc: the busybox must be busybox-static's.
+  if ldd /bin/busybox >/dev/null 2>&1; then
+    log "/bin/busybox is dynamically linked: install busybox-static"
+    return 1
+  fi
   cp /bin/busybox "$i/busybox/bin/busybox"
   local a
   for a in $(/bin/busybox --list); do
