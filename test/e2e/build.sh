@@ -13,6 +13,7 @@
 #
 # build.sh helpers DIR: builds the harness's own small commands (registrar,
 # pause, podargs) into DIR; seconds with a warm GOCACHE.
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"

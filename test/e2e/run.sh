@@ -29,6 +29,7 @@
 #   VB_E2E_DRIVER_BIN     directory with controller, node and vblock
 #                         (default: the repo's bin/)
 #   VB_E2E_PLUGIN         the nbdkit plugin (default lib/nbdkit-viperblock-plugin.so)
+# shellcheck source-path=SCRIPTDIR
 set -uo pipefail
 
 E2E_T0=$(date +%s.%N)

@@ -198,8 +198,9 @@ wait_snapshot_ready() {
 scenario_snapshot() {
   local before after restored
   pvc snap-src viperblock-ext4 1Gi && wait_bound snap-src || return 1
-  pod snap-w snap-src "$write_script; exec sleep 3600" && wait_running snap-w || return 1
-  before=$(kc -n "$NS" logs snap-w | tail -1)
+  pod snap-w snap-src "$write_script && echo written; exec sleep 3600" && wait_running snap-w || return 1
+  wait_until 120 "snap-w wrote its data" eval 'kc -n "$NS" logs snap-w | grep -qx written' || fail "writer did not finish" || return 1
+  before=$(kc -n "$NS" logs snap-w | grep -v '^written$' | tail -1)
   [ -n "$before" ] || fail "writer printed no checksum" || return 1
   kc -n "$NS" apply -f - >/dev/null <<EOF
 apiVersion: snapshot.storage.k8s.io/v1
@@ -278,7 +279,8 @@ scenario_node_restart() {
       dd if=/dev/urandom of=/data/f$((i % 4)) bs=64k count=16 conv=fsync 2>/tmp/err || { echo IOERROR; cat /tmp/err; exit 1; }
       i=$((i + 1)); echo $i > /data/count; sync; sleep 0.2
     done' && wait_running restart-p || return 1
-  sleep 5
+  wait_until 60 "writes started" kc -n "$NS" exec restart-p -- cat /data/count || fail "the writer never wrote" || return 1
+  sleep 3
   local c1 c2 c3
   c1=$(kc -n "$NS" exec restart-p -- cat /data/count) || fail "no progress before the restart" || return 1
   restart_node_plugin KILL || fail "node plugin did not come back" || return 1
