@@ -50,7 +50,7 @@ func codeOf(err error) codes.Code {
 	case errors.Is(err, vb.ErrOutOfRange):
 		return codes.OutOfRange
 	case errors.Is(err, vb.ErrInUse), errors.Is(err, vb.ErrReadOnly), errors.Is(err, vb.ErrFenced),
-		errors.Is(err, errBusy), errors.Is(err, backend.ErrInvalidURL), errors.Is(err, attach.ErrBusy),
+		errors.Is(err, errBusy), errors.Is(err, errNotPermitted), errors.Is(err, backend.ErrInvalidURL), errors.Is(err, attach.ErrBusy),
 		errors.Is(err, attach.ErrUnsupported), errors.Is(err, attach.ErrInvalid), errors.Is(err, attach.ErrNotAttached):
 		// The request is fine but the system is not in a state to carry it
 		// out (open on a node, fenced, mounted elsewhere, store
@@ -76,6 +76,9 @@ var (
 	errNotStaged = errors.New("volume is not staged on this node")
 	// errBusy: a mount point or device is in use.
 	errBusy = errors.New("in use")
+	// errNotPermitted: the kernel refused a filesystem operation to the
+	// node plugin (online growth needs CAP_SYS_RESOURCE).
+	errNotPermitted = errors.New("operation not permitted to the node plugin")
 	// errNotDrained: nbdkit exited but the volume was not drained to the
 	// backend; the data is safe in the node's WAL and a retry drains it.
 	errNotDrained = errors.New("volume not drained to the backend yet")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"syscall"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -40,12 +41,34 @@ func TestToStatus(t *testing.T) {
 		{wrap(attach.ErrBusy), codes.FailedPrecondition},
 		{wrap(attach.ErrStale), codes.Unavailable},
 		{wrap(backend.ErrInvalidURL), codes.FailedPrecondition},
+		{wrap(errNotPermitted), codes.FailedPrecondition},
 		{errors.New("something else"), codes.Internal},
 		{status.Error(codes.ResourceExhausted, "kept"), codes.ResourceExhausted},
 	} {
 		got := toStatus(tc.err, "doing x")
 		if status.Code(got) != tc.code {
 			t.Errorf("%v: code %s, want %s", tc.err, status.Code(got), tc.code)
+		}
+	}
+	if toStatus(nil, "x") != nil {
+		t.Error("nil error became a status")
+	}
+}
+
+// A resize tool the kernel refuses (no CAP_SYS_RESOURCE) is told apart from
+// a failing filesystem.
+func TestRefusedByKernel(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("resize2fs: %w", syscall.EPERM), true},
+		{errors.New("resize of device /dev/loop3 failed: exit status 1. resize2fs output: resize2fs 1.47.0\nresize2fs: Operation not permitted While checking for on-line resizing support"), true},
+		{errors.New("xfs_growfs: XFS_IOC_FSGROWFSDATA xfsctl failed: Permission denied"), true},
+		{errors.New("resize2fs: Bad magic number in super-block while trying to open /dev/loop3"), false},
+	} {
+		if got := refusedByKernel(tc.err); got != tc.want {
+			t.Errorf("refusedByKernel(%q) = %v, want %v", tc.err, got, tc.want)
 		}
 	}
 	if toStatus(nil, "x") != nil {

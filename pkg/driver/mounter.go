@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -71,8 +72,20 @@ func (h *hostMounter) ResizeFS(device, path string) error {
 	if err != nil || !need {
 		return err
 	}
-	_, err = r.Resize(device, path)
+	if _, err = r.Resize(device, path); err != nil && refusedByKernel(err) {
+		return fmt.Errorf("%w (does the node plugin run privileged, with CAP_SYS_RESOURCE?): %v", errNotPermitted, err)
+	}
 	return err
+}
+
+// refusedByKernel tells whether a resize tool's error is the kernel
+// refusing the caller (EPERM/EACCES), as opposed to a broken filesystem.
+func refusedByKernel(err error) bool {
+	if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
+		return true
+	}
+	msg := strings.ToLower(err.Error())
+	return strings.Contains(msg, "operation not permitted") || strings.Contains(msg, "permission denied")
 }
 
 func (h *hostMounter) DeviceSize(device string) (int64, error) { return blockDeviceSize(device) }

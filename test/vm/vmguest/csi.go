@@ -160,6 +160,49 @@ func csiNode(c *checker, nodeBin, plugin string) {
 		}
 		return run("sync")
 	})
+	c.check("csi: online expansion: grow the open volume, NodeExpandVolume grows the mounted ext4", func() error {
+		var before unix.Statfs_t
+		if err := unix.Statfs(target, &before); err != nil {
+			return err
+		}
+		st, err := backend.Open(ctx, storeURL)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		// The volume is open in nbdkit: Expand asks its owner to grow it,
+		// as ControllerExpandVolume does.
+		const grown = 256 << 20
+		size, err := vb.Expand(ctx, st, "fs-vol", grown, time.Minute)
+		if err != nil {
+			return fmt.Errorf("expand in the store: %v", err)
+		}
+		if size != grown {
+			return fmt.Errorf("expand: size %d, want %d", size, grown)
+		}
+		resp, err := node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: fsID, VolumePath: target,
+			StagingTargetPath: staging, CapacityRange: &csi.CapacityRange{RequiredBytes: grown}, VolumeCapability: fsCap})
+		if err != nil {
+			return fmt.Errorf("NodeExpandVolume: %v", err)
+		}
+		if resp.GetCapacityBytes() != grown {
+			return fmt.Errorf("NodeExpandVolume: capacity %d, want %d", resp.GetCapacityBytes(), grown)
+		}
+		var after unix.Statfs_t
+		if err := unix.Statfs(target, &after); err != nil {
+			return err
+		}
+		b, a := int64(before.Blocks)*before.Bsize, int64(after.Blocks)*after.Bsize
+		fmt.Printf("ext4 on %s grew online from %d to %d bytes\n", fsDev, b, a)
+		if a < b+(grown-128<<20)*9/10 {
+			return fmt.Errorf("filesystem did not grow: %d -> %d bytes", b, a)
+		}
+		// Writes land in the new space and survive the unstage below.
+		if err := writeFiles(target, "grown", 2, 1<<20, sums); err != nil {
+			return err
+		}
+		return run("sync")
+	})
 	c.check("csi: NodeUnpublish + NodeUnstage (detach, drain)", func() error { return unpublishUnstage(fsID, staging, target, fsDev) })
 	c.check("csi: stage again: the files are back from the store", func() error {
 		if err := stagePublish(fsID, staging, target, fsCap); err != nil {
