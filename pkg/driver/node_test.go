@@ -397,11 +397,22 @@ func TestNodeServerDiesAndHeals(t *testing.T) {
 	if err := r.stage("v1", snw); err != nil {
 		t.Fatal(err)
 	}
+	// Hold the volume's operation lock while nbdkit dies and health is
+	// read: the healer restarts nbdkit a second after it died, and a test
+	// goroutine descheduled that long on a loaded machine would otherwise
+	// find it healed already. The healer's attempt meanwhile fails as
+	// in-flight and it retries later.
+	release, err := r.ns.locks.acquire("default/v1")
+	if err != nil {
+		t.Fatal(err)
+	}
 	r.server("v1").exit()
-	if h := r.health("v1"); len(h) == 0 || h[0] != "INACCESSIBLE:ServerDown" {
+	h := r.health("v1")
+	release()
+	if len(h) == 0 || h[0] != "INACCESSIBLE:ServerDown" {
 		t.Fatalf("health after nbdkit died: %v", h)
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for r.server("v1") == nil || len(r.health("v1")) != 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("not healed: server %v, health %v", r.server("v1"), r.health("v1"))
@@ -425,6 +436,11 @@ func TestNodeHealAdopts(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.sup.adoptable = true
+	// The old plugin process is gone before the new one starts. Left
+	// running, the old server's watcher would take the new server's stop
+	// at unstage for a crash and have its healer restart nbdkit a second
+	// later, reopening the volume under the unstage when that is slow.
+	r.ns.Close()
 	ns2, err := NewNodeServer(r.ns.opts, NodeDeps{Attacher: r.att, Supervisor: r.sup, Mounter: r.mnt, Open: r.store.opener()})
 	if err != nil {
 		t.Fatal(err)
