@@ -1,6 +1,7 @@
 package faultproxy
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -21,14 +22,35 @@ func TestKinds(t *testing.T) {
 		w.Write([]byte("echo:" + string(b) + strings.Repeat(".", 1000)))
 	}))
 	defer up.Close()
-	p := Start(t, up.URL, Options{Delay: 2 * time.Second})
-	c := &http.Client{Timeout: 300 * time.Millisecond, Transport: &http.Transport{DisableKeepAlives: true}}
+	// A Delay holds its response far longer than the test waits: the
+	// client gives up (cancels) once the request reached the upstream.
+	// Every other request gets a generous timeout, as a loaded machine
+	// can take a while to answer.
+	p := Start(t, up.URL, Options{Delay: time.Hour})
+	c := &http.Client{Timeout: time.Minute, Transport: &http.Transport{DisableKeepAlives: true}}
 	do := func(k Kind) (status int, body string, err error) {
 		t.Helper()
 		if k != None {
 			p.Force(k, 1)
 		}
-		resp, err := c.Post(p.URL+"/x?y=1", "text/plain", strings.NewReader("hi"))
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		if k == Delay {
+			before := hits.Load()
+			go func() {
+				for deadline := time.Now().Add(time.Minute); hits.Load() == before && time.Now().Before(deadline); {
+					time.Sleep(5 * time.Millisecond)
+				}
+				time.Sleep(50 * time.Millisecond) // the proxy now holds the answer back
+				cancel()
+			}()
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.URL+"/x?y=1", strings.NewReader("hi"))
+		if err != nil {
+			return 0, "", err
+		}
+		req.Header.Set("Content-Type", "text/plain")
+		resp, err := c.Do(req)
 		if err != nil {
 			return 0, "", err
 		}
