@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -27,22 +28,47 @@ func startNbdkit(t *testing.T, args ...string) string {
 }
 
 // startNbdkitTCP runs nbdkit on a free port of 127.0.0.1 and returns its
-// address.
+// address. The port is free when picked but may be taken by another process
+// before nbdkit binds it (other test binaries run alongside): nbdkit then
+// exits, and another port is tried.
 func startNbdkitTCP(t *testing.T, args ...string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var err error
+	for try := 0; try < 5; try++ {
+		var l net.Listener
+		l, err = net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+		l.Close()
+		err = tryServeNbdkit(t, Export{Addr: "127.0.0.1:" + port}, append([]string{"-i", "127.0.0.1", "-p", port}, args...))
+		if err == nil {
+			return "127.0.0.1:" + port
+		}
+		if !errors.Is(err, errNbdkitExited) {
+			break
+		}
+		t.Logf("%v; trying another port", err)
 	}
-	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-	l.Close()
-	serveNbdkit(t, Export{Addr: "127.0.0.1:" + port}, append([]string{"-i", "127.0.0.1", "-p", port}, args...))
-	return "127.0.0.1:" + port
+	t.Fatal(err)
+	return ""
 }
 
 // serveNbdkit runs `nbdkit -f args...` until the test ends and waits until
 // exp serves.
 func serveNbdkit(t *testing.T, exp Export, args []string) {
+	t.Helper()
+	if err := tryServeNbdkit(t, exp, args); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var errNbdkitExited = errors.New("nbdkit exited")
+
+// tryServeNbdkit is serveNbdkit returning an error (errNbdkitExited if
+// nbdkit exited before serving) instead of failing the test.
+func tryServeNbdkit(t *testing.T, exp Export, args []string) error {
 	t.Helper()
 	if _, err := exec.LookPath("nbdkit"); err != nil {
 		t.Skip("nbdkit not installed (scripts/deps.sh installs it)")
@@ -65,20 +91,20 @@ func serveNbdkit(t *testing.T, exp Export, args []string) {
 			<-done
 		}
 	})
-	for end := time.Now().Add(10 * time.Second); ; {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	for end := time.Now().Add(30 * time.Second); ; {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err := Probe(ctx, exp)
 		cancel()
 		if err == nil {
-			return
+			return nil
 		}
 		select {
 		case <-done:
-			t.Fatalf("nbdkit %v exited: %s", args, stderr.String())
+			return fmt.Errorf("%w: nbdkit %v: %s", errNbdkitExited, args, stderr.String())
 		default:
 		}
 		if time.Now().After(end) {
-			t.Fatalf("nbdkit %v not serving: %v", args, err)
+			return fmt.Errorf("nbdkit %v not serving: %v", args, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -154,23 +180,27 @@ func TestProbeErrors(t *testing.T) {
 	if _, err := Probe(ctx, Export{Socket: l.Addr().String()}); !errors.Is(err, errNBDProto) {
 		t.Errorf("not NBD: %v", err)
 	}
-	// A server that accepts and says nothing: ctx bounds the wait.
+	// A server that accepts and says nothing until the test ends: ctx
+	// bounds the wait. The check is loose, as a loaded machine may be slow
+	// to act on the deadline; without it Probe would wait its own 30 s.
 	l2, err := net.Listen("unix", filepath.Join(t.TempDir(), "y.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l2.Close()
+	quit := make(chan struct{})
+	defer close(quit)
 	go func() {
 		c, err := l2.Accept()
 		if err == nil {
-			time.Sleep(2 * time.Second)
+			<-quit
 			c.Close()
 		}
 	}()
 	cctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	if _, err := Probe(cctx, Export{Socket: l2.Addr().String()}); err == nil || time.Since(start) > time.Second {
+	if _, err := Probe(cctx, Export{Socket: l2.Addr().String()}); err == nil || time.Since(start) > 15*time.Second {
 		t.Errorf("silent server: %v after %v", err, time.Since(start))
 	}
 }
@@ -189,7 +219,7 @@ func TestHandshakeTransmission(t *testing.T) {
 	if info.Size != 1<<20 {
 		t.Fatalf("size %d", info.Size)
 	}
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.SetDeadline(time.Now().Add(30 * time.Second))
 	req := func(typ uint16, cookie uint64, off uint64, n uint32, data []byte) {
 		b := make([]byte, 28, 28+len(data))
 		binary.BigEndian.PutUint32(b, nbdRequestMagic)
