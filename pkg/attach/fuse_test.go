@@ -441,7 +441,9 @@ func TestFuseStale(t *testing.T) {
 	}
 	st, _ := a.readState(exp.ID)
 	syscall.Kill(st.PID, syscall.SIGKILL)
-	waitFor(ctx, 5*time.Second, func() bool { return !procAlive(st.PID, st.PIDStart) })
+	if err := waitFor(ctx, 30*time.Second, func() bool { return !procAlive(st.PID, st.PIDStart) }); err != nil {
+		t.Fatalf("nbdfuse %d still alive after SIGKILL: %v", st.PID, err)
+	}
 	d, ok, err := a.Find(ctx, exp.ID)
 	if ok || !errors.Is(err, ErrStale) || d.Path != dev.Path {
 		t.Fatalf("Find after nbdfuse died: %+v %v %v", d, ok, err)
