@@ -81,6 +81,11 @@ func goGetReady() C.int {
 	return 0
 }
 
+//export goAfterFork
+func goAfterFork() {
+	plugin.AfterFork()
+}
+
 //export goCleanup
 func goCleanup() C.int {
 	if err := plugin.Cleanup(); err != nil {

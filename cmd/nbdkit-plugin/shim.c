@@ -110,6 +110,10 @@ w_after_fork (void)
                   "this plugin needs nbdkit -f (foreground)");
     return -1;
   }
+  /* Background goroutines start only now: between get_ready and here
+   * nbdkit closes stdin/stdout and expects open() to hand it fds 0 and 1
+   * back, so no other thread may open a file in that window. */
+  goAfterFork ();
   return 0;
 }
 

@@ -46,13 +46,28 @@ func Open(ctx context.Context, store backend.Store, name string, opts Options) (
 		}
 		return nil, err
 	}
-	v.done.Add(2)
-	go v.drainLoop()
-	go v.writebackLoop()
-	if v.pending.Load() > 0 {
-		v.kickDrain()
+	if !opts.DeferBackground {
+		v.Start()
 	}
 	return v, nil
+}
+
+// Start starts a writable volume's background work: the WAL writeback and
+// the drain loop (which also answers owner requests). Open calls it unless
+// Options.DeferBackground is set. It is idempotent, a no-op for read-only
+// volumes, and a no-op once Close has begun.
+func (v *Volume) Start() {
+	v.started.Do(func() {
+		if v.opts.ReadOnly {
+			return
+		}
+		v.done.Add(2)
+		go v.drainLoop()
+		go v.writebackLoop()
+		if v.pending.Load() > 0 {
+			v.kickDrain()
+		}
+	})
 }
 
 // OpenSnapshot opens a snapshot read-only.
@@ -329,6 +344,7 @@ func (v *Volume) Close() error {
 	if v.opts.ReadOnly {
 		return nil
 	}
+	v.started.Do(func() {}) // a Start after this point starts nothing
 	close(v.stop)
 	v.done.Wait()
 	v.removeQueued()
@@ -437,6 +453,7 @@ func (v *Volume) abandon() {
 	if v.opts.ReadOnly {
 		return
 	}
+	v.started.Do(func() {})
 	close(v.stop)
 	v.done.Wait()
 	if v.lock != nil {

@@ -73,6 +73,14 @@ type Options struct {
 	ReadAheadBlocks int
 	// Logger receives the engine's logs (default slog.Default()).
 	Logger *slog.Logger
+	// DeferBackground makes a writable Open leave the volume's background
+	// work (WAL writeback, drains, owner requests) stopped until Start is
+	// called, so that nothing in the engine opens a file or a connection
+	// between Open and Start. A host that re-points file descriptors after
+	// opening the volume (nbdkit swaps stdin and stdout for /dev/null after
+	// get_ready, assuming one thread) needs that window quiet. Writers
+	// that fill MaxPendingBytes before Start wait for it.
+	DeferBackground bool
 	// crash, when set by tests, is called at named crash points.
 	crash func(point string) error
 }
@@ -159,6 +167,7 @@ type Volume struct {
 	writeback chan *segment       // full slabs to write out
 	stop      chan struct{}
 	done      sync.WaitGroup
+	started   sync.Once // Start's background goroutines; Close spends it
 
 	ops     sync.RWMutex // held shared by every I/O call, exclusively by Close
 	walFail atomic.Pointer[error]

@@ -90,6 +90,10 @@ func (p *Plugin) GetReady(ctx context.Context) error {
 		WALDir: c.WALDir, ReadOnly: c.ReadOnly,
 		CacheBlocks: c.CacheBlocks, CacheMemPercent: c.CacheMemPercent,
 		DrainInterval: c.DrainInterval, Logger: p.log,
+		// nbdkit swaps stdin and stdout for /dev/null after get_ready,
+		// assuming no other thread opens a file meanwhile: the volume's
+		// background work starts in AfterFork.
+		DeferBackground: true,
 	}
 	vol, err := vb.Open(ctx, store, c.Volume, opts)
 	if errors.Is(err, vb.ErrNotFound) && c.Size > 0 && !c.ReadOnly {
@@ -115,6 +119,15 @@ func (p *Plugin) GetReady(ctx context.Context) error {
 	p.log.Info("volume open", "volume", c.Volume, "size", vol.Size(), "epoch", vol.Epoch(),
 		"readonly", c.ReadOnly, "store", Redact(c.Store), "wal_dir", c.WALDir, "replayed_records", st.Replayed)
 	return nil
+}
+
+// AfterFork starts the volume's background work (WAL writeback, drains).
+// nbdkit calls it once it has set up its file descriptors and written its
+// pidfile, before it accepts connections.
+func (p *Plugin) AfterFork() {
+	if p.vol != nil {
+		p.vol.Start()
+	}
 }
 
 // EnvCPUProfile names a file to write a Go CPU profile of the plugin to,
@@ -203,6 +216,7 @@ func (p *Plugin) Open(readonly bool) (*Conn, error) {
 	if p.vol == nil {
 		return nil, fmt.Errorf("volume not open")
 	}
+	p.vol.Start() // normally done by AfterFork already
 	p.conns.Add(1)
 	return &Conn{p: p, readonly: readonly || p.Cfg.ReadOnly}, nil
 }
