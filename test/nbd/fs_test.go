@@ -168,16 +168,16 @@ func detach(t *testing.T, dev string) {
 	run(t, "losetup", "-d", dev)
 	fuseDir := attached[dev]
 	delete(attached, dev)
-	// The loop device lets go of the file asynchronously.
-	for i := 0; ; i++ {
+	// The loop device lets go of the file asynchronously (slowly on a
+	// loaded machine).
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		out, err := exec.Command("fusermount3", "-u", fuseDir).CombinedOutput()
 		if err == nil {
 			return
 		}
-		if i == 100 {
+		if time.Now().After(deadline) {
 			t.Fatalf("fusermount3 -u %s: %v %s", fuseDir, err, out)
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/viperblock/viperblock-csi/pkg/nbdserve"
+	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
 
 const pluginRel = "lib/nbdkit-viperblock-plugin.so"
@@ -114,6 +116,29 @@ func (s *server) stop() {
 	defer cancel()
 	if err := s.Stop(ctx); err != nil {
 		s.h.t.Fatalf("nbdkit did not stop cleanly: %v", err)
+	}
+}
+
+// waitWritten waits until the store's committed state of the volume maps
+// at least n bytes: a server's drain loop committed what it was written.
+func (h *harness) waitWritten(n int64) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := backend.Open(ctx, h.store)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer st.Close()
+	for {
+		inf, err := vb.Inspect(ctx, st, h.volume)
+		if err == nil && inf.WrittenBytes >= n {
+			return
+		}
+		if ctx.Err() != nil {
+			h.t.Fatalf("the store does not show %d written bytes of %s within a minute: %+v %v", n, h.volume, inf, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -250,18 +250,19 @@ func TestFencing(t *testing.T) {
 	if err := ca.WriteAt([]byte("from A"), 0, true); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond) // let A commit
+	h.waitWritten(4096) // A's drain loop committed the write
 	b := h.serve("wal-b")
 	cb := b.dial()
 	if err := cb.WriteAt([]byte("from B"), 4096, true); err != nil {
 		t.Fatal(err)
 	}
+	// A notices at its next commit, a drain interval or so from now; the
+	// deadline is for a loaded machine.
 	var err error
-	for i := 0; i < 100; i++ {
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if err = ca.WriteAt([]byte("late A"), 8192, false); err != nil {
 			break
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 	var ne *nbdError
 	if !errors.As(err, &ne) || ne.errno != syscall.EIO {
