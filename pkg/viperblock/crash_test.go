@@ -136,7 +136,7 @@ func TestCrashRandom(t *testing.T) {
 // crashPoints are the engine's named crash points.
 var crashPoints = []string{
 	"wal.before-fsync", "wal.before-dir-sync",
-	"drain.before-chunk-put", "drain.before-commit", "drain.after-commit",
+	"drain.before-chunk-put", "drain.before-chunk-sync", "drain.before-commit", "drain.after-commit",
 	"open.before-epoch-commit", "open.after-epoch-commit",
 }
 

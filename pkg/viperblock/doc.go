@@ -12,7 +12,9 @@
 //  2. Drain packs the WAL's contents into chunks, uploads them and commits a
 //     manifest. The backend always holds the state of one instant: no write
 //     that completed after that instant, and every write that completed
-//     before it.
+//     before it. Every chunk is durable before the manifest that references
+//     it is written (a store that batches durability, backend.BatchPutter,
+//     syncs the drain's chunks together first).
 //  3. Close drains before it returns, so the volume can be opened anywhere
 //     from the backend alone.
 //  4. Open replays the WAL left by a crash on this node: nothing flushed is

@@ -257,6 +257,13 @@ func (v *Volume) upload(ctx context.Context, parts [][]uint64, ids []uint64, wri
 	defer cancel()
 	errs := make(chan error, len(parts))
 	work := make(chan int)
+	// A store that can batch durability gets the chunks unsynced, then one
+	// Sync for all of them below, before the commit references them.
+	put := v.store.Put
+	batch, batched := v.store.(backend.BatchPutter)
+	if batched {
+		put = batch.PutUnsynced
+	}
 	var wg sync.WaitGroup
 	for w := 0; w < min(v.opts.UploadConcurrency, len(parts)); w++ {
 		wg.Add(1)
@@ -275,7 +282,7 @@ func (v *Volume) upload(ctx context.Context, parts [][]uint64, ids []uint64, wri
 					cancel()
 					continue
 				}
-				if err := v.store.Put(ctx, chunkKey(v.name, ids[i]), obj); err != nil {
+				if err := put(ctx, chunkKey(v.name, ids[i]), obj); err != nil {
 					errs <- fmt.Errorf("viperblock: upload chunk %016x: %w", ids[i], err)
 					cancel()
 					continue
@@ -296,7 +303,23 @@ feed:
 	close(work)
 	wg.Wait()
 	close(errs)
-	return <-errs // nil when the channel is empty
+	if err := <-errs; err != nil {
+		return err
+	}
+	if !batched || len(parts) == 0 {
+		return nil
+	}
+	if err := v.crashPoint("drain.before-chunk-sync"); err != nil {
+		return err
+	}
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = chunkKey(v.name, id)
+	}
+	if err := batch.Sync(ctx, keys); err != nil {
+		return fmt.Errorf("viperblock: make the drain's chunks durable: %w", err)
+	}
+	return nil
 }
 
 // getBuilder returns a reusable chunk buffer (4 MiB each, kept for reuse:

@@ -62,6 +62,20 @@ type Store interface {
 	Close() error
 }
 
+// BatchPutter is implemented by stores for which making an object durable
+// is the costly part of Put (the file store: an fsync per object). The
+// engine puts a drain's chunks with PutUnsynced and makes them durable
+// together with one Sync before it commits the manifest that references
+// them, so the disk sees one batch of writes instead of a flush per chunk.
+type BatchPutter interface {
+	// PutUnsynced stores an object as Put does (a reader sees all of it
+	// or none of it) except that a crash before Sync may lose it or leave
+	// it torn. Only objects nothing references yet may be put this way.
+	PutUnsynced(ctx context.Context, key string, data []byte) error
+	// Sync makes the objects stored under keys by PutUnsynced durable.
+	Sync(ctx context.Context, keys []string) error
+}
+
 // ValidateName checks one key segment (a volume or snapshot name).
 func ValidateName(s string) error {
 	if s == "" || len(s) > 128 || !isAlnum(s[0]) {

@@ -19,7 +19,8 @@ import (
 
 // File is a store in a directory: each key is a file under the root, each
 // '/'-separated segment a directory. Writes are atomic and durable (write a
-// hidden temporary file, fsync, rename, fsync the directory). PutIf holds an
+// hidden temporary file, fsync, rename, fsync the directory); PutUnsynced
+// skips both fsyncs and Sync does them later for a batch. PutIf holds an
 // exclusive lock on <root>/.lock across compare and write, so it is safe
 // between processes on one machine.
 type File struct {
@@ -124,7 +125,54 @@ func (f *File) Put(_ context.Context, key string, data []byte) error {
 	return f.write(key, data)
 }
 
-func (f *File) write(key string, data []byte) error {
+// PutUnsynced implements BatchPutter: the object is written and renamed
+// into place like Put, with its writeback started but not waited for.
+func (f *File) PutUnsynced(_ context.Context, key string, data []byte) error {
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	return f.writeFile(key, data, false)
+}
+
+// Sync implements BatchPutter: it fsyncs each object, then each of their
+// directories once.
+func (f *File) Sync(ctx context.Context, keys []string) error {
+	dirs := map[string]bool{}
+	for _, key := range keys {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := ValidateKey(key); err != nil {
+			return err
+		}
+		p := f.path(key)
+		fh, err := f.fs.OpenReadWrite(p)
+		if err != nil {
+			return fmt.Errorf("viperblock/backend: sync %s: %w", key, err)
+		}
+		err = fh.Sync()
+		if cerr := fh.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("viperblock/backend: sync %s: %w", key, err)
+		}
+		dirs[filepath.Dir(p)] = true
+	}
+	for dir := range dirs {
+		if err := vfs.SyncDir(f.fs, dir); err != nil {
+			return fmt.Errorf("viperblock/backend: sync %s: %w", dir, err)
+		}
+	}
+	return nil
+}
+
+func (f *File) write(key string, data []byte) error { return f.writeFile(key, data, true) }
+
+// writeFile writes the object to a temporary file and renames it into
+// place, so readers never see a part of it. With durable it fsyncs the file
+// before the rename and the directory after it.
+func (f *File) writeFile(key string, data []byte, durable bool) error {
 	p := f.path(key)
 	dir := filepath.Dir(p)
 	if err := vfs.MkdirAllDurable(f.fs, dir); err != nil {
@@ -138,7 +186,11 @@ func (f *File) write(key string, data []byte) error {
 		return err
 	}
 	if _, err = fh.Write(data); err == nil {
-		err = fh.Sync()
+		if durable {
+			err = fh.Sync()
+		} else {
+			vfs.StartWriteback(fh)
+		}
 	}
 	if cerr := fh.Close(); err == nil {
 		err = cerr
@@ -149,6 +201,9 @@ func (f *File) write(key string, data []byte) error {
 	if err != nil {
 		_ = f.fs.Remove(tmp)
 		return fmt.Errorf("viperblock/backend: put %s: %w", key, err)
+	}
+	if !durable {
+		return nil
 	}
 	return vfs.SyncDir(f.fs, dir)
 }

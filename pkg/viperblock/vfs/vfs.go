@@ -210,6 +210,16 @@ func SyncDir(fs FS, dir string) error {
 	return err
 }
 
+// StartWriteback asks the operating system to begin writing f's data to
+// disk without waiting, so that a later Sync finds the work under way and
+// writes of several files overlap. It is a hint: files that cannot take it
+// ignore it, and it makes nothing durable.
+func StartWriteback(f File) {
+	if w, ok := f.(interface{ startWriteback() }); ok {
+		w.startWriteback()
+	}
+}
+
 // MkdirAllDurable creates dir and any missing parents and syncs each parent
 // whose entries changed, so the new directories survive a crash.
 func MkdirAllDurable(fs FS, dir string) error {
