@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -125,6 +126,16 @@ func TestConfig(t *testing.T) {
 	}
 }
 
+// memStoreSeq numbers the memory stores of memStore.
+var memStoreSeq atomic.Int64
+
+// memStore returns the URL of a memory store of t's own. Named memory
+// stores live as long as the process, so a name reused by a repeated run
+// (go test -count=N) would find the volumes the previous run left.
+func memStore(t *testing.T) string {
+	return fmt.Sprintf("mem://%s-%d", t.Name(), memStoreSeq.Add(1))
+}
+
 func newPlugin(t *testing.T, store string, size string) *Plugin {
 	t.Helper()
 	p := New(nil)
@@ -146,7 +157,7 @@ func newPlugin(t *testing.T, store string, size string) *Plugin {
 }
 
 func TestOperations(t *testing.T) {
-	store := fmt.Sprintf("mem://%s", t.Name())
+	store := memStore(t)
 	p := newPlugin(t, store, "1MiB")
 	c1, _ := p.Open(false)
 	c2, _ := p.Open(false)
@@ -209,8 +220,9 @@ func TestOperations(t *testing.T) {
 }
 
 func TestOpenErrors(t *testing.T) {
+	store := memStore(t)
 	p := New(nil)
-	p.Cfg = Config{Volume: "nope", Store: "mem://" + t.Name(), WALDir: t.TempDir()}
+	p.Cfg = Config{Volume: "nope", Store: store, WALDir: t.TempDir()}
 	if err := p.GetReady(context.Background()); err == nil {
 		t.Fatal("opened a missing volume")
 	}
@@ -219,7 +231,7 @@ func TestOpenErrors(t *testing.T) {
 		t.Fatal("opened an unknown store")
 	}
 	// A second writable open with the same WAL dir is refused.
-	q := newPlugin(t, "mem://"+t.Name(), "1MiB")
+	q := newPlugin(t, store, "1MiB")
 	defer q.Cleanup()
 	r := New(nil)
 	r.Cfg = q.Cfg

@@ -13,7 +13,7 @@ import (
 // when the volume grows, the new range reads and writes as usual.
 func TestVirtualSize(t *testing.T) {
 	p := New(nil)
-	for _, kv := range [][2]string{{"volume", "vol"}, {"store", fmt.Sprintf("mem://%s", t.Name())}, {"wal_dir", t.TempDir()},
+	for _, kv := range [][2]string{{"volume", "vol"}, {"store", memStore(t)}, {"wal_dir", t.TempDir()},
 		{"size", "1MiB"}, {"virtual_size", "4MiB"}} {
 		if err := p.Cfg.Set(kv[0], kv[1]); err != nil {
 			t.Fatal(err)
