@@ -341,7 +341,9 @@ func (p *proc) Stop(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	if st := readStatus(p.spec.Status, 2*time.Second); st != "" {
+	// The keeper writes the status right after nbdkit exits (an echo and
+	// an mv): allow a loaded node time for that.
+	if st := readStatus(p.spec.Status, 15*time.Second); st != "" {
 		return fmt.Errorf("nbdkit %s: %s", st, logTail(p.spec.LogFile, -1))
 	}
 	return nil
