@@ -119,19 +119,24 @@ func Start(t testing.TB) *Server {
 	if err := os.WriteFile(s.CredentialsFile, []byte(creds), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The port is picked free and then handed to versitygw, so another
+	// process can take it in between: versitygw then exits, or something
+	// else answers and the bucket cannot be made. Either way, try again.
 	var lastErr error
 	for try := 0; try < 3; try++ {
-		if lastErr = s.launch(bin); lastErr == nil {
+		if lastErr = s.launch(bin); lastErr != nil {
+			continue
+		}
+		if lastErr = s.CreateBucket(context.Background(), s.Bucket); lastErr == nil {
 			break
 		}
+		lastErr = fmt.Errorf("create bucket: %w\n%s", lastErr, s.out.String())
+		s.Stop()
 	}
 	if lastErr != nil {
 		t.Fatalf("s3server: %v", lastErr)
 	}
 	t.Cleanup(s.Stop)
-	if err := s.CreateBucket(context.Background(), s.Bucket); err != nil {
-		t.Fatalf("s3server: create bucket: %v\n%s", err, s.out.String())
-	}
 	return s
 }
 
@@ -144,6 +149,7 @@ func (s *Server) launch(bin string) error {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	s.Endpoint = "http://" + addr
 	s.out = &syncBuffer{}
+	s.stopOnce = sync.Once{} // an earlier try's server is stopped already
 	// Credentials go through the environment, not argv.
 	cmd := exec.Command(bin, "--port", addr, "--keep-alive", "--quiet", "posix", s.Dir)
 	cmd.Env = append(os.Environ(),
