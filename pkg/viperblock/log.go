@@ -178,7 +178,7 @@ func (v *Volume) writeOut(sh *shard, seg *segment, target int64, sync bool) erro
 		if err := v.crashPoint("wal.before-fsync"); err != nil {
 			return err
 		}
-		if err := seg.f.Sync(); err != nil {
+		if err := vfs.DataSync(seg.f); err != nil {
 			// After a failed fsync the page cache may have dropped the
 			// data: never retry as if nothing happened.
 			return v.setWALErr(fmt.Errorf("viperblock: fsync WAL %s: %w", seg.path, err))

@@ -210,6 +210,16 @@ func SyncDir(fs FS, dir string) error {
 	return err
 }
 
+// DataSync makes f's data durable along with the metadata needed to read
+// it back (its size), but not its timestamps: fdatasync where the file
+// supports it, Sync otherwise.
+func DataSync(f File) error {
+	if d, ok := f.(interface{ dataSync() error }); ok {
+		return d.dataSync()
+	}
+	return f.Sync()
+}
+
 // StartWriteback asks the operating system to begin writing f's data to
 // disk without waiting, so that a later Sync finds the work under way and
 // writes of several files overlap. It is a hint: files that cannot take it
