@@ -75,8 +75,6 @@ func (s *memServer) stop() {
 	}
 }
 
-func (s *memServer) setSize(n int64) { s.mu.Lock(); s.size = n; s.mu.Unlock() }
-
 func (s *memServer) read(off int64, n int) []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()

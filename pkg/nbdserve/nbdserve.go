@@ -62,7 +62,6 @@ type Server struct {
 	stderr  *tail
 	done    chan struct{}
 	waitErr error // set before done closes
-	once    sync.Once
 }
 
 // ErrExited is returned by Start when nbdkit exits before it serves.

@@ -339,7 +339,8 @@ func (v *Volume) Close() error {
 		return nil
 	}
 	v.wakeWaiters()
-	v.ops.Lock() // wait for in-flight I/O
+	v.ops.Lock()
+	//lint:ignore SA2001 taking the lock waited for in-flight I/O to finish
 	v.ops.Unlock()
 	if v.opts.ReadOnly {
 		return nil
@@ -449,6 +450,7 @@ func (v *Volume) abandon() {
 	}
 	v.wakeWaiters()
 	v.ops.Lock()
+	//lint:ignore SA2001 taking the lock waited for in-flight I/O to finish
 	v.ops.Unlock()
 	if v.opts.ReadOnly {
 		return

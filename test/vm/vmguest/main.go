@@ -224,7 +224,7 @@ func knbd(c *checker, addr string) {
 			return fmt.Errorf("%s still connected after Detach", dev.Path)
 		}
 		if _, ok, err := att.Find(ctx, exp.ID); ok || err != nil {
-			return fmt.Errorf("Find after Detach: %v %v", ok, err)
+			return fmt.Errorf("find after Detach: %v %v", ok, err)
 		}
 		return nil
 	})

@@ -303,15 +303,15 @@ func testPutOverwriteAtomic(t *testing.T, ctx context.Context, s backend.Store) 
 				}
 				got, v, err := s.Get(ctx, "atomic")
 				if err != nil {
-					errs <- fmt.Errorf("Get during overwrite: %w", err)
+					errs <- fmt.Errorf("get during overwrite: %w", err)
 					return
 				}
 				if v == "" {
-					errs <- errors.New("Get during overwrite: empty version")
+					errs <- errors.New("get during overwrite: empty version")
 					return
 				}
 				if !slices.ContainsFunc(versions, func(w []byte) bool { return bytes.Equal(w, got) }) {
-					errs <- fmt.Errorf("Get during overwrite returned a torn object: %s", describe(got))
+					errs <- fmt.Errorf("get during overwrite returned a torn object: %s", describe(got))
 					return
 				}
 				reads[r]++
