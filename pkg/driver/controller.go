@@ -377,11 +377,8 @@ func (c *ControllerServer) fence(ctx context.Context, st backend.Store, id volum
 // the node that opens it takes ownership in the store, which fences any
 // node that still had it.
 func (c *ControllerServer) ControllerPublishVolume(ctx context.Context, req *csi.ControllerPublishVolumeRequest) (*csi.ControllerPublishVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, invalidArg("volume_id is required")
-	}
-	if req.GetNodeId() == "" {
-		return nil, invalidArg("node_id is required")
+	if err := required("volume_id", req.GetVolumeId(), "node_id", req.GetNodeId()); err != nil {
+		return nil, err
 	}
 	acc, err := checkCapability(req.GetVolumeCapability())
 	if err != nil {

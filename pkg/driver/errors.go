@@ -88,6 +88,17 @@ var (
 	errInvalidSecret = errors.New("invalid secret")
 )
 
+// required checks a request's required fields, given as (name, value)
+// pairs, and returns InvalidArgument naming the first that is empty.
+func required(pairs ...string) error {
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if pairs[i+1] == "" {
+			return invalidArg("%s is required", pairs[i])
+		}
+	}
+	return nil
+}
+
 // invalidArg returns an InvalidArgument status.
 func invalidArg(format string, args ...any) error {
 	return status.Error(codes.InvalidArgument, fmt.Sprintf(format, args...))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -73,5 +74,15 @@ func TestRefusedByKernel(t *testing.T) {
 	}
 	if toStatus(nil, "x") != nil {
 		t.Error("nil error became a status")
+	}
+}
+
+func TestRequired(t *testing.T) {
+	if err := required("volume_id", "v", "target_path", "/t"); err != nil {
+		t.Fatal(err)
+	}
+	err := required("volume_id", "v", "target_path", "", "staging_target_path", "")
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "target_path is required") {
+		t.Fatalf("missing target_path: %v", err)
 	}
 }

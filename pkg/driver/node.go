@@ -356,11 +356,8 @@ func (n *NodeServer) watch(id volumeID, srv server) {
 // the staging path. Every step is idempotent, so a retry after a failure
 // (or after a restart of this plugin) resumes where it stopped.
 func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, invalidArg("volume_id is required")
-	}
-	if req.GetStagingTargetPath() == "" {
-		return nil, invalidArg("staging_target_path is required")
+	if err := required("volume_id", req.GetVolumeId(), "staging_target_path", req.GetStagingTargetPath()); err != nil {
+		return nil, err
 	}
 	acc, err := checkCapability(req.GetVolumeCapability())
 	if err != nil {
@@ -530,11 +527,8 @@ func (n *NodeServer) rollback(id volumeID, st *volState) {
 // node's state and WAL. If the drain did not complete, the WAL stays and
 // the call fails; a retry drains it.
 func (n *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, invalidArg("volume_id is required")
-	}
-	if req.GetStagingTargetPath() == "" {
-		return nil, invalidArg("staging_target_path is required")
+	if err := required("volume_id", req.GetVolumeId(), "staging_target_path", req.GetStagingTargetPath()); err != nil {
+		return nil, err
 	}
 	id, err := parseVolumeID(req.GetVolumeId())
 	if err != nil {
@@ -705,14 +699,8 @@ func (n *NodeServer) stopServer(ctx context.Context, id volumeID, st *volState) 
 // NodePublishVolume bind-mounts the staged filesystem (or, for a block
 // volume, the device node onto a file) at the target path.
 func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, invalidArg("volume_id is required")
-	}
-	if req.GetTargetPath() == "" {
-		return nil, invalidArg("target_path is required")
-	}
-	if req.GetStagingTargetPath() == "" {
-		return nil, invalidArg("staging_target_path is required")
+	if err := required("volume_id", req.GetVolumeId(), "target_path", req.GetTargetPath(), "staging_target_path", req.GetStagingTargetPath()); err != nil {
+		return nil, err
 	}
 	acc, err := checkCapability(req.GetVolumeCapability())
 	if err != nil {
@@ -789,11 +777,8 @@ func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 
 // NodeUnpublishVolume unmounts the target and removes it.
 func (n *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, invalidArg("volume_id is required")
-	}
-	if req.GetTargetPath() == "" {
-		return nil, invalidArg("target_path is required")
+	if err := required("volume_id", req.GetVolumeId(), "target_path", req.GetTargetPath()); err != nil {
+		return nil, err
 	}
 	target := req.GetTargetPath()
 	what := "unpublish volume " + req.GetVolumeId()
@@ -855,11 +840,8 @@ func (n *NodeServer) stagedAt(idStr, path string) (volumeID, *volState, error) {
 // NodeGetVolumeStats reports bytes and inodes of a filesystem volume, or
 // the size of a block volume.
 func (n *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, invalidArg("volume_id is required")
-	}
-	if req.GetVolumePath() == "" {
-		return nil, invalidArg("volume_path is required")
+	if err := required("volume_id", req.GetVolumeId(), "volume_path", req.GetVolumePath()); err != nil {
+		return nil, err
 	}
 	path := req.GetVolumePath()
 	id, st, err := n.stagedAt(req.GetVolumeId(), path)
@@ -890,11 +872,8 @@ func (n *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 // NodeExpandVolume makes the device show the volume's new size (the
 // controller grew the volume; nbdkit serves it) and grows the filesystem.
 func (n *NodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, invalidArg("volume_id is required")
-	}
-	if req.GetVolumePath() == "" {
-		return nil, invalidArg("volume_path is required")
+	if err := required("volume_id", req.GetVolumeId(), "volume_path", req.GetVolumePath()); err != nil {
+		return nil, err
 	}
 	if vc := req.GetVolumeCapability(); vc != nil {
 		if _, err := checkCapability(vc); err != nil {

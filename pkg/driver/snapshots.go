@@ -30,11 +30,8 @@ func snapshotMessage(id snapshotID, si vb.SnapshotInfo) *csi.Snapshot {
 // volumes, so the name is claimed in the store (csi.meta/snapshots/<name>)
 // before the snapshot is taken.
 func (c *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
-	if req.GetName() == "" {
-		return nil, invalidArg("name is required")
-	}
-	if req.GetSourceVolumeId() == "" {
-		return nil, invalidArg("source_volume_id is required")
+	if err := required("name", req.GetName(), "source_volume_id", req.GetSourceVolumeId()); err != nil {
+		return nil, err
 	}
 	for k := range req.GetParameters() {
 		if !strings.HasPrefix(k, k8sParamPrefix) {
