@@ -148,33 +148,31 @@ func (a *attacher) Find(ctx context.Context, id string) (Device, bool, error) {
 }
 
 func (a *attacher) Resize(ctx context.Context, exp Export) (Device, error) {
-	if err := checkExport(exp); err != nil {
-		return Device{}, err
-	}
-	unlock, err := a.lock(ctx, exp.ID)
-	if err != nil {
-		return Device{}, err
-	}
-	defer unlock()
-	st, err := a.readState(exp.ID)
-	if err != nil {
-		return Device{}, err
-	}
-	if st == nil {
-		return Device{}, fmt.Errorf("%w: %s", ErrNotAttached, exp.ID)
-	}
-	cur, err := a.check(st)
-	if err != nil {
-		return Device{}, err
-	}
-	if st.Kind == KindNBD {
-		return a.resizeNBD(ctx, st, cur, exp)
-	}
-	return a.resizeFuse(ctx, st, cur, exp)
+	return a.withAttached(ctx, exp, func(st *state) (Device, error) {
+		cur, err := a.check(st)
+		if err != nil {
+			return Device{}, err
+		}
+		if st.Kind == KindNBD {
+			return a.resizeNBD(ctx, st, cur, exp)
+		}
+		return a.resizeFuse(ctx, st, cur, exp)
+	})
 }
 
 // Reconnect implements Reconnecter.
 func (a *attacher) Reconnect(ctx context.Context, exp Export) (Device, error) {
+	return a.withAttached(ctx, exp, func(st *state) (Device, error) {
+		if st.Kind != KindNBD {
+			return Device{}, fmt.Errorf("%w: nbdfuse attachments cannot reconnect", ErrUnsupported)
+		}
+		return a.reconnectNBD(ctx, st, exp)
+	})
+}
+
+// withAttached runs fn on the recorded attachment of exp under the
+// export's lock; an export with no attachment is ErrNotAttached.
+func (a *attacher) withAttached(ctx context.Context, exp Export, fn func(st *state) (Device, error)) (Device, error) {
 	if err := checkExport(exp); err != nil {
 		return Device{}, err
 	}
@@ -190,10 +188,7 @@ func (a *attacher) Reconnect(ctx context.Context, exp Export) (Device, error) {
 	if st == nil {
 		return Device{}, fmt.Errorf("%w: %s", ErrNotAttached, exp.ID)
 	}
-	if st.Kind != KindNBD {
-		return Device{}, fmt.Errorf("%w: nbdfuse attachments cannot reconnect", ErrUnsupported)
-	}
-	return a.reconnectNBD(ctx, st, exp)
+	return fn(st)
 }
 
 // check verifies a recorded attachment; the error wraps ErrStale.
