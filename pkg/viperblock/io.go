@@ -448,46 +448,60 @@ func (v *Volume) Extents(off, length int64) ([]Extent, error) {
 	}
 	first := uint64(off / BlockSize)
 	last := uint64((off + length - 1) / BlockSize)
-	m := v.bmap.Load()
-	// Mapped blocks from the committed map, as a sorted list of ranges.
-	var mapped [][2]uint64
-	m.Range(first, last-first+1, func(e blockmap.Extent) { mapped = append(mapped, [2]uint64{e.Start, e.End()}) })
+	span := func(s, e uint64, zero bool) { // blocks [s, e), clipped to the range
+		o, end := max(int64(s)*BlockSize, off), min(int64(e)*BlockSize, off+length)
+		if end > o {
+			add(o, end-o, zero)
+		}
+	}
+	// A drain stores its new map before it drops the block store entries
+	// it drained and before it lowers pending. So the map is loaded only
+	// after looking at pending or at the block store: a block that has
+	// left memory by then is in that map. (Loaded first, an older map and
+	// an emptied block store would report written data as a hole.)
+	//
 	// Fast path: nothing undrained, so the map alone answers, a run at a
 	// time.
 	if v.pending.Load() == 0 && !v.hasTrims.Load() {
-		span := func(s, e uint64, zero bool) { // blocks [s, e), clipped to the range
-			o, end := max(int64(s)*BlockSize, off), min(int64(e)*BlockSize, off+length)
-			if end > o {
-				add(o, end-o, zero)
-			}
-		}
 		pos := first
-		for _, r := range mapped {
-			span(pos, r[0], true)
-			span(r[0], r[1], false)
-			pos = r[1]
-		}
+		v.bmap.Load().Range(first, last-first+1, func(e blockmap.Extent) {
+			span(pos, e.Start, true)
+			span(e.Start, e.End(), false)
+			pos = e.End()
+		})
 		span(pos, last+1, true)
 		return out, nil
 	}
-	mi := 0
-	for b := first; b <= last; b++ {
-		for mi < len(mapped) && mapped[mi][1] <= b {
-			mi++
+	// Otherwise a window at a time: which blocks are in memory, then the
+	// map.
+	const window = 4096
+	var inMem [window / 64]uint64
+	for ws := first; ws <= last; ws += window {
+		we := min(ws+window-1, last)
+		clear(inMem[:])
+		for b := ws; b <= we; b++ {
+			sh := &v.shards[b&(nShards-1)]
+			sh.mu.Lock()
+			if _, ok := sh.blocks[b]; ok {
+				inMem[(b-ws)/64] |= 1 << ((b - ws) % 64)
+			}
+			sh.mu.Unlock()
 		}
-		data := mi < len(mapped) && mapped[mi][0] <= b
-		sh := &v.shards[b&(nShards-1)]
-		sh.mu.Lock()
-		_, inMem := sh.blocks[b]
-		sh.mu.Unlock()
-		if inMem {
-			data = true
-		} else if data && v.hasTrims.Load() && v.trimmed(b) {
-			data = false
+		var mapped [][2]uint64
+		v.bmap.Load().Range(ws, we-ws+1, func(e blockmap.Extent) { mapped = append(mapped, [2]uint64{e.Start, e.End()}) })
+		mi := 0
+		for b := ws; b <= we; b++ {
+			for mi < len(mapped) && mapped[mi][1] <= b {
+				mi++
+			}
+			data := mi < len(mapped) && mapped[mi][0] <= b
+			if inMem[(b-ws)/64]&(1<<((b-ws)%64)) != 0 {
+				data = true
+			} else if data && v.hasTrims.Load() && v.trimmed(b) {
+				data = false
+			}
+			span(b, b+1, !data)
 		}
-		o := max(int64(b)*BlockSize, off)
-		e := min(int64(b+1)*BlockSize, off+length)
-		add(o, e-o, !data)
 	}
 	return out, nil
 }
