@@ -117,9 +117,11 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	go func() {
 		s.waitErr = s.cmd.Wait()
-		close(s.done)
+		// Clean up before Done fires, so a caller that waited finds the
+		// socket gone.
 		os.Remove(cfg.Socket)
 		os.RemoveAll(tmp)
+		close(s.done)
 	}()
 
 	ctx, cancel := context.WithTimeout(ctx, cfg.ReadyTimeout)
