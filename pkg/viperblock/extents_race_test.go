@@ -36,9 +36,10 @@ func TestExtentsDuringDrains(t *testing.T) {
 		}
 	}()
 	checks := 0
-	for {
+	for finished := false; !finished; {
 		select {
 		case <-done:
+			finished = true // one more check, then stop
 		default:
 		}
 		w := written.Load()
@@ -54,9 +55,9 @@ func TestExtentsDuringDrains(t *testing.T) {
 			}
 			checks++
 		}
-		if w == size {
-			break
-		}
+	}
+	if w := written.Load(); w != size {
+		t.Fatalf("the writer stopped after %d of %d bytes", w, size)
 	}
 	if err := v.Drain(context.Background()); err != nil {
 		t.Fatal(err)
