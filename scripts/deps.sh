@@ -2,7 +2,10 @@
 # Installs what building, testing and the demo need, only where it is
 # missing: Debian packages (apt-get update runs at most once) and Go tools
 # from the module proxy. Idempotent; safe to run on every make.
+# `deps.sh go-tools` installs only the Go tools (no root needed).
 set -euo pipefail
+only_go_tools=false
+[ "${1:-}" = go-tools ] && only_go_tools=true
 
 need_apt=()
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -27,7 +30,7 @@ pkg_for cpio cpio
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need_apt+=(busybox-static)
 [ -f /usr/include/nbdkit-plugin.h ] || need_apt+=(nbdkit-plugin-dev)
 
-if [ ${#need_apt[@]} -gt 0 ]; then
+if [ ${#need_apt[@]} -gt 0 ] && ! $only_go_tools; then
   if [ "$(id -u)" != 0 ]; then
     echo "deps: missing packages ${need_apt[*]}; run as root or install them" >&2
     exit 1
@@ -38,12 +41,19 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+# Go tools, pinned: a newer release never changes what a test run means.
+VERSITYGW_VERSION=v1.8.0
+STATICCHECK_VERSION=v0.8.2
 gobin="$(go env GOPATH)/bin"
-if [ ! -x "$gobin/versitygw" ] && ! have versitygw; then
-  echo "deps: installing versitygw (S3 server for tests)"
-  go install github.com/versity/versitygw/cmd/versitygw@latest
-fi
-if [ ! -x "$gobin/staticcheck" ] && ! have staticcheck; then
-  echo "deps: installing staticcheck"
-  go install honnef.co/go/tools/cmd/staticcheck@latest || echo "deps: staticcheck not installable; preflight will skip it"
-fi
+# go_tool BIN PACKAGE VERSION: installs PACKAGE@VERSION unless $gobin/BIN is
+# already that version.
+go_tool() {
+  local bin=$1 pkg=$2 ver=$3
+  if [ -x "$gobin/$bin" ] && go version -m "$gobin/$bin" 2>/dev/null | awk '$1 == "mod" { print $3 }' | grep -qx "$ver"; then
+    return 0
+  fi
+  echo "deps: installing $pkg@$ver"
+  go install "$pkg@$ver"
+}
+go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
+go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION"
