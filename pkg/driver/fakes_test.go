@@ -317,6 +317,8 @@ func (m *fakeMounter) ResizeFS(device, path string) error {
 	return nil
 }
 
+func (m *fakeMounter) GrowUnmounted(string) error { return nil }
+
 func (m *fakeMounter) DeviceSize(string) (int64, error) { return 1 << 30, nil }
 
 func (m *fakeMounter) setBusy(target string, b bool) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"unsafe"
@@ -31,6 +32,12 @@ type Mounter interface {
 	// ResizeFS grows the filesystem on device, mounted at path, to the
 	// device's size if it is smaller.
 	ResizeFS(device, path string) error
+	// GrowUnmounted grows an ext2/3/4 filesystem on an unmounted device to
+	// the device's size if it is smaller (e2fsck -f, then resize2fs). It
+	// does nothing for other filesystems (xfs grows only while mounted) or
+	// a device without one. Growing offline needs no CAP_SYS_RESOURCE,
+	// which the kernel demands for growing a mounted ext4.
+	GrowUnmounted(device string) error
 	// DeviceSize returns the size of a block device in bytes.
 	DeviceSize(device string) (int64, error)
 }
@@ -76,6 +83,61 @@ func (h *hostMounter) ResizeFS(device, path string) error {
 		return fmt.Errorf("%w (does the node plugin run privileged, with CAP_SYS_RESOURCE?): %v", errNotPermitted, err)
 	}
 	return err
+}
+
+func (h *hostMounter) GrowUnmounted(device string) error {
+	format, err := h.m.GetDiskFormat(device)
+	if err != nil || (format != "ext2" && format != "ext3" && format != "ext4") {
+		return err
+	}
+	out, err := h.exec.Command("dumpe2fs", "-h", device).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("dumpe2fs -h %s: %v: %s", device, err, out)
+	}
+	blocks, bsize, err := parseExtSize(string(out))
+	if err != nil {
+		return fmt.Errorf("dumpe2fs -h %s: %w", device, err)
+	}
+	devSize, err := blockDeviceSize(device)
+	if err != nil {
+		return err
+	}
+	if devSize-blocks*bsize < bsize {
+		return nil // already the device's size
+	}
+	// resize2fs insists on a freshly checked filesystem when it is not
+	// mounted. e2fsck exits 1 when it fixed something, which is fine here.
+	out, err = h.exec.Command("e2fsck", "-f", "-p", device).CombinedOutput()
+	if ee, ok := err.(utilexec.ExitError); err != nil && !(ok && ee.ExitStatus() == 1) {
+		return fmt.Errorf("e2fsck -f -p %s: %v: %s", device, err, out)
+	}
+	if out, err := h.exec.Command("resize2fs", device).CombinedOutput(); err != nil {
+		return fmt.Errorf("resize2fs %s: %v: %s", device, err, out)
+	}
+	return nil
+}
+
+// parseExtSize reads the block count and block size from `dumpe2fs -h`.
+func parseExtSize(out string) (blocks, bsize int64, err error) {
+	for _, l := range strings.Split(out, "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		switch strings.TrimSpace(k) {
+		case "Block count":
+			blocks, err = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		case "Block size":
+			bsize, err = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+		if err != nil {
+			return 0, 0, fmt.Errorf("bad %q line: %w", strings.TrimSpace(k), err)
+		}
+	}
+	if blocks <= 0 || bsize <= 0 {
+		return 0, 0, fmt.Errorf("no block count or block size in its output")
+	}
+	return blocks, bsize, nil
 }
 
 // refusedByKernel tells whether a resize tool's error is the kernel

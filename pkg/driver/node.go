@@ -485,7 +485,8 @@ func (n *NodeServer) stage(ctx context.Context, id volumeID, st *volState, secre
 }
 
 // mountStaging formats (if blank) and mounts the device at the staging
-// path, then grows the filesystem if the volume grew while unstaged.
+// path, growing the filesystem if the volume grew while unstaged: ext4
+// before the mount (offline), others after it.
 func (n *NodeServer) mountStaging(dev string, st *volState) error {
 	if err := os.MkdirAll(st.StagingPath, 0o750); err != nil {
 		return err
@@ -500,6 +501,10 @@ func (n *NodeServer) mountStaging(dev string, st *volState) error {
 	opts := append([]string{}, st.MountFlags...)
 	if st.ReadOnly {
 		opts = append(opts, "ro")
+	} else if err := n.mnt.GrowUnmounted(dev); err != nil {
+		// An ext4 that the volume outgrew while unstaged grows here,
+		// before the mount: online growth can be refused by the kernel.
+		return fmt.Errorf("grow filesystem: %w", err)
 	}
 	if err := n.mnt.FormatAndMount(dev, st.StagingPath, st.FsType, opts, st.MkfsOptions); err != nil {
 		return fmt.Errorf("format and mount %s at %s: %w", dev, st.StagingPath, err)
