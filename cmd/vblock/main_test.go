@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/viperblock/viperblock-csi/internal/testutil"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
@@ -282,7 +283,7 @@ func TestImportStdinNeedsSize(t *testing.T) {
 func TestLoadDir(t *testing.T) {
 	if _, err := os.Stat("/sbin/mkfs.ext4"); err != nil {
 		if _, err := os.Stat("/usr/sbin/mkfs.ext4"); err != nil {
-			t.Skip("mkfs.ext4 not installed")
+			testutil.Skip(t, "mkfs.ext4", "mkfs.ext4 is not installed in /sbin or /usr/sbin (e2fsprogs)")
 		}
 	}
 	dir := t.TempDir()

@@ -43,17 +43,24 @@ const (
 	nbdSockFD   = 1
 )
 
+// nbdModule is where the loaded nbd module shows, and modprobe the command
+// that loads it; tests point them elsewhere to act as a machine without it.
+var (
+	nbdModule = "/sys/module/nbd"
+	modprobe  = "modprobe"
+)
+
 // nbdAvailable reports (as an error wrapping ErrUnsupported) whether the
 // kernel NBD client can be used: the nbd module is loaded, or modprobe
 // loads it, and its netlink family answers.
 func nbdAvailable(o Options) error {
-	if _, err := os.Stat("/sys/module/nbd"); err != nil {
+	if _, err := os.Stat(nbdModule); err != nil {
 		if o.NoModprobe {
 			return fmt.Errorf("%w: the nbd kernel module is not loaded", ErrUnsupported)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		out, err := exec.CommandContext(ctx, "modprobe", "nbd").CombinedOutput()
+		out, err := exec.CommandContext(ctx, modprobe, "nbd").CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("%w: the nbd kernel module is not loaded and modprobe nbd failed: %v %s", ErrUnsupported, err, strings.TrimSpace(string(out)))
 		}

@@ -4,9 +4,11 @@ package attach
 
 import (
 	"errors"
-	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/viperblock/viperblock-csi/internal/testutil"
 )
 
 func TestNetlinkAttrs(t *testing.T) {
@@ -59,7 +61,7 @@ func TestNetlinkAttrs(t *testing.T) {
 func TestNetlinkKernel(t *testing.T) {
 	c, err := dialGenl()
 	if err != nil {
-		t.Skipf("no netlink: %v", err)
+		testutil.Skip(t, "netlink", "no generic netlink socket: %v", err)
 	}
 	defer c.Close()
 	id, err := c.family("nlctrl")
@@ -71,10 +73,17 @@ func TestNetlinkKernel(t *testing.T) {
 	}
 }
 
+// TestNewNBDUnsupported: on a machine without the nbd module (whatever this
+// one has: the test points New at a module path and a modprobe that do not
+// exist, so it also never loads a module), kernel NBD is unsupported and
+// auto chooses nbdfuse. TestKernelNBD covers a machine with the module.
 func TestNewNBDUnsupported(t *testing.T) {
-	if _, err := os.Stat("/sys/module/nbd"); err == nil {
-		t.Skip("the nbd module is loaded here: kernel NBD is available (TestKernelNBD)")
+	if _, err := New("iscsi", Options{}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("unknown kind: %v", err)
 	}
+	defer func(m, p string) { nbdModule, modprobe = m, p }(nbdModule, modprobe)
+	nbdModule = filepath.Join(t.TempDir(), "sys", "module", "nbd")
+	modprobe = filepath.Join(t.TempDir(), "modprobe")
 	_, err := New(KindNBD, Options{StateDir: t.TempDir()})
 	if !errors.Is(err, ErrUnsupported) {
 		t.Fatalf("New(nbd) = %v, want ErrUnsupported", err)
@@ -84,17 +93,14 @@ func TestNewNBDUnsupported(t *testing.T) {
 	if !errors.Is(err, ErrUnsupported) {
 		t.Fatalf("New(nbd, NoModprobe) = %v", err)
 	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse")
-	}
+	testutil.NeedPath(t, "/dev/fuse")
+	testutil.NeedPath(t, "/dev/loop-control")
+	testutil.NeedCommands(t, "nbdfuse", "losetup")
 	a, err := New(KindAuto, Options{StateDir: t.TempDir()})
 	if err != nil {
 		t.Fatalf("New(auto): %v", err)
 	}
 	if a.Kind() != KindNbdfuse {
 		t.Fatalf("auto chose %s", a.Kind())
-	}
-	if _, err := New("iscsi", Options{}); !errors.Is(err, ErrInvalid) {
-		t.Fatalf("unknown kind: %v", err)
 	}
 }

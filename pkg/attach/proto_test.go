@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/viperblock/viperblock-csi/internal/testutil"
 )
 
 // startNbdkit runs `nbdkit -f --unix SOCK args...` for the test and returns
@@ -70,9 +72,7 @@ var errNbdkitExited = errors.New("nbdkit exited")
 // nbdkit exited before serving) instead of failing the test.
 func tryServeNbdkit(t *testing.T, exp Export, args []string) error {
 	t.Helper()
-	if _, err := exec.LookPath("nbdkit"); err != nil {
-		t.Skip("nbdkit not installed (scripts/deps.sh installs it)")
-	}
+	testutil.NeedCommands(t, "nbdkit")
 	var stderr bytes.Buffer
 	cmd := exec.Command("nbdkit", append([]string{"-f"}, args...)...)
 	cmd.Stderr = &stderr
@@ -91,23 +91,26 @@ func tryServeNbdkit(t *testing.T, exp Export, args []string) error {
 			<-done
 		}
 	})
-	for end := time.Now().Add(30 * time.Second); ; {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err := Probe(ctx, exp)
-		cancel()
-		if err == nil {
-			return nil
-		}
+	exited := false
+	err := testutil.WaitFor(context.Background(), time.Minute, func() (bool, error) {
 		select {
 		case <-done:
-			return fmt.Errorf("%w: nbdkit %v: %s", errNbdkitExited, args, stderr.String())
+			exited = true
+			return true, nil
 		default:
 		}
-		if time.Now().After(end) {
-			return fmt.Errorf("nbdkit %v not serving: %v", args, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := Probe(ctx, exp)
+		return err == nil, err
+	})
+	if exited {
+		return fmt.Errorf("%w: nbdkit %v: %s", errNbdkitExited, args, stderr.String())
 	}
+	if err != nil {
+		return fmt.Errorf("nbdkit %v not serving: %w", args, err)
+	}
+	return nil
 }
 
 func TestProbeNbdkit(t *testing.T) {
@@ -147,7 +150,7 @@ func TestProbeNbdkit(t *testing.T) {
 	bsock := startNbdkit(t, "--filter=blocksize-policy", "memory", "1M", "blocksize-minimum=4096", "blocksize-preferred=65536", "blocksize-maximum=1048576")
 	info, err = Probe(ctx, Export{Socket: bsock})
 	if err != nil {
-		t.Skipf("blocksize-policy filter: %v", err)
+		t.Fatalf("Probe of nbdkit with the blocksize-policy filter: %v", err)
 	}
 	if info.MinBlock != 4096 || info.PrefBlock != 65536 || info.MaxBlock != 1<<20 {
 		t.Errorf("block sizes %+v", info)

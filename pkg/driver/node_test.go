@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/viperblock/viperblock-csi/internal/testutil"
 	"github.com/viperblock/viperblock-csi/pkg/attach"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 )
@@ -99,14 +101,12 @@ func (r *nodeRig) unstage(vol string) error {
 // the CO does: a background heal of the volume holds its operation lock for
 // a moment after its health already reads as settled.
 func (r *nodeRig) unstageEventually(vol string) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := r.unstage(vol)
-		if status.Code(err) != codes.Aborted || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var err error
+	testutil.WaitFor(context.Background(), 30*time.Second, func() (bool, error) {
+		err = r.unstage(vol)
+		return status.Code(err) != codes.Aborted, nil
+	})
+	return err
 }
 
 func (r *nodeRig) health(vol string) []string {
@@ -412,13 +412,10 @@ func TestNodeServerDiesAndHeals(t *testing.T) {
 	if len(h) == 0 || h[0] != "INACCESSIBLE:ServerDown" {
 		t.Fatalf("health after nbdkit died: %v", h)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for r.server("v1") == nil || len(r.health("v1")) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("not healed: server %v, health %v", r.server("v1"), r.health("v1"))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testutil.Eventually(t, 30*time.Second, "the healer to restart nbdkit", func() (bool, error) {
+		srv, h := r.server("v1"), r.health("v1")
+		return srv != nil && len(h) == 0, fmt.Errorf("not healed: server %v, health %v", srv, h)
+	})
 	if r.sup.starts != 2 {
 		t.Fatalf("%d starts, want 2", r.sup.starts)
 	}
@@ -581,17 +578,11 @@ func TestNodeServerDiesNoReconnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.server("v1").exit()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.Eventually(t, 30*time.Second, "health to show the disconnected device", func() (bool, error) {
 		h := r.health("v1")
-		if r.server("v1") != nil && len(h) == 1 && h[0] == "INACCESSIBLE:DeviceDisconnected" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("health after a restart without reconnect: %v", h)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return r.server("v1") != nil && len(h) == 1 && h[0] == "INACCESSIBLE:DeviceDisconnected",
+			fmt.Errorf("health after a restart without reconnect: %v", h)
+	})
 	if err := r.unstageEventually("v1"); err != nil {
 		t.Fatal(err)
 	}

@@ -65,7 +65,7 @@ func TestSupervisorStartStopAdopt(t *testing.T) {
 	}
 	select {
 	case <-srv.Done():
-	case <-time.After(5 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("the first handle did not see the exit")
 	}
 	if _, ok, _ := NewSupervisor().Adopt(spec); ok {

@@ -5,17 +5,17 @@ import (
 	"errors"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/viperblock/viperblock-csi/internal/testutil"
 )
 
 func needNbdkit(t *testing.T) {
-	if _, err := exec.LookPath("nbdkit"); err != nil {
-		t.Skip("nbdkit not installed")
-	}
+	t.Helper()
+	testutil.NeedCommands(t, "nbdkit")
 }
 
 func TestStartStop(t *testing.T) {

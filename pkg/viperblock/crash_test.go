@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/viperblock/viperblock-csi/internal/testutil"
 	"github.com/viperblock/viperblock-csi/internal/testutil/s3server"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3" // registers s3://
@@ -95,13 +96,12 @@ func crashIters(def int) int {
 	return def
 }
 
+// testSeed is the seed of a random test: VB_SEED (a VB_SEED that is not a
+// number fails the test) or the clock, logged. Seeds printed signed by
+// earlier versions rerun the same (testutil.ParseSeed).
 func testSeed(t *testing.T) int64 {
-	seed := time.Now().UnixNano()
-	if s := os.Getenv("VB_SEED"); s != "" {
-		seed, _ = strconv.ParseInt(s, 10, 64)
-	}
-	t.Logf("seed %d (rerun with VB_SEED=%d)", seed, seed)
-	return seed
+	t.Helper()
+	return int64(testutil.Seed(t))
 }
 
 // TestCrashRandom writes, flushes, trims and drains at random, crashes the

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/viperblock/viperblock-csi/internal/testutil"
 	"github.com/viperblock/viperblock-csi/internal/testutil/faultproxy"
 	"github.com/viperblock/viperblock-csi/internal/testutil/s3server"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
@@ -297,19 +298,15 @@ func burst(t *testing.T, v *vb.Volume, p *faultproxy.Proxy, logs *logCounter, re
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(time.Minute)
-	for v.Stats().DrainErrors == 0 || logs.count(drainFailedMsg) == 0 || p.Counts()[faultproxy.Error500] < before+n {
-		if time.Now().After(deadline) {
-			t.Fatalf("no failed drain within a minute of %d forced faults (%d consumed); stats %+v", n, p.Counts()[faultproxy.Error500]-before, v.Stats())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	for v.Stats().PendingBytes > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the drain loop did not recover from the burst; stats %+v", v.Stats())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.Eventually(t, time.Minute, fmt.Sprintf("a failed drain after %d forced faults", n), func() (bool, error) {
+		consumed, st := p.Counts()[faultproxy.Error500]-before, v.Stats()
+		return st.DrainErrors > 0 && logs.count(drainFailedMsg) > 0 && consumed >= n,
+			fmt.Errorf("%d faults consumed; stats %+v", consumed, st)
+	})
+	testutil.Eventually(t, time.Minute, "the drain loop to recover from the burst", func() (bool, error) {
+		st := v.Stats()
+		return st.PendingBytes == 0, fmt.Errorf("stats %+v", st)
+	})
 	t.Logf("burst of %d failures: %d drain errors, %d %q warnings", n, v.Stats().DrainErrors, logs.count(drainFailedMsg), drainFailedMsg)
 }
 
@@ -399,7 +396,7 @@ func TestS3SplitBrain(t *testing.T) {
 					return
 				}
 				aFlushed.Add(1)
-				time.Sleep(time.Millisecond)
+				time.Sleep(time.Millisecond) // not synchronisation: paces A's writes
 			}
 		}
 	}()
@@ -722,21 +719,20 @@ func startWriter(v *vb.Volume, seed uint64, n int) *blockedWriter {
 func (w *blockedWriter) waitStalled(t *testing.T, v *vb.Volume, max int64, quiet time.Duration) int64 {
 	t.Helper()
 	last, since := w.acked.Load(), time.Now()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	testutil.Eventually(t, time.Minute, "the writer to stall", func() (bool, error) {
 		select {
 		case err := <-w.done:
 			t.Fatalf("writer returned (%v) after %d bytes while the backend was unreachable: it should wait", err, w.acked.Load())
-		case <-time.After(20 * time.Millisecond):
+		default:
 		}
 		if n := w.acked.Load(); n != last {
 			last, since = n, time.Now()
 		} else if time.Since(since) >= quiet && v.Stats().PendingBytes >= max {
-			return n
+			return true, nil
 		}
-	}
-	t.Fatalf("writer never stalled (%d bytes acknowledged)", w.acked.Load())
-	return 0
+		return false, fmt.Errorf("%d bytes acknowledged, the last %v ago; %d pending", last, time.Since(since).Round(time.Millisecond), v.Stats().PendingBytes)
+	})
+	return last
 }
 
 // checkRegions opens the volume on a new node (directly on the server) and
@@ -773,10 +769,11 @@ func TestS3UnreachableDuringWrites(t *testing.T) {
 	p.SetRate(1) // every request fails from now on
 	w := startWriter(v, 5, n)
 	acked := w.waitStalled(t, v, o.MaxPendingBytes, 500*time.Millisecond)
-	seen := func() bool { return logs.count(drainFailedMsg) > 0 && v.Stats().DrainErrors > 0 }
-	for deadline := time.Now().Add(30 * time.Second); !seen() && time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond) // the first drain may still be retrying
-	}
+	// The first drain may still be retrying.
+	testutil.Eventually(t, time.Minute, "a failed drain, logged and counted", func() (bool, error) {
+		st := v.Stats()
+		return logs.count(drainFailedMsg) > 0 && st.DrainErrors > 0, fmt.Errorf("%d %q warnings; stats %+v", logs.count(drainFailedMsg), drainFailedMsg, st)
+	})
 	s := v.Stats()
 	t.Logf("backend down: %d KiB acknowledged, then blocked; %d KiB pending, %d drain errors, last: %s",
 		acked>>10, s.PendingBytes>>10, s.DrainErrors, s.LastDrainErr)
@@ -793,7 +790,8 @@ func TestS3UnreachableDuringWrites(t *testing.T) {
 	if err := v.Flush(); err != nil {
 		t.Fatalf("flush during the outage: %v", err)
 	}
-	// Still waiting a while later: blocked, not failed.
+	// Still waiting a while later: blocked, not failed. Not
+	// synchronisation: time passes and the writer must not move.
 	time.Sleep(300 * time.Millisecond)
 	select {
 	case err := <-w.done:

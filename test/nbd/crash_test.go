@@ -114,7 +114,8 @@ func TestCrashKill9(t *testing.T) {
 		fc := s.dial()
 		for i := r.IntN(5); i >= 0; i-- {
 			// Let writes run, then flush: what was acknowledged before the
-			// flush started must survive.
+			// flush started must survive. Not synchronisation: a random
+			// point in the writers' stream to flush (and later crash) at.
 			time.Sleep(time.Duration(r.IntN(30_000)) * time.Microsecond)
 			mu.Lock()
 			cut := make([]int, blocks)

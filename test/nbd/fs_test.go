@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/viperblock/viperblock-csi/internal/testutil"
 )
 
 // TestFilesystems puts ext4 and xfs on a volume through nbdfuse and a loop
@@ -21,12 +23,8 @@ func TestFilesystems(t *testing.T) {
 	if testing.Short() {
 		t.Skip("filesystem tests are slow; skipped with -short")
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (loop devices, mount)")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("needs /dev/fuse for nbdfuse")
-	}
+	testutil.NeedRoot(t)
+	testutil.NeedPath(t, "/dev/fuse")
 	needTools(t, "nbdfuse", "fusermount3", "losetup", "mount", "umount", "fstrim")
 	for _, fs := range []struct{ name, mkfs, check string }{
 		{"ext4", "mkfs.ext4", "e2fsck"},
@@ -140,21 +138,15 @@ func attach(t *testing.T, s *server) string {
 			cmd.Process.Kill()
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if b, err := os.ReadFile(pidfile); err == nil && len(b) > 0 {
-			break
-		}
+	testutil.Eventually(t, time.Minute, "nbdfuse to write its pidfile", func() (bool, error) {
 		select {
 		case err := <-exited:
 			t.Fatalf("nbdfuse exited: %v", err)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("nbdfuse did not come up")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		b, err := os.ReadFile(pidfile)
+		return err == nil && len(b) > 0, err
+	})
 	out := strings.TrimSpace(run(t, "losetup", "--find", "--show", filepath.Join(fuseDir, "disk")))
 	t.Cleanup(func() { exec.Command("losetup", "-d", out).Run() })
 	attached[out] = fuseDir
@@ -170,15 +162,13 @@ func detach(t *testing.T, dev string) {
 	delete(attached, dev)
 	// The loop device lets go of the file asynchronously (slowly on a
 	// loaded machine).
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	testutil.Eventually(t, time.Minute, "fusermount3 -u "+fuseDir, func() (bool, error) {
 		out, err := exec.Command("fusermount3", "-u", fuseDir).CombinedOutput()
-		if err == nil {
-			return
+		if err != nil {
+			return false, fmt.Errorf("%v %s", err, out)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("fusermount3 -u %s: %v %s", fuseDir, err, out)
-		}
-	}
+		return true, nil
+	})
 }
 
 func mount(t *testing.T, dev, fsType string) string {

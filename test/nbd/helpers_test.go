@@ -14,46 +14,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/viperblock/viperblock-csi/internal/testutil"
 	"github.com/viperblock/viperblock-csi/pkg/nbdserve"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
 
-const pluginRel = "lib/nbdkit-viperblock-plugin.so"
-
-// repoRoot finds the directory holding go.mod, upwards from here.
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("cannot find the repository root (go.mod) above the test directory")
-		}
-		dir = parent
-	}
-}
-
-// needTools skips the test unless every tool is on PATH.
+// needTools skips the test (or fails it, under VB_REQUIRE) unless every
+// tool is on PATH.
 func needTools(t testing.TB, tools ...string) {
 	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (run `make deps`)", tool)
-		}
-	}
+	testutil.NeedCommands(t, tools...)
 }
 
 // harness is one test's volume: a file store and the plugin.
 type harness struct {
 	t      testing.TB
-	root   string
 	plugin string
 	dir    string
 	store  string // file:// URL
@@ -64,13 +40,9 @@ type harness struct {
 func newHarness(t testing.TB) *harness {
 	t.Helper()
 	needTools(t, "nbdkit")
-	root := repoRoot(t)
-	plugin := filepath.Join(root, pluginRel)
-	if _, err := os.Stat(plugin); err != nil {
-		t.Fatalf("%s is missing: build it with `make build` (or `make plugin`) before running these tests", plugin)
-	}
+	plugin := testutil.Plugin(t)
 	dir := t.TempDir()
-	return &harness{t: t, root: root, plugin: plugin, dir: dir, store: "file://" + filepath.Join(dir, "store"), volume: "vol"}
+	return &harness{t: t, plugin: plugin, dir: dir, store: "file://" + filepath.Join(dir, "store"), volume: "vol"}
 }
 
 // server is one running nbdkit.
@@ -123,23 +95,20 @@ func (s *server) stop() {
 // at least n bytes: a server's drain loop committed what it was written.
 func (h *harness) waitWritten(n int64) {
 	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // outlasts the wait below
 	defer cancel()
 	st, err := backend.Open(ctx, h.store)
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	defer st.Close()
-	for {
+	testutil.Eventually(h.t, time.Minute, fmt.Sprintf("the store to show %d written bytes of %s", n, h.volume), func() (bool, error) {
 		inf, err := vb.Inspect(ctx, st, h.volume)
-		if err == nil && inf.WrittenBytes >= n {
-			return
+		if err != nil {
+			return false, err
 		}
-		if ctx.Err() != nil {
-			h.t.Fatalf("the store does not show %d written bytes of %s within a minute: %+v %v", n, h.volume, inf, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return inf.WrittenBytes >= n, fmt.Errorf("%+v", inf)
+	})
 }
 
 // kill9 kills nbdkit with SIGKILL and waits for it.
@@ -192,15 +161,11 @@ func run(t testing.TB, name string, args ...string) string {
 	return string(out)
 }
 
-// seed picks a random seed and logs it; VB_SEED overrides.
+// seed picks a random seed and logs it; VB_SEED overrides (and a VB_SEED
+// that is not a number fails the test).
 func seed(t testing.TB) uint64 {
 	t.Helper()
-	s := rand.Uint64()
-	if v := os.Getenv("VB_SEED"); v != "" {
-		fmt.Sscan(v, &s)
-	}
-	t.Logf("seed %d (rerun with VB_SEED=%d)", s, s)
-	return s
+	return testutil.Seed(t)
 }
 
 func newRand(s uint64) *rand.Rand {

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/viperblock/viperblock-csi/internal/testutil"
 )
 
 // TestUnalignedIO mirrors random unaligned writes, zeroes and trims from two
@@ -259,11 +261,10 @@ func TestFencing(t *testing.T) {
 	// A notices at its next commit, a drain interval or so from now; the
 	// deadline is for a loaded machine.
 	var err error
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if err = ca.WriteAt([]byte("late A"), 8192, false); err != nil {
-			break
-		}
-	}
+	testutil.Eventually(t, time.Minute, "the stale owner's write to fail", func() (bool, error) {
+		err = ca.WriteAt([]byte("late A"), 8192, false)
+		return err != nil, nil
+	})
 	var ne *nbdError
 	if !errors.As(err, &ne) || ne.errno != syscall.EIO {
 		t.Fatalf("stale owner's write: %v, want EIO", err)

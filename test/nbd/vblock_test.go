@@ -3,6 +3,7 @@ package nbd
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,14 +12,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/viperblock/viperblock-csi/internal/testutil"
 )
 
-// vblockCLI runs bin/vblock with the harness's store.
+// vblock runs the vblock command (built from this checkout) with the
+// harness's store.
 func (h *harness) vblock(args ...string) (string, error) {
-	bin := filepath.Join(h.root, "bin", "vblock")
-	if _, err := os.Stat(bin); err != nil {
-		h.t.Fatalf("%s is missing: build it with `make build`", bin)
-	}
+	bin := testutil.Command(h.t, "./cmd/vblock")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
@@ -31,7 +32,7 @@ func (h *harness) vblock(args ...string) (string, error) {
 func (h *harness) serveCLI(name, walDir string) (*exec.Cmd, string, *syncBuffer) {
 	h.t.Helper()
 	sock := filepath.Join(h.dir, name+".sock")
-	cmd := exec.Command(filepath.Join(h.root, "bin", "vblock"), "serve", name, "--socket", sock, "--wal-dir", filepath.Join(h.dir, walDir))
+	cmd := exec.Command(testutil.Command(h.t, "./cmd/vblock"), "serve", name, "--socket", sock, "--wal-dir", filepath.Join(h.dir, walDir))
 	cmd.Env = append(os.Environ(), "VBLOCK_STORE="+h.store, "VBLOCK_PLUGIN="+h.plugin)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
@@ -39,15 +40,10 @@ func (h *harness) serveCLI(name, walDir string) (*exec.Cmd, string, *syncBuffer)
 		h.t.Fatal(err)
 	}
 	h.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for i := 0; ; i++ {
-		if strings.Contains(out.String(), "serving volume") {
-			return cmd, sock, out
-		}
-		if i > 600 {
-			h.t.Fatalf("vblock serve did not come up:\n%s", out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testutil.Eventually(h.t, time.Minute, "vblock serve to come up", func() (bool, error) {
+		return strings.Contains(out.String(), "serving volume"), fmt.Errorf("output so far:\n%s", out)
+	})
+	return cmd, sock, out
 }
 
 func TestVblockServe(t *testing.T) {
@@ -94,7 +90,9 @@ func TestVblockServe(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd.Process.Signal(syscall.SIGINT)
-	time.Sleep(300 * time.Millisecond)
+	testutil.Eventually(t, time.Minute, "vblock serve to take the first SIGINT", func() (bool, error) {
+		return strings.Contains(out.String(), "stopping nbdkit"), fmt.Errorf("output so far:\n%s", out)
+	})
 	cmd.Process.Signal(syscall.SIGINT)
 	if err := cmd.Wait(); err == nil {
 		t.Fatalf("vblock serve exited 0 after being killed:\n%s", out)
@@ -121,12 +119,8 @@ func TestVblockServe(t *testing.T) {
 
 // TestLoadDirMount: vblock load-dir, then serve and mount the result.
 func TestLoadDirMount(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (loop devices, mount)")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("needs /dev/fuse for nbdfuse")
-	}
+	testutil.NeedRoot(t)
+	testutil.NeedPath(t, "/dev/fuse")
 	needTools(t, "nbdfuse", "fusermount3", "losetup", "mkfs.ext4")
 	h := newHarness(t)
 	src := filepath.Join(h.dir, "src")

@@ -19,37 +19,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/viperblock/viperblock-csi/internal/testutil"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
-
-// buildNode builds cmd/node once per test binary.
-var (
-	buildOnce sync.Once
-	nodeBin   string
-	buildErr  error
-)
-
-func buildNodeBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "vb-node-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		nodeBin = filepath.Join(dir, "node")
-		cmd := exec.Command("go", "build", "-o", nodeBin, "./cmd/node")
-		cmd.Dir = repoRoot(t)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/node: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return nodeBin
-}
 
 // nodeProc is a node plugin running as its own process.
 type nodeProc struct {
@@ -75,29 +48,25 @@ func startNode(t *testing.T, bin, dir, name, storeURL string) *nodeProc {
 		"--endpoint", "unix://"+p.socket, "--node-id", name, "--store", "default="+storeURL,
 		"--state-dir", filepath.Join(base, "state"), "--wal-dir", filepath.Join(base, "wal"),
 		"--attach-dir", filepath.Join(base, "attach"), "--attacher", "nbdfuse",
-		"--plugin", pluginPath(t), "--http-address", "0", "--v", "2", "--nbdkit", nbdkitBin())
+		"--plugin", testutil.Plugin(t), "--http-address", "0", "--v", "2", "--nbdkit", nbdkitBin())
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	logf.Close()
 	go func() { p.cmd.Wait(); close(p.done) }()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		if _, err := os.Stat(p.socket); err == nil {
-			break
-		}
+	// The node plugin heals what was staged before it listens: once its
+	// socket is there, adopted volumes are back.
+	testutil.Eventually(t, 2*time.Minute, "the node plugin to listen on "+p.socket, func() (bool, error) {
 		select {
 		case <-p.done:
 			b, _ := os.ReadFile(filepath.Join(base, "node.log"))
 			t.Fatalf("node plugin exited:\n%s", b)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("node plugin did not listen")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		_, err := os.Stat(p.socket)
+		return err == nil, err
+	})
 	p.conn, err = grpc.NewClient("unix://"+p.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -141,7 +110,7 @@ func TestNodeRestart(t *testing.T) {
 		t.Skip("stages a real volume; skipped with -short")
 	}
 	needNodeTools(t)
-	bin := buildNodeBinary(t)
+	bin := testutil.Command(t, "./cmd/node")
 	dir := t.TempDir()
 	t.Cleanup(func() { cleanupDir(t, dir) })
 	storeDir := filepath.Join(dir, "store")
@@ -172,22 +141,21 @@ func TestNodeRestart(t *testing.T) {
 	}()
 
 	w := startWriter(stagingA)
-	time.Sleep(2 * time.Second)
+	w.waitFiles(t, 20, "before the kill")
 	a.kill()
 	t.Logf("node plugin killed after %d files", w.count())
 	if os.Getenv("VB_DEBUG") != "" {
 		out, _ := exec.Command("sh", "-c", "ps -eo pid,ppid,pgid,sid,stat,cmd | grep "+dir+" | grep -v grep").CombinedOutput()
 		t.Logf("processes after the kill:\n%s", out)
-		time.Sleep(time.Second)
+		time.Sleep(time.Second) // not synchronisation: a second debug snapshot, a second later
 		out, _ = exec.Command("sh", "-c", "ps -eo pid,ppid,pgid,sid,stat,cmd | grep "+dir+" | grep -v grep").CombinedOutput()
 		t.Logf("processes 1s after the kill:\n%s", out)
 	}
-	time.Sleep(time.Second)
-	if err := w.error(); err != nil {
-		t.Fatalf("write failed while the node plugin was down: %v", err)
-	}
+	// Writes go on while the node plugin is down.
+	w.waitFiles(t, w.count()+20, "while the node plugin is down")
 	a = startNode(t, bin, dir, "node-a", storeURL)
-	time.Sleep(2 * time.Second)
+	// ... and after it is back.
+	w.waitFiles(t, w.count()+20, "after the node plugin restarted")
 	h, err := a.node.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: volID})
 	if err != nil {
 		t.Fatalf("health after restart: %v", err)
@@ -275,7 +243,7 @@ func startWriter(dir string) *writer {
 			if err != nil {
 				return
 			}
-			time.Sleep(10 * time.Millisecond)
+			time.Sleep(10 * time.Millisecond) // not synchronisation: paces the writer
 		}
 	}()
 	return w
@@ -285,6 +253,19 @@ func (w *writer) count() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return len(w.sums)
+}
+
+// waitFiles waits until the writer has written n files, and fails the test
+// if a write fails first.
+func (w *writer) waitFiles(t *testing.T, n int, when string) {
+	t.Helper()
+	testutil.Eventually(t, time.Minute, fmt.Sprintf("%d files written %s", n, when), func() (bool, error) {
+		if err := w.error(); err != nil {
+			t.Fatalf("write failed %s: %v", when, err)
+		}
+		c := w.count()
+		return c >= n, fmt.Errorf("%d files written", c)
+	})
 }
 
 func (w *writer) error() error {
@@ -387,12 +368,4 @@ func nbdkitBin() string {
 		return b
 	}
 	return "nbdkit"
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if nodeBin != "" {
-		os.RemoveAll(filepath.Dir(nodeBin))
-	}
-	os.Exit(code)
 }

@@ -27,7 +27,9 @@
 #    NodeUnstage of an ext4 and of a raw block volume, staged twice each.
 # 5. attach-suite: pkg/attach's tests in a guest of their own
 #    (pkg/attach/testdata/vm/run.sh: kernel NBD with an in-process server,
-#    nbdfuse + loop with every capability); each test is a check.
+#    nbdfuse + loop with every capability; VB_KERNEL_NBD=1 and
+#    VB_REQUIRE=all, so no test skips for a missing capability); each test
+#    is a check.
 #
 # Prints a line per check with timings, the timing of each host step, and
 # ends with "N passed, N failed"; exits 1 if any check failed.

@@ -97,11 +97,12 @@ type Proxy struct {
 	client   *http.Client
 	srv      *httptest.Server
 
-	mu     sync.Mutex // guards the fields below
-	opts   Options
-	rng    *rand.Rand
-	forced []Kind
-	counts map[Kind]int
+	mu      sync.Mutex // guards the fields below
+	opts    Options
+	rng     *rand.Rand
+	forced  []Kind
+	counts  map[Kind]int
+	holding int // responses a Delay fault holds back now
 }
 
 // Start starts a proxy to upstream (a base URL such as
@@ -165,6 +166,14 @@ func (p *Proxy) Counts() map[Kind]int {
 		c[k] = v
 	}
 	return c
+}
+
+// Holding returns how many responses Delay faults are holding back now:
+// forwarded, answered by the upstream, and not yet sent to the client.
+func (p *Proxy) Holding() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.holding
 }
 
 // Faults returns the number of faults injected so far.
@@ -236,6 +245,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case Delay:
 		t := time.NewTimer(p.opts.Delay)
 		defer t.Stop()
+		p.mu.Lock()
+		p.holding++
+		p.mu.Unlock()
+		defer func() {
+			p.mu.Lock()
+			p.holding--
+			p.mu.Unlock()
+		}()
 		select {
 		case <-t.C:
 		case <-r.Context().Done():

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/viperblock/viperblock-csi/internal/testutil"
 )
 
 func TestKinds(t *testing.T) {
@@ -35,13 +37,12 @@ func TestKinds(t *testing.T) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
+		var held chan error
 		if k == Delay {
-			before := hits.Load()
+			// Give up once the proxy holds the upstream's answer back.
+			held = make(chan error, 1)
 			go func() {
-				for deadline := time.Now().Add(time.Minute); hits.Load() == before && time.Now().Before(deadline); {
-					time.Sleep(5 * time.Millisecond)
-				}
-				time.Sleep(50 * time.Millisecond) // the proxy now holds the answer back
+				held <- testutil.WaitFor(ctx, time.Minute, func() (bool, error) { return p.Holding() > 0, nil })
 				cancel()
 			}()
 		}
@@ -51,6 +52,11 @@ func TestKinds(t *testing.T) {
 		}
 		req.Header.Set("Content-Type", "text/plain")
 		resp, err := c.Do(req)
+		if held != nil {
+			if err := <-held; err != nil {
+				t.Errorf("delay: the proxy did not hold the response back: %v", err)
+			}
+		}
 		if err != nil {
 			return 0, "", err
 		}

@@ -6,7 +6,9 @@
 # network and no disk. The guest itself (kernel, modules, busybox, the
 # host's nbdkit, nbdfuse, util-linux, e2fsprogs and xfsprogs with their
 # libraries) is built and cached by test/vm/build.sh; this script adds the
-# test binary.
+# test binary. The guest runs it with VB_KERNEL_NBD=1 (the kernel NBD
+# tests run: they skip on a host without it) and VB_REQUIRE=all (a missing
+# capability fails a test instead of skipping it; see internal/testutil).
 #
 # Needs (Debian): qemu-system-x86 busybox-static cpio, and apt-get download
 # for linux-image-6.1.0-*-amd64 (or KDEB=path/to/linux-image.deb).
@@ -26,7 +28,7 @@ mkdir -p "$work/root/guest"
 (cd "$pkg" && CGO_ENABLED=0 go test -c -o "$work/root/attach.test" .)
 cat >"$work/root/guest/run" <<RUN
 #!/bin/sh
-/attach.test -test.v -test.count=1 -test.run '$run'
+VB_KERNEL_NBD=1 VB_REQUIRE=all /attach.test -test.v -test.count=1 -test.run '$run'
 rc=\$?
 echo "GUEST_TEST_EXIT=\$rc"
 exit \$rc
