@@ -153,6 +153,12 @@ func onlyGets(r *http.Request) bool { return r.Method == http.MethodGet }
 
 func faultStore(t *testing.T, srv *s3server.Server, p *faultproxy.Proxy, onRetry func(string, int, error)) *s3store.Store {
 	t.Helper()
+	return faultStoreTimeout(t, srv, p, onRetry, time.Second)
+}
+
+// faultStoreTimeout is faultStore with another attempt timeout.
+func faultStoreTimeout(t *testing.T, srv *s3server.Server, p *faultproxy.Proxy, onRetry func(string, int, error), attempt time.Duration) *s3store.Store {
+	t.Helper()
 	s, err := s3store.New(context.Background(), s3store.Config{
 		Bucket:          srv.Bucket,
 		Prefix:          "amb",
@@ -161,7 +167,7 @@ func faultStore(t *testing.T, srv *s3server.Server, p *faultproxy.Proxy, onRetry
 		PathStyle:       true,
 		CredentialsFile: srv.CredentialsFile,
 		MaxAttempts:     5,
-		AttemptTimeout:  time.Second,
+		AttemptTimeout:  attempt,
 		MaxBackoff:      100 * time.Millisecond,
 		OnRetry:         onRetry,
 	})
@@ -255,8 +261,11 @@ func TestPutIfAmbiguousRetry(t *testing.T) {
 func TestGetBodyFaults(t *testing.T) {
 	t.Parallel()
 	srv := s3server.Start(t)
-	p := faultproxy.Start(t, srv.Endpoint, faultproxy.Options{Match: onlyGets, Delay: 3 * time.Second})
-	s := faultStore(t, srv, p, nil)
+	// A 2 MiB answer can take more than a second on a loaded machine, so
+	// attempts get 5 s; a delayed answer is held a minute, so only the
+	// attempt timeout ends it.
+	p := faultproxy.Start(t, srv.Endpoint, faultproxy.Options{Match: onlyGets, Delay: time.Minute})
+	s := faultStoreTimeout(t, srv, p, nil, 5*time.Second)
 	ctx := context.Background()
 	data := objData(7, 2<<20)
 	if err := s.Put(ctx, "big", data); err != nil {
