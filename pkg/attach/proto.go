@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"time"
 )
 
@@ -332,7 +333,7 @@ func optInfo(rw io.ReadWriter, opt uint32, name string) (ExportInfo, error) {
 		case typ&nbdRepFlagError != 0:
 			msg := nbdRepError(typ)
 			if len(payload) > 0 {
-				msg += ": " + string(payload)
+				msg += ": " + serverMessage(payload)
 			}
 			return info, fmt.Errorf("export %q: %s", name, msg)
 		case typ == nbdRepInfo:
@@ -363,6 +364,21 @@ func optInfo(rw io.ReadWriter, opt uint32, name string) (ExportInfo, error) {
 			// Other informational replies are ignored, as the protocol asks.
 		}
 	}
+}
+
+// maxServerMessage bounds how much of a server's error message goes into
+// an error of ours.
+const maxServerMessage = 256
+
+// serverMessage renders the message of an error reply (meant to be UTF-8
+// text, but the server's to choose) quoted, so that control characters
+// cannot reach a log line or a gRPC status, and cut to maxServerMessage
+// bytes.
+func serverMessage(b []byte) string {
+	if len(b) > maxServerMessage {
+		return strconv.Quote(string(b[:maxServerMessage])) + "..."
+	}
+	return strconv.Quote(string(b))
 }
 
 // sendDisconnect sends NBD_CMD_DISC in the transmission phase.
