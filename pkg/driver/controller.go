@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"os"
 	"sort"
@@ -136,6 +137,9 @@ func requestedSize(r *csi.CapacityRange, def int64) (int64, error) {
 		if lim > 0 && size > lim {
 			size = lim
 		}
+	}
+	if size > math.MaxInt64-(vb.BlockSize-1) { // roundUp would overflow
+		return 0, status.Errorf(codes.OutOfRange, "%d bytes exceeds the largest volume, 1 PiB", size)
 	}
 	size = roundUp(size)
 	if lim > 0 && size > lim {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/viperblock/viperblock-csi/pkg/units"
 )
 
 // StorageClass parameters (CreateVolumeRequest.parameters). Keys with the
@@ -117,6 +119,11 @@ func parseVolumeContext(c map[string]string) (volumeParams, error) {
 		vp.FsType = fs
 	}
 	vp.MkfsOptions = strings.Fields(c[ParamMkfsOptions])
+	for _, o := range vp.MkfsOptions {
+		if strings.ContainsRune(o, 0) {
+			return vp, fmt.Errorf("volume context %s: bad character", ParamMkfsOptions)
+		}
+	}
 	if v := c[ParamCache]; v != "" {
 		if err := checkCache(v); err != nil {
 			return vp, fmt.Errorf("volume context %s=%s: %v", ParamCache, v, err)
@@ -142,9 +149,11 @@ func checkFsType(v string) (string, error) {
 	return "", fmt.Errorf("filesystem %q is not supported (ext4, xfs)", v)
 }
 
-// checkCache accepts what the plugin's cache= takes: a block count, a
-// percentage or a size with a unit; anything with characters outside
-// [0-9A-Za-z.%] is refused before it reaches a command line.
+// checkCache accepts what the plugin's cache= takes (the rules of its
+// Config.setCache in cmd/nbdkit-plugin/internal/vbplugin): a positive block
+// count, a percentage of memory in (0, 90] or a size of at least one 4 KiB
+// block; anything with characters outside [0-9A-Za-z.%] is refused before
+// it reaches a command line.
 func checkCache(v string) error {
 	if v == "" || len(v) > 32 {
 		return fmt.Errorf("empty or too long")
@@ -154,8 +163,20 @@ func checkCache(v string) error {
 			return fmt.Errorf("bad character %q", c)
 		}
 	}
-	if _, err := strconv.ParseFloat(strings.TrimRightFunc(v, func(r rune) bool { return r < '0' || r > '9' }), 64); err != nil {
-		return fmt.Errorf("want blocks (16384), a percentage (10%%) or a size (256MiB)")
+	if p, ok := strings.CutSuffix(v, "%"); ok {
+		if f, err := strconv.ParseFloat(p, 64); err != nil || !(f > 0 && f <= 90) {
+			return fmt.Errorf("a percentage of memory must be in (0, 90]")
+		}
+		return nil
+	}
+	if n, err := strconv.Atoi(v); err == nil {
+		if n <= 0 {
+			return fmt.Errorf("want a positive number of blocks")
+		}
+		return nil
+	}
+	if n, err := units.Parse(v); err != nil || n < 4096 {
+		return fmt.Errorf("want blocks (16384), a percentage (10%%) or a size of at least 4KiB (256MiB)")
 	}
 	return nil
 }

@@ -42,6 +42,10 @@ func credentials(secrets map[string]string) ([]byte, error) {
 		if v == "" || strings.ContainsAny(v, "\r\n\x00") {
 			return nil, fmt.Errorf("%w: secret key %s is empty or has a line break", errInvalidSecret, k)
 		}
+		if prev, dup := vals[env]; dup && prev != v {
+			// Both spellings, and which one won would depend on map order.
+			return nil, fmt.Errorf("%w: secret %s is given under two names with different values", errInvalidSecret, env)
+		}
 		vals[env] = v
 	}
 	if len(vals) == 0 {
@@ -53,10 +57,21 @@ func credentials(secrets map[string]string) ([]byte, error) {
 	var b strings.Builder
 	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} {
 		if v := vals[k]; v != "" {
-			fmt.Fprintf(&b, "%s=%s\n", k, v)
+			fmt.Fprintf(&b, "%s=%s\n", k, envValue(v))
 		}
 	}
 	return []byte(b.String()), nil
+}
+
+// envValue renders a value of the credentials file so that the S3 store's
+// reader reads it back unchanged: bare, unless the reader would trim white
+// space off it or strip quotes around it; then in double quotes (the reader
+// strips one pair of matching quotes, and nothing inside them).
+func envValue(v string) string {
+	if strings.TrimSpace(v) != v || len(v) >= 2 && (v[0] == '"' || v[0] == '\'') && v[len(v)-1] == v[0] {
+		return `"` + v + `"`
+	}
+	return v
 }
 
 // withCredentialsFile returns the store URL with credentials_file=path
