@@ -71,7 +71,9 @@ func TestDeferBackground(t *testing.T) {
 	var fileOps atomic.Int64
 	var armed atomic.Bool
 	o := opts(t)
-	o.DrainInterval = 5 * time.Millisecond
+	// The first open must not drain (that would leave nothing to replay);
+	// the second drains every 5 ms once started.
+	o.DrainInterval = time.Hour
 	o.FS = vfs.Error(vfs.Default, func(op vfs.Op, name string) error {
 		if armed.Load() {
 			fileOps.Add(1)
@@ -94,6 +96,7 @@ func TestDeferBackground(t *testing.T) {
 	vb.ForgetForTest(v)
 
 	o.DeferBackground = true
+	o.DrainInterval = 5 * time.Millisecond
 	v, err := vb.Open(ctx, store, "v", o)
 	if err != nil {
 		t.Fatal(err)
