@@ -80,6 +80,16 @@
 // recorded in a state file, so a retry, or a restarted node plugin (the
 // healer, healer.go), carries on where things stopped.
 //
+// The healer restarts an nbdkit that died (or that a restarted node plugin
+// finds gone) only while the volume is still this node's, since an open
+// takes ownership unconditionally: the store's current owner (the
+// manifest's epoch and nonce) must be the one the engine recorded in the
+// WAL's OWNER file here (ownership.go). A volume another node has taken
+// over meanwhile stays closed and is reported Fenced by NodeGetVolumeHealth;
+// NodeUnstageVolume then tears it down without draining and quarantines the
+// stale WAL (kept, never replayed), and a new NodeStageVolume takes
+// ownership afresh. While the store cannot be reached, the healer retries.
+//
 // Node capabilities: STAGE_UNSTAGE_VOLUME, EXPAND_VOLUME, GET_VOLUME_STATS,
 // GET_VOLUME_HEALTH, SINGLE_NODE_MULTI_WRITER. Volumes have no topology.
 //

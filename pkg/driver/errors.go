@@ -86,6 +86,9 @@ var (
 	errUnavailable = errors.New("temporarily unavailable")
 	// errInvalidSecret: a CSI secret is malformed.
 	errInvalidSecret = errors.New("invalid secret")
+	// errOwnedElsewhere: another owner has taken the volume over since this
+	// node's nbdkit opened it (see checkOwner). A kind of vb.ErrFenced.
+	errOwnedElsewhere = fmt.Errorf("%w: another owner has taken the volume over since this node opened it", vb.ErrFenced)
 )
 
 // required checks a request's required fields, given as (name, value)

@@ -4,33 +4,40 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/viperblock/viperblock-csi/pkg/attach"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
 )
 
 // flakyStore wraps a store; while down, every call fails as an unreachable
 // server would.
 type flakyStore struct {
 	backend.Store
-	mu   sync.Mutex
-	down bool // guarded by mu
+	mu      sync.Mutex
+	down    bool // guarded by mu
+	refused int  // guarded by mu: calls failed while down
 }
 
 var errConnRefused = fmt.Errorf("dial tcp 127.0.0.1:9: %w", syscall.ECONNREFUSED)
 
 func (f *flakyStore) setDown(d bool) { f.mu.Lock(); f.down = d; f.mu.Unlock() }
 
+func (f *flakyStore) refusedCalls() int { f.mu.Lock(); defer f.mu.Unlock(); return f.refused }
+
 func (f *flakyStore) err() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down {
+		f.refused++
 		return errConnRefused
 	}
 	return nil
@@ -124,7 +131,18 @@ func (f *fakeSup) Start(ctx context.Context, spec nbdkitSpec) (server, error) {
 	if f.startErr != nil {
 		return nil, f.startErr
 	}
-	opts := vb.Options{WALDir: f.t.TempDir(), CacheBlocks: -1, ReadOnly: param(spec.Params, "readonly") == "true"}
+	// The volume's WAL goes where the node put it (wal_dir=), as with the
+	// real plugin: the engine's OWNER file there is the node's record of
+	// its ownership. The lock is the fake's own: a server that "crashed"
+	// (leaked, still open) must not keep its successor from opening.
+	walDir := param(spec.Params, "wal_dir")
+	if walDir == "" {
+		walDir = f.t.TempDir()
+	}
+	opts := vb.Options{WALDir: walDir, FS: noLockFS{vfs.Default}, CacheBlocks: -1, ReadOnly: param(spec.Params, "readonly") == "true"}
+	if d, err := time.ParseDuration(param(spec.Params, "drain_interval")); err == nil {
+		opts.DrainInterval = d
+	}
 	v, err := vb.Open(ctx, f.store, param(spec.Params, "volume"), opts)
 	if err != nil {
 		return nil, fmt.Errorf("nbdkit exited before serving: %v", err)
@@ -133,6 +151,16 @@ func (f *fakeSup) Start(ctx context.Context, spec nbdkitSpec) (server, error) {
 	f.running[spec.Socket] = s
 	return s, nil
 }
+
+// noLockFS is the operating system's filesystem without the WAL lock: in
+// the fake, a crashed server is a volume left open in the test process.
+type noLockFS struct{ vfs.FS }
+
+type noLock struct{}
+
+func (noLock) Close() error { return nil }
+
+func (noLockFS) TryLock(string) (io.Closer, error) { return noLock{}, nil }
 
 func (f *fakeSup) Adopt(spec nbdkitSpec) (server, bool, error) {
 	f.mu.Lock()

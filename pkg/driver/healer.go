@@ -10,7 +10,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/viperblock/viperblock-csi/pkg/attach"
-	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 )
 
 // Heal runs at start-up: for each volume an earlier node plugin process
@@ -18,6 +17,12 @@ import (
 // the WAL) and the attachment (or attaches again), and remounts what is no
 // longer mounted. Mounted filesystems keep working across a restart of the
 // node plugin because nbdkit and the attachment never stopped.
+//
+// The healer never steals a volume: it restarts an nbdkit only while the
+// volume is still this node's (checkOwner). If another owner has taken it
+// over, the volume is left closed and reported fenced (NodeGetVolumeHealth)
+// until NodeUnstageVolume; if the store cannot be reached to tell, the
+// healer retries later.
 func (n *NodeServer) Heal(ctx context.Context) {
 	ids, err := n.stagedVolumes()
 	if err != nil {
@@ -73,12 +78,19 @@ func (n *NodeServer) heal(ctx context.Context, id volumeID) error {
 		klog.InfoS("volume was left half-staged; the CO's retry of NodeStageVolume or NodeUnstageVolume finishes it", "volume", id)
 		return nil
 	}
+	if st.Fenced != "" {
+		klog.InfoS("volume was taken over by another owner; it stays closed on this node until NodeUnstageVolume", "volume", id)
+		return nil
+	}
 	url, err := n.volumeURL(id, st)
 	if err != nil {
 		return err
 	}
 	wasRunning := n.running(id) != nil
-	srv, err := n.ensureServer(ctx, id, st, url)
+	srv, err := n.ensureServer(ctx, id, st, url, n.ownerCheck(id, st, url))
+	if errors.Is(err, errOwnedElsewhere) {
+		return n.fence(id, st, err)
+	}
 	if err != nil {
 		return err
 	}
@@ -90,11 +102,9 @@ func (n *NodeServer) heal(ctx context.Context, id volumeID) error {
 			if err != nil {
 				return err
 			}
-			inf, err := vb.Inspect(ctx, store, id.Vol)
-			if err != nil {
+			if err := n.recordOwner(ctx, id, st, store); err != nil {
 				return err
 			}
-			st.Epoch = inf.Epoch
 		}
 	}
 	dev, found, err := n.att.Find(ctx, id.key())

@@ -20,12 +20,13 @@ import (
 
 // walPending measures a volume's WAL on this node: the bytes of segment
 // files (the engine deletes a segment once drained, so every byte there is
-// not yet in the store) and when the oldest of them was created.
+// not yet in the store) and when the oldest of them was created. Only the
+// shard directories count, not a stale WAL set aside (stale-*).
 func walPending(walDir, vol string) (bytes int64, oldest time.Time) {
 	root := filepath.Join(walDir, vol)
 	shards, _ := os.ReadDir(root)
 	for _, sh := range shards {
-		if !sh.IsDir() {
+		if _, err := strconv.Atoi(sh.Name()); err != nil || !sh.IsDir() {
 			continue
 		}
 		segs, _ := os.ReadDir(filepath.Join(root, sh.Name()))
@@ -54,8 +55,10 @@ func walPending(walDir, vol string) (bytes int64, oldest time.Time) {
 // NodeGetVolumeHealth reports a staged volume's condition on this node:
 // INACCESSIBLE when nbdkit is not running, the device is not attached, the
 // filesystem is not mounted, the store cannot be reached, or another node
-// took the volume over (fenced); DEGRADED when the WAL holds more data, or
-// older data, than the drain-lag limits allow.
+// took the volume over (Fenced: either while our nbdkit ran, which then
+// fails writes, or while it was down, and the healer left the volume
+// closed); DEGRADED when the WAL holds more data, or older data, than the
+// drain-lag limits allow.
 func (n *NodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, invalidArg("volume_id is required")
@@ -72,7 +75,10 @@ func (n *NodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVo
 		add(csi.VolumeHealthErrorType_INACCESSIBLE, "NotStaged", "staging did not complete")
 		return &csi.NodeGetVolumeHealthResponse{VolumeHealth: h}, nil
 	}
-	if n.running(id) == nil {
+	fenced := st.Fenced != ""
+	if fenced {
+		add(csi.VolumeHealthErrorType_INACCESSIBLE, "Fenced", st.Fenced)
+	} else if n.running(id) == nil {
 		add(csi.VolumeHealthErrorType_INACCESSIBLE, "ServerDown", "nbdkit is not running for this volume; the node plugin is restarting it")
 	} else if why := n.brokenReason(id); why != "" {
 		add(csi.VolumeHealthErrorType_INACCESSIBLE, "DeviceDisconnected", why)
@@ -101,12 +107,12 @@ func (n *NodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVo
 		case err != nil:
 			n.metrics.BackendErrors.WithLabelValues(id.Store).Inc()
 			add(csi.VolumeHealthErrorType_INACCESSIBLE, "StoreUnavailable", err.Error())
-		case !st.ReadOnly && st.Epoch != 0 && inf.Epoch > st.Epoch:
+		case !fenced && !st.ReadOnly && st.Epoch != 0 && inf.Epoch > st.Epoch:
 			add(csi.VolumeHealthErrorType_INACCESSIBLE, "Fenced",
 				fmt.Sprintf("another owner opened the volume (epoch %d > ours %d); writes here fail", inf.Epoch, st.Epoch))
 		}
 	}
-	if !st.ReadOnly {
+	if !st.ReadOnly && !fenced { // a fenced volume's WAL is stale, not pending
 		bytes, oldest := walPending(n.paths(id).WALDir, id.Vol)
 		if bytes > n.opts.DrainLagBytes || (!oldest.IsZero() && time.Since(oldest) > n.opts.DrainLagAge) {
 			add(csi.VolumeHealthErrorType_DEGRADED, "DrainLagging",
@@ -148,7 +154,7 @@ func (c volumeCollector) Collect(ch chan<- prometheus.Metric) {
 			up = 1
 		}
 		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, up, v)
-		if !st.ReadOnly {
+		if !st.ReadOnly && st.Fenced == "" {
 			bytes, oldest := walPending(c.n.paths(id).WALDir, id.Vol)
 			age := 0.0
 			if !oldest.IsZero() {

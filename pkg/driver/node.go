@@ -288,8 +288,10 @@ func (n *NodeServer) running(id volumeID) server {
 }
 
 // ensureServer makes sure the volume's nbdkit runs: the one already
-// tracked, one adopted from its pidfile, or a new one.
-func (n *NodeServer) ensureServer(ctx context.Context, id volumeID, st *volState, url string) (server, error) {
+// tracked, one adopted from its pidfile, or a new one. A new one starts
+// only if beforeStart (when not nil) returns nil: a new nbdkit takes
+// ownership of the volume, an adopted one already has it.
+func (n *NodeServer) ensureServer(ctx context.Context, id volumeID, st *volState, url string, beforeStart func(context.Context) error) (server, error) {
 	if srv := n.running(id); srv != nil {
 		return srv, nil
 	}
@@ -307,6 +309,11 @@ func (n *NodeServer) ensureServer(ctx context.Context, id volumeID, st *volState
 	if ok {
 		klog.InfoS("adopted running nbdkit", "volume", id, "pid", srv.Pid())
 	} else {
+		if beforeStart != nil {
+			if err := beforeStart(ctx); err != nil {
+				return nil, err
+			}
+		}
 		srv, err = n.sup.Start(ctx, spec)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", errNbdkit, err)
@@ -346,7 +353,7 @@ func (n *NodeServer) watch(id volumeID, srv server) {
 	if expected {
 		return
 	}
-	klog.ErrorS(nil, "nbdkit exited while its volume is staged; restarting it", "volume", id, "pid", srv.Pid(),
+	klog.ErrorS(nil, "nbdkit exited while its volume is staged; the healer restarts it if the volume is still this node's", "volume", id, "pid", srv.Pid(),
 		"log", logTail(n.paths(id).Log, -1))
 	go n.healLater(id)
 }
@@ -394,6 +401,16 @@ func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	st, existed, err := n.loadState(id)
 	if err != nil {
 		return nil, toStatus(err, what)
+	}
+	if existed && st.Fenced != "" {
+		// The healer left the volume closed: another owner took it over.
+		// Staging it again here is a new stage, which takes ownership:
+		// tear the old one down first (its WAL is quarantined).
+		klog.InfoS("staging a volume that another owner had taken over from this node: starting afresh", "volume", id)
+		if err := n.unstage(ctx, id, st); err != nil {
+			return nil, toStatus(err, what)
+		}
+		existed = false
 	}
 	if existed {
 		if st.StagingPath != req.GetStagingTargetPath() {
@@ -453,15 +470,14 @@ func (n *NodeServer) stage(ctx context.Context, id volumeID, st *volState, secre
 		klog.InfoS("could not register this node in the store", "store", id.Store, "err", err)
 	}
 	fresh := n.running(id) == nil
-	if _, err := n.ensureServer(ctx, id, st, url); err != nil {
+	// NodeStage takes ownership: the CO published the volume to this node.
+	if _, err := n.ensureServer(ctx, id, st, url, nil); err != nil {
 		return err
 	}
 	if fresh && !st.ReadOnly {
-		inf, err := vb.Inspect(ctx, store, id.Vol)
-		if err != nil {
+		if err := n.recordOwner(ctx, id, st, store); err != nil {
 			return err
 		}
-		st.Epoch = inf.Epoch
 	}
 	dev, err := n.att.Attach(ctx, n.export(id, st))
 	if err != nil {
@@ -589,9 +605,19 @@ func (n *NodeServer) unstage(ctx context.Context, id volumeID, st *volState) err
 	if err != nil {
 		return err
 	}
-	if clean && !st.ReadOnly {
+	switch {
+	case st.ReadOnly:
+	case clean:
 		if err := vb.DeleteWAL(nil, p.WALDir, id.Vol); err != nil {
 			klog.ErrorS(err, "could not remove the WAL directory of a drained volume", "volume", id)
+		}
+	default:
+		store, err := n.volumeStore(ctx, url)
+		if err != nil {
+			return err
+		}
+		if err := n.quarantineWAL(ctx, id, store); err != nil {
+			return err
 		}
 	}
 	n.dropStore(url)
@@ -607,10 +633,11 @@ func (n *NodeServer) unstage(ctx context.Context, id volumeID, st *volState) err
 }
 
 // stopAndDrain stops the volume's nbdkit and checks that the store now
-// holds everything: the volume is no longer open with our epoch. If nbdkit
-// had died, it is started once more (it replays the WAL) and stopped again
-// so it drains. clean is false when another node took the volume over (our
-// WAL is stale and the engine sets it aside at the next open here).
+// holds everything: the volume is no longer open with our ownership. If
+// nbdkit had died, it is started once more (it replays the WAL) and stopped
+// again so it drains. clean is false when the volume is not ours (another
+// node took it over, or staging stopped before our nbdkit opened it): then
+// nothing of ours is left to drain, and our WAL, if any, is stale.
 func (n *NodeServer) stopAndDrain(ctx context.Context, id volumeID, st *volState, url string) (clean bool, err error) {
 	for attempt := 0; ; attempt++ {
 		stopErr := n.stopServer(ctx, id, st)
@@ -632,17 +659,16 @@ func (n *NodeServer) stopAndDrain(ctx context.Context, id volumeID, st *volState
 		if err != nil {
 			return false, err
 		}
+		ownErr := n.checkOwner(ctx, id, st, store)
 		switch {
-		case !inf.Open || (st.Epoch != 0 && inf.Epoch < st.Epoch):
+		case errors.Is(ownErr, errOwnedElsewhere):
+			klog.InfoS("the volume is not this node's (any more): nothing of ours to drain; our unuploaded writes, if any, were fenced",
+				"volume", id, "ourEpoch", st.Epoch, "storeEpoch", inf.Epoch, "open", inf.Open)
+			return false, nil
+		case ownErr != nil:
+			return false, ownErr
+		case !inf.Open:
 			return true, nil
-		case st.Epoch == 0:
-			// We never recorded an open of ours (staging stopped before
-			// nbdkit served): the open is someone else's; leave it.
-			return false, nil
-		case inf.Epoch > st.Epoch:
-			klog.InfoS("another node owns the volume now; this node's unuploaded writes (if any) were fenced", "volume", id,
-				"ourEpoch", st.Epoch, "storeEpoch", inf.Epoch)
-			return false, nil
 		case stopErr != nil:
 			// nbdkit could not drain (the store failed?): the data is in
 			// the WAL; the retry serves the volume again to drain it.
@@ -651,16 +677,16 @@ func (n *NodeServer) stopAndDrain(ctx context.Context, id volumeID, st *volState
 			return false, fmt.Errorf("%w: nbdkit stopped but the volume is still open at epoch %d; its data is in the WAL at %s: %s",
 				errNotDrained, inf.Epoch, n.paths(id).WALDir, logTail(n.paths(id).Log, -1))
 		}
-		// Open with our epoch and no nbdkit: it died before draining.
+		// Open with our ownership and no nbdkit: it died before draining.
 		klog.InfoS("volume was not drained (nbdkit died?); serving it once more to drain its WAL", "volume", id)
-		if _, err := n.ensureServer(ctx, id, st, url); err != nil {
+		if _, err := n.ensureServer(ctx, id, st, url, n.ownerCheck(id, st, url)); errors.Is(err, errOwnedElsewhere) {
+			continue // taken over just now: the next round finds it so
+		} else if err != nil {
 			return false, err
 		}
-		inf, err = vb.Inspect(ctx, store, id.Vol)
-		if err != nil {
+		if err := n.recordOwner(ctx, id, st, store); err != nil {
 			return false, err
 		}
-		st.Epoch = inf.Epoch
 		if err := n.saveState(id, st); err != nil {
 			return false, err
 		}
@@ -727,6 +753,9 @@ func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	}
 	if !ok || !st.Staged {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged on this node", id)
+	}
+	if st.Fenced != "" {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s: %s", id, st.Fenced)
 	}
 	if st.StagingPath != req.GetStagingTargetPath() {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is staged at %s, not %s", id, st.StagingPath, req.GetStagingTargetPath())

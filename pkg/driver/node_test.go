@@ -553,6 +553,8 @@ func TestWALPending(t *testing.T) {
 	os.MkdirAll(filepath.Join(dir, "v", "03"), 0o700)
 	os.WriteFile(filepath.Join(dir, "v", "03", "0000000000000001.wal"), make([]byte, 5000), 0o600)
 	os.WriteFile(filepath.Join(dir, "v", "OWNER"), make([]byte, 100), 0o600)
+	os.MkdirAll(filepath.Join(dir, "v", "stale-1"), 0o700) // quarantined: not pending
+	os.WriteFile(filepath.Join(dir, "v", "stale-1", "03-0000000000000001.wal"), make([]byte, 7000), 0o600)
 	n, oldest := walPending(dir, "v")
 	if n != 5000 || oldest.IsZero() || time.Since(oldest) > time.Minute {
 		t.Fatalf("walPending = %d, %v", n, oldest)

@@ -43,9 +43,15 @@ type volState struct {
 	Creds       bool     `json:"credentials,omitempty"` // credentials.env exists
 	Device      string   `json:"device,omitempty"`
 	Size        int64    `json:"size,omitempty"`  // the size the device shows
-	Epoch       uint64   `json:"epoch,omitempty"` // ownership epoch of our nbdkit's open
+	Epoch       uint64   `json:"epoch,omitempty"` // ownership epoch of our nbdkit's open (from the WAL's OWNER file)
 	Staged      bool     `json:"staged"`          // every NodeStage step completed
 	Targets     []string `json:"targets,omitempty"`
+	// Fenced says why the volume is left closed: its nbdkit had exited and
+	// another owner had taken the volume over, so the healer did not start
+	// it again. Set by the healer; the state stays until NodeUnstageVolume
+	// (which then neither drains nor replays: the WAL is quarantined) or a
+	// new NodeStageVolume (which starts afresh and takes ownership).
+	Fenced string `json:"fenced,omitempty"`
 }
 
 func (s *volState) hasTarget(t string) bool {
