@@ -22,10 +22,42 @@
 //     last committed state.
 //  5. A writable Open takes ownership by bumping the manifest's epoch with a
 //     compare-and-swap; a stale owner's next commit fails and the volume
-//     stops accepting writes (ErrFenced).
+//     stops accepting writes (ErrFenced). Only another owner fences: a
+//     failed commit is judged by the manifest read back, never by the
+//     error alone (see "Commits with an unknown outcome" below).
 //  6. Every record and object carries a CRC32C and a format version. A torn
 //     WAL tail is discarded; corruption elsewhere is an error (ErrCorrupt),
 //     never data.
+//
+// # Commits with an unknown outcome
+//
+// A manifest commit (PutIf with the version last committed) can fail after
+// the store applied it: its answer is lost on the store's last attempt, the
+// caller's deadline passes, a request held up in the network applies after
+// the PutIf gave up, or the S3 store reports a precondition failure for its
+// own write. The next commit would then lose its compare-and-swap against a
+// manifest this owner wrote itself. So after any failed commit, and before
+// fencing, the engine reads the manifest back and compares whole encodings
+// (each carries its commit time and sequence high-water mark, so no two
+// commits encode alike):
+//
+//   - exactly the manifest it tried to commit: the commit applied; it is
+//     adopted (with its current version) and the drain finishes: the map is
+//     published, drained block-store entries dropped, WAL segments deleted;
+//   - exactly the last committed manifest: the commit did not apply; it is
+//     retried against the current version (after a precondition failure),
+//     or the drain fails and is retried later (the outcome was unknown:
+//     the attempt is kept in doubt, as it may still apply);
+//   - exactly an earlier attempt kept in doubt: that one applied; it becomes
+//     the committed state and the drain is built again on top of it;
+//   - another owner's epoch or nonce, no manifest, or a state with our epoch
+//     and nonce that this owner never wrote: the volume is fenced;
+//   - unreadable: the drain fails, the attempt stays in doubt, and the next
+//     commit resolves it.
+//
+// Only a commit known to have applied lets the drain's post-commit steps run.
+// On a store that batches durability (the file store) an adopted manifest
+// is synced first, since the failure may have been its directory fsync.
 //
 // # Layout in the backend
 //

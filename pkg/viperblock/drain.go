@@ -2,6 +2,7 @@ package viperblock
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"sort"
@@ -71,9 +72,26 @@ type drained struct {
 func (v *Volume) drain(ctx context.Context) error {
 	v.drainMu.Lock()
 	defer v.drainMu.Unlock()
-	if v.state.Load() == stateFenced {
-		return fmt.Errorf("%w: %s", ErrFenced, v.name)
+	for pass := 1; ; pass++ {
+		if v.state.Load() == stateFenced {
+			return fmt.Errorf("%w: %s", ErrFenced, v.name)
+		}
+		err := v.drainOnce(ctx)
+		if !errors.Is(err, errRebased) {
+			return err
+		}
+		// commit adopted an earlier commit of ours that had applied after
+		// all; this pass was built on the state before it. Build again on
+		// the adopted state. (A second rebase cannot happen: adopting
+		// forgets every attempt in doubt.)
+		if pass == 3 {
+			return v.drainFailed(fmt.Errorf("viperblock: %s: drain rebuilt %d times on adopted commits", v.name, pass))
+		}
 	}
+}
+
+// drainOnce seals, uploads and commits once. drainMu must be held.
+func (v *Volume) drainOnce(ctx context.Context) error {
 	segs, hw := v.seal()
 	if len(segs) == 0 && !v.dirty {
 		return nil
@@ -386,23 +404,185 @@ func clearOps(trims []trimRange, maxBlock uint64) []blockmap.Extent {
 }
 
 // commit writes next as the volume's manifest by compare-and-swap against
-// the last committed version, and on success makes it the committed state.
-// Losing the compare-and-swap means another owner took the volume: fenced.
-// drainMu must be held.
+// the last committed version and, once it knows the write applied, makes it
+// the committed state. drainMu must be held. Only a nil return means next
+// is committed: the drain's post-commit steps (publishing the map, dropping
+// drained block-store entries, deleting WAL segments and chunks) must not
+// run otherwise.
+//
+// A failed PutIf does not say whether it applied. Its answer can be lost
+// after the store applied it (a reset or a timeout on the store's last
+// attempt, the caller's deadline), a request held up in the network can
+// apply after the PutIf gave up, and the S3 store reports a precondition
+// failure for a write of its own that another writer replaced. So a failure
+// is never taken at its word: commit reads the manifest back and decides by
+// what it holds (see readBack):
+//
+//   - exactly next, byte for byte: the PutIf applied. Adopt it (its current
+//     version) and carry on as if the PutIf had succeeded.
+//   - another owner's epoch or nonce, or no manifest: another owner took the
+//     volume over (or deleted it). Fence.
+//   - exactly the last committed manifest: the PutIf did not apply (yet).
+//     After a precondition failure (the version moved, not the content),
+//     retry against the current version; after an unknown outcome, fail the
+//     drain (the store has retried already) and keep next in doubt.
+//   - exactly an earlier attempt of ours still in doubt: that one applied
+//     late (or was reported failed although it applied). Adopt it as the
+//     committed state and return errRebased: next was built on the state
+//     before it and may reference chunks the adopted state dropped, which a
+//     collector may already have deleted, so the drain is built again.
+//   - our epoch and nonce but content we never wrote: someone rewrote the
+//     manifest (Expand or Delete after a closing commit). Fence: the state
+//     is not ours to build on, and the WAL keeps our writes for a reopen.
+//   - unreadable: the outcome stays unknown. Fail the drain; next stays in
+//     doubt and a later commit resolves it.
+//
+// Every failed attempt is remembered in doubt (by the SHA-256 of its
+// encoding) until a commit is known: all of them were conditioned on the
+// current version, so at most one of them can ever apply. Comparing whole
+// encodings is exact: each carries its own commit time and sequence
+// high-water mark, so no two attempts encode alike.
 func (v *Volume) commit(ctx context.Context, next *manifest.Manifest) error {
 	next.Committed = time.Now().UnixNano()
 	next.Flags |= manifest.FlagOpen
 	if v.closing {
 		next.Flags &^= manifest.FlagOpen
 	}
-	ver, err := v.store.PutIf(ctx, manifestKey(v.name), manifest.Encode(next), v.manVer)
-	if err != nil {
-		if errors.Is(err, backend.ErrPrecondition) {
-			return v.fence(err)
+	enc := manifest.Encode(next)
+	sum := sha256.Sum256(enc)
+	for attempt := 1; ; attempt++ {
+		ver, err := v.store.PutIf(ctx, manifestKey(v.name), enc, v.manVer)
+		if err == nil {
+			v.setCommitted(next, sum, ver)
+			return nil
 		}
-		return v.drainFailed(fmt.Errorf("viperblock: commit manifest: %w", err))
+		v.noteInDoubt(sum)
+		rb := v.readBack(ctx, sum)
+		switch rb.outcome {
+		case outcomeApplied, outcomeEarlier:
+			if serr := v.syncManifest(ctx); serr != nil {
+				return v.drainFailed(fmt.Errorf("viperblock: commit manifest: %w; it applied, but making it durable failed: %v", err, serr))
+			}
+			v.stats.resolvedCommits.Add(1)
+			if rb.outcome == outcomeApplied {
+				v.log.Warn("manifest commit reported failure but had applied; adopted", "err", err, "seq", next.SeqHW)
+				v.setCommitted(next, sum, rb.ver)
+				return nil
+			}
+			v.log.Warn("an earlier manifest commit reported as failed had applied; adopted, draining again on it",
+				"err", err, "seq", rb.man.SeqHW)
+			v.setCommitted(rb.man, rb.sum, rb.ver)
+			v.setChunkSizes(rb.man)
+			v.bmap.Store(blockmap.New(rb.man.Extents))
+			return errRebased
+		case outcomeForeign:
+			return v.fence(fmt.Errorf("%s (our commit: %v)", rb.why, err))
+		case outcomeNotApplied:
+			if errors.Is(err, backend.ErrPrecondition) && attempt < 3 {
+				v.manVer = rb.ver
+				continue
+			}
+			return v.drainFailed(fmt.Errorf("viperblock: commit manifest (not applied as of a read-back): %w", err))
+		default:
+			return v.drainFailed(fmt.Errorf("viperblock: commit manifest: %w; outcome unknown: reading the manifest back failed: %v", err, rb.err))
+		}
 	}
-	v.man, v.manVer = next, ver
+}
+
+// errRebased: commit adopted an earlier commit of ours; drain again.
+var errRebased = errors.New("viperblock: adopted an earlier commit; drain again")
+
+// maxInDoubt bounds the commit attempts remembered in doubt. They pile up
+// only while the backend fails both writes and reads; forgetting the oldest
+// errs on the safe side (an attempt that applies after being forgotten
+// fences the volume).
+const maxInDoubt = 1024
+
+// setCommitted records m (encoded as hashing to sum, at version ver) as the
+// committed manifest; every attempt in doubt is now dead. drainMu must be
+// held.
+func (v *Volume) setCommitted(m *manifest.Manifest, sum [sha256.Size]byte, ver backend.Version) {
+	v.man, v.manSum, v.manVer = m, sum, ver
+	v.inDoubt = v.inDoubt[:0]
+}
+
+// noteInDoubt remembers a failed commit attempt. drainMu must be held.
+func (v *Volume) noteInDoubt(sum [sha256.Size]byte) {
+	for _, s := range v.inDoubt {
+		if s == sum {
+			return
+		}
+	}
+	if len(v.inDoubt) == maxInDoubt {
+		v.inDoubt = append(v.inDoubt[:0], v.inDoubt[1:]...)
+	}
+	v.inDoubt = append(v.inDoubt, sum)
+}
+
+// commitOutcome is what the manifest read back after a failed commit says.
+type commitOutcome int
+
+const (
+	outcomeUnknown    commitOutcome = iota // the manifest could not be read
+	outcomeApplied                         // exactly the attempt that failed
+	outcomeNotApplied                      // exactly the last committed manifest
+	outcomeEarlier                         // exactly an earlier attempt in doubt
+	outcomeForeign                         // a state this owner did not write
+)
+
+type readBackResult struct {
+	outcome commitOutcome
+	ver     backend.Version    // the manifest's current version
+	man     *manifest.Manifest // outcomeEarlier: the state to adopt
+	sum     [sha256.Size]byte  // outcomeEarlier: its encoding's hash
+	why     string             // outcomeForeign: what the manifest holds
+	err     error              // outcomeUnknown: why it could not be read
+}
+
+// readBack reads the manifest after a failed commit of the encoding that
+// hashes to sum, and classifies it (see commit). drainMu must be held.
+func (v *Volume) readBack(ctx context.Context, sum [sha256.Size]byte) readBackResult {
+	if err := ctx.Err(); err != nil {
+		return readBackResult{err: err}
+	}
+	b, ver, err := v.store.Get(ctx, manifestKey(v.name))
+	if errors.Is(err, backend.ErrNotFound) {
+		return readBackResult{outcome: outcomeForeign, why: "the manifest is gone"}
+	}
+	if err != nil {
+		return readBackResult{err: err}
+	}
+	got := sha256.Sum256(b)
+	if got == sum {
+		return readBackResult{outcome: outcomeApplied, ver: ver}
+	}
+	m, err := manifest.Decode(b)
+	if err != nil || m.Name != v.name {
+		return readBackResult{outcome: outcomeForeign, why: fmt.Sprintf("the manifest holds no state of this volume (%v)", err)}
+	}
+	if m.Epoch != v.epoch || m.Owner != v.owner {
+		return readBackResult{outcome: outcomeForeign, why: fmt.Sprintf("the manifest belongs to epoch %d, nonce %x (ours: %d, %x)", m.Epoch, m.Owner[:4], v.epoch, v.owner[:4])}
+	}
+	if got == v.manSum {
+		return readBackResult{outcome: outcomeNotApplied, ver: ver}
+	}
+	for _, s := range v.inDoubt {
+		if s == got {
+			return readBackResult{outcome: outcomeEarlier, ver: ver, man: m, sum: got}
+		}
+	}
+	return readBackResult{outcome: outcomeForeign, why: fmt.Sprintf("the manifest holds our epoch %d but a state we never committed (seq %d)", m.Epoch, m.SeqHW)}
+}
+
+// syncManifest makes the manifest durable on a store that batches
+// durability (the file store): a PutIf that failed after the rename that
+// applied it may have failed its directory fsync, so a manifest adopted
+// after a failure is trusted only once it is synced. Other stores serve
+// only durable state.
+func (v *Volume) syncManifest(ctx context.Context) error {
+	if b, ok := v.store.(backend.BatchPutter); ok {
+		return b.Sync(ctx, []string{manifestKey(v.name)})
+	}
 	return nil
 }
 
@@ -444,12 +624,13 @@ func (v *Volume) drainFailed(err error) error {
 	return err
 }
 
-// fence marks the volume as taken over by another owner.
+// fence marks the volume as taken over by another owner (or its manifest
+// otherwise changed by someone else).
 func (v *Volume) fence(cause error) error {
 	v.state.CompareAndSwap(stateOpen, stateFenced)
 	err := fmt.Errorf("%w: %s: the manifest changed under us (%v); writes now fail", ErrFenced, v.name, cause)
 	v.lastErr.Store(&err)
-	v.log.Error("volume fenced: another owner took it over", "epoch", v.epoch)
+	v.log.Error("volume fenced: another owner took it over", "epoch", v.epoch, "cause", cause)
 	v.wakeWaiters()
 	return err
 }

@@ -1,8 +1,10 @@
 package viperblock
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -151,12 +153,21 @@ func (v *Volume) openWAL(ctx context.Context) error {
 	next.Epoch, next.Owner = newEpoch, nonce
 	next.Flags |= manifest.FlagOpen
 	next.Committed = time.Now().UnixNano()
-	ver, err := v.store.PutIf(ctx, manifestKey(v.name), manifest.Encode(&next), v.manVer)
+	enc := manifest.Encode(&next)
+	ver, err := v.store.PutIf(ctx, manifestKey(v.name), enc, v.manVer)
 	if err != nil {
-		if errors.Is(err, backend.ErrPrecondition) {
-			return fmt.Errorf("%w: %s: another writer opened it at the same time", ErrFenced, v.name)
+		// The answer may have been lost after the store applied it (see
+		// commit): if the manifest holds exactly our bump, we own it.
+		cur, cv, gerr := v.store.Get(ctx, manifestKey(v.name))
+		if gerr != nil || !bytes.Equal(cur, enc) || v.syncManifest(ctx) != nil {
+			if errors.Is(err, backend.ErrPrecondition) {
+				return fmt.Errorf("%w: %s: another writer opened it at the same time", ErrFenced, v.name)
+			}
+			return fmt.Errorf("viperblock: take ownership of %s: %w", v.name, err)
 		}
-		return fmt.Errorf("viperblock: take ownership of %s: %w", v.name, err)
+		v.stats.resolvedCommits.Add(1)
+		v.log.Warn("taking ownership reported failure but had applied; adopted", "err", err, "epoch", newEpoch)
+		ver = cv
 	}
 	if err := v.crashPoint("open.after-epoch-commit"); err != nil {
 		return err
@@ -164,7 +175,7 @@ func (v *Volume) openWAL(ctx context.Context) error {
 	if err := writeOwner(v.fs, v.wdir, ownerRecord{epoch: newEpoch, nonce: nonce}); err != nil {
 		return fmt.Errorf("viperblock: write OWNER: %w", err)
 	}
-	v.man, v.manVer, v.epoch, v.owner = &next, ver, newEpoch, nonce
+	v.man, v.manVer, v.manSum, v.epoch, v.owner = &next, ver, sha256.Sum256(enc), newEpoch, nonce
 	v.gen++
 	for i := range v.shards {
 		v.shards[i].seg = v.newSegment(i, v.gen)

@@ -2,6 +2,7 @@ package viperblock
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -152,6 +153,8 @@ type Volume struct {
 	drainMu   sync.Mutex // one drain at a time; guards the fields below
 	man       *manifest.Manifest
 	manVer    backend.Version
+	manSum    [sha256.Size]byte            // SHA-256 of man's encoding, as committed
+	inDoubt   [][sha256.Size]byte          // failed commit attempts since man (see commit)
 	chunkSeq  uint64                       // last chunk counter used in this epoch
 	chunkSize map[blockmap.ChunkRef]uint32 // block count of every chunk in man
 	closing   bool                         // the next commit is Close's: clear FlagOpen
@@ -194,6 +197,7 @@ type counters struct {
 	drains, drainErrors, chunksPut        atomic.Uint64
 	bytesDrained, backendReads            atomic.Uint64
 	replayed                              atomic.Uint64
+	resolvedCommits                       atomic.Uint64
 }
 
 // Stats is a snapshot of a volume's counters and state.
@@ -223,6 +227,11 @@ type Stats struct {
 	CurrentSeq    uint64
 	MappedBlocks  uint64
 	SealedPending int
+
+	// ResolvedCommits counts manifest commits that failed (their answer
+	// lost, their outcome unknown) and that reading the manifest back
+	// showed had applied.
+	ResolvedCommits uint64
 }
 
 func manifestKey(name string) string { return name + "/manifest" }
@@ -427,7 +436,7 @@ func (v *Volume) Stats() Stats {
 		DrainErrors: v.stats.drainErrors.Load(), ChunksPut: v.stats.chunksPut.Load(),
 		BytesDrained: v.stats.bytesDrained.Load(), BackendReads: v.stats.backendReads.Load(),
 		Replayed: v.stats.replayed.Load(), Fenced: v.state.Load() == stateFenced,
-		CurrentSeq: v.seq.Load(),
+		CurrentSeq: v.seq.Load(), ResolvedCommits: v.stats.resolvedCommits.Load(),
 	}
 	s.CacheHits, s.CacheMisses = v.cache.Stats()
 	m := v.bmap.Load()

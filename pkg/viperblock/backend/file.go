@@ -208,6 +208,12 @@ func (f *File) writeFile(key string, data []byte, durable bool) error {
 	return vfs.SyncDir(f.fs, dir)
 }
 
+// PutIf implements Store. Its compare and write are atomic under the store
+// lock, and a failure before the rename changes nothing; but a failure of
+// the directory fsync after the rename leaves the new object in place, maybe
+// not durable. Such an error is an unknown outcome, as a lost answer is on
+// S3: a caller that reads the object back and finds its data should Sync the
+// key before it trusts the write (the engine does).
 func (f *File) PutIf(_ context.Context, key string, data []byte, ifMatch Version) (Version, error) {
 	if err := ValidateKey(key); err != nil {
 		return "", err

@@ -104,6 +104,10 @@
 // success, which is harmless: the object holds the state the caller wanted.
 // If another writer replaced our write before the retry, the PutIf reports
 // backend.ErrPrecondition although it was briefly applied; a caller that
-// loses a compare-and-swap must re-read anyway, so this is safe. A 412 on the
-// first attempt is always ErrPrecondition.
+// loses a compare-and-swap must re-read anyway, so this is safe. If the
+// object cannot be read back (the read fails too, or the caller's context
+// ended), the PutIf fails with an error that is not ErrPrecondition: its
+// outcome is unknown, as after a lost answer on the last attempt, and the
+// caller must read the object to learn it (the engine does, see package
+// viperblock). A 412 on the first attempt is always ErrPrecondition.
 package s3

@@ -257,6 +257,42 @@ func TestPutIfAmbiguousRetry(t *testing.T) {
 	}
 }
 
+// TestPutIfAmbiguousUnreadable: a PutIf whose first attempt was applied but
+// whose answer was lost, whose retry failed its precondition, and whose
+// read-back failed too has an unknown outcome: it must not report
+// ErrPrecondition (a lost compare-and-swap), since it may have applied.
+func TestPutIfAmbiguousUnreadable(t *testing.T) {
+	t.Parallel()
+	srv := s3server.Start(t)
+	p := faultproxy.Start(t, srv.Endpoint, faultproxy.Options{})
+	s := faultStore(t, srv, p, nil)
+	ctx := context.Background()
+	v, err := s.PutIf(ctx, "manifest", []byte("one"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first attempt applies and its answer is reset, the retry's 412 is
+	// delivered, and every attempt of the read-back (HEAD: 5 attempts) gets
+	// a 500. (A 500, not a reset: Go's HTTP client may repeat a reset HEAD
+	// by itself, consuming faults unpredictably.)
+	p.Force(faultproxy.ResetAfter, 1)
+	p.Force(faultproxy.None, 1)
+	p.Force(faultproxy.Error500, 5)
+	_, err = s.PutIf(ctx, "manifest", []byte("two"), v)
+	if err == nil || errors.Is(err, backend.ErrPrecondition) || !strings.Contains(err.Error(), "outcome unknown") {
+		t.Fatalf("PutIf with its answer lost and its read-back failed: %v; want an unknown outcome, not ErrPrecondition", err)
+	}
+	if got, _, err := s.Get(ctx, "manifest"); err != nil || string(got) != "two" {
+		t.Fatalf("store holds %q (%v); want the applied write", got, err)
+	}
+	if c := p.Counts(); c[faultproxy.Error500] != 5 || c[faultproxy.ResetAfter] != 1 {
+		t.Fatalf("faults injected: %v", c)
+	}
+	if a := s.Stats().AmbiguousPutIfs; a != 0 {
+		t.Fatalf("AmbiguousPutIfs = %d, want 0 (nothing was resolved)", a)
+	}
+}
+
 // TestGetBodyFaults: responses cut short or stalled mid-body are re-read.
 func TestGetBodyFaults(t *testing.T) {
 	t.Parallel()

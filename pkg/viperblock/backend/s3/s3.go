@@ -595,31 +595,51 @@ func (s *Store) PutIf(ctx context.Context, key string, data []byte, ifMatch back
 	if !lost {
 		return "", s.wrap("PutObject", key, err)
 	}
-	if c.attempts > 1 && ctx.Err() == nil {
-		if v, ok := s.appliedEarlier(ctx, key, data, sum); ok {
+	if c.attempts > 1 {
+		v, ok, rerr := s.appliedEarlier(ctx, key, data, sum)
+		if ok {
 			s.ambig.Add(1)
 			return v, nil
+		}
+		if rerr != nil {
+			// Neither a success nor a conflict we can vouch for: an earlier
+			// attempt may have applied.
+			return "", fmt.Errorf("viperblock/backend/s3: PutObject s3://%s/%s%s: outcome unknown: attempt %d failed its precondition (%v) and reading the object back failed: %w",
+				s.bucket, s.prefix, key, c.attempts, err, rerr)
 		}
 	}
 	return "", fmt.Errorf("%w: s3 PutObject s3://%s/%s%s: %w", backend.ErrPrecondition, s.bucket, s.prefix, key, err)
 }
 
-// appliedEarlier reports whether key now holds exactly data, and its version.
-func (s *Store) appliedEarlier(ctx context.Context, key string, data []byte, sum [md5.Size]byte) (backend.Version, bool) {
+// appliedEarlier reports whether key now holds exactly data, and its
+// version; an error means it could not tell.
+func (s *Store) appliedEarlier(ctx context.Context, key string, data []byte, sum [md5.Size]byte) (backend.Version, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return "", false, err
+	}
 	cctx, _ := withCall(ctx, "HeadObject")
 	h, err := s.client.HeadObject(cctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: s.key(key)})
+	if isNotFound(err) {
+		return "", false, nil // deleted since: not ours
+	}
 	if err != nil {
-		return "", false
+		return "", false, s.wrap("HeadObject", key, err)
 	}
 	etag := aws.ToString(h.ETag)
 	if etag != "" && strings.Trim(etag, `"`) == hex.EncodeToString(sum[:]) && aws.ToInt64(h.ContentLength) == int64(len(data)) {
-		return backend.Version(etag), true
+		return backend.Version(etag), true, nil
 	}
 	cur, v, err := s.Get(ctx, key)
-	if err != nil || !bytes.Equal(cur, data) {
-		return "", false
+	if errors.Is(err, backend.ErrNotFound) {
+		return "", false, nil
 	}
-	return v, true
+	if err != nil {
+		return "", false, err
+	}
+	if !bytes.Equal(cur, data) {
+		return "", false, nil
+	}
+	return v, true, nil
 }
 
 // Delete implements backend.Store.
