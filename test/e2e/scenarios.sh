@@ -277,7 +277,7 @@ expand_online() {
 }
 
 # expand_restage: the online growth is refused (NodeExpandVolume answers
-# FailedPrecondition and the kubelet reports it on the pod); the pod keeps
+# FailedPrecondition and the kubelet reports it on the PVC); the pod keeps
 # running and its data is intact; a new pod restages the volume, which grows
 # the unmounted ext4, and sees the new size.
 df_kib() { kc -n "$NS" exec "$1" -- df -k /data | awk 'NR==2{print $2}'; }
@@ -287,9 +287,10 @@ expand_restage() {
   pod expand-p "$expand" "echo kept >/data/kept && sync && exec sleep 3600" && wait_running expand-p || return 1
   before=$(df_kib expand-p)
   kc -n "$NS" patch pvc "$expand" --type=merge -p '{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}' >/dev/null || return 1
-  wait_until 180 "the refused online growth reported in an event" eval \
-    "kc -n $NS get events -o jsonpath='{.items[*].message}' | grep -q 'CAP_SYS_RESOURCE'" ||
-    fail "no event says the online growth was refused: $(kc -n "$NS" get events -o jsonpath='{range .items[*]}{.reason}: {.message}{"\n"}{end}' | tail -n 5)" || return 1
+  # The kubelet reports the refusal as the PVC's NodeResizeError condition.
+  wait_until 180 "the refused online growth reported on the PVC" eval \
+    "kc -n $NS get pvc $expand -o jsonpath='{.status.conditions[?(@.type==\"NodeResizeError\")].message}' | grep -q CAP_SYS_RESOURCE" ||
+    fail "the PVC does not say the online growth was refused: $(kc -n "$NS" get pvc "$expand" -o jsonpath='{range .status.conditions[*]}{.type}: {.message}{"\n"}{end}')" || return 1
   kc -n "$NS" get pod expand-p -o jsonpath='{.status.phase}' | grep -qx Running || fail "pod stopped after the refused growth" || return 1
   delete_pod expand-p
   pod expand-q "$expand" "exec sleep 3600" && wait_running expand-q || return 1
