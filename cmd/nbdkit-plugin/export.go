@@ -29,6 +29,7 @@ import "C"
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"runtime/cgo"
@@ -37,6 +38,7 @@ import (
 	"unsafe"
 
 	"github.com/viperblock/viperblock-csi/cmd/nbdkit-plugin/internal/vbplugin"
+	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
 
@@ -84,7 +86,11 @@ func goDumpPlugin() {
 //export goGetReady
 func goGetReady() C.int {
 	if err := plugin.GetReady(context.Background()); err != nil {
-		return fail(0, err)
+		fail(0, err)
+		if errors.Is(err, vb.ErrNotOwner) {
+			return C.int(vbplugin.ExitNotOwner) // w_get_ready exits with it
+		}
+		return -1
 	}
 	return 0
 }

@@ -26,6 +26,9 @@
   "cache=<N|N%|SIZE>  read cache: N 4 KiB blocks, N% of memory, or a size (256MiB)\n" \
   "size=<SIZE>        create the volume with this size if it is missing (10GiB)\n" \
   "readonly=<BOOL>    serve without taking ownership; writes fail (default false)\n" \
+  "resume_only=<BOOL> take ownership only back from this wal_dir's own earlier\n" \
+  "                   open (a restart after a crash); if another owner has the\n" \
+  "                   volume, exit with status 77 and change nothing (default false)\n" \
   "drain_interval=<D> longest wait before written data is drained (default 5s)\n" \
   "virtual_size=<SIZE> advertise at least SIZE bytes, so an attached device can\n" \
   "                   grow with the volume; past the volume's end reads are zeros\n" \
@@ -97,8 +100,19 @@ static void w_dump_plugin (void) { goDumpPlugin (); }
 static int
 w_get_ready (void)
 {
+  int r;
+
   ready_pid = getpid ();
-  return goGetReady ();
+  r = goGetReady ();
+  if (r > 0) {
+    /* A resume_only=true open refused because another owner has the
+     * volume: exit with the status the supervisor recognises
+     * (vbplugin.ExitNotOwner) rather than nbdkit's generic 1. Nothing is
+     * served yet: no socket, no pidfile. */
+    fflush (stderr);
+    _exit (r);
+  }
+  return r;
 }
 
 static int

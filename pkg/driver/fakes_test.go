@@ -109,6 +109,10 @@ type fakeSup struct {
 	starts    int // guarded by mu
 	running   map[string]*fakeServer
 	adoptable bool // guarded by mu: Adopt finds running servers
+	// beforeOpen, when set, runs in Start just before the engine's open
+	// (after the node's own checks), with the spec's parameters.
+	beforeOpen func(params []string)
+	lastParams []string // guarded by mu: the parameters of the last Start
 }
 
 func newFakeSup(t *testing.T, st backend.Store) *fakeSup {
@@ -139,11 +143,20 @@ func (f *fakeSup) Start(ctx context.Context, spec nbdkitSpec) (server, error) {
 	if walDir == "" {
 		walDir = f.t.TempDir()
 	}
-	opts := vb.Options{WALDir: walDir, FS: noLockFS{vfs.Default}, CacheBlocks: -1, ReadOnly: param(spec.Params, "readonly") == "true"}
+	opts := vb.Options{WALDir: walDir, FS: noLockFS{vfs.Default}, CacheBlocks: -1, ReadOnly: param(spec.Params, "readonly") == "true",
+		ResumeOnly: param(spec.Params, "resume_only") == "true"}
 	if d, err := time.ParseDuration(param(spec.Params, "drain_interval")); err == nil {
 		opts.DrainInterval = d
 	}
+	f.lastParams = append([]string(nil), spec.Params...)
+	if f.beforeOpen != nil {
+		f.beforeOpen(spec.Params)
+	}
 	v, err := vb.Open(ctx, f.store, param(spec.Params, "volume"), opts)
+	if errors.Is(err, vb.ErrNotOwner) {
+		// As the real supervisor reports the plugin's exit status 77.
+		return nil, fmt.Errorf("%w: nbdkit refused to take the volume back (resume_only): %v", errOwnedElsewhere, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("nbdkit exited before serving: %v", err)
 	}

@@ -19,7 +19,10 @@ import (
 // node plugin because nbdkit and the attachment never stopped.
 //
 // The healer never steals a volume: it restarts an nbdkit only while the
-// volume is still this node's (checkOwner). If another owner has taken it
+// volume is still this node's (checkOwner), and the nbdkit it starts takes
+// ownership only back from this node's WAL (resume_only=true; see
+// ensureServer), so a takeover between the check and nbdkit's open fails
+// the open instead of fencing the new owner. If another owner has taken it
 // over, the volume is left closed and reported fenced (NodeGetVolumeHealth)
 // until NodeUnstageVolume; if the store cannot be reached to tell, the
 // healer retries later.
@@ -87,7 +90,7 @@ func (n *NodeServer) heal(ctx context.Context, id volumeID) error {
 		return err
 	}
 	wasRunning := n.running(id) != nil
-	srv, err := n.ensureServer(ctx, id, st, url, n.ownerCheck(id, st, url))
+	srv, err := n.ensureServer(ctx, id, st, url, true)
 	if errors.Is(err, errOwnedElsewhere) {
 		return n.fence(id, st, err)
 	}

@@ -23,12 +23,18 @@ type countingSup struct {
 	Supervisor
 	mu     sync.Mutex
 	starts int // guarded by mu
+	// before, when set, runs before each start (after the node's checks).
+	before func(spec nbdkitSpec) // guarded by mu
 }
 
 func (c *countingSup) Start(ctx context.Context, spec nbdkitSpec) (server, error) {
 	c.mu.Lock()
 	c.starts++
+	before := c.before
 	c.mu.Unlock()
+	if before != nil {
+		before(spec)
+	}
 	return c.Supervisor.Start(ctx, spec)
 }
 
@@ -284,5 +290,73 @@ func TestHealNbdkitRestarts(t *testing.T) {
 	}
 	if inf, err := vb.Inspect(context.Background(), store, vid.Vol); err != nil || inf.Open {
 		t.Fatalf("volume not drained: %+v %v", inf, err)
+	}
+}
+
+// With the real nbdkit and plugin: node A's nbdkit dies, A's healer checks
+// that the volume is still A's, and node B takes it over just before the
+// restarted nbdkit opens it. That nbdkit runs with resume_only=true: it
+// refuses to take the volume back and exits with status 77, and A's healer
+// fences the volume as if its check had failed. B keeps the volume; A's
+// WAL is left as it was.
+func TestHealNbdkitTakeoverAfterCheck(t *testing.T) {
+	storeURL, store := needRealNbdkit(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	a := newRealNode(t, dir, "node-a", storeURL)
+	a.stage()
+	release := a.holdConn("write -P 0xaa 0 4k", "flush")
+	defer release()
+	walDir := filepath.Join(a.ns.opts.WALDir, vid.Store)
+	testutil.Eventually(t, 60*time.Second, "the write to reach node A's WAL", func() (bool, error) {
+		n, _ := walPending(walDir, vid.Vol)
+		return n > 0, nil
+	})
+
+	var b *vb.Volume
+	var resumed bool
+	a.sup.mu.Lock()
+	a.sup.before = func(spec nbdkitSpec) {
+		resumed = contains(spec.Params, "resume_only=true")
+		var err error
+		if b, err = vb.Open(ctx, store, vid.Vol, vb.Options{WALDir: filepath.Join(dir, "node-b-wal"), CacheBlocks: -1}); err != nil {
+			t.Errorf("node B's takeover: %v", err)
+		}
+	}
+	a.sup.mu.Unlock()
+	a.killServer()
+	release()
+	segs := walSegments(t, filepath.Join(walDir, vid.Vol))
+	testutil.Eventually(t, 60*time.Second, "node A's healer to find the volume taken over", func() (bool, error) {
+		return fencedByHealer(a.ns, vid.Vol)
+	})
+	a.sup.mu.Lock()
+	a.sup.before = nil
+	a.sup.mu.Unlock()
+	if b == nil {
+		t.Fatal("node A's healer never restarted nbdkit")
+	}
+	defer b.Close()
+	if !resumed {
+		t.Fatal("node A's healer restarted nbdkit without resume_only=true")
+	}
+	if n := a.sup.count(); n != 2 || a.ns.running(vid) != nil {
+		t.Fatalf("%d nbdkit starts, running %v: want one refused restart", n, a.ns.running(vid) != nil)
+	}
+	if inf, err := vb.Inspect(ctx, store, vid.Vol); err != nil || inf.Epoch != b.Epoch() {
+		t.Fatalf("store epoch %d (%v), want node B's %d: node A's heal stole the volume", inf.Epoch, err, b.Epoch())
+	}
+	if got := walSegments(t, filepath.Join(walDir, vid.Vol)); len(got) == 0 || fmt.Sprint(got) != fmt.Sprint(segs) {
+		t.Fatalf("node A's WAL segments %v after the refused restart, want %v untouched", got, segs)
+	}
+	if err := writeFlushDrain(b, 0xbb, 1<<20); err != nil {
+		t.Fatalf("node B after node A's healer ran: %v", err)
+	}
+	if err := a.unstage(); err != nil {
+		t.Fatalf("unstage on node A of the fenced volume: %v", err)
+	}
+	checkStaleWAL(t, filepath.Join(walDir, vid.Vol))
+	if inf, err := vb.Inspect(ctx, store, vid.Vol); err != nil || inf.Epoch != b.Epoch() {
+		t.Fatalf("store epoch %d (%v) after node A's unstage, want node B's %d", inf.Epoch, err, b.Epoch())
 	}
 }

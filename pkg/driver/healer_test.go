@@ -287,3 +287,100 @@ func TestHealStoreDownRetries(t *testing.T) {
 		t.Fatal("unstage incomplete")
 	}
 }
+
+// die ends the fake nbdkit as a crash would: the volume is neither flushed
+// nor drained (it is leaked, as in fakeSup's crash), its WAL stays.
+func (s *fakeServer) die() {
+	s.once.Do(func() {
+		s.sup.mu.Lock()
+		delete(s.sup.running, s.socket)
+		s.sup.leaked = append(s.sup.leaked, s.v)
+		s.sup.mu.Unlock()
+		close(s.done)
+	})
+}
+
+// Another node takes the volume over after the healer's ownership check
+// passed and before the restarted nbdkit opens it: the nbdkit (started
+// with resume_only=true) refuses to take the volume back, and the healer
+// fences the volume exactly as when its check fails. The new owner keeps
+// the volume; our WAL is left as it was, then quarantined at unstage.
+func TestHealNeverStealsTakeoverAfterCheck(t *testing.T) {
+	r := newNodeRig(t)
+	r.create("v1", 64<<20)
+	ctx := context.Background()
+	if _, err := r.ns.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: "default/v1", StagingTargetPath: r.staging("v1"),
+		VolumeCapability: mountCapability(snw), VolumeContext: map[string]string{ParamDrainInterval: "1h"}}); err != nil {
+		t.Fatal(err)
+	}
+	r.sup.mu.Lock()
+	stageParams := r.sup.lastParams
+	r.sup.mu.Unlock()
+	if param(stageParams, "resume_only") != "" {
+		t.Fatalf("NodeStageVolume started nbdkit with %v: a stage takes ownership, it does not resume", stageParams)
+	}
+	a := r.server("v1").v
+	if _, err := a.WriteAt(bytes.Repeat([]byte{0xaa}, vb.BlockSize), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	walDir := filepath.Join(r.dir, "wal", "default", "v1")
+	segs := walSegments(t, walDir)
+	if len(segs) == 0 {
+		t.Fatal("the flushed write is in no WAL segment")
+	}
+
+	// Node B takes the volume over just as the restarted nbdkit opens it.
+	var b *vb.Volume
+	r.sup.mu.Lock()
+	r.sup.beforeOpen = func(params []string) {
+		if b != nil {
+			return
+		}
+		var err error
+		if b, err = vb.Open(ctx, r.store, "v1", vb.Options{WALDir: t.TempDir(), CacheBlocks: -1}); err != nil {
+			t.Errorf("takeover: %v", err)
+		}
+	}
+	r.sup.mu.Unlock()
+	r.server("v1").die()
+	testutil.Eventually(t, 30*time.Second, "the healer to find the volume taken over", func() (bool, error) {
+		return fencedByHealer(r.ns, "v1")
+	})
+	r.sup.mu.Lock()
+	healParams := r.sup.lastParams
+	r.sup.mu.Unlock()
+	if b == nil {
+		t.Fatal("the healer never tried to restart nbdkit")
+	}
+	defer b.Close()
+	if param(healParams, "resume_only") != "true" {
+		t.Fatalf("the healer restarted nbdkit with %v, want resume_only=true", healParams)
+	}
+	if n := r.sup.startCount(); n != 2 || r.server("v1") != nil {
+		t.Fatalf("%d starts, server %v: want one refused restart and no server", n, r.server("v1"))
+	}
+	if got := r.info("v1").Epoch; got != b.Epoch() {
+		t.Fatalf("store epoch %d, want the new owner's %d: the heal stole the volume", got, b.Epoch())
+	}
+	if got := walSegments(t, walDir); strings.Join(got, ",") != strings.Join(segs, ",") {
+		t.Fatalf("WAL segments %v after the refused restart, want %v untouched", got, segs)
+	}
+	if err := writeFlushDrain(b, 0xbb, 1<<20); err != nil {
+		t.Fatalf("new owner after the heal: %v", err)
+	}
+	// Healing again changes nothing: the volume stays fenced.
+	r.ns.Heal(ctx)
+	if r.sup.startCount() != 2 {
+		t.Fatal("a second Heal restarted nbdkit for a fenced volume")
+	}
+	if err := r.unstageEventually("v1"); err != nil {
+		t.Fatalf("unstage of a fenced volume: %v", err)
+	}
+	checkStaleWAL(t, walDir)
+	if got := r.info("v1").Epoch; got != b.Epoch() {
+		t.Fatalf("store epoch %d after our unstage, want the new owner's %d", got, b.Epoch())
+	}
+}

@@ -288,10 +288,19 @@ func (n *NodeServer) running(id volumeID) server {
 }
 
 // ensureServer makes sure the volume's nbdkit runs: the one already
-// tracked, one adopted from its pidfile, or a new one. A new one starts
-// only if beforeStart (when not nil) returns nil: a new nbdkit takes
+// tracked, one adopted from its pidfile, or a new one. A new nbdkit takes
 // ownership of the volume, an adopted one already has it.
-func (n *NodeServer) ensureServer(ctx context.Context, id volumeID, st *volState, url string, beforeStart func(context.Context) error) (server, error) {
+//
+// resume is set for a reopen on the node's own initiative (the healer, an
+// unstage serving the volume once more to drain it): a new nbdkit then
+// starts only while the volume is still this node's (checkOwner), and with
+// resume_only=true, so that the engine itself refuses to take the volume
+// back should another owner take it over between that check and nbdkit's
+// open. Such a refusal is errOwnedElsewhere, as the check's own is. (With
+// no OWNER file in the WAL directory there is nothing for the engine to
+// check against: the reopen relies on the check alone, as NodeStage's
+// ownership is recorded only in the state file's epoch then.)
+func (n *NodeServer) ensureServer(ctx context.Context, id volumeID, st *volState, url string, resume bool) (server, error) {
 	if srv := n.running(id); srv != nil {
 		return srv, nil
 	}
@@ -309,14 +318,18 @@ func (n *NodeServer) ensureServer(ctx context.Context, id volumeID, st *volState
 	if ok {
 		klog.InfoS("adopted running nbdkit", "volume", id, "pid", srv.Pid())
 	} else {
-		if beforeStart != nil {
-			if err := beforeStart(ctx); err != nil {
+		if resume && !st.ReadOnly {
+			recorded, err := n.restartCheck(ctx, id, st, url)
+			if err != nil {
 				return nil, err
+			}
+			if recorded {
+				spec.Params = append(spec.Params, "resume_only=true")
 			}
 		}
 		srv, err = n.sup.Start(ctx, spec)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", errNbdkit, err)
+			return nil, fmt.Errorf("%w: %w", errNbdkit, err)
 		}
 		klog.InfoS("started nbdkit", "volume", id, "pid", srv.Pid(), "socket", p.Socket)
 	}
@@ -471,7 +484,7 @@ func (n *NodeServer) stage(ctx context.Context, id volumeID, st *volState, secre
 	}
 	fresh := n.running(id) == nil
 	// NodeStage takes ownership: the CO published the volume to this node.
-	if _, err := n.ensureServer(ctx, id, st, url, nil); err != nil {
+	if _, err := n.ensureServer(ctx, id, st, url, false); err != nil {
 		return err
 	}
 	if fresh && !st.ReadOnly {
@@ -659,7 +672,7 @@ func (n *NodeServer) stopAndDrain(ctx context.Context, id volumeID, st *volState
 		if err != nil {
 			return false, err
 		}
-		ownErr := n.checkOwner(ctx, id, st, store)
+		_, ownErr := n.checkOwner(ctx, id, st, store)
 		switch {
 		case errors.Is(ownErr, errOwnedElsewhere):
 			klog.InfoS("the volume is not this node's (any more): nothing of ours to drain; our unuploaded writes, if any, were fenced",
@@ -679,7 +692,7 @@ func (n *NodeServer) stopAndDrain(ctx context.Context, id volumeID, st *volState
 		}
 		// Open with our ownership and no nbdkit: it died before draining.
 		klog.InfoS("volume was not drained (nbdkit died?); serving it once more to drain its WAL", "volume", id)
-		if _, err := n.ensureServer(ctx, id, st, url, n.ownerCheck(id, st, url)); errors.Is(err, errOwnedElsewhere) {
+		if _, err := n.ensureServer(ctx, id, st, url, true); errors.Is(err, errOwnedElsewhere) {
 			continue // taken over just now: the next round finds it so
 		} else if err != nil {
 			return false, err

@@ -32,19 +32,29 @@ import (
 // one case where the OWNER file names another owner's pair: an open on this
 // node that did not finish (its OWNER file records the ownership it was
 // taking over from).
+//
+// The check alone leaves a window: another node can take the volume over
+// between it and nbdkit's open, which would then steal it. So the nbdkit
+// of such a reopen runs with resume_only=true (vb.Options.ResumeOnly): the
+// engine repeats the test against the manifest it reads, and its epoch
+// bump is a compare-and-swap on that manifest's version, so a takeover at
+// any point before the bump makes nbdkit exit with nbdkitExitNotOwner,
+// having changed nothing; the node treats that exactly as a failed check.
 
 // checkOwner returns nil if the store's current owner of the volume is this
 // node's open, an error wrapping errOwnedElsewhere if another owner has
 // taken the volume over since, and any other error (the store cannot be
-// reached, the volume is gone) when it cannot tell.
-func (n *NodeServer) checkOwner(ctx context.Context, id volumeID, st *volState, store backend.Store) error {
+// reached, the volume is gone) when it cannot tell. recorded reports
+// whether the WAL directory has an OWNER file (what a resume-only open
+// checks; see ensureServer).
+func (n *NodeServer) checkOwner(ctx context.Context, id volumeID, st *volState, store backend.Store) (recorded bool, err error) {
 	epoch, nonce, err := vb.Owner(ctx, store, id.Vol)
 	if err != nil {
-		return err
+		return false, err
 	}
 	own, found, err := vb.WALOwner(nil, n.paths(id).WALDir, id.Vol)
 	if err != nil {
-		return fmt.Errorf("read this node's record of the volume's ownership: %w", err)
+		return false, fmt.Errorf("read this node's record of the volume's ownership: %w", err)
 	}
 	var ours bool
 	if found {
@@ -56,28 +66,23 @@ func (n *NodeServer) checkOwner(ctx context.Context, id volumeID, st *volState, 
 		ours = st.Epoch != 0 && epoch == st.Epoch
 	}
 	if !ours {
-		return fmt.Errorf("%w (the store's owner has epoch %d, this node's open had epoch %d)", errOwnedElsewhere, epoch, st.Epoch)
+		return found, fmt.Errorf("%w (the store's owner has epoch %d, this node's open had epoch %d)", errOwnedElsewhere, epoch, st.Epoch)
 	}
-	return nil
+	return found, nil
 }
 
-// ownerCheck is checkOwner as a hook for ensureServer: it runs just before
-// a new nbdkit would start. Read-only volumes take no ownership.
-func (n *NodeServer) ownerCheck(id volumeID, st *volState, url string) func(context.Context) error {
-	if st.ReadOnly {
-		return nil
+// restartCheck is checkOwner for ensureServer: it runs just before a new
+// nbdkit would reopen a writable volume on the node's own initiative.
+func (n *NodeServer) restartCheck(ctx context.Context, id volumeID, st *volState, url string) (recorded bool, err error) {
+	store, err := n.volumeStore(ctx, url)
+	if err != nil {
+		return false, err
 	}
-	return func(ctx context.Context) error {
-		store, err := n.volumeStore(ctx, url)
-		if err != nil {
-			return err
-		}
-		err = n.checkOwner(ctx, id, st, store)
-		if err != nil && !errors.Is(err, errOwnedElsewhere) && !errors.Is(err, vb.ErrNotFound) && !errors.Is(err, vb.ErrCorrupt) {
-			n.metrics.BackendErrors.WithLabelValues(id.Store).Inc()
-		}
-		return err
+	recorded, err = n.checkOwner(ctx, id, st, store)
+	if err != nil && !errors.Is(err, errOwnedElsewhere) && !errors.Is(err, vb.ErrNotFound) && !errors.Is(err, vb.ErrCorrupt) {
+		n.metrics.BackendErrors.WithLabelValues(id.Store).Inc()
 	}
+	return recorded, err
 }
 
 // recordOwner records in st the ownership epoch of the volume's open on

@@ -136,6 +136,9 @@ func (procSupervisor) Start(ctx context.Context, spec nbdkitSpec) (server, error
 		}
 		select {
 		case <-keeperDone:
+			if code, ok := readExitCode(spec.Status, 0); ok && code == nbdkitExitNotOwner {
+				return nil, fmt.Errorf("%w: nbdkit refused to take the volume back (resume_only): %s", errOwnedElsewhere, logTail(spec.LogFile, logStart))
+			}
 			return nil, fmt.Errorf("nbdkit exited before serving (%s): %s", readStatus(spec.Status, 0), logTail(spec.LogFile, logStart))
 		case <-ctx.Done():
 			cmd.Process.Kill()
@@ -186,27 +189,46 @@ func isNbdkitFor(pid int, socket string) bool {
 	return named && contains(args, socket)
 }
 
+// nbdkitExitNotOwner is the exit status of an nbdkit started with
+// resume_only=true whose open was refused because another owner has the
+// volume (the plugin's vbplugin.ExitNotOwner: keep the two equal; the
+// driver cannot import the plugin's package). Start reports it as
+// errOwnedElsewhere.
+const nbdkitExitNotOwner = 77
+
 // readStatus waits up to wait for the keeper's status file and describes
 // the exit status ("" for 0).
 func readStatus(path string, wait time.Duration) string {
+	n, ok := readExitCode(path, wait)
+	switch {
+	case !ok:
+		return "exit status unknown"
+	case n < 0:
+		return "unreadable exit status"
+	case n == 0:
+		return ""
+	case n > 128:
+		return "killed by " + unix.SignalName(syscall.Signal(n-128))
+	default:
+		return "exit status " + strconv.Itoa(n)
+	}
+}
+
+// readExitCode waits up to wait for the keeper's status file and returns
+// the status it records (-1 if unreadable); ok is false if there is none.
+func readExitCode(path string, wait time.Duration) (code int, ok bool) {
 	deadline := time.Now().Add(wait)
 	for {
 		b, err := os.ReadFile(path)
 		if err == nil {
 			n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-			switch {
-			case err != nil:
-				return "unreadable exit status"
-			case n == 0:
-				return ""
-			case n > 128:
-				return "killed by " + unix.SignalName(syscall.Signal(n-128))
-			default:
-				return "exit status " + strconv.Itoa(n)
+			if err != nil {
+				return -1, true
 			}
+			return n, true
 		}
 		if time.Now().After(deadline) {
-			return "exit status unknown"
+			return 0, false
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -24,7 +24,11 @@
 //     compare-and-swap; a stale owner's next commit fails and the volume
 //     stops accepting writes (ErrFenced). Only another owner fences: a
 //     failed commit is judged by the manifest read back, never by the
-//     error alone (see "Commits with an unknown outcome" below).
+//     error alone (see "Commits with an unknown outcome" below). A
+//     resume-only Open (Options.ResumeOnly) takes ownership only back from
+//     its own WAL directory, whose OWNER file must own the manifest it
+//     read; a takeover before or during it fails it with ErrNotOwner, and
+//     nothing is written.
 //  6. Every record and object carries a CRC32C and a format version. A torn
 //     WAL tail is discarded; corruption elsewhere is an error (ErrCorrupt),
 //     never data.
@@ -71,5 +75,6 @@
 //
 //	<wal dir>/<volume>/.lock                 held while the volume is open
 //	<wal dir>/<volume>/OWNER                 whose WAL this is (see owner.go)
+//	<wal dir>/<volume>/RESERVE               64 KiB kept so OWNER stays writable on a full disk
 //	<wal dir>/<volume>/<shard:02d>/<generation:016x>.wal   segments (package wal)
 package viperblock

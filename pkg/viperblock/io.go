@@ -35,6 +35,9 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 	if err := v.checkRange(len(p), off); err != nil {
 		return 0, err
 	}
+	if err := v.retryWAL(); err != nil {
+		return 0, err
+	}
 	if err := v.throttle(); err != nil {
 		return 0, err
 	}

@@ -1,10 +1,13 @@
 package viperblock
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/wal"
@@ -90,6 +93,7 @@ type segment struct {
 	io      sync.Mutex // serializes file I/O; guards f, written, dead
 	f       vfs.File
 	written int64 // record bytes written to the file
+	base    int64 // the file's header length: records start here
 	created bool  // the file exists
 	removed bool  // the file of a retired segment is deleted
 	synced  atomic.Int64
@@ -165,12 +169,15 @@ func (v *Volume) writeOut(sh *shard, seg *segment, target int64, sync bool) erro
 	sh.mu.Unlock()
 	if seg.f == nil {
 		if err := v.createSegmentFile(sh, seg); err != nil {
+			if retryableWALErr(err) {
+				return v.setWALWriteErr(err)
+			}
 			return v.setWALErr(err)
 		}
 	}
 	for _, p := range parts {
 		if _, err := seg.f.Write(p); err != nil {
-			return v.setWALErr(fmt.Errorf("viperblock: write WAL %s: %w", seg.path, err))
+			return v.failedWrite(seg, fmt.Errorf("viperblock: write WAL %s: %w", seg.path, err))
 		}
 	}
 	seg.written = end
@@ -189,6 +196,29 @@ func (v *Volume) writeOut(sh *shard, seg *segment, target int64, sync bool) erro
 	return nil
 }
 
+// failedWrite handles a failed write of records to seg's file. The write
+// may have stored part of what it was given, leaving a torn record after
+// the last good one; the next write would then follow it, and a replay
+// would find a valid record after garbage, which is corruption. So the
+// file is truncated back to the last good record and the write offset put
+// there: the file is then exactly as before the write, and for a passing
+// condition (the disk full, a quota) the write may be retried
+// (setWALWriteErr). Any other error, or a file that cannot be put back,
+// fails the WAL for good (setWALErr). seg.io must be held.
+func (v *Volume) failedWrite(seg *segment, err error) error {
+	if !retryableWALErr(err) {
+		return v.setWALErr(err)
+	}
+	good := seg.base + seg.written
+	if terr := seg.f.Truncate(good); terr != nil {
+		return v.setWALErr(fmt.Errorf("%w; truncating back to the last good record failed: %v", err, terr))
+	}
+	if _, serr := seg.f.Seek(good, io.SeekStart); serr != nil {
+		return v.setWALErr(fmt.Errorf("%w; seeking back to the last good record failed: %v", err, serr))
+	}
+	return v.setWALWriteErr(err)
+}
+
 func (v *Volume) createSegmentFile(sh *shard, seg *segment) error {
 	f, err := v.fs.Create(seg.path)
 	if err != nil {
@@ -196,7 +226,10 @@ func (v *Volume) createSegmentFile(sh *shard, seg *segment) error {
 	}
 	hdr := wal.AppendSegmentHeader(nil, wal.SegmentHeader{Shard: uint16(sh.idx), Epoch: v.epoch, Generation: seg.gen, Volume: v.name})
 	if _, err := f.Write(hdr); err != nil {
+		// Nothing in it yet: drop the file (a torn header left by a crash
+		// is discarded at replay); a retry creates it afresh.
 		f.Close()
+		_ = v.fs.Remove(seg.path)
 		return fmt.Errorf("viperblock: write WAL segment header: %w", err)
 	}
 	if err := v.crashPoint("wal.before-dir-sync"); err != nil {
@@ -205,9 +238,10 @@ func (v *Volume) createSegmentFile(sh *shard, seg *segment) error {
 	}
 	if err := vfs.SyncDir(v.fs, v.shardDir(sh.idx)); err != nil {
 		f.Close()
-		return fmt.Errorf("viperblock: sync WAL directory: %w", err)
+		return fmt.Errorf("%w: viperblock: sync WAL directory: %w", errWALSync, err)
 	}
 	seg.f = f
+	seg.base = int64(len(hdr))
 	seg.created = true
 	return nil
 }
@@ -301,9 +335,17 @@ func (v *Volume) flush() error {
 	}
 	switch len(jobs) {
 	case 0:
-		return v.walErr()
+		if err := v.walErr(); err != nil {
+			return err
+		}
+		v.walWriteFail.Store(nil) // nothing left unwritten
+		return nil
 	case 1:
-		return v.writeOut(jobs[0].sh, jobs[0].seg, jobs[0].target, true)
+		err := v.writeOut(jobs[0].sh, jobs[0].seg, jobs[0].target, true)
+		if err == nil {
+			v.clearWALWriteErr()
+		}
+		return err
 	}
 	errs := make([]error, len(jobs))
 	var wg sync.WaitGroup
@@ -320,7 +362,31 @@ func (v *Volume) flush() error {
 			return err
 		}
 	}
+	v.clearWALWriteErr()
 	return nil
+}
+
+// WAL failures come in two kinds.
+//
+// A failed fsync (of a segment or of a directory) is sticky (walFail): the
+// page cache may have dropped what it was asked to make durable, so nothing
+// written since the last good fsync can be trusted to be on disk, and the
+// volume accepts no more writes (reads keep working; Close does not drain,
+// as the flushed state is unknown). So is any other unexpected error.
+//
+// A write that failed for want of space (ENOSPC, EDQUOT) and left the file
+// as it was (failedWrite) is not (walWriteFail): the records stay in memory
+// and unwritten, the Flush (or write) that hit it fails with the errno, and
+// every later write first retries the WAL (a flush) and fails the same way
+// until the space is back. Drains go on meanwhile (they read the records
+// from memory, and their commits free WAL segments), and Close still
+// drains everything to the backend.
+var errWALSync = errors.New("viperblock: WAL sync failed")
+
+// retryableWALErr reports whether a failed WAL write may be retried once
+// the file is back to its last good record: the disk or a quota was full.
+func retryableWALErr(err error) bool {
+	return !errors.Is(err, errWALSync) && (errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT))
 }
 
 func (v *Volume) walErr() error {
@@ -334,6 +400,31 @@ func (v *Volume) setWALErr(err error) error {
 	v.walFail.CompareAndSwap(nil, &err)
 	v.log.Error("WAL failed; the volume accepts no more writes", "err", err)
 	return err
+}
+
+// setWALWriteErr records a retryable WAL write failure (see errWALSync).
+func (v *Volume) setWALWriteErr(err error) error {
+	if v.walWriteFail.Swap(&err) == nil {
+		v.log.Error("WAL write failed: out of space; writes and flushes fail until there is room again", "err", err)
+	}
+	return err
+}
+
+// clearWALWriteErr forgets a retryable WAL write failure once a flush has
+// written and synced everything.
+func (v *Volume) clearWALWriteErr() {
+	if v.walWriteFail.Swap(nil) != nil {
+		v.log.Info("WAL writable again: writes and flushes succeed")
+	}
+}
+
+// retryWAL is what a write does while a WAL write failure is outstanding:
+// it retries the WAL (a flush) and fails as that does.
+func (v *Volume) retryWAL() error {
+	if v.walWriteFail.Load() == nil {
+		return nil
+	}
+	return v.flush()
 }
 
 // writebackLoop writes full slabs to their segment files in the background

@@ -104,6 +104,15 @@ func newVolume(store backend.Store, name string, m *manifest.Manifest, ver backe
 }
 
 func (v *Volume) openWAL(ctx context.Context) error {
+	if v.opts.ResumeOnly {
+		// Nothing to resume without a WAL directory: refuse before
+		// creating one.
+		if _, err := v.fs.Stat(v.wdir); errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: %s: no WAL directory at %s", ErrNotOwner, v.name, v.wdir)
+		} else if err != nil {
+			return err
+		}
+	}
 	if err := vfs.MkdirAllDurable(v.fs, v.wdir); err != nil {
 		return fmt.Errorf("viperblock: WAL directory: %w", err)
 	}
@@ -116,9 +125,19 @@ func (v *Volume) openWAL(ctx context.Context) error {
 	}
 	v.lock = lock
 	m := v.man
-	own, _, err := readOwner(v.fs, v.wdir)
+	own, found, err := readOwner(v.fs, v.wdir)
 	if err != nil {
 		return err
+	}
+	if v.opts.ResumeOnly && !own.owns(m.Epoch, m.Owner) {
+		if !found {
+			return fmt.Errorf("%w: %s: no OWNER file in %s", ErrNotOwner, v.name, v.wdir)
+		}
+		return fmt.Errorf("%w: %s: the store's owner is epoch %d, nonce %x; the WAL at %s was written under epoch %d, nonce %x",
+			ErrNotOwner, v.name, m.Epoch, m.Owner[:4], v.wdir, own.epoch, own.nonce[:4])
+	}
+	if err := ensureReserve(v.fs, v.wdir); err != nil {
+		v.log.Warn("could not make the WAL directory's reserve (kept so OWNER stays writable on a full disk)", "dir", v.wdir, "err", err)
 	}
 	segFiles, err := v.listSegments()
 	if err != nil {
@@ -143,7 +162,7 @@ func (v *Volume) openWAL(ctx context.Context) error {
 	if newEpoch >= 1<<24 {
 		return fmt.Errorf("%w: epoch space of %s exhausted", ErrBackendState, v.name)
 	}
-	if err := writeOwner(v.fs, v.wdir, ownerRecord{epoch: m.Epoch, nonce: m.Owner, pendingEpoch: newEpoch, pendingNonce: nonce}); err != nil {
+	if err := v.writeOwner(ownerRecord{epoch: m.Epoch, nonce: m.Owner, pendingEpoch: newEpoch, pendingNonce: nonce}); err != nil {
 		return fmt.Errorf("viperblock: write OWNER: %w", err)
 	}
 	if err := v.crashPoint("open.before-epoch-commit"); err != nil {
@@ -159,7 +178,23 @@ func (v *Volume) openWAL(ctx context.Context) error {
 		// The answer may have been lost after the store applied it (see
 		// commit): if the manifest holds exactly our bump, we own it.
 		cur, cv, gerr := v.store.Get(ctx, manifestKey(v.name))
-		if gerr != nil || !bytes.Equal(cur, enc) || v.syncManifest(ctx) != nil {
+		applied := gerr == nil && bytes.Equal(cur, enc)
+		if !applied || v.syncManifest(ctx) != nil {
+			if v.opts.ResumeOnly {
+				if why := takenOver(cur, gerr, m); !applied && why != "" {
+					// Our swap was conditioned on a version that has
+					// moved: it never applies. Put the OWNER file back
+					// as it was (best effort: the pending pair it names
+					// was never committed, so it owns nothing).
+					if werr := v.writeOwner(own); werr != nil {
+						v.log.Warn("could not restore the OWNER file after a refused resume", "err", werr)
+					}
+					return fmt.Errorf("%w: %s: %s while this open was taking it back", ErrNotOwner, v.name, why)
+				}
+				// Not shown to be another owner's: fail plainly (not
+				// fenced), so the caller checks again and retries.
+				return fmt.Errorf("viperblock: take ownership of %s back: %w", v.name, err)
+			}
 			if errors.Is(err, backend.ErrPrecondition) {
 				return fmt.Errorf("%w: %s: another writer opened it at the same time", ErrFenced, v.name)
 			}
@@ -172,7 +207,7 @@ func (v *Volume) openWAL(ctx context.Context) error {
 	if err := v.crashPoint("open.after-epoch-commit"); err != nil {
 		return err
 	}
-	if err := writeOwner(v.fs, v.wdir, ownerRecord{epoch: newEpoch, nonce: nonce}); err != nil {
+	if err := v.writeOwner(ownerRecord{epoch: newEpoch, nonce: nonce}); err != nil {
 		return fmt.Errorf("viperblock: write OWNER: %w", err)
 	}
 	v.man, v.manVer, v.manSum, v.epoch, v.owner = &next, ver, sha256.Sum256(enc), newEpoch, nonce
@@ -181,6 +216,26 @@ func (v *Volume) openWAL(ctx context.Context) error {
 		v.shards[i].seg = v.newSegment(i, v.gen)
 	}
 	return nil
+}
+
+// takenOver says, for a resume-only open whose epoch bump from manifest m
+// failed, who has the volume according to the manifest read back (cur, or
+// the read's error getErr): "" unless that shows another owner (or none).
+// Anything else (an unreadable manifest, or m's owner with other content,
+// as after an expansion) is no proof of a takeover: the open fails with a
+// plain error and is retried.
+func takenOver(cur []byte, getErr error, m *manifest.Manifest) string {
+	if errors.Is(getErr, backend.ErrNotFound) {
+		return "the volume was deleted"
+	}
+	if getErr != nil {
+		return ""
+	}
+	got, err := manifest.Decode(cur)
+	if err != nil || (got.Epoch == m.Epoch && got.Owner == m.Owner) {
+		return ""
+	}
+	return fmt.Sprintf("another owner (epoch %d, nonce %x) took it over", got.Epoch, got.Owner[:4])
 }
 
 type segFile struct {
@@ -365,6 +420,13 @@ func (v *Volume) Close() error {
 		err = fmt.Errorf("%w: %s: writes since the last commit were not uploaded", ErrFenced, v.name)
 	} else {
 		err = v.flush()
+		if err != nil && v.walErr() == nil {
+			// Only WAL writes failed for want of space (see errWALSync):
+			// the records are in memory, and the drain puts them in the
+			// backend, which is all Close promises.
+			v.log.Warn("final flush failed; draining from memory", "err", err)
+			err = nil
+		}
 		if err == nil {
 			v.drainMu.Lock()
 			v.closing = true // the final commit clears FlagOpen

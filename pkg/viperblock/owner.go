@@ -85,6 +85,68 @@ func writeOwner(fsys vfs.FS, dir string, o ownerRecord) error {
 	return vfs.WriteFileAtomic(fsys, filepath.Join(dir, "OWNER"), o.encode())
 }
 
+// The OWNER file must stay writable when the WAL's disk is full: without
+// it a volume cannot be opened again (restaged) on this node, although its
+// writes could wait for space. So each WAL directory keeps a reserve, a
+// file of reserveSize bytes written out in full (allocated, not sparse).
+// When writing OWNER fails for want of space, the reserve is deleted to
+// make room and the write retried; the reserve is made again when there is
+// room (at the next open, or right after the write). The OWNER file is
+// rewritten through a temporary file and a rename, so it needs room for a
+// second copy of itself (one filesystem block) and its directory entry: a
+// few KiB. 64 KiB leaves a margin for filesystems with larger blocks.
+const (
+	reserveName = "RESERVE"
+	reserveSize = 64 << 10
+)
+
+// ensureReserve makes the WAL directory's reserve unless it is there.
+func ensureReserve(fsys vfs.FS, dir string) error {
+	path := filepath.Join(dir, reserveName)
+	if f, err := fsys.Open(path); err == nil {
+		n, serr := f.Size()
+		f.Close()
+		if serr == nil && n == reserveSize {
+			return nil
+		}
+	}
+	f, err := fsys.Create(path)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(make([]byte, reserveSize))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = fsys.Remove(path) // a partial reserve reserves nothing
+	}
+	return err
+}
+
+// writeOwner writes the OWNER file, spending the directory's reserve if the
+// disk is full (see reserveName).
+func (v *Volume) writeOwner(o ownerRecord) error {
+	err := writeOwner(v.fs, v.wdir, o)
+	if err == nil || !retryableWALErr(err) {
+		return err
+	}
+	if rerr := v.fs.Remove(filepath.Join(v.wdir, reserveName)); rerr != nil {
+		return fmt.Errorf("%w (and no reserve to free: %v)", err, rerr)
+	}
+	v.log.Warn("WAL disk full: spent the reserve to write the OWNER file", "dir", v.wdir)
+	if err := writeOwner(v.fs, v.wdir, o); err != nil {
+		return err
+	}
+	if err := ensureReserve(v.fs, v.wdir); err != nil {
+		v.log.Warn("could not make the WAL directory's reserve again; the next open retries", "dir", v.wdir, "err", err)
+	}
+	return nil
+}
+
 // owns reports whether the WAL written under o belongs to the manifest's
 // current owner.
 func (o ownerRecord) owns(epoch uint64, nonce [16]byte) bool {

@@ -41,6 +41,12 @@ var (
 	ErrCorrupt      = errors.New("viperblock: corrupt data")
 	ErrNeedsWALDir  = errors.New("viperblock: a writable volume needs a WAL directory")
 	ErrBackendState = errors.New("viperblock: backend holds an inconsistent state")
+	// ErrNotOwner: a resume-only open (Options.ResumeOnly) found that its
+	// WAL directory does not own the volume: another owner has taken it
+	// over since (or this directory never owned it), and the open took
+	// nothing. It is a kind of ErrFenced, so a caller that tests for
+	// ErrFenced treats it as "another owner has the volume".
+	ErrNotOwner = fmt.Errorf("%w (a resume-only open refused: its WAL directory is not the owner's)", ErrFenced)
 )
 
 // Options configure a volume. The zero value is usable for a read-only open;
@@ -53,6 +59,20 @@ type Options struct {
 	FS vfs.FS
 	// ReadOnly opens without taking ownership; writes fail with ErrReadOnly.
 	ReadOnly bool
+	// ResumeOnly makes a writable Open take ownership only back from its
+	// own WAL directory: only if the OWNER file there owns the manifest
+	// the open read (its current or pending pair: nobody else has owned the
+	// volume since this WAL was written; see owner.go). Otherwise Open
+	// fails with ErrNotOwner and leaves the store and the WAL as they were.
+	// The epoch bump is a compare-and-swap on the manifest version the open
+	// read, so a takeover between that read and the bump fails the swap,
+	// which (once the manifest read back shows another state, see
+	// "Commits with an unknown outcome") is ErrNotOwner too. A supervisor
+	// that reopens a volume on its own initiative (restarting a crashed
+	// server) sets it, so the reopen can never steal the volume from an
+	// owner that took it over meanwhile. A volume never opened in WALDir
+	// (no OWNER file) is refused.
+	ResumeOnly bool
 	// CacheBlocks sizes the read cache in blocks. If zero, CacheMemPercent
 	// of system memory is used; if both are zero, 64 MiB. Negative: no cache.
 	CacheBlocks     int
@@ -172,10 +192,13 @@ type Volume struct {
 	done      sync.WaitGroup
 	started   sync.Once // Start's background goroutines; Close spends it
 
-	ops     sync.RWMutex // held shared by every I/O call, exclusively by Close
-	walFail atomic.Pointer[error]
-	state   atomic.Int32 // stateOpen, stateFenced, stateClosed
-	lastErr atomic.Pointer[error]
+	ops     sync.RWMutex          // held shared by every I/O call, exclusively by Close
+	walFail atomic.Pointer[error] // sticky WAL failure (see errWALSync)
+	// walWriteFail is the outstanding retryable WAL write failure, if any
+	// (see errWALSync).
+	walWriteFail atomic.Pointer[error]
+	state        atomic.Int32 // stateOpen, stateFenced, stateClosed
+	lastErr      atomic.Pointer[error]
 
 	stats counters
 }

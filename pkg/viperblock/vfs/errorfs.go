@@ -96,8 +96,26 @@ func (e errFS) MkdirAll(dir string, perm os.FileMode) error {
 	return e.FS.MkdirAll(dir, perm)
 }
 
+// PartialWrite, returned by an Injector for OpWrite, makes the write store
+// its first N bytes (at most) and then fail with Err, as a write that ran
+// out of space part-way does.
+type PartialWrite struct {
+	N   int
+	Err error
+}
+
+func (e *PartialWrite) Error() string { return e.Err.Error() }
+func (e *PartialWrite) Unwrap() error { return e.Err }
+
 func (f errFile) Write(p []byte) (int, error) {
 	if err := f.inj(OpWrite, f.name); err != nil {
+		if pw, ok := err.(*PartialWrite); ok {
+			n, werr := f.File.Write(p[:min(pw.N, len(p))])
+			if werr != nil {
+				return n, werr
+			}
+			return n, pw.Err
+		}
 		return 0, err
 	}
 	return f.File.Write(p)

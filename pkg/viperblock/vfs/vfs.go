@@ -27,8 +27,11 @@ type File interface {
 	// Sync makes the file's data durable (fsync). On a directory it makes
 	// the directory's entries durable.
 	Sync() error
-	// Truncate changes the file's size.
+	// Truncate changes the file's size. It does not move the offset of
+	// the next Write (Seek does).
 	Truncate(size int64) error
+	// Seek sets the offset of the next Read or Write.
+	Seek(offset int64, whence int) (int64, error)
 	// Size returns the file's current size.
 	Size() (int64, error)
 }

@@ -28,6 +28,8 @@ const (
 //	cache=N|N%|SIZE      read cache in blocks, % of memory, or bytes
 //	size=SIZE            create the volume if it is missing
 //	readonly=BOOL        open without ownership
+//	resume_only=BOOL     take ownership only back from wal_dir's own open
+//	                     (vb.Options.ResumeOnly); refused: exit status 77
 //	drain_interval=DUR   engine drain interval
 //	virtual_size=SIZE    advertise at least SIZE bytes (see Conn.Size)
 type Config struct {
@@ -38,6 +40,7 @@ type Config struct {
 	CacheMemPercent float64
 	Size            int64 // create if missing when > 0
 	ReadOnly        bool
+	ResumeOnly      bool // see vb.Options.ResumeOnly and ExitNotOwner
 	DrainInterval   time.Duration
 	VirtualSize     int64 // advertised size when larger than the volume
 
@@ -80,6 +83,12 @@ func (c *Config) Set(key, value string) error {
 			return fmt.Errorf("readonly=%s: %v", value, err)
 		}
 		c.ReadOnly = b
+	case "resume_only", "resume-only":
+		b, err := parseBool(value)
+		if err != nil {
+			return fmt.Errorf("resume_only=%s: %v", value, err)
+		}
+		c.ResumeOnly = b
 	case "drain_interval", "drain-interval":
 		d, err := time.ParseDuration(value)
 		if err != nil || d <= 0 {
@@ -148,6 +157,9 @@ func (c *Config) Complete(getenv func(string) string) error {
 	}
 	if c.WALDir == "" && !c.ReadOnly {
 		return fmt.Errorf("missing wal_dir=<DIR> (or %s in the environment); a writable volume needs one", EnvWALDir)
+	}
+	if c.ResumeOnly && c.Size > 0 {
+		return fmt.Errorf("resume_only=true reopens an existing volume: it excludes size=")
 	}
 	if c.WALDir != "" && !filepath.IsAbs(c.WALDir) {
 		abs, err := filepath.Abs(c.WALDir)

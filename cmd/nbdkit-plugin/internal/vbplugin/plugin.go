@@ -87,7 +87,7 @@ func (p *Plugin) GetReady(ctx context.Context) error {
 		return fmt.Errorf("store %s: %v", Redact(c.Store), err)
 	}
 	opts := vb.Options{
-		WALDir: c.WALDir, ReadOnly: c.ReadOnly,
+		WALDir: c.WALDir, ReadOnly: c.ReadOnly, ResumeOnly: c.ResumeOnly,
 		CacheBlocks: c.CacheBlocks, CacheMemPercent: c.CacheMemPercent,
 		DrainInterval: c.DrainInterval, Logger: p.log,
 		// nbdkit swaps stdin and stdout for /dev/null after get_ready,
@@ -154,6 +154,13 @@ func (p *Plugin) stopProfile() {
 	}
 }
 
+// ExitNotOwner is the exit status of an nbdkit whose resume_only=true open
+// was refused because another owner has the volume (vb.ErrNotOwner): its
+// supervisor (pkg/driver) tells it from other start-up failures by this
+// status, and must not retry as if the failure were passing. 77 is
+// sysexits.h's EX_NOPERM; nbdkit itself exits 0 or 1.
+const ExitNotOwner = 77
+
 // openError turns an Open failure into one line that says what to do.
 func openError(c *Config, err error) error {
 	switch {
@@ -169,6 +176,9 @@ func openError(c *Config, err error) error {
 		return fmt.Errorf("volume %q: a writable open needs wal_dir=", c.Volume)
 	case errors.Is(err, vb.ErrCorrupt):
 		return fmt.Errorf("volume %q is corrupt, refusing to serve it: %v", c.Volume, err)
+	case errors.Is(err, vb.ErrNotOwner):
+		// Keep err in the chain: the cgo layer exits with ExitNotOwner.
+		return fmt.Errorf("volume %q is not this WAL directory's any more (resume_only=true), not taking it over: %w", c.Volume, err)
 	}
 	return fmt.Errorf("open volume %q: %v", c.Volume, err)
 }

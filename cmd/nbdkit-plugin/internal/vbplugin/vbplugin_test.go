@@ -5,11 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
 
 func TestCheckForeground(t *testing.T) {
@@ -247,6 +250,8 @@ func TestErrno(t *testing.T) {
 		vb.ErrCorrupt:                     syscall.EIO,
 		vb.ErrClosed:                      syscall.ESHUTDOWN,
 		errors.New("backend down"):        syscall.EIO,
+		// A WAL write on a full disk (the engine keeps the errno).
+		fmt.Errorf("viperblock: write WAL x: %w", &os.PathError{Op: "write", Path: "x", Err: syscall.ENOSPC}): syscall.ENOSPC,
 	}
 	for err, want := range cases {
 		if got := Errno(err, false); got != want {
@@ -258,5 +263,76 @@ func TestErrno(t *testing.T) {
 func TestRedact(t *testing.T) {
 	if got := Redact("s3://key:secret@bucket/prefix?secret_key=abc"); got != "s3://bucket/prefix" {
 		t.Errorf("Redact = %q", got)
+	}
+}
+
+// resume_only=: parsed, incompatible with size=, passed to the engine: a
+// server restarted after a crash reopens its own WAL, and is refused with
+// vb.ErrNotOwner (the cgo layer's ExitNotOwner) once another owner has the
+// volume.
+func TestResumeOnly(t *testing.T) {
+	var c Config
+	if err := c.Set("resume_only", "true"); err != nil || !c.ResumeOnly {
+		t.Fatalf("resume_only=true: %v, %+v", err, c)
+	}
+	if err := (&Config{}).Set("resume_only", "maybe"); err == nil {
+		t.Error("resume_only=maybe accepted")
+	}
+	c.Set("volume", "v")
+	c.Set("size", "1MiB")
+	if err := c.Complete(func(string) string { return "/x" }); err == nil {
+		t.Error("resume_only=true with size= accepted")
+	}
+
+	ctx := context.Background()
+	store := memStore(t)
+	p := newPlugin(t, store, "1MiB")
+	conn, _ := p.Open(false)
+	if err := conn.Pwrite(bytes.Repeat([]byte{7}, vb.BlockSize), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	if err := p.Cleanup(); err != nil { // the server stops
+		t.Fatal(err)
+	}
+
+	resume := func() (*Plugin, error) {
+		q := New(nil)
+		q.Cfg = Config{Volume: "vol", Store: store, WALDir: p.Cfg.WALDir}
+		if err := q.Cfg.Set("resume_only", "1"); err != nil {
+			t.Fatal(err)
+		}
+		return q, q.GetReady(ctx)
+	}
+	q, err := resume()
+	if err != nil {
+		t.Fatalf("resume by the stopped server's WAL: %v", err)
+	}
+	got := make([]byte, vb.BlockSize)
+	qc, _ := q.Open(false)
+	if err := qc.Pread(got, 0); err != nil || got[0] != 7 {
+		t.Fatalf("resumed server lost the write (%v)", err)
+	}
+	qc.Close()
+	if err := q.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Another node takes the volume over: the resume is refused.
+	st, err := backend.Open(ctx, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	other, err := vb.Open(ctx, st, "vol", vb.Options{WALDir: t.TempDir(), CacheBlocks: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, err := resume(); !errors.Is(err, vb.ErrNotOwner) || !strings.Contains(err.Error(), "resume_only") {
+		t.Fatalf("resume after a takeover: %v, want vb.ErrNotOwner explained", err)
+	}
+	if inf, err := vb.Inspect(ctx, st, "vol"); err != nil || inf.Epoch != other.Epoch() {
+		t.Fatalf("store epoch %d (%v), want the new owner's %d", inf.Epoch, err, other.Epoch())
 	}
 }
