@@ -207,7 +207,7 @@ func (a *attacher) losetup(ctx context.Context, file string, size int64, ro bool
 	if err != nil && want && a.o.DirectIO == "auto" {
 		// losetup may refuse direct I/O outright on some kernels.
 		for _, d := range loopsOf(file) {
-			loopClear(d)
+			loopClear(d, file)
 		}
 		dev, err = run(false)
 	}
@@ -217,7 +217,7 @@ func (a *attacher) losetup(ctx context.Context, file string, size int64, ro bool
 	s, _ := readSysfs(filepath.Join(sysBlock(dev), "loop", "dio"))
 	dio = s == "1"
 	if a.o.DirectIO == "on" && !dio {
-		loopClear(dev)
+		loopClear(dev, file)
 		return "", false, fmt.Errorf("%w: the kernel refused direct I/O on %s for a FUSE file", ErrUnsupported, dev)
 	}
 	return dev, dio, nil
@@ -309,7 +309,7 @@ func (a *attacher) teardownFuse(ctx context.Context, st *state) error {
 	}
 	for _, l := range loops {
 		flushDevWithin(l, time.Until(deadline)/2)
-		if err := loopClear(l); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := loopClear(l, file); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("attach: detach %s: %w", l, err)
 		}
 	}

@@ -72,7 +72,8 @@ func forceCleanup(t *testing.T, dir string) {
 		}
 	}
 	for _, l := range loopsUnder(dir) {
-		loopClear(l)
+		backing, _ := readSysfs(filepath.Join(sysBlock(l), "loop", "backing_file"))
+		loopClear(l, backing)
 		t.Logf("cleanup: detached %s", l)
 	}
 	for _, pid := range nbdfuseUnder(dir) {

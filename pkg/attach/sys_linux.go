@@ -99,19 +99,50 @@ func loopSetSizeLimit(dev string, limit int64) error {
 	return nil
 }
 
-// loopClear detaches a loop device from its file (what losetup -d does).
-// If the device is still open elsewhere the kernel detaches it when the
-// last user closes it (autoclear).
-func loopClear(dev string) error {
+// loopClear detaches a loop device from file (what losetup -d does), but
+// only while the device is still backed by file: a device found through
+// sysfs can be released and taken by another attachment (another volume's)
+// before it is opened here, and clearing that one would pull a device out
+// from under a mounted filesystem. The identity is checked on the open
+// descriptor, which keeps the device from being released and reused until
+// the clear. A device that is unbound or backed by something else is left
+// alone (nil). If the device is still open elsewhere the kernel detaches it
+// when the last user closes it (autoclear).
+func loopClear(dev, file string) error {
 	f, err := os.OpenFile(dev, os.O_RDONLY|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	var info loopInfo64
+	if err := ioctl(f.Fd(), loopGetStatus64, uintptr(unsafe.Pointer(&info))); err != nil {
+		if err == syscall.ENXIO {
+			return nil // unbound: already detached
+		}
+		return fmt.Errorf("LOOP_GET_STATUS64 %s: %w", dev, err)
+	}
+	if !loopBackedBy(&info, file) {
+		return nil
+	}
 	if err := ioctl(f.Fd(), loopClrFD, 0); err != nil && err != syscall.ENXIO {
 		return fmt.Errorf("LOOP_CLR_FD %s: %w", dev, err)
 	}
 	return nil
+}
+
+// loopBackedBy reports whether a loop device's status names file: by its
+// device and inode when file can be stat'ed, else by the (possibly
+// truncated) name the kernel recorded.
+func loopBackedBy(info *loopInfo64, file string) bool {
+	var st syscall.Stat_t
+	if err := syscall.Stat(file, &st); err == nil {
+		return info.Device == uint64(st.Dev) && info.Inode == st.Ino
+	}
+	name := string(info.FileName[:])
+	if i := strings.IndexByte(name, 0); i >= 0 {
+		name = name[:i]
+	}
+	return name != "" && strings.HasPrefix(file, name)
 }
 
 // sysBlock is /sys/block/<name of dev>.

@@ -44,7 +44,14 @@ func TestGrowUnmounted(t *testing.T) {
 		return strings.TrimSpace(string(out))
 	}
 	dev := run("losetup", "--find", "--show", img)
-	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	t.Cleanup(func() {
+		// By the backing file, never by name: a device detached earlier
+		// may be another test's by now.
+		out, _ := exec.Command("losetup", "-j", img, "-O", "NAME", "-n").Output()
+		for _, d := range strings.Fields(string(out)) {
+			exec.Command("losetup", "-d", d).Run()
+		}
+	})
 	m := NewMounter()
 	if err := m.GrowUnmounted(dev); err != nil {
 		t.Fatalf("a device without a filesystem: %v", err)

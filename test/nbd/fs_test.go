@@ -147,13 +147,24 @@ func attach(t *testing.T, s *server) string {
 		b, err := os.ReadFile(pidfile)
 		return err == nil && len(b) > 0, err
 	})
-	out := strings.TrimSpace(run(t, "losetup", "--find", "--show", filepath.Join(fuseDir, "disk")))
-	t.Cleanup(func() { exec.Command("losetup", "-d", out).Run() })
+	disk := filepath.Join(fuseDir, "disk")
+	out := strings.TrimSpace(run(t, "losetup", "--find", "--show", disk))
+	// Detach whatever is still backed by this file, never the device by
+	// name: once detach ran, the same device may be another test's.
+	t.Cleanup(func() { detachBacking(disk) })
 	attached[out] = fuseDir
 	return out
 }
 
 var attached = map[string]string{} // loop device -> nbdfuse mountpoint
+
+// detachBacking detaches every loop device backed by file.
+func detachBacking(file string) {
+	out, _ := exec.Command("losetup", "-j", file, "-O", "NAME", "-n").Output()
+	for _, dev := range strings.Fields(string(out)) {
+		exec.Command("losetup", "-d", dev).Run()
+	}
+}
 
 func detach(t *testing.T, dev string) {
 	t.Helper()
