@@ -30,6 +30,11 @@
   "                   open (a restart after a crash); if another owner has the\n" \
   "                   volume, exit with status 77 and change nothing (default false)\n" \
   "drain_interval=<D> longest wait before written data is drained (default 5s)\n" \
+  "lease_duration=<D> ownership lease (default 15s): a flush is confirmed only\n" \
+  "                   while it is valid; another node takes over an owner that\n" \
+  "                   neither renews nor releases it after 1.2 durations\n" \
+  "durability=<node|store> node: a flush is durable in the WAL on this node;\n" \
+  "                   store: also in the object store (default: the volume's class)\n" \
   "virtual_size=<SIZE> advertise at least SIZE bytes, so an attached device can\n" \
   "                   grow with the volume; past the volume's end reads are zeros\n" \
   "Run nbdkit in the foreground (-f): the Go runtime does not survive its fork."

@@ -261,7 +261,7 @@ func (c *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 
 	switch {
 	case src == nil:
-		err = vb.CreateOnly(ctx, st, id.Vol, size)
+		err = vb.CreateWithClass(ctx, st, id.Vol, size, vb.Durability(vp.Durability))
 	case src.GetSnapshot() != nil:
 		var si vb.SnapshotInfo
 		si, err = vb.InspectSnapshot(ctx, st, srcSnap.Vol, srcSnap.Snap)

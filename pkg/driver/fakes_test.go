@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -143,16 +144,22 @@ func (f *fakeSup) Start(ctx context.Context, spec nbdkitSpec) (server, error) {
 	if walDir == "" {
 		walDir = f.t.TempDir()
 	}
+	// Leases of a second, so a test's other node takes over a dead or
+	// paused fake server quickly.
 	opts := vb.Options{WALDir: walDir, FS: noLockFS{vfs.Default}, CacheBlocks: -1, ReadOnly: param(spec.Params, "readonly") == "true",
-		ResumeOnly: param(spec.Params, "resume_only") == "true"}
+		ResumeOnly: param(spec.Params, "resume_only") == "true", LeaseDuration: time.Second}
 	if d, err := time.ParseDuration(param(spec.Params, "drain_interval")); err == nil {
 		opts.DrainInterval = d
 	}
+	if d, err := time.ParseDuration(param(spec.Params, "lease_duration")); err == nil {
+		opts.LeaseDuration = d
+	}
+	ps := &pausableStore{Store: f.store}
 	f.lastParams = append([]string(nil), spec.Params...)
 	if f.beforeOpen != nil {
 		f.beforeOpen(spec.Params)
 	}
-	v, err := vb.Open(ctx, f.store, param(spec.Params, "volume"), opts)
+	v, err := vb.Open(ctx, ps, param(spec.Params, "volume"), opts)
 	if errors.Is(err, vb.ErrNotOwner) {
 		// As the real supervisor reports the plugin's exit status 77.
 		return nil, fmt.Errorf("%w: nbdkit refused to take the volume back (resume_only): %v", errOwnedElsewhere, err)
@@ -160,10 +167,41 @@ func (f *fakeSup) Start(ctx context.Context, spec nbdkitSpec) (server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nbdkit exited before serving: %v", err)
 	}
-	s := &fakeServer{sup: f, v: v, done: make(chan struct{}), socket: spec.Socket}
+	s := &fakeServer{sup: f, v: v, done: make(chan struct{}), socket: spec.Socket, store: ps}
 	f.running[spec.Socket] = s
 	return s, nil
 }
+
+// pausableStore is a fake server's view of the store. Paused, its lease
+// and release requests fail, as for a process that is stopped or cut off:
+// the volume neither renews its lease nor answers requests to release it,
+// so another node takes it over once the lease expires.
+type pausableStore struct {
+	backend.Store
+	paused atomic.Bool
+}
+
+func (p *pausableStore) leaseKey(key string) bool {
+	return p.paused.Load() && (strings.HasSuffix(key, "/lease") || strings.HasSuffix(key, "/release"))
+}
+
+func (p *pausableStore) Get(ctx context.Context, key string) ([]byte, backend.Version, error) {
+	if p.leaseKey(key) {
+		return nil, "", errors.New("fake: paused")
+	}
+	return p.Store.Get(ctx, key)
+}
+
+func (p *pausableStore) PutIf(ctx context.Context, key string, data []byte, v backend.Version) (backend.Version, error) {
+	if p.leaseKey(key) {
+		return "", errors.New("fake: paused")
+	}
+	return p.Store.PutIf(ctx, key, data, v)
+}
+
+// pause makes the server unresponsive to the lease protocol (see
+// pausableStore).
+func (s *fakeServer) pause() { s.store.paused.Store(true) }
 
 // noLockFS is the operating system's filesystem without the WAL lock: in
 // the fake, a crashed server is a volume left open in the test process.
@@ -188,6 +226,7 @@ func (f *fakeSup) Adopt(spec nbdkitSpec) (server, bool, error) {
 type fakeServer struct {
 	sup    *fakeSup
 	v      *vb.Volume
+	store  *pausableStore // the volume's view of the store
 	socket string
 	once   sync.Once
 	done   chan struct{}

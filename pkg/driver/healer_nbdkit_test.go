@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -87,7 +88,7 @@ func (n *realNode) staging() string { return filepath.Join(n.dir, "staging") }
 func (n *realNode) stage() {
 	n.t.Helper()
 	if _, err := n.ns.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: vid.String(), StagingTargetPath: n.staging(),
-		VolumeCapability: mountCapability(snw), VolumeContext: map[string]string{ParamDrainInterval: "1h"}}); err != nil {
+		VolumeCapability: mountCapability(snw), VolumeContext: map[string]string{ParamDrainInterval: "1h", ParamLeaseDuration: "1s"}}); err != nil {
 		n.t.Fatalf("stage on %s: %v", n.ns.opts.NodeID, err)
 	}
 }
@@ -134,6 +135,20 @@ func (n *realNode) holdConn(cmds ...string) (release func()) {
 	return func() {
 		stdin.Close()
 		cmd.Wait() // its connection may have died with nbdkit: any exit status
+	}
+}
+
+// pauseServer stops the volume's nbdkit (SIGSTOP): it renews nothing and
+// answers no release request, so another node takes the volume over once
+// its lease has run out.
+func (n *realNode) pauseServer() {
+	n.t.Helper()
+	srv := n.ns.running(vid)
+	if srv == nil {
+		n.t.Fatal("no nbdkit runs for the volume")
+	}
+	if err := syscall.Kill(srv.Pid(), syscall.SIGSTOP); err != nil {
+		n.t.Fatal(err)
 	}
 }
 
@@ -192,6 +207,7 @@ func TestHealNbdkitNeverSteals(t *testing.T) {
 		return n > 0, nil
 	})
 
+	a.pauseServer() // node A stops answering (then dies): B waits its lease out
 	b, err := vb.Open(ctx, store, vid.Vol, vb.Options{WALDir: filepath.Join(dir, "node-b-wal"), CacheBlocks: -1})
 	if err != nil {
 		t.Fatal(err)

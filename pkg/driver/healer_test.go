@@ -102,7 +102,9 @@ func TestHealNeverStealsAfterServerDies(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Node B takes the volume over (force-detached from here).
+	// Node B takes the volume over (force-detached from here, while our
+	// nbdkit is stopped: it answers nothing, and its lease runs out).
+	r.server("v1").pause()
 	b, err := vb.Open(ctx, r.store, "v1", vb.Options{WALDir: t.TempDir(), CacheBlocks: -1})
 	if err != nil {
 		t.Fatal(err)
@@ -291,6 +293,7 @@ func TestHealStoreDownRetries(t *testing.T) {
 // die ends the fake nbdkit as a crash would: the volume is neither flushed
 // nor drained (it is leaked, as in fakeSup's crash), its WAL stays.
 func (s *fakeServer) die() {
+	s.pause() // a dead process answers nothing
 	s.once.Do(func() {
 		s.sup.mu.Lock()
 		delete(s.sup.running, s.socket)

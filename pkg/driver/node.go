@@ -234,6 +234,12 @@ func (n *NodeServer) spec(id volumeID, st *volState, url string) nbdkitSpec {
 	if st.Cache != "" {
 		params = append(params, "cache="+st.Cache)
 	}
+	if st.Durability != "" {
+		params = append(params, "durability="+st.Durability)
+	}
+	if st.Lease != "" {
+		params = append(params, "lease_duration="+st.Lease)
+	}
 	if st.Drain != "" {
 		params = append(params, "drain_interval="+st.Drain)
 	}
@@ -434,7 +440,8 @@ func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 		}
 	} else {
 		st = &volState{StagingPath: req.GetStagingTargetPath(), Block: acc.Block, FsType: fsType, MountFlags: acc.MountFlags,
-			Mode: acc.Mode.String(), ReadOnly: acc.readOnly(), MkfsOptions: vp.MkfsOptions, Cache: vp.Cache, Drain: vp.DrainInterval}
+			Mode: acc.Mode.String(), ReadOnly: acc.readOnly(), MkfsOptions: vp.MkfsOptions, Cache: vp.Cache, Drain: vp.DrainInterval,
+			Durability: vp.Durability, Lease: vp.LeaseDuration}
 	}
 	if err := n.stage(ctx, id, st, req.GetSecrets()); err != nil {
 		if !existed {

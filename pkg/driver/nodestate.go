@@ -40,6 +40,8 @@ type volState struct {
 	MkfsOptions []string `json:"mkfsOptions,omitempty"`
 	Cache       string   `json:"cache,omitempty"`
 	Drain       string   `json:"drainInterval,omitempty"`
+	Durability  string   `json:"durability,omitempty"`
+	Lease       string   `json:"leaseDuration,omitempty"`
 	Creds       bool     `json:"credentials,omitempty"` // credentials.env exists
 	Device      string   `json:"device,omitempty"`
 	Size        int64    `json:"size,omitempty"`  // the size the device shows

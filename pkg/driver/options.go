@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 )
 
 // DefaultDriverName is the CSI driver name.
@@ -70,6 +72,9 @@ type Options struct {
 	// older than DrainLagAge, is reported DEGRADED.
 	DrainLagBytes int64
 	DrainLagAge   time.Duration
+	// StaleWALRetention is how long a WAL set aside because another node
+	// took the volume over is kept for inspection (negative: forever).
+	StaleWALRetention time.Duration
 	// ReadyTimeout bounds the wait for nbdkit to serve (it replays the WAL
 	// first).
 	ReadyTimeout time.Duration
@@ -144,6 +149,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet, node bool) {
 	fs.StringVar(&o.Attacher, "attacher", "auto", "how NBD exports become block devices: auto, nbd, nbdfuse")
 	fs.Int64Var(&o.MaxVolumesPerNode, "max-volumes-per-node", 0, "volumes this node can stage (0: no limit)")
 	fs.Int64Var(&o.DrainLagBytes, "drain-lag-bytes", 1<<30, "WAL bytes not yet in the backend above which a volume is reported degraded")
+	fs.DurationVar(&o.StaleWALRetention, "stale-wal-retention", vb.DefaultStaleRetention, "how long a WAL set aside after another node took its volume over is kept for inspection (negative: forever)")
 	fs.DurationVar(&o.DrainLagAge, "drain-lag-age", 5*time.Minute, "age of the oldest WAL data not yet in the backend above which a volume is reported degraded")
 	fs.DurationVar(&o.ReadyTimeout, "nbdkit-ready-timeout", 2*time.Minute, "how long to wait for nbdkit to serve a volume (it replays the WAL first)")
 	fs.IntVar(&o.NbdkitThreads, "nbdkit-threads", 0, "nbdkit --threads (0: nbdkit's default)")
@@ -238,6 +244,9 @@ func (o *Options) ValidateNode() error {
 	}
 	if o.DrainLagBytes <= 0 {
 		o.DrainLagBytes = 1 << 30
+	}
+	if o.StaleWALRetention == 0 {
+		o.StaleWALRetention = vb.DefaultStaleRetention
 	}
 	if o.DrainLagAge <= 0 {
 		o.DrainLagAge = 5 * time.Minute

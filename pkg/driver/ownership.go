@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"k8s.io/klog/v2"
 
@@ -132,7 +133,12 @@ func (n *NodeServer) quarantineWAL(ctx context.Context, id volumeID, store backe
 	}
 	if dir != "" {
 		klog.InfoS("this node's unuploaded writes to the volume were fenced by another owner; its WAL is kept for inspection, never replayed",
-			"volume", id, "dir", dir)
+			"volume", id, "dir", dir, "retention", n.opts.StaleWALRetention)
+	}
+	if gone, err := vb.PruneStaleWALs(nil, n.paths(id).WALDir, id.Vol, n.opts.StaleWALRetention, time.Now()); err != nil {
+		klog.ErrorS(err, "could not remove stale WALs past their retention", "volume", id)
+	} else if len(gone) > 0 {
+		klog.InfoS("removed stale WALs past their retention", "volume", id, "dirs", gone)
 	}
 	return nil
 }

@@ -25,7 +25,8 @@ func TestOwnershipHelpers(t *testing.T) {
 	if _, found, err := vb.WALOwnedBy(nil, wa, "v", 0, [16]byte{}); found || err != nil {
 		t.Fatalf("OWNER of a WAL never written: found %v, %v", found, err)
 	}
-	a, err := vb.Open(ctx, store, "v", vb.Options{WALDir: wa, CacheBlocks: -1, DrainInterval: time.Hour})
+	pa := &pausableStore{Store: store} // node A's view of the store
+	a, err := vb.Open(ctx, pa, "v", vb.Options{WALDir: wa, CacheBlocks: -1, DrainInterval: time.Hour, LeaseDuration: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,6 +47,7 @@ func TestOwnershipHelpers(t *testing.T) {
 		t.Fatalf("quarantine of a WAL open in this process: %v, want ErrInUse", err)
 	}
 
+	pa.paused.Store(true) // A stops answering; B waits its lease out
 	b, err := vb.Open(ctx, store, "v", vb.Options{WALDir: wb, CacheBlocks: -1})
 	if err != nil {
 		t.Fatal(err)

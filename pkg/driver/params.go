@@ -9,6 +9,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/viperblock/viperblock-csi/pkg/units"
+	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 )
 
 // StorageClass parameters (CreateVolumeRequest.parameters). Keys with the
@@ -28,6 +29,12 @@ const (
 	// ParamDrainInterval bounds how long written data waits before it goes
 	// to the store (the loss window if a node dies), e.g. 5s.
 	ParamDrainInterval = "drainInterval"
+	// ParamDurability is the durability class: node (a flush is durable
+	// on the node) or store (a flush is durable in the object store).
+	ParamDurability = "durability"
+	// ParamLeaseDuration is the ownership lease's duration, e.g. 15s: how
+	// long another node waits for an owner that stopped answering.
+	ParamLeaseDuration = "leaseDuration"
 )
 
 const k8sParamPrefix = "csi.storage.k8s.io/"
@@ -40,6 +47,8 @@ type volumeParams struct {
 	MkfsOptions   []string
 	Cache         string
 	DrainInterval string
+	Durability    string
+	LeaseDuration string
 }
 
 // parseVolumeParams validates CreateVolume parameters.
@@ -76,8 +85,19 @@ func parseVolumeParams(p map[string]string, defStore string) (volumeParams, erro
 				return vp, fmt.Errorf("parameter %s=%s: want a duration between 1ms and 1h, e.g. 5s", k, v)
 			}
 			vp.DrainInterval = v
+		case ParamDurability:
+			d, err := vb.ParseDurability(v)
+			if err != nil {
+				return vp, fmt.Errorf("parameter %s=%s: want node or store", k, v)
+			}
+			vp.Durability = string(d)
+		case ParamLeaseDuration:
+			if err := checkLease(v); err != nil {
+				return vp, fmt.Errorf("parameter %s=%s: %v", k, v, err)
+			}
+			vp.LeaseDuration = v
 		default:
-			return vp, fmt.Errorf("unknown parameter %q (known: %s, %s, %s, %s, %s)", k, ParamStore, ParamFsType, ParamMkfsOptions, ParamCache, ParamDrainInterval)
+			return vp, fmt.Errorf("unknown parameter %q (known: %s, %s, %s, %s, %s, %s, %s)", k, ParamStore, ParamFsType, ParamMkfsOptions, ParamCache, ParamDrainInterval, ParamDurability, ParamLeaseDuration)
 		}
 	}
 	if vp.Store == "" {
@@ -104,7 +124,21 @@ func (vp volumeParams) context() map[string]string {
 	if vp.DrainInterval != "" {
 		c[ParamDrainInterval] = vp.DrainInterval
 	}
+	if vp.Durability != "" {
+		c[ParamDurability] = vp.Durability
+	}
+	if vp.LeaseDuration != "" {
+		c[ParamLeaseDuration] = vp.LeaseDuration
+	}
 	return c
+}
+
+func checkLease(v string) error {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < vb.MinLeaseDuration || d > time.Hour {
+		return fmt.Errorf("want a duration between %s and 1h, e.g. 15s", vb.MinLeaseDuration)
+	}
+	return nil
 }
 
 // parseVolumeContext reads the volume context on the node. Unknown keys
@@ -135,6 +169,19 @@ func parseVolumeContext(c map[string]string) (volumeParams, error) {
 			return vp, fmt.Errorf("volume context %s=%s: not a duration", ParamDrainInterval, v)
 		}
 		vp.DrainInterval = v
+	}
+	if v := c[ParamDurability]; v != "" {
+		d, err := vb.ParseDurability(v)
+		if err != nil {
+			return vp, fmt.Errorf("volume context %s=%s: want node or store", ParamDurability, v)
+		}
+		vp.Durability = string(d)
+	}
+	if v := c[ParamLeaseDuration]; v != "" {
+		if err := checkLease(v); err != nil {
+			return vp, fmt.Errorf("volume context %s=%s: %v", ParamLeaseDuration, v, err)
+		}
+		vp.LeaseDuration = v
 	}
 	return vp, nil
 }

@@ -470,13 +470,17 @@ func testCommitTakeoverStillFences(t *testing.T, newStore func(t *testing.T) bac
 		t.Run(tc.name, func(t *testing.T) {
 			st, ls := newLossy(newStore(t))
 			im := volImage{vol: tc.name}
-			v := mustCreate(t, st, im.vol, imgBlocks*vb.BlockSize, quietOpts(t))
+			o := quietOpts(t)
+			o.LeaseDuration = 500 * time.Millisecond
+			v := mustCreate(t, st, im.vol, imgBlocks*vb.BlockSize, o)
 			defer v.Close()
 			im.writeFlush(t, v, 'a', 0, 8)
 			tc.arm(ls)
 			_ = v.Drain(ctx)
 			im.writeFlush(t, v, 'b', 8, 8) // not committed before the takeover
-			// Another node takes the volume over.
+			// Another node waits out the paused owner's lease and takes
+			// the volume over.
+			vb.PauseLeaseForTest(v)
 			other, err := vb.Open(ctx, newStore(t), im.vol, quietOpts(t))
 			if err != nil {
 				t.Fatal(err)
@@ -627,7 +631,9 @@ func TestS3CommitAnswerLost(t *testing.T) {
 	}
 	im.checkElsewhere(t, "a new node after the lost answers", openS3(t, direct))
 
-	// A real takeover still fences, through the same proxy.
+	// A real takeover (of a paused owner) still fences, through the same
+	// proxy.
+	o.LeaseDuration = 500 * time.Millisecond
 	v, err := vb.Open(ctx, openS3(t, u), "v", o)
 	if err != nil {
 		t.Fatal(err)
@@ -637,6 +643,7 @@ func TestS3CommitAnswerLost(t *testing.T) {
 	if err := v.Drain(ctx); err != nil {
 		t.Fatal(err)
 	}
+	vb.PauseLeaseForTest(v)
 	other, err := vb.Open(ctx, openS3(t, direct), "v", quietOpts(t))
 	if err != nil {
 		t.Fatal(err)

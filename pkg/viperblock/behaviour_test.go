@@ -114,25 +114,32 @@ func testResize(t *testing.T, newStore func(t *testing.T) backend.Store) {
 	}
 }
 
-// Two writers on two nodes: the newer one fences the older.
+// Two writers on two nodes: a node that waited out the older one's lease
+// (paused: it neither renews nor answers) fences it.
 func TestFencing(t *testing.T) { forEachStore(t, testFencing) }
 
 func testFencing(t *testing.T, newStore func(t *testing.T) backend.Store) {
 	ctx := context.Background()
 	s := newStore(t)
-	a := mustCreate(t, s, "v", 1<<20, opts(t))
+	oa := opts(t)
+	oa.LeaseDuration = 500 * time.Millisecond
+	a := mustCreate(t, s, "v", 1<<20, oa)
 	if _, err := a.WriteAt(fill(1, 4096), 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Drain(ctx); err != nil {
 		t.Fatal(err)
 	}
+	vb.PauseLeaseForTest(a)
 	b, err := vb.Open(ctx, newStore(t), "v", opts(t)) // another node
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.WriteAt(fill(2, 4096), 0); err != nil {
-		t.Fatal(err) // accepted into memory; its commit will fail
+		t.Fatal(err) // accepted into memory: a write promises nothing
+	}
+	if err := a.Flush(); !errors.Is(err, vb.ErrFenced) {
+		t.Fatalf("stale writer flush: %v, want ErrFenced", err)
 	}
 	if err := a.Drain(ctx); !errors.Is(err, vb.ErrFenced) {
 		t.Fatalf("stale writer drain: %v, want ErrFenced", err)
@@ -166,14 +173,16 @@ func testStaleWALQuarantined(t *testing.T, newStore func(t *testing.T) backend.S
 	ctx := context.Background()
 	s := newStore(t)
 	walA := t.TempDir()
-	a := mustCreate(t, s, "v", 1<<20, vb.Options{WALDir: walA})
+	a := mustCreate(t, s, "v", 1<<20, vb.Options{WALDir: walA, LeaseDuration: 500 * time.Millisecond})
 	if _, err := a.WriteAt(fill(1, 4096), 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	// Node A dies without draining; node B takes over and writes.
+	// Node A dies without draining; node B waits out its lease, takes
+	// over and writes.
+	vb.ForgetForTest(a)
 	b, err := vb.Open(ctx, newStore(t), "v", opts(t))
 	if err != nil {
 		t.Fatal(err)
@@ -182,8 +191,7 @@ func testStaleWALQuarantined(t *testing.T, newStore func(t *testing.T) backend.S
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
-	_ = a // A's process is gone; its WAL and lock file remain. Simulate by a fresh open on walA after releasing the lock:
-	vb.ForgetForTest(a)
+	// A's process is gone; its WAL remains. A comes back on walA:
 	a2, err := vb.Open(ctx, s, "v", vb.Options{WALDir: walA})
 	if err != nil {
 		t.Fatal(err)

@@ -73,7 +73,7 @@ func (v *Volume) drain(ctx context.Context) error {
 	v.drainMu.Lock()
 	defer v.drainMu.Unlock()
 	for pass := 1; ; pass++ {
-		if v.state.Load() == stateFenced {
+		if st := v.state.Load(); st == stateFenced || st == stateReleased {
 			return fmt.Errorf("%w: %s", ErrFenced, v.name)
 		}
 		err := v.drainOnce(ctx)
@@ -260,6 +260,7 @@ func (v *Volume) drainOnce(ctx context.Context) error {
 	}
 	v.pending.Add(-segBytes)
 	v.wakeWaiters()
+	v.trimStoreLog(ctx, next.SeqHW)
 	v.deleteChunks(ctx, dropped)
 	v.stats.drains.Add(1)
 	v.lastErr.Store(nil)
@@ -503,6 +504,7 @@ const maxInDoubt = 1024
 // held.
 func (v *Volume) setCommitted(m *manifest.Manifest, sum [sha256.Size]byte, ver backend.Version) {
 	v.man, v.manSum, v.manVer = m, sum, ver
+	v.committedHW.Store(m.SeqHW)
 	v.inDoubt = v.inDoubt[:0]
 }
 

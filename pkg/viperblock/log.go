@@ -1,6 +1,7 @@
 package viperblock
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/wal"
@@ -98,6 +100,8 @@ type segment struct {
 	removed bool  // the file of a retired segment is deleted
 	synced  atomic.Int64
 	dead    bool // retired: the file is gone, nothing more to write
+
+	uploaded int64 // record bytes in the store log (see storelog.go); guarded by Volume.slog.mu
 }
 
 func (v *Volume) shardDir(i int) string { return filepath.Join(v.wdir, fmt.Sprintf("%02d", i)) }
@@ -315,7 +319,48 @@ func (v *Volume) Flush() error {
 		return err
 	}
 	v.stats.flushes.Add(1)
-	return v.flush()
+	if !v.slog.on {
+		if err := v.flush(); err != nil {
+			return err
+		}
+		return v.confirm()
+	}
+	// DurabilityStore: the local WAL and the store log at once.
+	up := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), v.opts.LeaseDuration)
+		defer cancel()
+		up <- v.uploadTail(ctx)
+	}()
+	err := v.flush()
+	if uerr := <-up; err == nil {
+		err = uerr
+	}
+	if err != nil {
+		return err
+	}
+	return v.confirm()
+}
+
+// confirm returns nil if this open may confirm a flush now: its lease is
+// valid by its own clock (see lease.go), or a renewal made now succeeds.
+func (v *Volume) confirm() error {
+	if !leaseChecks || v.leaseValid() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), max(v.opts.LeaseDuration/4, 100*time.Millisecond))
+	err := v.renewLease(ctx)
+	cancel()
+	if v.leaseValid() {
+		return nil
+	}
+	if errors.Is(err, ErrFenced) {
+		return err
+	}
+	if err == nil {
+		err = errors.New("the renewal applied too late")
+	}
+	return fmt.Errorf("%w (%s: %v)", ErrLeaseExpired, v.name, err)
 }
 
 func (v *Volume) flush() error {

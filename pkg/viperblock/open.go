@@ -3,7 +3,6 @@ package viperblock
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -41,8 +40,13 @@ func Open(ctx context.Context, store backend.Store, name string, opts Options) (
 	if opts.WALDir == "" {
 		return nil, ErrNeedsWALDir
 	}
+	if opts.LeaseDuration < MinLeaseDuration || opts.LeaseDuration > time.Hour {
+		return nil, fmt.Errorf("%w: lease duration %s: must be between %s and 1h", ErrInvalidArg, opts.LeaseDuration, MinLeaseDuration)
+	}
 	v.wdir = filepath.Join(opts.WALDir, name)
 	if err := v.openWAL(ctx); err != nil {
+		// Let the next open anywhere take the lease at once.
+		v.giveUpLease(context.WithoutCancel(ctx))
 		if v.lock != nil {
 			v.lock.Close()
 		}
@@ -66,6 +70,7 @@ func (v *Volume) Start() {
 		v.done.Add(2)
 		go v.drainLoop()
 		go v.writebackLoop()
+		v.startLease()
 		if v.pending.Load() > 0 {
 			v.kickDrain()
 		}
@@ -91,6 +96,7 @@ func newVolume(store backend.Store, name string, m *manifest.Manifest, ver backe
 		kick: make(chan struct{}, 1), builders: make(chan *chunk.Builder, opts.UploadConcurrency), writeback: make(chan *segment, 64), stop: make(chan struct{}),
 	}
 	v.waitCond = sync.NewCond(&v.waitMu)
+	v.committedHW.Store(m.SeqHW)
 	v.idx.max = 1024
 	v.cache = cache.New(opts.CacheBlocks)
 	v.size.Store(m.Size)
@@ -124,17 +130,37 @@ func (v *Volume) openWAL(ctx context.Context) error {
 		return err
 	}
 	v.lock = lock
-	m := v.man
 	own, found, err := readOwner(v.fs, v.wdir)
 	if err != nil {
 		return err
 	}
+	if v.opts.ResumeOnly && !own.owns(v.man.Epoch, v.man.Owner) {
+		return v.notOwner(own, found)
+	}
+	// Take the ownership lease (waiting for the holder to release it or
+	// for it to expire), then read the manifest again: what it holds now
+	// is the state to take over.
+	nonce, err := newNonce()
+	if err != nil {
+		return err
+	}
+	if err := v.acquireLease(ctx, own, nonce); err != nil {
+		return err
+	}
+	m, ver, err := readLiveManifest(ctx, v.store, v.name)
+	if err != nil {
+		return err
+	}
+	if ver != v.manVer {
+		v.resetTo(m, ver)
+	}
 	if v.opts.ResumeOnly && !own.owns(m.Epoch, m.Owner) {
-		if !found {
-			return fmt.Errorf("%w: %s: no OWNER file in %s", ErrNotOwner, v.name, v.wdir)
-		}
-		return fmt.Errorf("%w: %s: the store's owner is epoch %d, nonce %x; the WAL at %s was written under epoch %d, nonce %x",
-			ErrNotOwner, v.name, m.Epoch, m.Owner[:4], v.wdir, own.epoch, own.nonce[:4])
+		return v.notOwner(own, found)
+	}
+	if gone, err := PruneStaleWALs(v.fs, v.opts.WALDir, v.name, v.opts.StaleRetention, time.Now()); err != nil {
+		v.log.Warn("could not remove old stale WALs", "err", err)
+	} else if len(gone) > 0 {
+		v.log.Info("removed stale WALs past their retention", "dirs", gone, "retention", v.opts.StaleRetention)
 	}
 	if err := ensureReserve(v.fs, v.wdir); err != nil {
 		v.log.Warn("could not make the WAL directory's reserve (kept so OWNER stays writable on a full disk)", "dir", v.wdir, "err", err)
@@ -154,13 +180,25 @@ func (v *Volume) openWAL(ctx context.Context) error {
 	if err := v.replay(segFiles); err != nil {
 		return err
 	}
-	var nonce [16]byte
-	if _, err := rand.Read(nonce[:]); err != nil {
+	// The previous owner's store log (see storelog.go): records it made
+	// durable in the store that no commit holds yet.
+	adopted, err := v.readStoreLog(ctx)
+	if err != nil {
 		return err
 	}
 	newEpoch := m.Epoch + 1
 	if newEpoch >= 1<<24 {
 		return fmt.Errorf("%w: epoch space of %s exhausted", ErrBackendState, v.name)
+	}
+	switch v.opts.Durability {
+	case DurabilityStore:
+		v.slog.on = true
+	case DurabilityDefault:
+		v.slog.on = m.Flags&manifest.FlagDurableStore != 0
+	}
+	v.adoptStoreLog(adopted)
+	if err := v.carryStoreLog(ctx, newEpoch, nonce, adopted); err != nil {
+		return err
 	}
 	if err := v.writeOwner(ownerRecord{epoch: m.Epoch, nonce: m.Owner, pendingEpoch: newEpoch, pendingNonce: nonce}); err != nil {
 		return fmt.Errorf("viperblock: write OWNER: %w", err)
@@ -173,7 +211,7 @@ func (v *Volume) openWAL(ctx context.Context) error {
 	next.Flags |= manifest.FlagOpen
 	next.Committed = time.Now().UnixNano()
 	enc := manifest.Encode(&next)
-	ver, err := v.store.PutIf(ctx, manifestKey(v.name), enc, v.manVer)
+	ver, err = v.store.PutIf(ctx, manifestKey(v.name), enc, v.manVer)
 	if err != nil {
 		// The answer may have been lost after the store applied it (see
 		// commit): if the manifest holds exactly our bump, we own it.
@@ -211,6 +249,9 @@ func (v *Volume) openWAL(ctx context.Context) error {
 		return fmt.Errorf("viperblock: write OWNER: %w", err)
 	}
 	v.man, v.manVer, v.manSum, v.epoch, v.owner = &next, ver, sha256.Sum256(enc), newEpoch, nonce
+	v.slog.dir = storeLogDir(v.name, newEpoch, nonce)
+	v.slog.upTo = m.SeqHW
+	v.cleanStoreLog(ctx)
 	v.gen++
 	for i := range v.shards {
 		v.shards[i].seg = v.newSegment(i, v.gen)
@@ -236,6 +277,28 @@ func takenOver(cur []byte, getErr error, m *manifest.Manifest) string {
 		return ""
 	}
 	return fmt.Sprintf("another owner (epoch %d, nonce %x) took it over", got.Epoch, got.Owner[:4])
+}
+
+// notOwner is the error of a resume-only open whose WAL directory (OWNER
+// file own, found or not) does not own the manifest.
+func (v *Volume) notOwner(own ownerRecord, found bool) error {
+	m := v.man
+	if !found {
+		return fmt.Errorf("%w: %s: no OWNER file in %s", ErrNotOwner, v.name, v.wdir)
+	}
+	return fmt.Errorf("%w: %s: the store's owner is epoch %d, nonce %x; the WAL at %s was written under epoch %d, nonce %x",
+		ErrNotOwner, v.name, m.Epoch, m.Owner[:4], v.wdir, own.epoch, own.nonce[:4])
+}
+
+// resetTo makes manifest m (at version ver), read after taking the lease,
+// the state the open starts from.
+func (v *Volume) resetTo(m *manifest.Manifest, ver backend.Version) {
+	v.man, v.manVer, v.epoch, v.owner = m, ver, m.Epoch, m.Owner
+	v.committedHW.Store(m.SeqHW)
+	v.size.Store(m.Size)
+	v.seq.Store(max(v.seq.Load(), m.SeqHW))
+	v.bmap.Store(blockmap.New(m.Extents))
+	v.setChunkSizes(m)
 }
 
 type segFile struct {
@@ -411,12 +474,17 @@ func (v *Volume) Close() error {
 	if v.opts.ReadOnly {
 		return nil
 	}
+	if prev == stateReleasing {
+		v.stopLease() // waits for the release under way
+	}
 	v.started.Do(func() {}) // a Start after this point starts nothing
 	close(v.stop)
 	v.done.Wait()
 	v.removeQueued()
 	var err error
-	if prev == stateFenced {
+	if v.released.Load() {
+		// Released to another open: everything was drained then.
+	} else if prev == stateFenced {
 		err = fmt.Errorf("%w: %s: writes since the last commit were not uploaded", ErrFenced, v.name)
 	} else {
 		err = v.flush()
@@ -451,6 +519,12 @@ func (v *Volume) Close() error {
 		}
 	}
 	v.removeQueued()
+	v.stopLease()
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), v.opts.LeaseDuration)
+		v.giveUpLease(ctx)
+		cancel()
+	}
 	if v.lock != nil {
 		v.lock.Close()
 	}
@@ -531,6 +605,7 @@ func (v *Volume) abandon() {
 	v.started.Do(func() {})
 	close(v.stop)
 	v.done.Wait()
+	v.stopLease()
 	if v.lock != nil {
 		v.lock.Close()
 	}

@@ -166,3 +166,54 @@ func QuarantineStaleWAL(ctx context.Context, store backend.Store, fsys vfs.FS, w
 	}
 	return dir, nil
 }
+
+// DefaultStaleRetention is how long a stale WAL set aside (stale-*) is kept
+// for inspection when Options.StaleRetention is zero.
+const DefaultStaleRetention = 7 * 24 * time.Hour
+
+// PruneStaleWALs removes the stale WALs set aside in walDir/name (the
+// stale-<unix nanoseconds> directories: writes another owner's newer
+// committed epoch fenced, never to be replayed) that were set aside more
+// than retention ago, and returns the directories it removed. A negative
+// retention keeps them all.
+func PruneStaleWALs(fsys vfs.FS, walDir, name string, retention time.Duration, now time.Time) ([]string, error) {
+	if err := validName(name); err != nil {
+		return nil, err
+	}
+	if fsys == nil {
+		fsys = vfs.Default
+	}
+	if retention < 0 {
+		return nil, nil
+	}
+	wdir := filepath.Join(walDir, name)
+	names, err := fsys.ReadDir(wdir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, n := range names {
+		ts, ok := strings.CutPrefix(n, "stale-")
+		if !ok {
+			continue
+		}
+		ns, err := strconv.ParseInt(ts, 10, 64)
+		if err != nil || now.Sub(time.Unix(0, ns)) < retention {
+			continue
+		}
+		dir := filepath.Join(wdir, n)
+		if err := fsys.RemoveAll(dir); err != nil {
+			return removed, err
+		}
+		removed = append(removed, dir)
+	}
+	if len(removed) > 0 {
+		if err := vfs.SyncDir(fsys, wdir); err != nil {
+			return removed, err
+		}
+	}
+	return removed, nil
+}

@@ -102,8 +102,29 @@ type Options struct {
 	// get_ready, assuming one thread) needs that window quiet. Writers
 	// that fill MaxPendingBytes before Start wait for it.
 	DeferBackground bool
+	// Durability is this open's durability class (see storelog.go); the
+	// default is the class recorded in the volume's manifest.
+	Durability Durability
+	// LeaseDuration is the ownership lease's duration (default
+	// DefaultLeaseDuration; see lease.go). A writable open confirms a
+	// Flush only while it holds a valid lease; another node takes over a
+	// volume whose holder neither renews nor releases it after about 1.2
+	// durations.
+	LeaseDuration time.Duration
+	// TakeoverTimeout bounds how long a writable Open waits for a live
+	// holder of the volume's lease to release it (default 2 minutes; it
+	// is raised to at least 2 lease durations): the holder renews but
+	// does not drain and release, as when its drains fail. Then Open fails
+	// with ErrInUse.
+	TakeoverTimeout time.Duration
+	// StaleRetention is how long a stale WAL set aside at open (see
+	// quarantine) is kept for inspection before an open removes it
+	// (default DefaultStaleRetention; negative: forever).
+	StaleRetention time.Duration
 	// crash, when set by tests, is called at named crash points.
 	crash func(point string) error
+	// clock, when set by tests, replaces the lease clock (bootClock).
+	clock func() time.Duration
 }
 
 func (o *Options) setDefaults() {
@@ -138,6 +159,16 @@ func (o *Options) setDefaults() {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.StaleRetention == 0 {
+		o.StaleRetention = DefaultStaleRetention
+	}
+	if o.LeaseDuration == 0 {
+		o.LeaseDuration = DefaultLeaseDuration
+	}
+	if o.TakeoverTimeout <= 0 {
+		o.TakeoverTimeout = 2 * time.Minute
+	}
+	o.TakeoverTimeout = max(o.TakeoverTimeout, 2*o.LeaseDuration)
 }
 
 // Volume is an open volume. All methods are safe for concurrent use.
@@ -197,8 +228,12 @@ type Volume struct {
 	// walWriteFail is the outstanding retryable WAL write failure, if any
 	// (see errWALSync).
 	walWriteFail atomic.Pointer[error]
-	state        atomic.Int32 // stateOpen, stateFenced, stateClosed
+	state        atomic.Int32 // stateOpen, stateFenced, stateClosed, stateReleasing, stateReleased
+	released     atomic.Bool  // the volume was released to another open (see release)
 	lastErr      atomic.Pointer[error]
+	lease        leaseState
+	slog         storeLog
+	committedHW  atomic.Uint64 // the committed manifest's SeqHW
 
 	stats counters
 }
@@ -207,6 +242,8 @@ const (
 	stateOpen int32 = iota
 	stateFenced
 	stateClosed
+	stateReleasing // draining to release the volume to another open: writes fail
+	stateReleased  // released to another open: writes fail, nothing is pending
 )
 
 type trimRange struct {
@@ -221,6 +258,7 @@ type counters struct {
 	bytesDrained, backendReads            atomic.Uint64
 	replayed                              atomic.Uint64
 	resolvedCommits                       atomic.Uint64
+	storeLogPuts                          atomic.Uint64
 }
 
 // Stats is a snapshot of a volume's counters and state.
@@ -255,6 +293,10 @@ type Stats struct {
 	// lost, their outcome unknown) and that reading the manifest back
 	// showed had applied.
 	ResolvedCommits uint64
+	// Durability is the open's durability class; StoreLogPuts counts its
+	// store-log uploads (group commits).
+	Durability   Durability
+	StoreLogPuts uint64
 }
 
 func manifestKey(name string) string { return name + "/manifest" }
@@ -284,8 +326,15 @@ func Create(ctx context.Context, store backend.Store, name string, size int64, o
 	return Open(ctx, store, name, opts)
 }
 
-// CreateOnly creates a volume's manifest without opening it.
+// CreateOnly creates a volume's manifest without opening it, in the
+// default durability class (DurabilityNode).
 func CreateOnly(ctx context.Context, store backend.Store, name string, size int64) error {
+	return CreateWithClass(ctx, store, name, size, DurabilityNode)
+}
+
+// CreateWithClass creates a volume's manifest, recording its durability
+// class, without opening it.
+func CreateWithClass(ctx context.Context, store backend.Store, name string, size int64, d Durability) error {
 	if err := validName(name); err != nil {
 		return err
 	}
@@ -293,6 +342,13 @@ func CreateOnly(ctx context.Context, store backend.Store, name string, size int6
 		return fmt.Errorf("%w: size %d must be between 1 byte and 1 PiB", ErrInvalidArg, size)
 	}
 	m := &manifest.Manifest{Name: name, Size: roundSize(size)}
+	switch d {
+	case DurabilityStore:
+		m.Flags |= manifest.FlagDurableStore
+	case DurabilityNode, DurabilityDefault:
+	default:
+		return fmt.Errorf("%w: durability %q", ErrInvalidArg, d)
+	}
 	if _, err := store.PutIf(ctx, manifestKey(name), manifest.Encode(m), ""); err != nil {
 		if errors.Is(err, backend.ErrPrecondition) {
 			return fmt.Errorf("%w: %s", ErrExists, name)
@@ -458,8 +514,12 @@ func (v *Volume) Stats() Stats {
 		Fsyncs: v.stats.fsyncs.Load(), Trims: v.stats.trims.Load(), Drains: v.stats.drains.Load(),
 		DrainErrors: v.stats.drainErrors.Load(), ChunksPut: v.stats.chunksPut.Load(),
 		BytesDrained: v.stats.bytesDrained.Load(), BackendReads: v.stats.backendReads.Load(),
-		Replayed: v.stats.replayed.Load(), Fenced: v.state.Load() == stateFenced,
+		Replayed: v.stats.replayed.Load(), Fenced: v.state.Load() == stateFenced || v.state.Load() == stateReleased,
 		CurrentSeq: v.seq.Load(), ResolvedCommits: v.stats.resolvedCommits.Load(),
+		Durability: DurabilityNode, StoreLogPuts: v.stats.storeLogPuts.Load(), CommittedSeq: v.committedSeq(),
+	}
+	if v.slog.on {
+		s.Durability = DurabilityStore
 	}
 	s.CacheHits, s.CacheMisses = v.cache.Stats()
 	m := v.bmap.Load()
@@ -484,6 +544,8 @@ func (v *Volume) checkWritable() error {
 	switch v.state.Load() {
 	case stateFenced:
 		return fmt.Errorf("%w: %s", ErrFenced, v.name)
+	case stateReleasing, stateReleased:
+		return fmt.Errorf("%w: %s: released to another open", ErrFenced, v.name)
 	case stateClosed:
 		return ErrClosed
 	}

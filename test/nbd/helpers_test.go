@@ -233,3 +233,25 @@ func sameFilePrefix(t testing.TB, a, b string, n int64) {
 		}
 	}
 }
+
+// readVolume reads the first n bytes of the volume's committed state from
+// the store (a read-only open, as a new node would see it).
+func (h *harness) readVolume(n int) []byte {
+	h.t.Helper()
+	ctx := context.Background()
+	st, err := backend.Open(ctx, h.store)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer st.Close()
+	v, err := vb.Open(ctx, st, h.volume, vb.Options{ReadOnly: true, CacheBlocks: -1})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer v.Close()
+	buf := make([]byte, n)
+	if _, err := v.ReadAt(buf, 0); err != nil {
+		h.t.Fatal(err)
+	}
+	return buf
+}

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/viperblock/viperblock-csi/internal/testutil"
 )
 
 // TestUnalignedIO mirrors random unaligned writes, zeroes and trims from two
@@ -241,33 +240,91 @@ func TestBadParameters(t *testing.T) {
 	live.stop()
 }
 
-// TestFencing: when a second server opens the volume for writing elsewhere
-// (another WAL directory, as another node would), the first one's writes
-// fail with EIO once it notices, and it exits non-zero instead of
-// overwriting the new owner's state.
+// TestRelease: a second server opening the volume for writing elsewhere
+// (another WAL directory, as another node would) asks the first to release
+// it: the first drains everything it acknowledged (flushed or not), fails
+// every later write with EIO, and exits 0 when stopped; the second serves
+// all of it.
+func TestRelease(t *testing.T) {
+	h := newHarness(t)
+	a := h.serve("wal-a", "size=1MiB", "drain_interval=1h", "lease_duration=2s")
+	ca := a.dial()
+	if err := ca.WriteAt([]byte("from A"), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.WriteAt([]byte("unflushed A"), 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	b := h.serve("wal-b")
+	cb := b.dial()
+	if err := cb.WriteAt([]byte("from B"), 8192, true); err != nil {
+		t.Fatal(err)
+	}
+	err := ca.WriteAt([]byte("late A"), 12288, false)
+	var ne *nbdError
+	if !errors.As(err, &ne) || ne.errno != syscall.EIO {
+		t.Fatalf("released owner's write: %v, want EIO", err)
+	}
+	ca.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := a.Stop(ctx); err != nil {
+		t.Errorf("the released server: %v, want exit 0 (nothing was left to drain)", err)
+	}
+	for off, want := range map[uint64]string{0: "from A", 4096: "unflushed A", 8192: "from B"} {
+		buf := make([]byte, len(want))
+		cb.ReadAt(buf, off)
+		if string(buf) != want {
+			t.Errorf("B reads %q at %d, want %q", buf, off, want)
+		}
+	}
+	buf := make([]byte, 6)
+	cb.ReadAt(buf, 12288)
+	if string(buf) == "late A" {
+		t.Error("the released owner's write reached the new owner")
+	}
+	cb.Close()
+	b.stop()
+}
+
+// TestFencing is the check leases exist for: owner A is paused (SIGSTOP)
+// after a committed write; B waits A's lease out, opens the volume, writes
+// and flushes; A is resumed and a write + FLUSH on A must fail (EIO). B's
+// flushed write and A's committed write survive, A's late write never
+// reaches the store, and A exits non-zero.
 func TestFencing(t *testing.T) {
 	h := newHarness(t)
-	a := h.serve("wal-a", "size=1MiB", "drain_interval=50ms")
+	a := h.serve("wal-a", "size=1MiB", "drain_interval=50ms", "lease_duration=1s")
 	ca := a.dial()
 	if err := ca.WriteAt([]byte("from A"), 0, true); err != nil {
 		t.Fatal(err)
 	}
 	h.waitWritten(4096) // A's drain loop committed the write
+	if err := syscall.Kill(a.Pid(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	defer func() {
+		if !resumed {
+			syscall.Kill(a.Pid(), syscall.SIGCONT)
+		}
+	}()
 	b := h.serve("wal-b")
 	cb := b.dial()
 	if err := cb.WriteAt([]byte("from B"), 4096, true); err != nil {
 		t.Fatal(err)
 	}
-	// A notices at its next commit, a drain interval or so from now; the
-	// deadline is for a loaded machine.
-	var err error
-	testutil.Eventually(t, time.Minute, "the stale owner's write to fail", func() (bool, error) {
-		err = ca.WriteAt([]byte("late A"), 8192, false)
-		return err != nil, nil
-	})
+	if err := syscall.Kill(a.Pid(), syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	resumed = true
+	err := ca.WriteAt([]byte("late A"), 8192, false)
+	if err == nil {
+		err = ca.Flush()
+	}
 	var ne *nbdError
 	if !errors.As(err, &ne) || ne.errno != syscall.EIO {
-		t.Fatalf("stale owner's write: %v, want EIO", err)
+		t.Fatalf("the resumed stale owner's write + flush: %v, want EIO", err)
 	}
 	ca.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -280,10 +337,17 @@ func TestFencing(t *testing.T) {
 	if string(buf) != "from A" {
 		t.Errorf("B reads %q at 0, want A's committed write", buf)
 	}
+	cb.ReadAt(buf, 4096)
+	if string(buf) != "from B" {
+		t.Errorf("B reads %q at 4096, want its own flushed write", buf)
+	}
 	cb.ReadAt(buf, 8192)
 	if string(buf) == "late A" {
 		t.Error("the fenced owner's write reached the new owner")
 	}
 	cb.Close()
 	b.stop()
+	if got := h.readVolume(16384); bytes.Contains(got, []byte("late A")) {
+		t.Error("the fenced owner's write reached the store")
+	}
 }

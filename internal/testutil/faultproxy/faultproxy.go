@@ -1,8 +1,9 @@
 // Package faultproxy is an HTTP reverse proxy for tests that injects the
 // failures a client of a remote object store must survive: 500 and 503
 // SlowDown errors, responses held back past the client's timeout, connection
-// resets (before or after the request reached the server) and response
-// bodies cut short.
+// resets (before or after the request reached the server), response
+// bodies cut short, and a network partition (SetPartition) that cuts the
+// client off the server until it is healed.
 //
 //	p := faultproxy.Start(t, srv.Endpoint, faultproxy.Options{Rate: 0.1, Seed: 1})
 //	// point the client at p.URL instead of srv.Endpoint
@@ -103,6 +104,12 @@ type Proxy struct {
 	forced  []Kind
 	counts  map[Kind]int
 	holding int // responses a Delay fault holds back now
+	// partition is closed while the proxy is partitioned (SetPartition),
+	// so that held responses can wait on it; a heal replaces it with a
+	// fresh, open channel.
+	partition   chan struct{}
+	partitioned bool
+	partDrops   int // requests and responses dropped by a partition
 }
 
 // Start starts a proxy to upstream (a base URL such as
@@ -116,10 +123,11 @@ func Start(t testing.TB, upstream string, opts Options) *Proxy {
 		opts.Delay = 2 * time.Second
 	}
 	p := &Proxy{
-		upstream: upstream,
-		opts:     opts,
-		rng:      rand.New(rand.NewPCG(opts.Seed, opts.Seed^0x5851f42d4c957f2d)),
-		counts:   map[Kind]int{},
+		upstream:  upstream,
+		opts:      opts,
+		rng:       rand.New(rand.NewPCG(opts.Seed, opts.Seed^0x5851f42d4c957f2d)),
+		counts:    map[Kind]int{},
+		partition: make(chan struct{}),
 		client: &http.Client{Transport: &http.Transport{
 			Proxy:               nil,
 			MaxIdleConns:        256,
@@ -155,6 +163,60 @@ func (p *Proxy) Force(kind Kind, n int) {
 		p.forced = append(p.forced, kind)
 	}
 	p.mu.Unlock()
+}
+
+// SetPartition cuts the proxy's clients off the upstream (on) or heals the
+// cut (off). While partitioned, every new request has its connection reset
+// before it is forwarded; a request being forwarded when the partition
+// starts may still reach the upstream (as a request on the wire would), but
+// its response is dropped and the connection reset, and so are responses a
+// Delay fault holds back. Idle keep-alive connections are closed when the
+// partition starts. Healing lets new requests through again. Faults chosen
+// by rate or Force apply only to requests the partition lets through.
+func (p *Proxy) SetPartition(on bool) {
+	p.mu.Lock()
+	if on == p.partitioned {
+		p.mu.Unlock()
+		return
+	}
+	p.partitioned = on
+	if on {
+		close(p.partition)
+	} else {
+		p.partition = make(chan struct{})
+	}
+	p.mu.Unlock()
+	if on {
+		// Idle connections would otherwise carry the next request in;
+		// it would be reset anyway, but closing them now models the cut.
+		p.srv.CloseClientConnections()
+	}
+}
+
+// Partitioned reports whether the proxy is partitioned now.
+func (p *Proxy) Partitioned() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.partitioned
+}
+
+// PartitionDrops returns how many requests or responses a partition has
+// dropped so far.
+func (p *Proxy) PartitionDrops() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.partDrops
+}
+
+// cut reports whether the proxy is partitioned and, if so, counts a drop.
+// It also returns the channel that closes when a partition starts.
+func (p *Proxy) cut() (bool, <-chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.partitioned {
+		p.partDrops++
+	}
+	return p.partitioned, p.partition
 }
 
 // Counts returns how many requests got each kind of fault (None included).
@@ -209,6 +271,10 @@ var hopByHop = map[string]bool{
 }
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if cut, _ := p.cut(); cut {
+		reset(w)
+		return
+	}
 	body, err := readAll(r.Body, r.ContentLength)
 	if err != nil {
 		reset(w)
@@ -227,6 +293,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp, respBody, err := p.forward(r, body)
+	cut, partition := p.cut()
+	if cut {
+		reset(w) // the partition started while the request was forwarded
+		return
+	}
 	if err != nil {
 		http.Error(w, "faultproxy: upstream: "+err.Error(), http.StatusBadGateway)
 		return
@@ -256,6 +327,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-t.C:
 		case <-r.Context().Done():
+			return
+		case <-partition:
+			p.mu.Lock()
+			p.partDrops++
+			p.mu.Unlock()
+			reset(w)
 			return
 		}
 	}

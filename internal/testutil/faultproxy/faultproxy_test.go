@@ -103,3 +103,89 @@ func TestKinds(t *testing.T) {
 		t.Errorf("Faults() = %d, want at least 7", p.Faults())
 	}
 }
+
+// TestPartition checks SetPartition: while on, no new request reaches the
+// upstream and every client sees a transport error; a request in flight
+// when the partition starts may reach the upstream but gets no answer, and
+// neither does a response a Delay fault holds; healing restores service.
+func TestPartition(t *testing.T) {
+	var hits atomic.Int64
+	release := make(chan struct{})
+	var blockNext atomic.Bool
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		if blockNext.CompareAndSwap(true, false) {
+			<-release
+		}
+		w.Write([]byte("ok"))
+	}))
+	defer up.Close()
+	p := Start(t, up.URL, Options{Delay: time.Hour})
+	// Keep-alive on: a partition must also cut connections the client
+	// already holds.
+	c := &http.Client{Timeout: time.Minute}
+	get := func() error {
+		resp, err := c.Get(p.URL + "/k")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err == nil && string(b) != "ok" {
+			err = errors.New("unexpected body " + string(b))
+		}
+		return err
+	}
+	if err := get(); err != nil {
+		t.Fatalf("before the partition: %v", err)
+	}
+
+	// New requests are reset without reaching the upstream.
+	p.SetPartition(true)
+	if !p.Partitioned() {
+		t.Fatal("Partitioned() = false after SetPartition(true)")
+	}
+	before := hits.Load()
+	for i := 0; i < 3; i++ {
+		if err := get(); err == nil {
+			t.Fatal("a request succeeded through a partition")
+		}
+	}
+	if hits.Load() != before {
+		t.Errorf("the upstream saw %d requests through a partition", hits.Load()-before)
+	}
+	p.SetPartition(false)
+	if err := get(); err != nil {
+		t.Fatalf("after healing: %v", err)
+	}
+
+	// A request in flight when the partition starts reaches the upstream,
+	// but its answer is dropped.
+	blockNext.Store(true)
+	before = hits.Load()
+	errc := make(chan error, 1)
+	go func() { errc <- get() }()
+	testutil.Eventually(t, time.Minute, "the request to reach the upstream", func() (bool, error) { return hits.Load() > before, nil })
+	p.SetPartition(true)
+	close(release)
+	if err := <-errc; err == nil {
+		t.Error("an in-flight request got its answer through a partition")
+	}
+	p.SetPartition(false)
+
+	// A response a Delay fault holds is dropped when the partition starts.
+	p.Force(Delay, 1)
+	go func() { errc <- get() }()
+	testutil.Eventually(t, time.Minute, "the proxy to hold a response", func() (bool, error) { return p.Holding() > 0, nil })
+	p.SetPartition(true)
+	if err := <-errc; err == nil {
+		t.Error("a held response was delivered through a partition")
+	}
+	p.SetPartition(false)
+	if err := get(); err != nil {
+		t.Fatalf("after the last heal: %v", err)
+	}
+	if p.PartitionDrops() < 5 {
+		t.Errorf("PartitionDrops() = %d, want at least 5", p.PartitionDrops())
+	}
+}

@@ -13,7 +13,9 @@
 //	10      2       flags: 1 = open (a writer owns the volume), 2 = snapshot,
 //	                4 = deleted (kept only because snapshots or clones
 //	                still use its data), 8 = internal (a snapshot made
-//	                implicitly for a clone of a volume)
+//	                implicitly for a clone of a volume), 16 = durable in
+//	                the store (the volume's durability class is "store":
+//	                a flush returns once it is in the store log)
 //	12      4       block size (4096)
 //	16      8       volume size in bytes
 //	24      8       owner epoch (bumped by every writable open)
@@ -68,6 +70,10 @@ const (
 	FlagSnapshot uint16 = 2
 	FlagDeleted  uint16 = 4
 	FlagInternal uint16 = 8
+	// FlagDurableStore: the volume's durability class is "store". Older
+	// readers refuse the flag, so they never serve such a volume with a
+	// weaker promise.
+	FlagDurableStore uint16 = 16
 )
 
 // Errors.
@@ -199,7 +205,7 @@ func Decode(b []byte) (*Manifest, error) {
 		Committed: int64(le.Uint64(b[56:])),
 		Request:   le.Uint64(b[64:]),
 	}
-	if m.Flags&^(FlagOpen|FlagSnapshot|FlagDeleted|FlagInternal) != 0 {
+	if m.Flags&^(FlagOpen|FlagSnapshot|FlagDeleted|FlagInternal|FlagDurableStore) != 0 {
 		return nil, corrupt("unknown flags %#x", m.Flags)
 	}
 	copy(m.Owner[:], b[32:48])

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/viperblock/viperblock-csi/pkg/units"
+	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 )
 
 // Environment variables read when the matching parameter is absent. The
@@ -31,6 +32,8 @@ const (
 //	resume_only=BOOL     take ownership only back from wal_dir's own open
 //	                     (vb.Options.ResumeOnly); refused: exit status 77
 //	drain_interval=DUR   engine drain interval
+//	lease_duration=DUR   ownership lease duration (vb.Options.LeaseDuration)
+//	durability=node|store  this open's durability class (default: the volume's)
 //	virtual_size=SIZE    advertise at least SIZE bytes (see Conn.Size)
 type Config struct {
 	Volume          string
@@ -42,6 +45,8 @@ type Config struct {
 	ReadOnly        bool
 	ResumeOnly      bool // see vb.Options.ResumeOnly and ExitNotOwner
 	DrainInterval   time.Duration
+	LeaseDuration   time.Duration
+	Durability      vb.Durability
 	VirtualSize     int64 // advertised size when larger than the volume
 
 	seen map[string]bool
@@ -95,6 +100,18 @@ func (c *Config) Set(key, value string) error {
 			return fmt.Errorf("drain_interval=%s: want a positive duration such as 5s", value)
 		}
 		c.DrainInterval = d
+	case "lease_duration", "lease-duration":
+		d, err := time.ParseDuration(value)
+		if err != nil || d < vb.MinLeaseDuration || d > time.Hour {
+			return fmt.Errorf("lease_duration=%s: want a duration between %s and 1h, such as 15s", value, vb.MinLeaseDuration)
+		}
+		c.LeaseDuration = d
+	case "durability":
+		d, err := vb.ParseDurability(value)
+		if err != nil {
+			return fmt.Errorf("durability=%s: want node or store", value)
+		}
+		c.Durability = d
 	case "virtual_size", "virtual-size":
 		n, err := units.Parse(value)
 		if err != nil {

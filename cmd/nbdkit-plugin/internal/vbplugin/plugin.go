@@ -90,6 +90,7 @@ func (p *Plugin) GetReady(ctx context.Context) error {
 		WALDir: c.WALDir, ReadOnly: c.ReadOnly, ResumeOnly: c.ResumeOnly,
 		CacheBlocks: c.CacheBlocks, CacheMemPercent: c.CacheMemPercent,
 		DrainInterval: c.DrainInterval, Logger: p.log,
+		LeaseDuration: c.LeaseDuration, Durability: c.Durability,
 		// nbdkit swaps stdin and stdout for /dev/null after get_ready,
 		// assuming no other thread opens a file meanwhile: the volume's
 		// background work starts in AfterFork.
@@ -97,10 +98,12 @@ func (p *Plugin) GetReady(ctx context.Context) error {
 	}
 	vol, err := vb.Open(ctx, store, c.Volume, opts)
 	if errors.Is(err, vb.ErrNotFound) && c.Size > 0 && !c.ReadOnly {
-		vol, err = vb.Create(ctx, store, c.Volume, c.Size, opts)
-		if errors.Is(err, vb.ErrExists) { // created by someone else meanwhile
+		err = vb.CreateWithClass(ctx, store, c.Volume, c.Size, c.Durability)
+		created := err == nil
+		if err == nil || errors.Is(err, vb.ErrExists) { // or created by someone else meanwhile
 			vol, err = vb.Open(ctx, store, c.Volume, opts)
-		} else if err == nil {
+		}
+		if err == nil && created {
 			p.log.Info("created volume", "volume", c.Volume, "size", vol.Size())
 		}
 	}

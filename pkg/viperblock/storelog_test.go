@@ -1,0 +1,237 @@
+package viperblock_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+)
+
+func storeOpts(t *testing.T) vb.Options {
+	o := leaseOpts(t, 500*time.Millisecond)
+	o.DrainBytes = 1 << 30
+	return o
+}
+
+// durability=store: a node lost for good (process killed, WAL directory
+// gone) loses nothing it confirmed; neither does the next owner if it dies
+// before its first commit.
+func TestStoreDurabilityNodeLost(t *testing.T) { forEachStore(t, testStoreDurabilityNodeLost) }
+
+func testStoreDurabilityNodeLost(t *testing.T, newStore func(t *testing.T) backend.Store) {
+	ctx := context.Background()
+	s := newStore(t)
+	if err := vb.CreateWithClass(ctx, s, "v", 1<<20, vb.DurabilityStore); err != nil {
+		t.Fatal(err)
+	}
+	oa := storeOpts(t)
+	a, err := vb.Open(ctx, s, "v", oa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := a.Stats(); st.Durability != vb.DurabilityStore {
+		t.Fatalf("class %q, want store", st.Durability)
+	}
+	for i := 0; i < 8; i++ {
+		if _, err := a.WriteAt(fill(byte(10+i), 4096), int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+		if i == 3 {
+			if err := a.Trim(1*4096, 4096); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := a.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := a.Stats(); st.StoreLogPuts == 0 || st.Drains != 0 {
+		t.Fatalf("stats %+v: want store-log uploads and no drain", st)
+	}
+	want := make([]byte, 8*4096)
+	for i := 0; i < 8; i++ {
+		copy(want[i*4096:], fill(byte(10+i), 4096))
+	}
+	copy(want[4096:8192], make([]byte, 4096)) // block 1: trimmed after its write
+	// Node A is lost for good.
+	vb.ForgetForTest(a)
+	if err := os.RemoveAll(oa.WALDir); err != nil {
+		t.Fatal(err)
+	}
+	ob := storeOpts(t)
+	b, err := vb.Open(ctx, newStore(t), "v", ob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, b)[:8*4096]; !bytes.Equal(got, want) {
+		t.Fatal("B does not hold every write A confirmed")
+	}
+	// B dies before its first commit, its WAL lost too: C still has all.
+	vb.ForgetForTest(b)
+	os.RemoveAll(ob.WALDir)
+	c, err := vb.Open(ctx, newStore(t), "v", storeOpts(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := readAll(t, c)[:8*4096]; !bytes.Equal(got, want) {
+		t.Fatal("C does not hold every write A confirmed")
+	}
+	// Only C's log remains (A's and B's were carried and deleted).
+	keys, err := s.List(ctx, "v/wal/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if !strings.Contains(k, "/wal/"+epochHex(c.Epoch())) {
+			t.Errorf("store log of another epoch left: %s", k)
+		}
+	}
+	if err := c.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if keys, _ := s.List(ctx, "v/wal/"); len(keys) != 0 {
+		t.Errorf("store log left after a commit covering it: %v", keys)
+	}
+}
+
+func epochHex(e uint64) string {
+	const digits = "0123456789abcdef"
+	b := make([]byte, 16)
+	for i := 15; i >= 0; i-- {
+		b[i] = digits[e&15]
+		e >>= 4
+	}
+	return string(b)
+}
+
+// A stale owner's store-log upload that lands after the takeover is never
+// read: the new owner carried what it adopted into its own epoch's log.
+func TestStoreLogLateUpload(t *testing.T) {
+	ctx := context.Background()
+	s := backend.NewMem()
+	if err := vb.CreateWithClass(ctx, s, "v", 1<<20, vb.DurabilityStore); err != nil {
+		t.Fatal(err)
+	}
+	a, err := vb.Open(ctx, s, "v", storeOpts(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.WriteAt(fill(1, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	keys, _ := s.List(ctx, "v/wal/")
+	if len(keys) != 1 {
+		t.Fatalf("store log after one flush: %v", keys)
+	}
+	vb.PauseLeaseForTest(a)
+	b, err := vb.Open(ctx, s, "v", storeOpts(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.WriteAt(fill(2, 4096), 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// A's upload of a later write lands now, in its old epoch's log (its
+	// flush fails: its lease is gone).
+	if _, err := a.WriteAt(fill(3, 4096), 0); err != nil && !errors.Is(err, vb.ErrFenced) {
+		t.Fatal(err)
+	}
+	if err := a.Flush(); err == nil {
+		t.Fatal("stale owner confirmed a flush")
+	}
+	late, _ := s.List(ctx, strings.TrimSuffix(keys[0], "0000000000000001"))
+	if len(late) == 0 {
+		t.Fatal("the stale owner's upload did not land (nothing to test)")
+	}
+	vb.ForgetForTest(b) // B dies before committing; C takes over from B's epoch
+	c, err := vb.Open(ctx, s, "v", storeOpts(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got := readAll(t, c)
+	if !bytes.Equal(got[:4096], fill(1, 4096)) || !bytes.Equal(got[4096:8192], fill(2, 4096)) {
+		t.Fatal("wrong content after a late stale upload")
+	}
+}
+
+// Concurrent flushes share store-log uploads (group commit).
+func TestStoreLogGroupCommit(t *testing.T) {
+	ctx := context.Background()
+	s := backend.NewMem()
+	if err := vb.CreateWithClass(ctx, s, "v", 4<<20, vb.DurabilityStore); err != nil {
+		t.Fatal(err)
+	}
+	v, err := vb.Open(ctx, s, "v", storeOpts(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	var wg sync.WaitGroup
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				if _, err := v.WriteAt(fill(byte(g), 4096), int64(g*50+i)*4096); err != nil {
+					t.Error(err)
+					return
+				}
+				if err := v.Flush(); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	st := v.Stats()
+	t.Logf("%d flushes, %d store-log uploads", st.Flushes, st.StoreLogPuts)
+	if st.StoreLogPuts == 0 || st.StoreLogPuts > st.Flushes {
+		t.Fatalf("%d uploads for %d flushes", st.StoreLogPuts, st.Flushes)
+	}
+}
+
+// A corrupt store-log object fails the open with ErrCorrupt and changes
+// nothing in the store.
+func TestStoreLogCorrupt(t *testing.T) {
+	ctx := context.Background()
+	s := backend.NewMem()
+	if err := vb.CreateWithClass(ctx, s, "v", 1<<20, vb.DurabilityStore); err != nil {
+		t.Fatal(err)
+	}
+	a, err := vb.Open(ctx, s, "v", storeOpts(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.WriteAt(fill(1, 4096), 0)
+	if err := a.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	vb.ForgetForTest(a)
+	keys, _ := s.List(ctx, "v/wal/")
+	obj, _, _ := s.Get(ctx, keys[0])
+	obj[100] ^= 1
+	s.Put(ctx, keys[0], obj)
+	before, _, _ := s.Get(ctx, "v/manifest")
+	if _, err := vb.Open(ctx, s, "v", storeOpts(t)); !errors.Is(err, vb.ErrCorrupt) {
+		t.Fatalf("open over a corrupt store log: %v; want ErrCorrupt", err)
+	}
+	if after, _, _ := s.Get(ctx, "v/manifest"); !bytes.Equal(before, after) {
+		t.Fatal("a failed open changed the manifest")
+	}
+}
