@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
 )
 
 // TestUnalignedIO mirrors random unaligned writes, zeroes and trims from two
