@@ -448,16 +448,17 @@ func (v *Volume) leaseLoop() {
 		}
 		if err != nil {
 			v.log.Warn("lease renewal failed; retrying", "err", err, "valid_for", (time.Duration(l.valid.Load()) - v.now()).Round(time.Millisecond))
-		} else if v.pollRelease() {
-			return
+		} else {
+			v.pollRelease()
 		}
 		t.Reset(period)
 	}
 }
 
-// pollRelease answers a release request not answered yet (see above). It
-// reports whether the volume was released.
-func (v *Volume) pollRelease() bool {
+// pollRelease answers a release request not answered yet (see above): the
+// release runs beside the renewal loop, which goes on renewing the lease
+// while the release drains (a drain can outlast a lease).
+func (v *Volume) pollRelease() {
 	ctx, cancel := context.WithTimeout(context.Background(), v.opts.LeaseDuration)
 	defer cancel()
 	b, _, err := v.store.Get(ctx, releaseKey(v.name))
@@ -465,24 +466,33 @@ func (v *Volume) pollRelease() bool {
 		if !errors.Is(err, backend.ErrNotFound) {
 			v.log.Warn("could not read release requests", "err", err)
 		}
-		return false
+		return
 	}
 	who, err := decodeRelease(b)
 	l := &v.lease
-	if err != nil || who == l.rec.nonce || who == l.answered {
-		return false
+	l.mu.Lock()
+	mine := l.rec.nonce
+	l.mu.Unlock()
+	if err != nil || who == mine || who == l.answered || v.state.Load() != stateOpen {
+		return
 	}
 	l.answered = who
-	return v.release(ctx, who)
+	l.done.Add(1)
+	go func() {
+		defer l.done.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		v.release(ctx, who)
+	}()
 }
 
 // release stops taking writes, drains everything and commits with the
 // volume marked closed, and gives up the lease, for the open with nonce
 // who. If the drain fails the volume goes on serving and the requester
-// keeps waiting (for a later request or the lease's expiry).
-func (v *Volume) release(ctx context.Context, who [16]byte) bool {
+// keeps waiting (until its TakeoverTimeout).
+func (v *Volume) release(ctx context.Context, who [16]byte) {
 	if !v.state.CompareAndSwap(stateOpen, stateReleasing) {
-		return false
+		return
 	}
 	v.log.Info("another open asked for the volume: draining and releasing it; writes fail from now on", "requester", fmt.Sprintf("%x", who[:4]))
 	v.wakeWaiters()
@@ -500,7 +510,7 @@ func (v *Volume) release(ctx context.Context, who [16]byte) bool {
 		if v.state.CompareAndSwap(stateReleasing, stateOpen) {
 			v.log.Warn("could not drain to release the volume; serving on", "err", err)
 		}
-		return false
+		return
 	}
 	v.giveUpLease(ctx)
 	rerr := fmt.Errorf("%w: %s: released to another open", ErrFenced, v.name)
@@ -509,7 +519,6 @@ func (v *Volume) release(ctx context.Context, who [16]byte) bool {
 	v.state.CompareAndSwap(stateReleasing, stateReleased)
 	v.wakeWaiters()
 	v.log.Info("volume released to another open")
-	return true
 }
 
 // newNonce returns a random owner nonce.

@@ -350,3 +350,39 @@ func TestFencing(t *testing.T) {
 		t.Error("the fenced owner's write reached the store")
 	}
 }
+
+// TestStoreDurability: with durability=store a write confirmed by FUA
+// survives the loss of its node (nbdkit killed, its WAL directory gone):
+// the next node, once the lease has expired, adopts the store log.
+func TestStoreDurability(t *testing.T) {
+	h := newHarness(t)
+	a := h.serve("wal-a", "size=1MiB", "drain_interval=1h", "lease_duration=1s", "durability=store")
+	ca := a.dial()
+	if err := ca.WriteAt([]byte("confirmed"), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.WriteAt([]byte("flushed"), 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ca.Close()
+	a.kill9()
+	if err := os.RemoveAll(a.walDir); err != nil {
+		t.Fatal(err)
+	}
+	b := h.serve("wal-b")
+	cb := b.dial()
+	for off, want := range map[uint64]string{0: "confirmed", 4096: "flushed"} {
+		buf := make([]byte, len(want))
+		if err := cb.ReadAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+		if string(buf) != want {
+			t.Errorf("after the node was lost, %d reads %q, want %q", off, buf, want)
+		}
+	}
+	cb.Close()
+	b.stop()
+}
