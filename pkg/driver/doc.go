@@ -26,11 +26,15 @@
 //
 // # StorageClass parameters and secrets
 //
-// Parameters: store, fsType (ext4, xfs), mkfsOptions, cache, drainInterval
-// (see params.go); "csi.storage.k8s.io/" keys are the sidecars' and
-// ignored; anything else is InvalidArgument. The controller hands
-// fsType, mkfsOptions, cache and drainInterval to the node in the volume
-// context.
+// Parameters: store, fsType (ext4, xfs), mkfsOptions, cache, drainInterval,
+// durability (node, store), leaseDuration (see params.go);
+// "csi.storage.k8s.io/" keys are the sidecars' and ignored; anything else
+// is InvalidArgument. CreateVolume records durability in the volume's
+// manifest; the controller hands fsType, mkfsOptions, cache,
+// drainInterval, durability and leaseDuration to the node in the volume
+// context, and the node passes the last three to the plugin (clones and
+// volumes restored from snapshots get the class of their StorageClass
+// that way).
 //
 // CSI secrets (provisioner, controller-publish, controller-expand,
 // snapshotter and node-stage secrets) may carry S3 credentials under

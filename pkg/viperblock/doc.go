@@ -8,19 +8,27 @@
 //
 //  1. WriteAt returns once the data is in memory. Flush returns once every
 //     write that completed before it, from any goroutine, is in the WAL and
-//     fsynced.
+//     fsynced (and, in the durability class "store", in the store log: see
+//     storelog.go), and only while this open holds a valid ownership lease
+//     by its own clock (lease.go); otherwise it fails with ErrLeaseExpired
+//     or ErrFenced.
 //  2. Drain packs the WAL's contents into chunks, uploads them and commits a
 //     manifest. The backend always holds the state of one instant: no write
 //     that completed after that instant, and every write that completed
 //     before it. Every chunk is durable before the manifest that references
 //     it is written (a store that batches durability, backend.BatchPutter,
 //     syncs the drain's chunks together first).
-//  3. Close drains before it returns, so the volume can be opened anywhere
-//     from the backend alone.
+//  3. Close drains before it returns and releases the lease, so the volume
+//     can be opened anywhere, at once, from the backend alone.
 //  4. Open replays the WAL left by a crash on this node: nothing flushed is
 //     lost. Opened elsewhere (another WAL directory), the volume holds the
-//     last committed state.
-//  5. A writable Open takes ownership by bumping the manifest's epoch with a
+//     last committed state plus, whatever the class, the previous owner's
+//     store log (everything it confirmed in the class "store").
+//  5. A writable Open first takes the volume's lease: at once if it is free,
+//     released, or this WAL directory's own; from a live holder by asking it
+//     to release (it drains, commits and lets go); from a holder that does
+//     not answer only once the lease has expired by the taker's clock. Then
+//     it takes ownership by bumping the manifest's epoch with a
 //     compare-and-swap; a stale owner's next commit fails and the volume
 //     stops accepting writes (ErrFenced). Only another owner fences: a
 //     failed commit is judged by the manifest read back, never by the
@@ -67,6 +75,10 @@
 //
 //	<volume>/manifest            the committed state (package manifest)
 //	<volume>/chunks/<id:016x>    immutable chunks (package chunk)
+//	<volume>/lease               the ownership lease (lease.go)
+//	<volume>/release             a request to the lease holder to release (lease.go)
+//	<volume>/request             a request to the owner to drain or grow (request.go)
+//	<volume>/wal/<epoch:016x>-<nonce>/<counter:016x>  the store log (storelog.go)
 //
 // Chunk ids are (epoch << 40 | counter), so two owners never write the same
 // key, and a retry after a failed upload never overwrites a committed chunk.
@@ -76,5 +88,6 @@
 //	<wal dir>/<volume>/.lock                 held while the volume is open
 //	<wal dir>/<volume>/OWNER                 whose WAL this is (see owner.go)
 //	<wal dir>/<volume>/RESERVE               64 KiB kept so OWNER stays writable on a full disk
+//	<wal dir>/<volume>/stale-<unix ns>/      a superseded WAL set aside; removed after Options.StaleRetention
 //	<wal dir>/<volume>/<shard:02d>/<generation:016x>.wal   segments (package wal)
 package viperblock
