@@ -60,6 +60,8 @@ type opts struct {
 	cache         string
 	readonly      bool
 	drainInterval string
+	durability    string
+	leaseDuration string
 	verbose       bool
 	threads       int
 	force         bool

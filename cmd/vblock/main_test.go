@@ -312,3 +312,18 @@ func TestLoadDir(t *testing.T) {
 		}
 	}
 }
+
+// create --durability records the class; inspect shows it; a bad class is
+// a usage error.
+func TestCreateDurability(t *testing.T) {
+	dir := t.TempDir()
+	if r := vblock(t, dir, "create", "v", "--size", "1MiB", "--durability", "store"); r.code != 0 {
+		t.Fatalf("create: %+v", r)
+	}
+	if r := vblock(t, dir, "inspect", "v"); r.code != 0 || !strings.Contains(strings.Join(strings.Fields(r.stdout), " "), "durability: store") {
+		t.Fatalf("inspect: %+v", r)
+	}
+	if r := vblock(t, dir, "create", "w", "--size", "1MiB", "--durability", "disk"); r.code != 2 || !strings.Contains(r.stderr, "want node or store") {
+		t.Fatalf("create --durability disk: %+v", r)
+	}
+}

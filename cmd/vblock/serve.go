@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/viperblock/viperblock-csi/pkg/nbdserve"
+	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 )
 
 const pluginFile = "nbdkit-viperblock-plugin.so"
@@ -42,6 +43,8 @@ directory).`,
 		fs.BoolVar(&o.readonly, "readonly", false, "serve read-only without taking ownership (no WAL needed)")
 		fs.StringVar(&o.size, "size", "", "create the volume with this size if it does not exist")
 		fs.StringVar(&o.drainInterval, "drain-interval", "", "longest time written data waits before it is drained, e.g. 5s")
+		fs.StringVar(&o.durability, "durability", "", "node or store: where a flush is durable (default: the volume's class)")
+		fs.StringVar(&o.leaseDuration, "lease-duration", "", "ownership lease, e.g. 15s (the default): another node takes over an unresponsive server after 1.2x")
 		fs.IntVar(&o.threads, "threads", 0, "nbdkit worker threads per connection (nbdkit's default if 0)")
 		fs.BoolVar(&o.verbose, "v", false, "verbose nbdkit (debug messages)")
 	},
@@ -86,6 +89,18 @@ func runServe(ctx context.Context, e *env, o *opts, args []string) error {
 	}
 	if o.drainInterval != "" {
 		params = append(params, "drain_interval="+o.drainInterval)
+	}
+	if o.durability != "" {
+		if _, err := vb.ParseDurability(o.durability); err != nil {
+			return usagef("--durability %s: want node or store", o.durability)
+		}
+		params = append(params, "durability="+o.durability)
+	}
+	if o.leaseDuration != "" {
+		if d, err := time.ParseDuration(o.leaseDuration); err != nil || d < vb.MinLeaseDuration || d > time.Hour {
+			return usagef("--lease-duration %s: want a duration between %s and 1h", o.leaseDuration, vb.MinLeaseDuration)
+		}
+		params = append(params, "lease_duration="+o.leaseDuration)
 	}
 	var nbdArgs []string
 	if o.verbose {

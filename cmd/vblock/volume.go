@@ -23,9 +23,11 @@ var cmdCreate = &command{
 	name: "create", args: "NAME --size SIZE", nargs: 1,
 	summary: "create an empty volume",
 	detail: `Creates volume NAME of SIZE bytes (rounded up to 4 KiB) in the store. The volume reads as
-zeros until written. Fails if NAME exists.`,
+zeros until written. Fails if NAME exists. --durability store makes every flush durable in the
+object store before it returns (node, the default: durable on the serving node's disk).`,
 	flags: func(fs *flag.FlagSet, o *opts) {
 		fs.StringVar(&o.size, "size", "", "volume size, e.g. 10GiB, 512MiB or bytes (required)")
+		fs.StringVar(&o.durability, "durability", "node", "node or store: where a flush is durable")
 	},
 	run: func(ctx context.Context, e *env, o *opts, args []string) error {
 		if o.size == "" {
@@ -35,12 +37,16 @@ zeros until written. Fails if NAME exists.`,
 		if err != nil {
 			return err
 		}
+		class, err := vb.ParseDurability(o.durability)
+		if err != nil {
+			return usagef("--durability %s: want node or store", o.durability)
+		}
 		store, err := openStore(ctx, o)
 		if err != nil {
 			return err
 		}
 		defer store.Close()
-		if err := vb.CreateOnly(ctx, store, args[0], size); err != nil {
+		if err := vb.CreateWithClass(ctx, store, args[0], size, class); err != nil {
 			return volErr(args[0], o, err)
 		}
 		e.printf("created volume %s (%s)\n", args[0], units.Format(roundBlock(size)))
@@ -129,6 +135,7 @@ the local WAL of NAME is summarized as well.`,
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 1, ' ', 0)
 		fmt.Fprintf(tw, "name:\t%s\n", inf.Name)
 		fmt.Fprintf(tw, "size:\t%s (%d bytes)\n", units.Format(inf.Size), inf.Size)
+		fmt.Fprintf(tw, "durability:\t%s\n", inf.Durability)
 		fmt.Fprintf(tw, "written:\t%s (%d bytes, %.1f%% of the volume)\n", units.Format(inf.WrittenBytes), inf.WrittenBytes, pct)
 		fmt.Fprintf(tw, "extents:\t%d\n", inf.Extents)
 		fmt.Fprintf(tw, "chunks:\t%d (%s)\n", inf.Chunks, units.Format(inf.ChunkBytes))

@@ -392,8 +392,9 @@ type Info struct {
 	Epoch        uint64
 	Parent       string // "volume@snapshot" for a clone
 	CommittedSeq uint64
-	Open         bool      // open for writing on some node
-	Committed    time.Time // time of the last commit
+	Durability   Durability // the volume's class
+	Open         bool       // open for writing on some node
+	Committed    time.Time  // time of the last commit
 	Snapshots    []string
 	Dependants   []string // clones made from this volume's snapshots
 }
@@ -405,7 +406,10 @@ func Inspect(ctx context.Context, store backend.Store, name string) (Info, error
 		return Info{}, err
 	}
 	inf := Info{Name: m.Name, Size: m.Size, Extents: len(m.Extents), Chunks: len(m.Chunks), Epoch: m.Epoch, Parent: m.Parent,
-		CommittedSeq: m.SeqHW, Open: m.Flags&manifest.FlagOpen != 0, Committed: time.Unix(0, m.Committed)}
+		CommittedSeq: m.SeqHW, Open: m.Flags&manifest.FlagOpen != 0, Committed: time.Unix(0, m.Committed), Durability: DurabilityNode}
+	if m.Flags&manifest.FlagDurableStore != 0 {
+		inf.Durability = DurabilityStore
+	}
 	snaps, err := listSnapshotObjects(ctx, store, name)
 	if err != nil {
 		return Info{}, err
