@@ -119,9 +119,18 @@ func loopClear(dev, file string) error {
 		if err == syscall.ENXIO {
 			return nil // unbound: already detached
 		}
-		return fmt.Errorf("LOOP_GET_STATUS64 %s: %w", dev, err)
-	}
-	if !loopBackedBy(&info, file) {
+		// The status stats the backing file, which fails when that file
+		// is on a dead FUSE mount (nbdfuse was killed: ENOTCONN). The
+		// kernel's record of the backing file's path (sysfs, read
+		// without touching the file) identifies it then.
+		back, serr := readSysfs(filepath.Join(sysBlock(dev), "loop", "backing_file"))
+		if serr != nil {
+			return fmt.Errorf("LOOP_GET_STATUS64 %s: %w (and its backing file is unknown: %v)", dev, err, serr)
+		}
+		if back != file {
+			return nil
+		}
+	} else if !loopBackedBy(&info, file) {
 		return nil
 	}
 	if err := ioctl(f.Fd(), loopClrFD, 0); err != nil && err != syscall.ENXIO {
