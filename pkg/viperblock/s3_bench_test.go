@@ -7,6 +7,7 @@ package viperblock_test
 
 import (
 	"context"
+	"errors"
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
@@ -210,7 +211,7 @@ func BenchmarkS3Flush(b *testing.B) {
 		b.Run(string(d), func(b *testing.B) {
 			st := openS3(b, srv.URL("flush-"+string(d)))
 			ctx := context.Background()
-			if err := vb.CreateWithClass(ctx, st, "v", 1<<30, d); err != nil {
+			if err := vb.CreateWithClass(ctx, st, "v", 1<<30, d); err != nil && !errors.Is(err, vb.ErrExists) {
 				b.Fatal(err)
 			}
 			v, err := vb.Open(ctx, st, "v", vb.Options{WALDir: b.TempDir(), Logger: quiet()})
