@@ -27,7 +27,7 @@ Holes and all-zero blocks are not stored. The volume must not be served while im
 takes ownership of it (refused while a server has it open, unless --force). Without --wal-dir a temporary WAL directory is used.`,
 	flags: func(fs *flag.FlagSet, o *opts) {
 		fs.StringVar(&o.size, "size", "", "size for a new volume (default: the size of FILE)")
-		fs.BoolVar(&o.force, "force", false, "take the volume over even if a server has it open (fences that server)")
+		fs.BoolVar(&o.force, "force", false, "take the volume over even if a server has it open (it is asked to release the volume, or its lease must expire)")
 		fs.StringVar(&o.progress, "progress", "auto", "progress bar: auto (on a terminal), always or never")
 	},
 	run: func(ctx context.Context, e *env, o *opts, args []string) error {
@@ -121,7 +121,7 @@ func importFile(ctx context.Context, e *env, o *opts, name, path string) (err er
 	case seekable && inf.Size < srcSize:
 		return fmt.Errorf("volume %s (%s) is smaller than %s (%s)", name, units.Format(inf.Size), path, units.Format(srcSize))
 	case inf.Open && !o.force:
-		return fmt.Errorf("volume %s is open for writing by a server (here or on another node); importing would take it over and fence that server. Stop it first, or pass --force to take over (e.g. after its node died)", name)
+		return fmt.Errorf("volume %s is open for writing by a server (here or on another node); importing would take it over (the server would be asked to release it and fail its writes from then on). Stop it first, or pass --force to take over (e.g. after its node died)", name)
 	}
 	v, done, err := openWritable(ctx, o, store, name)
 	if err != nil {

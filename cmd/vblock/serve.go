@@ -30,8 +30,11 @@ connections finish), the plugin flushes and drains the volume to the store and v
 second signal kills nbdkit at once: flushed writes stay in the WAL and the next serve replays them. If the drain fails, the data stays in the WAL directory and vblock exits 1; serving the
 volume again on this node retries.
 
-Serving takes ownership of the volume: a server that has it open elsewhere (another WAL directory
-or node) is fenced and fails its writes from then on.
+Serving takes ownership of the volume. A server that has it open elsewhere (another WAL directory
+or node) is asked to release it: it drains, commits and fails its writes from then on. A server
+that does not answer (dead, paused, cut off from the store) is taken over once its lease has
+expired (1.2 lease durations, 15 s leases by default); its writes since its last commit are then
+set aside with its WAL, unless the volume's durability class is store.
 The store URL reaches nbdkit through the environment ($VBLOCK_STORE), never its command line.
 The plugin is found with --plugin, $VBLOCK_PLUGIN, or next to this binary (../lib or the same
 directory).`,
