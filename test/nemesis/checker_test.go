@@ -256,9 +256,12 @@ func (c *checker) exempt(t *tenure) bool {
 // Strict rule (invariant 3, and invariant 4 for tenures that are not
 // exempt): for every confirmed write w covered by a confirmed flush f of
 // its own server incarnation (the first one that started after w
-// completed), the block's final value is w or a write issued after f
-// started. Checking every covered write, not only each block's last, is
-// the same for histories that keep invariant 1, and stricter otherwise.
+// completed), the block's final value is w or a write issued after w
+// completed (a later write to the block, from any server, confirmed or
+// not: f covers a later write of w's server too, and another server's
+// write issued after w is newer). Checking every covered write, not only
+// each block's last, is the same for histories that keep invariant 1, and
+// stricter otherwise.
 //
 // Prefix rule (invariant 4, for exempt tenures): let W be the latest
 // issued write of the tenure that survives (the block's final value is W).
@@ -286,7 +289,7 @@ func (c *checker) durable() []violation {
 			if fid == w.id {
 				continue
 			}
-			if fw := c.writes[fid]; fid != 0 && fw != nil && fw.start > f.start {
+			if fw := c.writes[fid]; fid != 0 && fw != nil && fw.start > w.end {
 				continue
 			}
 			vs = append(vs, violation{c.durInv(), fmt.Sprintf("block %d lost a flushed write: %s, flushed by [%s, %s]; the final state holds %s",

@@ -162,6 +162,22 @@ func TestChecker(t *testing.T) {
 			w := h.write(b, 0, 6, 6.1, false) // applied, reply lost
 			h.rec.final[0] = w
 		}},
+		{name: "store: two writes to a block, then one flush covering both", store: true, build: func(h *hb) {
+			t0 := h.tenure(0, endClean, false)
+			a := h.inc(0, t0, 0, 5)
+			h.write(a, 0, 1, 1.01, true)
+			w2 := h.write(a, 0, 2, 2.01, true)
+			h.flush(a, 3, 3.01, true)
+			h.rec.final[0] = w2
+		}},
+		{name: "store: two writes, one flush, the first survives", store: true, want: []string{"3"}, build: func(h *hb) {
+			t0 := h.tenure(0, endClean, false)
+			a := h.inc(0, t0, 0, 5)
+			w1 := h.write(a, 0, 1, 1.01, true)
+			h.write(a, 0, 2, 2.01, true)
+			h.flush(a, 3, 3.01, true)
+			h.rec.final[0] = w1
+		}},
 		{name: "node: crash and restart keeps flushed writes", build: func(h *hb) {
 			t0 := h.tenure(0, endClean, false)
 			a, a2 := h.inc(0, t0, 0, 2), h.inc(0, t0, 2.1, 5)

@@ -87,8 +87,9 @@
 //     block, in this schedule.
 //  3. durability=store: every confirmed FLUSH survives. For each confirmed
 //     write W followed by a confirmed flush F on W's own server (the first
-//     flush sent after W completed), the block's final value is W or a
-//     write issued after F started (confirmed or not).
+//     confirmed flush sent after W completed), the block's final value is W
+//     or a write to the block issued after W completed (from any server,
+//     confirmed or not: F covers a later write of W's own server too).
 //  4. durability=node: the same, except for tenures that ended in a
 //     takeover while the owner may have lost its lease: the servers ran
 //     without leases, or the owner's last server was dead, paused or
