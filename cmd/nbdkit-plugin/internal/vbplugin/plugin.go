@@ -383,12 +383,18 @@ func (c *Conn) Cache(n uint32, off uint64) error {
 	return nil
 }
 
-// noteErr logs the first sign of fencing loudly and passes err through.
+// noteErr logs the first sign of fencing (or of a release to another
+// open) loudly, and every flush refused for want of a valid lease, and
+// passes err through.
 func (p *Plugin) noteErr(err error) error {
-	if err != nil && errors.Is(err, vb.ErrFenced) {
+	switch {
+	case err == nil:
+	case errors.Is(err, vb.ErrFenced):
 		p.fencedOnce.Do(func() {
-			p.log.Error("volume fenced: another owner opened it; this server now fails every write with EIO", "volume", p.Cfg.Volume, "err", err)
+			p.log.Error("volume fenced or released: another owner has it; this server now fails every write with EIO", "volume", p.Cfg.Volume, "err", err)
 		})
+	case errors.Is(err, vb.ErrLeaseExpired):
+		p.log.Warn("flush refused: the ownership lease could not be renewed in time (store unreachable, or this process was paused); the data stays in the WAL", "volume", p.Cfg.Volume, "err", err)
 	}
 	return err
 }
