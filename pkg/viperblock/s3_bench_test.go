@@ -7,8 +7,8 @@ package viperblock_test
 
 import (
 	"context"
-	"errors"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -235,13 +235,9 @@ func BenchmarkS3Flush(b *testing.B) {
 				lat = append(lat, time.Since(t0))
 			}
 			b.StopTimer()
-			sortDurations(lat)
+			slices.Sort(lat)
 			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 		})
 	}
-}
-
-func sortDurations(d []time.Duration) {
-	slices.Sort(d)
 }
