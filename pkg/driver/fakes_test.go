@@ -181,19 +181,19 @@ type pausableStore struct {
 	paused atomic.Bool
 }
 
-func (p *pausableStore) leaseKey(key string) bool {
+func (p *pausableStore) cutOff(key string) bool {
 	return p.paused.Load() && (strings.HasSuffix(key, "/lease") || strings.HasSuffix(key, "/release"))
 }
 
 func (p *pausableStore) Get(ctx context.Context, key string) ([]byte, backend.Version, error) {
-	if p.leaseKey(key) {
+	if p.cutOff(key) {
 		return nil, "", errors.New("fake: paused")
 	}
 	return p.Store.Get(ctx, key)
 }
 
 func (p *pausableStore) PutIf(ctx context.Context, key string, data []byte, v backend.Version) (backend.Version, error) {
-	if p.leaseKey(key) {
+	if p.cutOff(key) {
 		return "", errors.New("fake: paused")
 	}
 	return p.Store.PutIf(ctx, key, data, v)

@@ -1,6 +1,11 @@
 package viperblock
 
-import "time"
+import (
+	"context"
+	"time"
+
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+)
 
 // ForgetForTest abandons a volume as a process crash would: nothing is
 // flushed or drained, locks are released.
@@ -13,3 +18,13 @@ func PauseLeaseForTest(v *Volume) { v.stopLease() }
 
 // SetClockForTest replaces the lease clock of volumes opened with o.
 func SetClockForTest(o *Options, clock func() time.Duration) { o.clock = clock }
+
+// HoldLeaseForTest writes vol's lease as held, for duration d, by an open
+// nobody knows (another node's, in the middle of taking the volume over).
+func HoldLeaseForTest(ctx context.Context, store backend.Store, vol string, d time.Duration) error {
+	nonce, err := newNonce()
+	if err != nil {
+		return err
+	}
+	return store.Put(ctx, leaseKey(vol), leaseRecord{nonce: nonce, duration: d, counter: 1}.encode())
+}

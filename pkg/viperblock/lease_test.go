@@ -230,7 +230,9 @@ func TestLeaseSameNodeRestart(t *testing.T) {
 }
 
 // A resume-only open never takes a lease another open holds, and never
-// waits for it.
+// waits for it: not once the other open has bumped the epoch, and not
+// while it holds the lease before its bump (the manifest still names this
+// WAL directory's owner).
 func TestLeaseResumeOnly(t *testing.T) {
 	ctx := context.Background()
 	s := backend.NewMem()
@@ -238,21 +240,31 @@ func TestLeaseResumeOnly(t *testing.T) {
 	oa := leaseOpts(t, time.Second)
 	oa.WALDir = walA
 	a := mustCreate(t, s, "v", 1<<20, oa)
-	vb.ForgetForTest(a)
-	ob := leaseOpts(t, time.Hour)
-	b, err := vb.Open(ctx, s, "v", ob) // waits out A's lease
+	vb.ForgetForTest(a) // the server died; the manifest and the lease are still A's
+	oa.ResumeOnly = true
+	oa.LeaseDuration = time.Hour
+	// Another node has taken the lease but not bumped the epoch yet.
+	if err := vb.HoldLeaseForTest(ctx, s, "v", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := vb.Open(ctx, s, "v", oa); !errors.Is(err, vb.ErrNotOwner) || !strings.Contains(err.Error(), "lease") {
+		t.Fatalf("resume-only open while another open holds the lease: %v; want ErrNotOwner about the lease", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the refused resume-only open waited %s", took)
+	}
+	// The lease expires; another node takes the volume and bumps the epoch.
+	if err := vb.HoldLeaseForTest(ctx, s, "v", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	b, err := vb.Open(ctx, s, "v", leaseOpts(t, time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	oa.ResumeOnly = true
-	oa.LeaseDuration = time.Hour
-	start := time.Now()
 	if _, err := vb.Open(ctx, s, "v", oa); !errors.Is(err, vb.ErrNotOwner) {
-		t.Fatalf("resume-only open of a volume another node holds: %v; want ErrNotOwner", err)
-	}
-	if took := time.Since(start); took > 5*time.Second {
-		t.Fatalf("the refused resume-only open waited %s", took)
+		t.Fatalf("resume-only open of a volume another node owns: %v; want ErrNotOwner", err)
 	}
 }
 

@@ -180,32 +180,38 @@ func (v *Volume) uploadTail(ctx context.Context) error {
 	var marks []mark
 	var buf []byte
 	first, last := uint64(0), uint64(0)
+	// collect appends seg's records not yet uploaded (and not committed)
+	// to buf. The segment's shard lock must be held.
+	collect := func(seg *segment) {
+		if seg.uploaded >= seg.size {
+			return
+		}
+		var pos int64
+		for _, s := range seg.slabs {
+			end := pos + int64(s.used)
+			for off := max(seg.uploaded-pos, 0); pos+off < end; {
+				r := wal.ParseTrusted(s.buf[off:])
+				n := int64(wal.RecordLen(r.Type))
+				if r.Seq > committed {
+					buf = append(buf, s.buf[off:off+n]...)
+					if first == 0 || r.Seq < first {
+						first = r.Seq
+					}
+					last = max(last, r.Seq)
+				}
+				off += n
+			}
+			pos = end
+		}
+		marks = append(marks, mark{seg, seg.size})
+	}
 	for i := range v.shards {
 		sh := &v.shards[i]
 		sh.mu.Lock()
-		for _, seg := range append(sh.sealed[:len(sh.sealed):len(sh.sealed)], sh.seg) {
-			if seg.uploaded >= seg.size {
-				continue
-			}
-			var pos int64
-			for _, s := range seg.slabs {
-				end := pos + int64(s.used)
-				for off := max(seg.uploaded-pos, 0); pos+off < end; {
-					r := wal.ParseTrusted(s.buf[off:])
-					n := int64(wal.RecordLen(r.Type))
-					if r.Seq > committed {
-						buf = append(buf, s.buf[off:off+n]...)
-						if first == 0 || r.Seq < first {
-							first = r.Seq
-						}
-						last = max(last, r.Seq)
-					}
-					off += n
-				}
-				pos = end
-			}
-			marks = append(marks, mark{seg, seg.size})
+		for _, seg := range sh.sealed {
+			collect(seg)
 		}
+		collect(sh.seg)
 		sh.mu.Unlock()
 	}
 	if len(buf) > 0 {
@@ -313,9 +319,8 @@ func (v *Volume) adoptStoreLog(recs []wal.Record) {
 		}
 		sl := &slab{buf: buf, used: len(buf)}
 		n := int64(len(buf))
-		seg := &segment{shard: i, gen: 0, slabs: []*slab{sl}, size: n, written: n, uploaded: n}
+		seg := &segment{shard: i, slabs: []*slab{sl}, size: n, written: n, uploaded: n}
 		seg.synced.Store(n)
-		seg.dead = false
 		sh := &v.shards[i]
 		for off := 0; off < len(buf); {
 			r := wal.ParseTrusted(buf[off:])

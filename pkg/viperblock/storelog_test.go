@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -90,7 +91,7 @@ func testStoreDurabilityNodeLost(t *testing.T, newStore func(t *testing.T) backe
 		t.Fatal(err)
 	}
 	for _, k := range keys {
-		if !strings.Contains(k, "/wal/"+epochHex(c.Epoch())) {
+		if !strings.Contains(k, fmt.Sprintf("/wal/%016x-", c.Epoch())) {
 			t.Errorf("store log of another epoch left: %s", k)
 		}
 	}
@@ -100,16 +101,6 @@ func testStoreDurabilityNodeLost(t *testing.T, newStore func(t *testing.T) backe
 	if keys, _ := s.List(ctx, "v/wal/"); len(keys) != 0 {
 		t.Errorf("store log left after a commit covering it: %v", keys)
 	}
-}
-
-func epochHex(e uint64) string {
-	const digits = "0123456789abcdef"
-	b := make([]byte, 16)
-	for i := 15; i >= 0; i-- {
-		b[i] = digits[e&15]
-		e >>= 4
-	}
-	return string(b)
 }
 
 // A stale owner's store-log upload that lands after the takeover is never
