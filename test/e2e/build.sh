@@ -12,7 +12,7 @@
 # otherwise idle cores and peaks near 3 GiB.
 #
 # build.sh helpers DIR: builds the harness's own small commands (registrar,
-# pause, podargs) into DIR; seconds with a warm GOCACHE.
+# pause, livenessprobe) into DIR; seconds with a warm GOCACHE.
 # shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -24,7 +24,7 @@ if [ "${1:-}" = helpers ]; then
   out=${2:?usage: build.sh helpers DIR}
   mkdir -p "$out"
   cd "$MOD"
-  CGO_ENABLED=0 go build -trimpath -o "$out/" ./cmd/registrar ./cmd/pause ./cmd/podargs
+  CGO_ENABLED=0 go build -trimpath -o "$out/" ./cmd/registrar ./cmd/pause ./cmd/livenessprobe
   exit 0
 fi
 

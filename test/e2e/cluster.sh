@@ -1,8 +1,15 @@
 # shellcheck shell=bash
 # A single-node Kubernetes cluster of host processes: etcd (Debian),
 # kube-apiserver, kube-controller-manager, kube-scheduler and kubelet (built
-# by build.sh), containerd + runc (Debian). Pods must use hostNetwork: the
-# only CNI network is loopback. Sourced by run.sh after lib.sh; needs R.
+# by build.sh), containerd + runc (Debian). Sourced by run.sh after lib.sh;
+# needs R.
+#
+# Pod network: one bridge (POD_BRIDGE, gateway POD_GW) with the bridge and
+# host-local CNI plugins; there is no kube-proxy, so iptables sends the
+# kubernetes Service's address (10.0.0.1:443, what in-cluster clients dial)
+# to the API server, which listens on all addresses. hostNetwork pods reach
+# it the same way. The kubelet's root is /var/lib/kubelet, the path the
+# shipped manifests mount.
 #
 # Gotchas this machine kind taught (see DESIGN.md section 7):
 # - apiserver: --endpoint-reconciler-type=none with a loopback advertise
@@ -20,7 +27,7 @@ cg_dir() {
 CG=$(cg_dir)
 
 # The Debian packages the cluster needs (scripts/deps.sh installs them too).
-CLUSTER_PACKAGES=(etcd-server containerd runc containernetworking-plugins busybox-static openssl curl)
+CLUSTER_PACKAGES=(etcd-server containerd runc containernetworking-plugins iptables busybox-static openssl curl mmdebstrap)
 
 ensure_packages() {
   local missing=() p
@@ -58,7 +65,7 @@ make_pki() {
       printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n%s\n' "${4:-}" >"$1.ext"
       openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 -extfile "$1.ext" -out "$1.crt" 2>/dev/null
     }
-    sign apiserver kube-apiserver "" "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    sign apiserver kube-apiserver "" "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,IP:$POD_GW,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
     sign admin admin system:masters
     sign kcm system:kube-controller-manager ""
     sign sched system:kube-scheduler ""
@@ -98,7 +105,7 @@ start_apiserver() {
   local p=$R/pki
   start_bg kube-apiserver "$BIN/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    --bind-address=0.0.0.0 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
     --endpoint-reconciler-type=none \
     --tls-cert-file="$p/apiserver.crt" --tls-private-key-file="$p/apiserver.key" \
     --client-ca-file="$p/ca.crt" \
@@ -148,7 +155,13 @@ state = "$STATE/containerd/state"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
 EOF
-  echo '{"cniVersion":"0.4.0","name":"lo-only","plugins":[{"type":"loopback"}]}' >"$R/cni/net.d/10-lo.conflist"
+  cat >"$R/cni/net.d/10-vbe2e.conflist" <<EOF
+{"cniVersion":"0.4.0","name":"vbe2e","plugins":[
+  {"type":"bridge","bridge":"$POD_BRIDGE","isGateway":true,"ipMasq":false,"hairpinMode":true,
+   "ipam":{"type":"host-local","dataDir":"$R/cni/ipam","ranges":[[{"subnet":"$POD_CIDR","gateway":"$POD_GW"}]],
+           "routes":[{"dst":"0.0.0.0/0"}]}},
+  {"type":"portmap","capabilities":{"portMappings":true}}]}
+EOF
   start_bg containerd containerd --config "$R/containerd/config.toml"
   wait_until 60 "containerd" ctr -a "$CONTAINERD_SOCK" version
 }
@@ -203,8 +216,36 @@ import_images() {
   ctr_ images import "$i/busybox.tar" >/dev/null
 }
 
+# pod_network_up: the bridge with its gateway address (so the API server
+# and the store answer there before the first pod exists) and the Service
+# address of the API server.
+POD_BRIDGE=vbe2e0
+POD_CIDR=10.244.0.0/24
+POD_GW=10.244.0.1
+API_VIP=10.0.0.1
+pod_network_up() {
+  ip link show "$POD_BRIDGE" >/dev/null 2>&1 || ip link add "$POD_BRIDGE" type bridge || return 1
+  ip addr replace "$POD_GW/24" dev "$POD_BRIDGE" && ip link set "$POD_BRIDGE" up || return 1
+  sysctl -qw net.ipv4.ip_forward=1 || return 1
+  local chain
+  for chain in PREROUTING OUTPUT; do
+    iptables -t nat -C "$chain" -d "$API_VIP/32" -p tcp --dport 443 -j DNAT --to-destination "$POD_GW:$APISERVER_PORT" 2>/dev/null ||
+      iptables -t nat -A "$chain" -d "$API_VIP/32" -p tcp --dport 443 -j DNAT --to-destination "$POD_GW:$APISERVER_PORT" || return 1
+  done
+}
+
+pod_network_down() {
+  local chain
+  for chain in PREROUTING OUTPUT; do
+    while iptables -t nat -D "$chain" -d "$API_VIP/32" -p tcp --dport 443 -j DNAT --to-destination "$POD_GW:$APISERVER_PORT" 2>/dev/null; do :; done
+  done
+  ip link del "$POD_BRIDGE" 2>/dev/null
+  return 0
+}
+
+KUBELET_DIR=/var/lib/kubelet
 start_kubelet() {
-  mkdir -p "$R/kubelet"
+  mkdir -p "$KUBELET_DIR" && touch "$KUBELET_DIR/.vb-e2e"
   cat >"$R/kubelet-config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -234,7 +275,7 @@ syncFrequency: 10s
 fileCheckFrequency: 10s
 EOF
   start_bg kubelet "$BIN/kubelet" --config="$R/kubelet-config.yaml" --kubeconfig="$R/pki/kubelet.kubeconfig" \
-    --hostname-override="$NODE" --root-dir="$R/kubelet"
+    --hostname-override="$NODE" --root-dir="$KUBELET_DIR"
   wait_until 120 "node $NODE registered" kc get node "$NODE" &&
     kc wait --for=condition=Ready "node/$NODE" --timeout=120s >/dev/null
 }
@@ -247,6 +288,7 @@ install_snapshot_crds() {
 
 # cluster_up: everything up to a Ready node with the snapshot API.
 cluster_up() {
+  step "pod network" pod_network_up || return 1
   step "PKI" make_pki || return 1
   step "etcd" start_etcd || return 1
   step "kube-apiserver" start_apiserver || return 1
@@ -276,12 +318,16 @@ cluster_down() {
     for t in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers delete "$t" >/dev/null 2>&1; done
   fi
   stop_bg containerd
-  for n in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_bg "$n"; done
+  for n in kube-scheduler kube-controller-manager kube-apiserver etcd store; do stop_bg "$n"; done
   sweep_kubepods
   sweep_cgroup
+  # The volume servers the node plugin placed outside its container.
+  sweep_cgroup_named "$SERVER_CGROUP"
   unmount_all
   detach_loops
   sweep_cgroup
+  pod_network_down
+  rm -rf "${KUBELET_DIR:?}" /run/viperblock /var/lib/viperblock
   rm -rf "$STATE/containerd"
   # The kubelet's (now empty) pod cgroups; rmdir leaves any in use.
   find /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods -depth -type d -exec rmdir {} + 2>/dev/null
@@ -300,6 +346,25 @@ sweep_cgroup() {
     sleep 0.5
   done
   rmdir "$CG" 2>/dev/null || true
+}
+
+# SERVER_CGROUP is the cgroup the shipped node plugin moves its volume
+# servers into (--server-cgroup in deploy/kubernetes/base/driver-flags.yaml).
+SERVER_CGROUP=viperblock-volumes
+
+# sweep_cgroup_named NAME kills the processes of cgroup NAME in every
+# hierarchy and removes it.
+sweep_cgroup_named() {
+  local d pids i
+  for i in $(seq 1 20); do
+    pids=$(cat /sys/fs/cgroup/*/"$1"/cgroup.procs /sys/fs/cgroup/"$1"/cgroup.procs 2>/dev/null | sort -u)
+    [ -z "$pids" ] && break
+    [ "$i" = 1 ] && log "killing volume servers: $(echo $pids | tr '\n' ' ')"
+    kill -KILL $pids 2>/dev/null
+    sleep 0.5
+  done
+  for d in /sys/fs/cgroup/*/"$1" /sys/fs/cgroup/"$1"; do [ -d "$d" ] && rmdir "$d" 2>/dev/null; done
+  return 0
 }
 
 # sweep_kubepods kills pod processes the kubelet left (containers live in
@@ -323,7 +388,8 @@ sweep_kubepods() {
 unmount_all() {
   local i m left
   for i in 1 2 3 4 5; do
-    left=$(awk -v r="$R" -v s="$STATE" '$2 == r || index($2, r "/") == 1 || index($2, s "/") == 1 {print $2}' /proc/mounts | sort -r)
+    left=$(awk -v r="$R" -v s="$STATE" -v k="$KUBELET_DIR/" '$2 == r || index($2, r "/") == 1 || index($2, s "/") == 1 ||
+      index($2, k) == 1 || index($2, "/run/viperblock/") == 1 || $2 == "/run/viperblock" {print $2}' /proc/mounts | sort -r)
     [ -z "$left" ] && return 0
     for m in $left; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null; done
     sleep 0.5
@@ -336,6 +402,6 @@ detach_loops() {
   local l f
   for l in /sys/block/loop*; do
     f=$(cat "$l/loop/backing_file" 2>/dev/null) || continue
-    case "$f" in "$R"/* | "$STATE"/*) losetup -d "/dev/$(basename "$l")" 2>/dev/null && log "detached /dev/$(basename "$l") ($f)" ;; esac
+    case "$f" in "$R"/* | "$STATE"/* | /run/viperblock/*) losetup -d "/dev/$(basename "$l")" 2>/dev/null && log "detached /dev/$(basename "$l") ($f)" ;; esac
   done
 }

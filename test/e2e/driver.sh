@@ -1,119 +1,164 @@
 # shellcheck shell=bash
-# Viperblock CSI on the e2e cluster, as host processes: bin/controller with
-# csi-provisioner, csi-attacher, csi-snapshotter and csi-resizer on one
-# socket, bin/node on the kubelet's plugin dir, registered by the registrar.
-#
-# Nothing here repeats the driver's flags: the cluster-scoped objects, the
-# ServiceAccounts and the RBAC come from `kubectl kustomize deploy/kubernetes/
-# <VB_E2E_KUSTOMIZATION>`, and every process runs with the args and env of
-# its container in the rendered Deployment or DaemonSet (podargs moves their
-# paths and ports to the host). Each component talks to the API server with
-# its ServiceAccount's token, so the RBAC is tested too. Sourced by run.sh.
+# Viperblock CSI on the e2e cluster as a user installs it: the driver's
+# image, made from the Dockerfile's recipe (image.sh), and the sidecar
+# images are imported into containerd; `kubectl apply -k` deploys an
+# overlay of deploy/kubernetes/overlays/production that changes only the
+# image reference, the store URL and the store's credentials. The store is
+# versitygw (S3) on the pod network's gateway. Sourced by run.sh.
 
-KUSTOMIZATION=${VB_E2E_KUSTOMIZATION:-base}
 CSI_NS=viperblock-system
-STORE_URL=file://$R/store
-# The driver under test: make build's outputs, unless told otherwise.
-DRIVER_BIN=${VB_E2E_DRIVER_BIN:-$REPO/bin}
-PLUGIN_SO=${VB_E2E_PLUGIN:-$REPO/lib/nbdkit-viperblock-plugin.so}
-# Host-only settings: where the image keeps the plugin, and the store and
-# attacher for this machine (no S3 here; no kernel nbd module on most VMs).
-HOST_SET=(-set "VIPERBLOCK_STORE=$STORE_URL" -set "VIPERBLOCK_ATTACHER=${VB_E2E_ATTACHER:-auto}")
-NODE_EXTRA_ARGS=(--plugin="$PLUGIN_SO")
-# Host paths for the pods' hostPath volumes and emptyDirs, and ports.
-HOST_MAP=(-map "/var/lib/kubelet=$R/kubelet" -map "/var/lib/viperblock=$R/viperblock"
-  -map "/run/viperblock=$R/run-viperblock" -emptydir "$R/pods")
-LISTEN=(-listen-offset 20000 -listen-host 127.0.0.1)
-
-have_driver() { [ -x "$DRIVER_BIN/controller" ] && [ -x "$DRIVER_BIN/node" ] && [ -x "$DRIVER_BIN/vblock" ] && [ -f "$PLUGIN_SO" ]; }
-
-podargs() { "$R/bin/podargs" -f "$R/deploy.yaml" -node "$NODE" "${HOST_SET[@]}" "${HOST_MAP[@]}" "${LISTEN[@]}" "$@"; }
-
-# run_container NAME KIND CONTAINER BINARY KUBECONFIG [EXTRA-ARGS...]:
-# starts BINARY with the container's env and args.
-run_container() {
-  local name=$1 kind=$2 ctr=$3 bin=$4 kubeconfig=$5; shift 5
-  local -a env args
-  mapfile -t env < <(podargs -kind "$kind" -container "$ctr" -print env) || return 1
-  mapfile -t args < <(podargs -kind "$kind" -container "$ctr" -print args) || return 1
-  echo "$bin ${args[*]} $*" >"$R/log/$name.cmdline"
-  start_bg "$name" env "${env[@]}" KUBECONFIG="$kubeconfig" "$bin" "${args[@]}" "$@"
+DRIVER_IMAGE=ghcr.io/viperblock/viperblock-csi
+DRIVER_TAG=e2e
+# The driver under test: make build's outputs (the Dockerfile's COPY lines
+# name them).
+have_driver() {
+  local src
+  while read -r src _; do [ -f "$REPO/${src#/src/}" ] || return 1; done < <(df_copies)
+  [ -n "$(df_copies)" ]
 }
 
-# sa_kubeconfig SA: a kubeconfig with a token of that ServiceAccount.
-sa_kubeconfig() {
-  local f=$R/pki/sa-$1.kubeconfig token
-  token=$(kc -n "$CSI_NS" create token "$1" --duration=6h) || return 1
-  write_kubeconfig "$f" --token="$token" || return 1
-  # The token must authenticate as the ServiceAccount, not anonymously.
-  "$BIN/kubectl" --kubeconfig="$f" auth whoami -o jsonpath='{.status.userInfo.username}' 2>/dev/null |
-    grep -qx "system:serviceaccount:$CSI_NS:$1" || { log "kubeconfig $f does not authenticate as $1" >&2; return 1; }
-  echo "$f"
+STORE_PORT=${VB_E2E_STORE_PORT:-17070}
+STORE_BUCKET=viperblock-volumes
+STORE_DIR=$R/s3
+STORE_ENDPOINT=http://$POD_GW:$STORE_PORT
+STORE_URL="s3://$STORE_BUCKET?region=us-east-1&endpoint=$STORE_ENDPOINT&path_style=true"
+# The root account of versitygw: the harness's own; the driver gets keys
+# of an ordinary account (store_user), which the credential scenario
+# rotates.
+STORE_ROOT_KEY=e2eroot
+STORE_ROOT_SECRET=e2eroot-secret-0123456789
+STORE_KEY=viperblock-a
+STORE_SECRET=secret-a-0123456789abcdef
+
+versitygw_bin() { command -v versitygw || echo "$(go env GOPATH)/bin/versitygw"; }
+
+store_up() {
+  mkdir -p "$STORE_DIR" "$R/s3-iam"
+  start_bg store env ROOT_ACCESS_KEY_ID="$STORE_ROOT_KEY" ROOT_SECRET_ACCESS_KEY="$STORE_ROOT_SECRET" VGW_REGION=us-east-1 \
+    "$(versitygw_bin)" --port "$POD_GW:$STORE_PORT" --iam-dir "$R/s3-iam" --keep-alive posix "$STORE_DIR"
+  wait_until 30 "versitygw on $STORE_ENDPOINT" curl -s -o /dev/null "$STORE_ENDPOINT/" || return 1
+  s3_root PUT "/$STORE_BUCKET" >/dev/null || return 1
+  store_user create "$STORE_KEY" "$STORE_SECRET"
 }
 
-deploy_objects() {
-  kc kustomize "$REPO/deploy/kubernetes/$KUSTOMIZATION" >"$R/deploy.yaml" || return 1
-  "$R/bin/podargs" -f "$R/deploy.yaml" -print manifests -exclude Deployment,DaemonSet >"$R/deploy-objects.yaml" || return 1
-  kc apply -f "$R/deploy-objects.yaml" >/dev/null || return 1
-  log "applied $(grep -c '^kind:' "$R/deploy-objects.yaml") objects from deploy/kubernetes/$KUSTOMIZATION (Deployment and DaemonSet run as host processes)"
+# s3_root METHOD PATH: a request signed as versitygw's root account.
+s3_root() {
+  curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$STORE_ROOT_KEY:$STORE_ROOT_SECRET" -X "$1" "$STORE_ENDPOINT$2"
 }
 
-CONTROLLER_SOCK=$R/pods/socket-dir/csi.sock
-NODE_SOCK=$R/kubelet/plugins/$DRIVER/csi.sock
-
-start_controller() {
-  mkdir -p "$R/pods/socket-dir" "$R/store"
-  CTL_KUBECONFIG=${CTL_KUBECONFIG:-$(sa_kubeconfig viperblock-csi-controller)} || return 1
-  run_container controller Deployment controller "$DRIVER_BIN/controller" "$CTL_KUBECONFIG" || return 1
-  wait_until 60 "controller socket $CONTROLLER_SOCK" test -S "$CONTROLLER_SOCK" || return 1
-  local s
-  for s in csi-provisioner csi-attacher csi-snapshotter csi-resizer; do
-    run_container "$s" Deployment "$s" "$BIN/$s" "$CTL_KUBECONFIG" --kubeconfig="$CTL_KUBECONFIG" || return 1
-  done
+# store_user create|delete KEY [SECRET]: an account of versitygw's IAM that
+# owns the bucket.
+store_user() {
+  local admin=("$(versitygw_bin)" admin --access "$STORE_ROOT_KEY" --secret "$STORE_ROOT_SECRET" --endpoint-url "$STORE_ENDPOINT")
+  case "$1" in
+    create)
+      "${admin[@]}" create-user --access "$2" --secret "$3" --role admin >/dev/null || return 1 ;;
+    delete)
+      "${admin[@]}" delete-user --access "$2" >/dev/null || return 1 ;;
+  esac
 }
 
-start_node() {
-  mkdir -p "$R/viperblock/wal" "$R/run-viperblock" "$(dirname "$NODE_SOCK")"
-  NODE_KUBECONFIG=${NODE_KUBECONFIG:-$(sa_kubeconfig viperblock-csi-node)} || return 1
-  run_container node DaemonSet node "$DRIVER_BIN/node" "$NODE_KUBECONFIG" "${NODE_EXTRA_ARGS[@]}" || return 1
-  wait_until 60 "node plugin socket $NODE_SOCK" test -S "$NODE_SOCK"
+# vblock_store ARGS...: bin/vblock against the e2e store, as the root account.
+vblock_store() {
+  VBLOCK_STORE=$STORE_URL AWS_ACCESS_KEY_ID=$STORE_ROOT_KEY AWS_SECRET_ACCESS_KEY=$STORE_ROOT_SECRET "$REPO/bin/vblock" "$@"
 }
 
-start_registrar() {
-  run_container registrar DaemonSet node-driver-registrar "$R/bin/registrar" /dev/null \
-    --plugin-registration-path="$R/kubelet/plugins_registry" || return 1
-  wait_until 90 "CSINode $NODE lists $DRIVER" csinode_has_driver
+images_up() {
+  mkdir -p "$R/images"
+  step "driver image (Dockerfile recipe)" driver_image "$DRIVER_IMAGE:$DRIVER_TAG" || return 1
+  step "sidecar images" sidecar_images "$R/deploy.yaml" || return 1
+}
+
+# write_overlay: the e2e overlay (image, store URL, credentials only).
+write_overlay() {
+  local o=$R/overlay
+  mkdir -p "$o"
+  cat >"$o/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - $(realpath --relative-to="$o" "$REPO/deploy/kubernetes/overlays/production")
+images:
+  - name: $DRIVER_IMAGE
+    newTag: $DRIVER_TAG
+configMapGenerator:
+  - name: viperblock-csi-config
+    namespace: $CSI_NS
+    behavior: merge
+    literals:
+      - VIPERBLOCK_STORE=$STORE_URL
+patches:
+  - patch: |-
+      apiVersion: v1
+      kind: Secret
+      metadata: {name: viperblock-s3-credentials, namespace: $CSI_NS}
+      stringData: {accessKeyID: $STORE_KEY, secretAccessKey: $STORE_SECRET}
+EOF
+}
+
+deploy_driver() {
+  write_overlay || return 1
+  kc kustomize "$R/overlay" >"$R/deploy.yaml" || return 1
+  images_up || return 1
+  kc apply -k "$R/overlay" >"$R/log/apply.log" 2>&1 || { cat "$R/log/apply.log"; return 1; }
+  log "applied $(grep -c '^kind:' "$R/deploy.yaml") objects (kubectl apply -k of the production overlay with the e2e image and store)"
+}
+
+driver_rollout() {
+  kc -n "$CSI_NS" rollout status daemonset/viperblock-csi-node --timeout=300s >/dev/null &&
+    kc -n "$CSI_NS" rollout status deployment/viperblock-csi-controller --timeout=300s >/dev/null
 }
 
 csinode_has_driver() {
   kc get csinode "$NODE" -o jsonpath='{.spec.drivers[*].name}' 2>/dev/null | grep -qw "$DRIVER"
 }
 
-DRIVER_PROCS=(controller csi-provisioner csi-attacher csi-snapshotter csi-resizer node registrar)
-
-# driver_alive fails, naming them, if any of the driver's processes died.
-driver_alive() {
-  local p dead=()
-  for p in "${DRIVER_PROCS[@]}"; do running "$p" || dead+=("$p"); done
-  [ ${#dead[@]} = 0 ] && return 0
-  log "driver processes not running: ${dead[*]}"
-  return 1
-}
-
 driver_up() {
-  step "deploy objects (kustomize $KUSTOMIZATION)" deploy_objects || return 1
-  step "controller + sidecars" start_controller || return 1
-  step "node plugin" start_node || return 1
-  step "registrar, CSINode lists driver" start_registrar || return 1
-  # The sidecars exit when they lose the driver: give them a moment to.
+  step "store (versitygw)" store_up || return 1
+  step "deploy (kubectl apply -k)" deploy_driver || return 1
+  step "driver pods Ready" driver_rollout || return 1
+  step "CSINode lists driver" wait_until 120 "CSINode $NODE lists $DRIVER" csinode_has_driver || return 1
+  # The sidecars exit when they cannot reach the driver: give them a moment to.
   sleep 3
   driver_alive
 }
 
-# restart_node_plugin SIGNAL: kills the node plugin and starts it again
-# with the same command line (scenario 6).
-restart_node_plugin() {
-  stop_bg node "${1:-KILL}"
-  mv "$R/log/node.log" "$R/log/node.log.$(date +%s)"
-  start_node
+# driver_restarts: the total restart count of the driver's containers.
+driver_restarts() {
+  kc -n "$CSI_NS" get pods -o jsonpath='{range .items[*]}{range .status.containerStatuses[*]}{.restartCount}{"\n"}{end}{end}' 2>/dev/null |
+    awk '{s += $1} END {print s + 0}'
+}
+
+# driver_alive fails, naming them, unless every driver pod is Ready (it
+# waits a minute for pods that are being replaced).
+driver_alive() {
+  kc -n "$CSI_NS" wait --for=condition=Ready pods --all --timeout=60s >/dev/null 2>&1 && return 0
+  log "driver pods not Ready: $(kc -n "$CSI_NS" get pods --no-headers 2>&1 | awk '$2 !~ /^([0-9]+)\/\1$/ {print $1 " " $2 " " $3}' | tr '\n' ';')"
+  return 1
+}
+
+# node_pod: the node plugin's pod on this node.
+node_pod() {
+  kc -n "$CSI_NS" get pods -l app.kubernetes.io/component=node --field-selector "spec.nodeName=$NODE" \
+    -o jsonpath='{.items[0].metadata.name}'
+}
+
+# node_plugin_pid: the host PID of the node plugin (the pod has hostPID).
+node_plugin_pid() {
+  local p
+  for p in $(pgrep -x node); do
+    tr '\0' ' ' <"/proc/$p/cmdline" | grep -q -- '--endpoint=unix:///csi/csi.sock' && { echo "$p"; return 0; }
+  done
+  return 1
+}
+
+# driver_logs: tails of every driver container's log (for diagnosis).
+driver_logs() {
+  local pod c
+  for pod in $(kc -n "$CSI_NS" get pods -o name); do
+    for c in $(kc -n "$CSI_NS" get "$pod" -o jsonpath='{.spec.containers[*].name}'); do
+      echo "--- $pod/$c"
+      kc -n "$CSI_NS" logs "$pod" -c "$c" --tail="${1:-15}" 2>&1
+    done
+  done
 }

@@ -9,10 +9,18 @@
 # 2. starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 #    containerd and kubelet as host processes, imports locally built pause
 #    and busybox images, installs the snapshot CRDs and snapshot-controller;
-# 3. when bin/controller, bin/node and the nbdkit plugin exist (make build),
-#    runs them and the sidecars with the args of deploy/kubernetes, and the
-#    driver scenarios (scenarios.sh); otherwise only the cluster smoke test;
+# 3. when make build's outputs exist, deploys the driver as a user does:
+#    the driver's image made from the Dockerfile's recipe and the sidecar
+#    images imported into containerd, versitygw as the S3 store, and
+#    `kubectl apply -k` of the production overlay with only the image, the
+#    store URL and the credentials changed (driver.sh, image.sh); then runs
+#    the driver scenarios (scenarios.sh, scenarios_shipped.sh); otherwise
+#    only the cluster smoke test;
 # 4. tears everything down, on success, failure or interrupt.
+#
+# The cluster uses the host's /var/lib/kubelet, /run/viperblock and
+# /var/lib/viperblock (the paths the manifests mount) and removes them at
+# teardown: run it on a machine that is not a Kubernetes node.
 #
 # Prints timings per step and ends with "N passed, N failed[, N skipped]".
 #
@@ -23,12 +31,8 @@
 #                         test/e2e/run.sh --down)
 #   VB_E2E_REQUIRE_DRIVER=1  fail instead of skipping the driver scenarios
 #                         when the driver binaries are missing
-#   VB_E2E_KUSTOMIZATION  deploy/kubernetes/<this> is deployed (default base)
-#   VB_E2E_ATTACHER       the node plugin's attacher (default auto)
 #   VB_E2E_SCENARIOS      regexp: run only the driver scenarios it matches
-#   VB_E2E_DRIVER_BIN     directory with controller, node and vblock
-#                         (default: the repo's bin/)
-#   VB_E2E_PLUGIN         the nbdkit plugin (default lib/nbdkit-viperblock-plugin.so)
+#   VB_E2E_STORE_PORT     versitygw's port on the pod network's gateway
 # shellcheck source-path=SCRIPTDIR
 set -uo pipefail
 
@@ -41,10 +45,18 @@ R=${VB_E2E_RUN_DIR:-/tmp/vb-e2e}
 . "$E2E_DIR/cluster.sh"
 # shellcheck source=driver.sh
 . "$E2E_DIR/driver.sh"
+# shellcheck source=image.sh
+. "$E2E_DIR/image.sh"
 # shellcheck source=scenarios.sh
 . "$E2E_DIR/scenarios.sh"
+# shellcheck source=scenarios_shipped.sh
+. "$E2E_DIR/scenarios_shipped.sh"
 
 [ "$(id -u)" = 0 ] || die "run as root: the cluster mounts, runs containers and loads images"
+
+if [ -d /var/lib/kubelet ] && [ ! -e /var/lib/kubelet/.vb-e2e ] && [ -n "$(ls -A /var/lib/kubelet)" ]; then
+  die "/var/lib/kubelet belongs to another kubelet: the e2e cluster uses (and removes) it"
+fi
 
 mkdir -p "$STATE"
 exec 8>"$STATE/lock"
@@ -115,6 +127,7 @@ setup_failed() {
   for l in "$R"/log/*.log; do
     [ -f "$l" ] && { echo "--- tail $(basename "$l")"; tail -20 "$l"; }
   done
+  [ -f "$R/pki/admin.kubeconfig" ] && { kc -n "$CSI_NS" get pods -o wide; driver_logs 20; } 2>&1
   exit 1
 }
 
@@ -133,7 +146,7 @@ if have_driver; then
   fi
   run_scenarios yes
 else
-  why="no driver: $DRIVER_BIN/{controller,node,vblock} or $PLUGIN_SO missing (make build)"
+  why="no driver: the files the Dockerfile copies from make build are missing (make build)"
   [ "${VB_E2E_REQUIRE_DRIVER:-0}" = 1 ] && setup_failed "$why"
   log "driver scenarios not run: $why"
   run_scenarios no "$why"
