@@ -35,7 +35,7 @@ versitygw_bin() { command -v versitygw || echo "$(go env GOPATH)/bin/versitygw";
 store_up() {
   mkdir -p "$STORE_DIR" "$R/s3-iam"
   start_bg store env ROOT_ACCESS_KEY_ID="$STORE_ROOT_KEY" ROOT_SECRET_ACCESS_KEY="$STORE_ROOT_SECRET" VGW_REGION=us-east-1 \
-    "$(versitygw_bin)" --port "$POD_GW:$STORE_PORT" --iam-dir "$R/s3-iam" --keep-alive posix "$STORE_DIR"
+    "$(versitygw_bin)" --port "$POD_GW:$STORE_PORT" --iam-dir "$R/s3-iam" --iam-cache-disable --keep-alive posix "$STORE_DIR"
   wait_until 30 "versitygw on $STORE_ENDPOINT" curl -s -o /dev/null "$STORE_ENDPOINT/" || return 1
   s3_root PUT "/$STORE_BUCKET" >/dev/null || return 1
   store_user create "$STORE_KEY" "$STORE_SECRET"
@@ -43,7 +43,8 @@ store_up() {
 
 # s3_root METHOD PATH: a request signed as versitygw's root account.
 s3_root() {
-  curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$STORE_ROOT_KEY:$STORE_ROOT_SECRET" -X "$1" "$STORE_ENDPOINT$2"
+  curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" \
+    --user "$STORE_ROOT_KEY:$STORE_ROOT_SECRET" -X "$1" "$STORE_ENDPOINT$2"
 }
 
 # store_user create|delete KEY [SECRET]: an account of versitygw's IAM that
