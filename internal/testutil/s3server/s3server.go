@@ -56,6 +56,7 @@ type Server struct {
 	// subdirectories).
 	Dir string
 
+	args     []string // extra versitygw options
 	cmd      *exec.Cmd
 	out      *syncBuffer
 	stopOnce sync.Once
@@ -97,6 +98,12 @@ func isExec(p string) bool {
 // Start starts a server with one empty bucket; it stops when t ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return start(t, nil)
+}
+
+// start is Start with extra versitygw options (before the backend).
+func start(t testing.TB, args []string) *Server {
+	t.Helper()
 	bin := Binary()
 	if bin == "" {
 		testutil.Skip(t, "versitygw", "versitygw not found on PATH or in $(go env GOPATH)/bin (`make deps` installs the pinned version)")
@@ -107,6 +114,7 @@ func Start(t testing.TB) *Server {
 		AccessKey: "vbtest" + randHex(6),
 		SecretKey: randHex(20),
 		Dir:       filepath.Join(tmp, "root"),
+		args:      args,
 	}
 	if err := os.Mkdir(s.Dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -148,7 +156,8 @@ func (s *Server) launch(bin string) error {
 	s.out = &syncBuffer{}
 	s.stopOnce = sync.Once{} // an earlier try's server is stopped already
 	// Credentials go through the environment, not argv.
-	cmd := exec.Command(bin, "--port", addr, "--keep-alive", "--quiet", "posix", s.Dir)
+	args := append([]string{"--port", addr, "--keep-alive", "--quiet"}, s.args...)
+	cmd := exec.Command(bin, append(args, "posix", s.Dir)...)
 	cmd.Env = append(os.Environ(),
 		"ROOT_ACCESS_KEY_ID="+s.AccessKey,
 		"ROOT_SECRET_ACCESS_KEY="+s.SecretKey,

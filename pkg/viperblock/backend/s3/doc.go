@@ -46,9 +46,8 @@
 //     AWS_SECRET_ACCESS_KEY=...
 //     AWS_SESSION_TOKEN=...        (optional)
 //
-//     The file is read when the store opens (so a bad file fails at once) and
-//     again every five minutes, so a rotated Kubernetes Secret mounted as a
-//     file is picked up without a restart.
+//     The file is read when the store opens (so a bad file fails at once)
+//     and followed from then on; see "Credential rotation".
 //
 //  3. The aws-sdk-go-v2 default chain: environment (AWS_ACCESS_KEY_ID,
 //     AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), the shared config and
@@ -56,7 +55,49 @@
 //     (AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN, as IRSA injects), SSO,
 //     ECS/EKS container credentials and EC2 instance metadata.
 //
-// The store never logs; credentials never appear in errors or Stats.
+// The store logs only about its credentials file, to Config.Logger (nothing
+// by default); credentials never appear in errors, log messages or Stats.
+//
+// # Credential rotation
+//
+// Credentials from credentials_file= can change while the store is open, so
+// keys can be rotated without reopening it (or restarting the process that
+// has it open). Two rules make a running store follow the file:
+//
+//  1. Check. Credentials read from the file are used for five seconds. Then
+//     the file is opened and stat'ed again, and read only if it is not the
+//     same version: another inode (the file was replaced by a rename, the
+//     atomic way to write it), another size or another modification time
+//     (it was rewritten in place). A symbolic link is followed each time,
+//     so a file inside a Kubernetes Secret volume, whose "..data" link the
+//     kubelet swaps, works too. New credentials count in
+//     Stats.CredentialReloads and are logged (Debug) without their values.
+//
+//  2. Retry on refusal. When S3 refuses an attempt's credentials (error code
+//     InvalidAccessKeyId, SignatureDoesNotMatch, ExpiredToken, InvalidToken,
+//     TokenRefreshRequired or AccessDenied, or any 403, which is all a HEAD
+//     gets), the file is read again whatever its stat says and the attempt
+//     is repeated once with what it holds, through the normal retry path
+//     (it needs max_attempts of 2 or more and counts in Stats.Retries and
+//     Stats.AuthRetries). A second refusal in the same operation is
+//     returned. So an operation that races with a rotation, or runs after
+//     the old key was revoked but before the next check, still succeeds.
+//     A refused request changed nothing on the server, so repeating any
+//     operation, PutIf included, is safe.
+//
+// A file that is missing, unreadable, larger than 64 KiB or does not parse
+// (a writer caught halfway through an in-place rewrite) does not replace the
+// credentials in use: they are kept, the problem is logged once (Warn) until
+// the file reads well again, and it is looked at again at the next check.
+// It is an error only when the store opens, when there are no credentials
+// to keep. A half-written file that still parses (a secret cut short) yields
+// credentials that S3 refuses; the retry on refusal then reads the finished
+// file. Writers should still write the file atomically (temporary file,
+// fsync, rename), as package credsync does.
+//
+// Other credential sources are not retried: the environment does not change
+// under a running process, and the SDK refreshes expiring credentials (web
+// identity, SSO, container and instance credentials) itself.
 //
 // # Mapping to S3
 //

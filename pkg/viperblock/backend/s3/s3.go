@@ -96,6 +96,13 @@ type Stats struct {
 	// precondition after a retry and were found to have been applied by an
 	// earlier attempt (see the package doc).
 	AmbiguousPutIfs uint64
+	// CredentialReloads is the number of times the credentials file was
+	// found to hold credentials different from those in use.
+	CredentialReloads uint64
+	// AuthRetries is the number of attempts that failed authentication and
+	// were repeated with the credentials file read again (see the package
+	// doc); they are counted in Retries too.
+	AuthRetries uint64
 }
 
 // Store is a backend.Store on an S3 bucket.
@@ -109,6 +116,12 @@ type Store struct {
 	retries  atomic.Uint64
 	failed   atomic.Uint64
 	ambig    atomic.Uint64
+
+	// fileCreds and credsCache are the credentials_file provider and the
+	// cache in front of it; nil for other credential sources.
+	fileCreds   *fileCredentials
+	credsCache  *aws.CredentialsCache
+	authRetries atomic.Uint64
 }
 
 var _ backend.Store = (*Store)(nil)
@@ -184,11 +197,12 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	case cfg.Credentials != nil:
 		opts = append(opts, config.WithCredentialsProvider(cfg.Credentials))
 	case cfg.CredentialsFile != "":
-		fc := fileCredentials{path: cfg.CredentialsFile}
+		fc := newFileCredentials(cfg.CredentialsFile, cfg.Logger)
 		if _, err := fc.Retrieve(ctx); err != nil {
 			return nil, err
 		}
-		opts = append(opts, config.WithCredentialsProvider(aws.NewCredentialsCache(fc)))
+		s.fileCreds, s.credsCache = fc, aws.NewCredentialsCache(fc)
+		opts = append(opts, config.WithCredentialsProvider(s.credsCache))
 	}
 	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
@@ -217,12 +231,17 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 
 // Stats returns the request counters.
 func (s *Store) Stats() Stats {
-	return Stats{
+	st := Stats{
 		Attempts:        s.attempts.Load(),
 		Retries:         s.retries.Load(),
 		FailedAttempts:  s.failed.Load(),
 		AmbiguousPutIfs: s.ambig.Load(),
+		AuthRetries:     s.authRetries.Load(),
 	}
+	if s.fileCreds != nil {
+		st.CredentialReloads = s.fileCreds.reloads.Load()
+	}
+	return st
 }
 
 // Close releases idle connections.
@@ -245,6 +264,9 @@ type call struct {
 	op       string
 	attempts int
 	lastErr  error
+	// authRetried is set once an attempt failed authentication and the
+	// credentials were re-read for the next one.
+	authRetried bool
 }
 
 func withCall(ctx context.Context, op string) (context.Context, *call) {
@@ -290,6 +312,7 @@ func (s *Store) attempt(ctx context.Context, in middleware.FinalizeInput, next m
 		cancel()
 	}
 	if err != nil {
+		err = s.retryAuth(ctx, c, err)
 		s.failed.Add(1)
 		if c != nil {
 			c.lastErr = err
