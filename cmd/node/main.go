@@ -25,6 +25,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -66,6 +67,13 @@ func run(opts *driver.Options, httpAddr string, attachWrapper []string) error {
 	if err := opts.ValidateNode(); err != nil {
 		return err
 	}
+	// The credentials file must outlive this process's container: the
+	// volume servers read it. The state directory is on the host.
+	secret, err := opts.SetupStoreSecret(filepath.Join(opts.StateDir, "credentials"))
+	if err != nil {
+		return err
+	}
+	go secret.Run(context.Background())
 	att, err := newAttacher(opts.Attacher, opts.AttachDir, attachWrapper)
 	if err != nil {
 		return err
