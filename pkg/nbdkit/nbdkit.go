@@ -394,6 +394,9 @@ func Adopt(cfg Config) (s *Server, ok bool, err error) {
 		return nil, false, nil
 	}
 	s = &Server{cfg: cfg, pid: pid, adopted: true, logStart: -1, fd: fd, done: make(chan struct{})}
+	if fi, err := os.Stat(cfg.LogFile); cfg.LogFile != "" && err == nil {
+		s.logStart = fi.Size() // what it logs from now on is new
+	}
 	go s.watch()
 	return s, true, nil
 }
@@ -414,6 +417,9 @@ func (s *Server) URI() string {
 	}
 	return "nbd://" + s.cfg.Addr
 }
+
+// LogFile is the server's log file ("" if its output goes elsewhere).
+func (s *Server) LogFile() string { return s.cfg.LogFile }
 
 // Done is closed when nbdkit has exited.
 func (s *Server) Done() <-chan struct{} { return s.done }
@@ -502,9 +508,10 @@ func (s *Server) where() string {
 	return s.cfg.Addr
 }
 
-// accepting reports whether the server accepts a connection and sends the
-// NBD greeting. Reading the greeting before closing keeps nbdkit from
-// logging an error about a client gone mid-handshake.
+// accepting reports whether the server accepts a connection and answers
+// the NBD handshake. The probe ends the handshake as a client should
+// (NBD_OPT_ABORT, and it reads the reply) so that nbdkit logs no error
+// about a client gone mid-handshake.
 func (s *Server) accepting() bool {
 	network, addr := "unix", s.cfg.Socket
 	if addr == "" {
@@ -516,9 +523,21 @@ func (s *Server) accepting() bool {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	b := make([]byte, 8)
-	_, err = io.ReadFull(c, b)
-	return err == nil && string(b) == "NBDMAGIC"
+	// Server: "NBDMAGIC", "IHAVEOPT", 16-bit handshake flags.
+	b := make([]byte, 18)
+	if _, err := io.ReadFull(c, b); err != nil || string(b[:16]) != "NBDMAGICIHAVEOPT" {
+		return false
+	}
+	// Client: flags (fixed newstyle, no zeroes), then option NBD_OPT_ABORT
+	// (2) with no data.
+	req := []byte{0, 0, 0, 3, 'I', 'H', 'A', 'V', 'E', 'O', 'P', 'T', 0, 0, 0, 2, 0, 0, 0, 0}
+	if _, err := c.Write(req); err != nil {
+		return false
+	}
+	// The server acknowledges (a 20-byte option reply) and closes; an
+	// older one may close at once. Either way it is serving.
+	io.ReadFull(c, make([]byte, 20))
+	return true
 }
 
 // watch closes done when the pidfd reports nbdkit's exit.
@@ -656,8 +675,19 @@ func removeStaleSocket(path string) error {
 	return nil
 }
 
+// LogTail returns the end of a log file from offset from (at most 4 KiB;
+// all of it if from is negative or beyond the end, as after a
+// truncation), trimmed, for error messages.
+func LogTail(path string, from int64) string {
+	t := strings.TrimSpace(logTail(path, from))
+	if t == "" {
+		return "(nbdkit printed nothing)"
+	}
+	return t
+}
+
 // logTail returns the end of a log file from offset from (at most 4 KiB;
-// all of it if from is negative or beyond the end, as after a truncation).
+// all of it if from is negative or beyond the end).
 func logTail(path string, from int64) string {
 	f, err := os.Open(path)
 	if err != nil {

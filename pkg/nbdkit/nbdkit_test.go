@@ -177,6 +177,10 @@ func TestKeeperAdopt(t *testing.T) {
 	if b, _ := os.ReadFile(c.Status); string(b) != "0\n" {
 		t.Fatalf("status file %q", b)
 	}
+	// The readiness probe ends its handshake cleanly: nbdkit logs nothing.
+	if b, _ := os.ReadFile(c.LogFile); strings.Contains(string(b), "error") {
+		t.Fatalf("nbdkit logged an error:\n%s", b)
+	}
 	if _, ok, _ := Adopt(c); ok {
 		t.Fatal("adopted an exited server")
 	}
