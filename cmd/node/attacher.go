@@ -5,6 +5,7 @@ import (
 )
 
 // newAttacher builds the attacher chosen by --attacher.
-func newAttacher(kind, stateDir string, wrapper []string) (attach.Attacher, error) {
-	return attach.New(kind, attach.Options{StateDir: stateDir, Wrapper: wrapper})
+// place moves each nbdfuse into the servers' cgroup (nil: none).
+func newAttacher(kind, stateDir string, wrapper []string, place func(pid int) error) (attach.Attacher, error) {
+	return attach.New(kind, attach.Options{StateDir: stateDir, Wrapper: wrapper, Place: place})
 }

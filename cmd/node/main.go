@@ -7,12 +7,16 @@
 //
 // nbdkit processes and attachments outlive this process: on start-up the
 // healer re-adopts them (or restarts them), so a restart of the node plugin
-// is invisible to mounted filesystems. Stop it with SIGTERM: staged volumes
-// keep running. For that to hold in a container, nbdkit and nbdfuse must
-// not die with the container: run the DaemonSet with hostPID and start them
-// in their own scope (--nbdkit-wrapper "systemd-run --scope --collect
-// --quiet --", and --attach-wrapper likewise), or use kernel NBD, whose
-// device reconnects to a restarted nbdkit.
+// is invisible to mounted filesystems. Stop it with SIGTERM or SIGINT: it
+// stops serving gRPC and exits, and staged volumes keep running (nothing is
+// stopped, unstaged, drained or detached). For that to hold in a
+// container, nbdkit and nbdfuse must not die with the container, whose
+// runtime kills every process in the container's cgroup: run the DaemonSet
+// privileged with hostPID, mount the host's /sys/fs/cgroup (e.g. at
+// /host/sys/fs/cgroup) and pass --cgroup-root /host/sys/fs/cgroup
+// --server-cgroup viperblock-servers: every nbdkit keeper and nbdfuse is
+// moved into that cgroup right after it starts. nbdkit's log lines are
+// forwarded to this process's stderr, prefixed with the volume.
 //
 //	node --endpoint unix:///csi/csi.sock --node-id $(NODE_NAME) \
 //	     --store default=s3://bucket/vols?endpoint=... --plugin /usr/lib/viperblock/nbdkit-viperblock-plugin.so
@@ -48,7 +52,7 @@ func main() {
 	opts.AddFlags(flag.CommandLine, true)
 	httpAddr := flag.String("http-address", ":8092", "address of /metrics and /healthz (\"0\" disables them)")
 	var attachWrapper []string
-	flag.Func("attach-wrapper", "command prefix for nbdfuse, space-separated, e.g. \"systemd-run --scope --collect --quiet --\", so it outlives the node plugin's container", func(v string) error {
+	flag.Func("attach-wrapper", "command prefix for nbdfuse, space-separated (--server-cgroup is the usual way to have nbdfuse outlive the node plugin's container)", func(v string) error {
 		attachWrapper = strings.Fields(v)
 		return nil
 	})
@@ -74,7 +78,13 @@ func run(opts *driver.Options, httpAddr string, attachWrapper []string) error {
 		return err
 	}
 	go secret.Run(context.Background())
-	att, err := newAttacher(opts.Attacher, opts.AttachDir, attachWrapper)
+	// Fail now, not at the first NodeStage, if the servers' cgroup is
+	// unusable.
+	place, err := driver.ServerPlacement(opts)
+	if err != nil {
+		return err
+	}
+	att, err := newAttacher(opts.Attacher, opts.AttachDir, attachWrapper, place)
 	if err != nil {
 		return err
 	}

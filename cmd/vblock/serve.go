@@ -9,12 +9,11 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/viperblock/viperblock-csi/pkg/nbdserve"
+	"github.com/viperblock/viperblock-csi/pkg/nbdkit"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 )
 
@@ -112,22 +111,19 @@ func runServe(ctx context.Context, e *env, o *opts, args []string) error {
 	if o.readonly {
 		nbdArgs = append(nbdArgs, "-r")
 	}
-	if o.threads > 0 {
-		nbdArgs = append(nbdArgs, "--threads", strconv.Itoa(o.threads))
-	}
 
 	// Take the signals before nbdkit starts, so none is lost in between.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 
-	srv, err := nbdserve.Start(context.Background(), nbdserve.Config{
-		Nbdkit: o.nbdkit, Plugin: plugin, Params: params, Socket: sock, Args: nbdArgs,
+	srv, err := nbdkit.Start(context.Background(), nbdkit.Config{
+		Nbdkit: o.nbdkit, Plugin: plugin, Params: params, Socket: sock, Args: nbdArgs, Threads: o.threads,
 		Env:            []string{envStore + "=" + store},
 		ExitWithParent: true,
-		Stdout:         e.stderr, Stderr: e.stderr,
+		Output:         e.stderr,
 	})
-	if errors.Is(err, nbdserve.ErrExited) {
+	if errors.Is(err, nbdkit.ErrExited) {
 		return fmt.Errorf("nbdkit failed to start; see its message above")
 	}
 	if err != nil {
@@ -156,7 +152,7 @@ func runServe(ctx context.Context, e *env, o *opts, args []string) error {
 		case <-srv.Done():
 			if err := srv.Wait(); err != nil {
 				if stopping {
-					return fmt.Errorf("nbdkit did not stop cleanly (%v); flushed data is kept in the WAL at %s", errors.Unwrap(err), o.walDir)
+					return fmt.Errorf("nbdkit did not stop cleanly (%v); flushed data is kept in the WAL at %s", exitStatus(err), o.walDir)
 				}
 				return fmt.Errorf("nbdkit exited unexpectedly: %v", err)
 			}
@@ -167,6 +163,15 @@ func runServe(ctx context.Context, e *env, o *opts, args []string) error {
 			return nil
 		}
 	}
+}
+
+// exitStatus is how nbdkit exited, from Wait's error.
+func exitStatus(err error) string {
+	var ee *nbdkit.ExitError
+	if errors.As(err, &ee) {
+		return ee.Status
+	}
+	return err.Error()
 }
 
 // findPlugin locates the plugin: --plugin, $VBLOCK_PLUGIN, then next to the

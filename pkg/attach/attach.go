@@ -140,12 +140,18 @@ type Options struct {
 	Nbdfuse, Losetup string
 	// NbdfuseArgs are extra nbdfuse options, e.g. "-C", "1".
 	NbdfuseArgs []string
-	// Wrapper is a command prefix for nbdfuse, e.g. "systemd-run",
-	// "--scope", "--collect", "--quiet", "--", so that nbdfuse outlives the
-	// node plugin's container and cgroup. nbdfuse always runs in its own
-	// session (setsid), so signals to the caller's process group do not
-	// reach it; its pid is taken from its pidfile, not from the wrapper.
+	// Wrapper is a command prefix for nbdfuse (e.g. one that runs it in
+	// another scope). nbdfuse always runs in its own session (setsid), so
+	// signals to the caller's process group do not reach it; its pid is
+	// taken from its pidfile, not from the wrapper.
 	Wrapper []string
+	// Place, if set, is called with the pid of each nbdfuse (or of its
+	// Wrapper) right after it starts, and again with the pid nbdfuse
+	// records once it serves (it may have forked by then): e.g. to move
+	// it into a cgroup outside the caller's container, so that it
+	// outlives the container (see package hostcgroup). If it fails, the
+	// attach fails.
+	Place func(pid int) error
 	// DirectIO is "auto" (default: ask for direct I/O on the loop device,
 	// accept what the kernel grants), "on" (fail without it) or "off".
 	// Direct I/O keeps the loop device's data out of the FUSE file's page

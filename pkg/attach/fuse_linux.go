@@ -142,6 +142,12 @@ func (a *attacher) startNbdfuse(ctx context.Context, st *state, exp Export, ro b
 	}
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }() // reaps it whenever it exits
+	if a.o.Place != nil {
+		if err := a.o.Place(cmd.Process.Pid); err != nil {
+			cmd.Process.Kill()
+			return fmt.Errorf("attach: placing nbdfuse: %w", err)
+		}
+	}
 
 	deadline := time.Now().Add(a.o.Timeout)
 	for {
@@ -154,6 +160,14 @@ func (a *attacher) startNbdfuse(ctx context.Context, st *state, exp Export, ro b
 				start, _, ok := procStart(pid)
 				if !ok {
 					return fmt.Errorf("attach: nbdfuse (pid %d) exited: %s", pid, logTail(logPath))
+				}
+				if a.o.Place != nil && pid != cmd.Process.Pid {
+					// nbdfuse daemonised (or a wrapper started it): make
+					// sure the serving process is placed too.
+					if err := a.o.Place(pid); err != nil {
+						syscall.Kill(pid, syscall.SIGKILL)
+						return fmt.Errorf("attach: placing nbdfuse: %w", err)
+					}
 				}
 				st.PID, st.PIDStart = pid, start
 				return nil

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/viperblock/viperblock-csi/internal/testutil"
+	"github.com/viperblock/viperblock-csi/pkg/hostcgroup"
 )
 
 // needFuse skips (or fails, under VB_REQUIRE) unless the nbdfuse + loop
@@ -525,9 +527,23 @@ func TestMain(m *testing.M) {
 }
 
 // attachHelper attaches, reports the device on stdout and waits to be
-// killed.
+// killed. With VB_GATE set it first waits for its stdin to close (its
+// parent puts it in a cgroup meanwhile); with VB_PLACE set it places
+// nbdfuse in that cgroup (see TestFuseSurvivesContainer).
 func attachHelper() int {
-	a, err := New(KindNbdfuse, Options{StateDir: os.Getenv("VB_DIR")})
+	if os.Getenv("VB_GATE") != "" {
+		io.Copy(io.Discard, os.Stdin)
+	}
+	o := Options{StateDir: os.Getenv("VB_DIR")}
+	if name := os.Getenv("VB_PLACE"); name != "" {
+		g, err := hostcgroup.Open(testutil.CgroupRoot, name)
+		if err != nil {
+			os.Stdout.WriteString("ERR " + err.Error() + "\n")
+			return 1
+		}
+		o.Place = g.Place
+	}
+	a, err := New(KindNbdfuse, o)
 	if err != nil {
 		os.Stdout.WriteString("ERR " + err.Error() + "\n")
 		return 1

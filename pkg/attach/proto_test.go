@@ -5,27 +5,26 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/viperblock/viperblock-csi/internal/testutil"
+	"github.com/viperblock/viperblock-csi/pkg/nbdkit"
 )
 
-// startNbdkit runs `nbdkit -f --unix SOCK args...` for the test and returns
-// the socket once it serves.
+// startNbdkit runs `nbdkit [options] plugin [params]` (args) on a Unix
+// socket until the test ends and returns the socket once it serves.
 func startNbdkit(t *testing.T, args ...string) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	serveNbdkit(t, Export{Socket: sock}, append([]string{"--unix", sock}, args...))
+	if err := tryServeNbdkit(t, nbdkit.Config{Socket: sock}, args); err != nil {
+		t.Fatal(err)
+	}
 	return sock
 }
 
@@ -42,13 +41,13 @@ func startNbdkitTCP(t *testing.T, args ...string) string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+		addr := l.Addr().String()
 		l.Close()
-		err = tryServeNbdkit(t, Export{Addr: "127.0.0.1:" + port}, append([]string{"-i", "127.0.0.1", "-p", port}, args...))
+		err = tryServeNbdkit(t, nbdkit.Config{Addr: addr}, args)
 		if err == nil {
-			return "127.0.0.1:" + port
+			return addr
 		}
-		if !errors.Is(err, errNbdkitExited) {
+		if !errors.Is(err, nbdkit.ErrExited) {
 			break
 		}
 		t.Logf("%v; trying another port", err)
@@ -57,59 +56,32 @@ func startNbdkitTCP(t *testing.T, args ...string) string {
 	return ""
 }
 
-// serveNbdkit runs `nbdkit -f args...` until the test ends and waits until
-// exp serves.
-func serveNbdkit(t *testing.T, exp Export, args []string) {
-	t.Helper()
-	if err := tryServeNbdkit(t, exp, args); err != nil {
-		t.Fatal(err)
-	}
-}
-
-var errNbdkitExited = errors.New("nbdkit exited")
-
-// tryServeNbdkit is serveNbdkit returning an error (errNbdkitExited if
-// nbdkit exited before serving) instead of failing the test.
-func tryServeNbdkit(t *testing.T, exp Export, args []string) error {
+// tryServeNbdkit starts nbdkit (package nbdkit) where cfg says, with args
+// split into options, plugin and parameters, and stops it when the test
+// ends. It returns an error wrapping nbdkit.ErrExited if nbdkit exited
+// before serving.
+func tryServeNbdkit(t *testing.T, cfg nbdkit.Config, args []string) error {
 	t.Helper()
 	testutil.NeedCommands(t, "nbdkit")
-	var stderr bytes.Buffer
-	cmd := exec.Command("nbdkit", append([]string{"-f"}, args...)...)
-	cmd.Stderr = &stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	for len(args) > 0 && strings.HasPrefix(args[0], "-") {
+		cfg.Args, args = append(cfg.Args, args[0]), args[1:]
 	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
+	if len(args) == 0 {
+		t.Fatal("no nbdkit plugin")
+	}
+	cfg.Plugin, cfg.Params, cfg.Ready = args[0], args[1:], time.Minute
+	s, err := nbdkit.Start(context.Background(), cfg)
+	if err != nil {
+		return err
+	}
 	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
-	exited := false
-	err := testutil.WaitFor(context.Background(), time.Minute, func() (bool, error) {
-		select {
-		case <-done:
-			exited = true
-			return true, nil
-		default:
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_, err := Probe(ctx, exp)
-		return err == nil, err
+		if s.Stop(ctx) != nil {
+			s.Kill()
+			<-s.Done()
+		}
 	})
-	if exited {
-		return fmt.Errorf("%w: nbdkit %v: %s", errNbdkitExited, args, stderr.String())
-	}
-	if err != nil {
-		return fmt.Errorf("nbdkit %v not serving: %w", args, err)
-	}
 	return nil
 }
 

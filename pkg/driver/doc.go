@@ -82,7 +82,34 @@
 // it exits, and the node removes its local state and WAL only once the
 // store shows the volume closed. Every step of both is idempotent and
 // recorded in a state file, so a retry, or a restarted node plugin (the
-// healer, healer.go), carries on where things stopped.
+// healer, healer.go), carries on where things stopped. Processes are run
+// by package nbdkit (process.go adapts it): pidfile, keeper status file and
+// the per-volume log file are described there.
+//
+// # Outliving the node plugin
+//
+// Stopping the node plugin (SIGTERM, SIGINT) stops its gRPC server and
+// exits: it stops no nbdkit and unstages, drains or detaches nothing. A
+// restarted node plugin adopts the running servers (pidfile, pidfd,
+// /proc/PID/cmdline) and attachments. In Kubernetes the node plugin is the
+// main process of its container, and the container runtime kills every
+// process in the container's cgroup when it exits; so with --server-cgroup
+// NAME the node moves every nbdkit keeper (before it starts nbdkit, which
+// inherits the cgroup) and every nbdfuse into the cgroup NAME under
+// --cgroup-root, outside the container's (package hostcgroup: cgroup v2,
+// or every v1 hierarchy). This needs the DaemonSet privileged with hostPID
+// and the host's /sys/fs/cgroup mounted into the container (e.g. at
+// /host/sys/fs/cgroup, with --cgroup-root pointing there); the node checks
+// at start-up that it can create and write the cgroup and exits with an
+// error otherwise. Kernel NBD devices need no process of ours, and
+// reconnect to a restarted nbdkit.
+//
+// nbdkit writes its output to a per-volume log file (a file, so that it
+// outlives the node plugin). The node forwards the new lines of every
+// server it runs or adopts to its own stderr, prefixed with the volume (so
+// that `kubectl logs` shows them), polling every 500 ms until the server
+// exits, and truncates the file once it holds more than 8 MiB (nbdkit
+// appends, so truncation is safe).
 //
 // The healer restarts an nbdkit that died (or that a restarted node plugin
 // finds gone) only while the volume is still this node's, since an open

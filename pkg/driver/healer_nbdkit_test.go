@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -333,7 +334,7 @@ func TestHealNbdkitTakeoverAfterCheck(t *testing.T) {
 	var resumed bool
 	a.sup.mu.Lock()
 	a.sup.before = func(spec nbdkitSpec) {
-		resumed = contains(spec.Params, "resume_only=true")
+		resumed = slices.Contains(spec.Params, "resume_only=true")
 		var err error
 		if b, err = vb.Open(ctx, store, vid.Vol, vb.Options{WALDir: filepath.Join(dir, "node-b-wal"), CacheBlocks: -1}); err != nil {
 			t.Errorf("node B's takeover: %v", err)

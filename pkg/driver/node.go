@@ -78,7 +78,11 @@ func NewNodeServer(opts *Options, deps NodeDeps) (*NodeServer, error) {
 		return nil, errors.New("node: an attacher is required")
 	}
 	if deps.Supervisor == nil {
-		deps.Supervisor = NewSupervisor()
+		sup, err := newNodeSupervisor(opts)
+		if err != nil {
+			return nil, err
+		}
+		deps.Supervisor = sup
 	}
 	if deps.Mounter == nil {
 		deps.Mounter = NewMounter()

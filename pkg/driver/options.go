@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/viperblock/viperblock-csi/pkg/hostcgroup"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 )
 
@@ -84,10 +85,20 @@ type Options struct {
 	// stores' keys (see StoreSecret); empty: none.
 	StoreSecretDir string
 
-	// NbdkitWrapper is a command prefix for nbdkit's keeper, e.g.
-	// systemd-run --scope --collect --quiet --, so that nbdkit outlives the
-	// node plugin's container.
+	// NbdkitWrapper is a command prefix for nbdkit's keeper (e.g. one
+	// that runs it in another scope). ServerCgroup is the usual way to
+	// have nbdkit outlive the node plugin's container.
 	NbdkitWrapper []string
+	// CgroupRoot is where the host's cgroup file system is mounted in the
+	// node plugin's container (default /sys/fs/cgroup).
+	CgroupRoot string
+	// ServerCgroup names a cgroup under CgroupRoot (created if missing)
+	// into which every nbdkit keeper and nbdfuse the node starts is moved
+	// right after it starts, so that they outlive the node plugin's
+	// container: a container runtime stopping the container kills every
+	// process in the container's cgroup. "" leaves them in the node
+	// plugin's cgroup. See package hostcgroup.
+	ServerCgroup string
 	// VirtualSize is the plugin's virtual_size=: the export size nbdkit
 	// advertises, larger than the volume so an attached device can grow.
 	// -1: the largest volume size, if the plugin supports it; 0: never.
@@ -158,10 +169,12 @@ func (o *Options) AddFlags(fs *flag.FlagSet, node bool) {
 	fs.DurationVar(&o.DrainLagAge, "drain-lag-age", 5*time.Minute, "age of the oldest WAL data not yet in the backend above which a volume is reported degraded")
 	fs.DurationVar(&o.ReadyTimeout, "nbdkit-ready-timeout", 2*time.Minute, "how long to wait for nbdkit to serve a volume (it replays the WAL first)")
 	fs.IntVar(&o.NbdkitThreads, "nbdkit-threads", 0, "nbdkit --threads (0: nbdkit's default)")
-	fs.Func("nbdkit-wrapper", "command prefix for nbdkit, space-separated, e.g. \"systemd-run --scope --collect --quiet --\", so it outlives the node plugin's container", func(v string) error {
+	fs.Func("nbdkit-wrapper", "command prefix for nbdkit's keeper, space-separated (--server-cgroup is the usual way to have nbdkit outlive the node plugin's container)", func(v string) error {
 		o.NbdkitWrapper = strings.Fields(v)
 		return nil
 	})
+	fs.StringVar(&o.CgroupRoot, "cgroup-root", hostcgroup.DefaultRoot, "where the host's cgroup file system is mounted (e.g. /host/sys/fs/cgroup in a container)")
+	fs.StringVar(&o.ServerCgroup, "server-cgroup", "", "cgroup under --cgroup-root for nbdkit and nbdfuse, so they outlive the node plugin's container (needs hostPID, privileged, the host's cgroup fs mounted; \"\": stay in the node plugin's cgroup)")
 	fs.Int64Var(&o.VirtualSize, "virtual-size", -1, "export size nbdkit advertises so attached devices can grow (-1: the largest volume, if the plugin supports virtual_size=; 0: off)")
 	fs.StringVar(&o.AttachDir, "attach-dir", "/run/viperblock/attach", "the attacher's state directory (should not outlive a reboot)")
 }
@@ -255,6 +268,14 @@ func (o *Options) ValidateNode() error {
 	}
 	if o.DrainLagAge <= 0 {
 		o.DrainLagAge = 5 * time.Minute
+	}
+	if o.CgroupRoot == "" {
+		o.CgroupRoot = hostcgroup.DefaultRoot
+	}
+	if o.ServerCgroup != "" {
+		if err := hostcgroup.ValidName(o.ServerCgroup); err != nil {
+			return fmt.Errorf("--server-cgroup: %w", err)
+		}
 	}
 	switch o.Attacher {
 	case "", "auto":

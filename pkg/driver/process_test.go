@@ -2,53 +2,45 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/viperblock/viperblock-csi/internal/testutil"
 )
 
-// fakeNbdkit is a stand-in for nbdkit -f: it "serves" (creates the socket
-// path and writes its pidfile) and exits 3 on SIGTERM; with FAIL set it
-// exits 1 at once with a message.
-const fakeNbdkit = `#!/bin/sh
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --unix) sock="$2"; shift ;;
-    --pidfile) pidfile="$2"; shift ;;
-  esac
-  shift
-done
-if [ -n "$FAIL" ]; then echo "nbdkit: error: $FAIL" >&2; exit 1; fi
-trap 'echo draining; exit 3' TERM
-touch "$sock"
-echo $$ > "$pidfile"
-while :; do sleep 0.05; done
-`
-
-func fakeSpec(t *testing.T) nbdkitSpec {
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "nbdkit-fake")
-	if err := os.WriteFile(bin, []byte(fakeNbdkit), 0o755); err != nil {
+// memorySpec is a volume's spec as the node makes it (keeper, pidfile,
+// status and log file in the volume's directory), serving nbdkit's memory
+// plugin.
+func memorySpec(t *testing.T) nbdkitSpec {
+	dir := filepath.Join(t.TempDir(), "volumes", "store.vol-1")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	return nbdkitSpec{Nbdkit: bin, Plugin: "plugin.so", Socket: filepath.Join(dir, "s.sock"), Pidfile: filepath.Join(dir, "pid"),
-		Status: filepath.Join(dir, "status"), LogFile: filepath.Join(dir, "log"), Params: []string{"volume=v"}, Ready: 10 * time.Second}
+	return nbdkitSpec{Nbdkit: "nbdkit", Plugin: "memory", Socket: filepath.Join(dir, "s.sock"), Pidfile: filepath.Join(dir, "nbdkit.pid"),
+		Status: filepath.Join(dir, "nbdkit.status"), LogFile: filepath.Join(dir, "nbdkit.log"), Params: []string{"size=1M"}, Ready: time.Minute}
 }
 
 func TestSupervisorStartStopAdopt(t *testing.T) {
-	spec := fakeSpec(t)
-	sup := NewSupervisor()
+	testutil.NeedCommands(t, "nbdkit")
+	spec := memorySpec(t)
+	var logs syncBuffer
+	sup := NewSupervisorWith(SupervisorOptions{Logs: &logs})
 	srv, err := sup.Start(context.Background(), spec)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { srv.Kill(); <-srv.Done() })
 	if fi, err := os.Stat(spec.Socket); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("socket: %v %v", fi, err)
 	}
 	// A second supervisor (a restarted node plugin) adopts it.
-	a, ok, err := NewSupervisor().Adopt(spec)
+	var logs2 syncBuffer
+	a, ok, err := NewSupervisorWith(SupervisorOptions{Logs: &logs2}).Adopt(spec)
 	if err != nil || !ok || a.Pid() != srv.Pid() || !a.Adopted() {
 		t.Fatalf("adopt: %v %v %v", a, ok, err)
 	}
@@ -58,9 +50,21 @@ func TestSupervisorStartStopAdopt(t *testing.T) {
 	if _, ok, _ := NewSupervisor().Adopt(other); ok {
 		t.Fatal("adopted a server of another socket")
 	}
+	// What nbdkit logs reaches both supervisors' log writers, labelled
+	// with the volume.
+	f, err := os.OpenFile(spec.LogFile, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("nbdkit: a line from nbdkit\n")
+	f.Close()
+	for _, l := range []*syncBuffer{&logs, &logs2} {
+		testutil.Eventually(t, 10*time.Second, "the forwarded log line", func() (bool, error) {
+			return strings.Contains(l.String(), "nbdkit store.vol-1: nbdkit: a line from nbdkit\n"), errors.New(l.String())
+		})
+	}
 	// Stop through the adopted handle: the exit status comes from the keeper.
-	err = a.Stop(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "exit status 3") || !strings.Contains(err.Error(), "draining") {
+	if err := a.Stop(context.Background()); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
 	select {
@@ -74,24 +78,53 @@ func TestSupervisorStartStopAdopt(t *testing.T) {
 }
 
 func TestSupervisorStartFails(t *testing.T) {
-	spec := fakeSpec(t)
-	spec.Env = []string{"FAIL=cannot open volume"}
+	testutil.NeedCommands(t, "nbdkit")
+	spec := memorySpec(t)
+	spec.Params = []string{"size=banana"}
 	_, err := NewSupervisor().Start(context.Background(), spec)
-	if err == nil || !strings.Contains(err.Error(), "cannot open volume") || !strings.Contains(err.Error(), "exit status 1") {
+	if err == nil || !strings.Contains(err.Error(), "size") || !strings.Contains(err.Error(), "exit status 1") {
 		t.Fatalf("start: %v", err)
 	}
 }
 
-func TestSupervisorStopTimeout(t *testing.T) {
-	spec := fakeSpec(t)
-	srv, err := NewSupervisor().Start(context.Background(), spec)
-	if err != nil {
+// TestSupervisorNotOwner: nbdkit's exit status 77 (the plugin refused to
+// take the volume back) is errOwnedElsewhere.
+func TestSupervisorNotOwner(t *testing.T) {
+	spec := memorySpec(t)
+	spec.Nbdkit = filepath.Join(t.TempDir(), "nbdkit-refusing")
+	if err := os.WriteFile(spec.Nbdkit, []byte("#!/bin/sh\necho 'nbdkit: error: taken over' >&2\nexit 77\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := srv.Stop(ctx); err == nil {
-		t.Fatal("stop with an expired context waited")
+	_, err := NewSupervisor().Start(context.Background(), spec)
+	if !errors.Is(err, errOwnedElsewhere) || !strings.Contains(err.Error(), "taken over") {
+		t.Fatalf("start: %v", err)
 	}
-	<-srv.Done() // SIGTERM was sent: it exits anyway
+}
+
+func TestServerPlacementOptions(t *testing.T) {
+	if p, err := ServerPlacement(&Options{}); p != nil || err != nil {
+		t.Fatalf("no --server-cgroup: %v %v", p != nil, err)
+	}
+	_, err := ServerPlacement(&Options{CgroupRoot: t.TempDir(), ServerCgroup: "servers"})
+	if err == nil || !strings.Contains(err.Error(), "--server-cgroup=servers") {
+		t.Fatalf("unusable cgroup root: %v", err)
+	}
+}
+
+// syncBuffer is a Writer the test reads while forwarders write.
+type syncBuffer struct {
+	mu sync.Mutex // guards b
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -79,8 +79,8 @@ func TestCapabilities(t *testing.T) {
 	if out := run(t, "nbdinfo", "--json", r2.URI()); !strings.Contains(out, `"is_read_only": true`) {
 		t.Errorf("nbdkit -r: not read-only\n%s", out)
 	}
-	if !strings.Contains(r2.Stderr(), "readonly=true") {
-		t.Errorf("nbdkit -r did not open the volume read-only:\n%s", r2.Stderr())
+	if !strings.Contains(r2.Output(), "readonly=true") {
+		t.Errorf("nbdkit -r did not open the volume read-only:\n%s", r2.Output())
 	}
 	r2.stop()
 }

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/viperblock/viperblock-csi/internal/testutil"
-	"github.com/viperblock/viperblock-csi/pkg/nbdserve"
+	"github.com/viperblock/viperblock-csi/pkg/nbdkit"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
@@ -47,7 +47,7 @@ func newHarness(t testing.TB) *harness {
 
 // server is one running nbdkit.
 type server struct {
-	*nbdserve.Server
+	*nbdkit.Server
 	h      *harness
 	walDir string
 }
@@ -68,11 +68,11 @@ func (h *harness) start(walDir string, nbdArgs []string, params ...string) (*ser
 	sock := filepath.Join(h.dir, fmt.Sprintf("nbd%d.sock", h.n.Add(1)))
 	p := append([]string{"volume=" + h.volume, "wal_dir=" + wal}, params...)
 	var logw bytes.Buffer
-	srv, err := nbdserve.Start(context.Background(), nbdserve.Config{
+	srv, err := nbdkit.Start(context.Background(), nbdkit.Config{
 		Plugin: h.plugin, Socket: sock, Params: p, Args: nbdArgs,
-		Env:          []string{"VBLOCK_STORE=" + h.store},
-		Stderr:       &testLog{t: h.t, prefix: filepath.Base(sock) + ": ", buf: &logw},
-		ReadyTimeout: time.Minute,
+		Env:    []string{"VBLOCK_STORE=" + h.store},
+		Output: &testLog{t: h.t, prefix: filepath.Base(sock) + ": ", buf: &logw},
+		Ready:  time.Minute,
 	})
 	if err != nil {
 		return nil, err

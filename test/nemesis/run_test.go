@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/viperblock/viperblock-csi/pkg/nbdserve"
+	"github.com/viperblock/viperblock-csi/pkg/nbdkit"
 )
 
 // run is one schedule being executed. Everything but the history and the
@@ -64,7 +64,7 @@ type node struct {
 // proc is one nbdkit process and its client.
 type proc struct {
 	inc    *incarnation
-	srv    *nbdserve.Server
+	srv    *nbdkit.Server
 	sock   string
 	cl     *nbdClient // nil if the dial failed
 	loop   *clientLoop
@@ -194,7 +194,11 @@ func (r *run) exited(p *proc) {
 	p.inc.exit = r.now()
 	p.inc.exitStatus = "exit status 0"
 	if err := p.srv.Wait(); err != nil {
-		p.inc.exitStatus = firstLine(strings.TrimPrefix(err.Error(), "nbdserve: nbdkit "))
+		p.inc.exitStatus = firstLine(err.Error())
+		var ee *nbdkit.ExitError
+		if errors.As(err, &ee) {
+			p.inc.exitStatus = ee.Status
+		}
 	}
 	if p.paused {
 		p.paused = false
@@ -258,13 +262,13 @@ func (r *run) launch(n *node, why string) *proc {
 	sock := filepath.Join(r.dir, fmt.Sprintf("i%d.sock", inc.id))
 	env := append([]string{"VBLOCK_STORE=" + r.c.storeURL(n.idx)}, r.c.cfg.env...)
 	r.event("node %d inc %d: launch nbdkit (%s)", n.idx, inc.id, why)
-	var srv *nbdserve.Server
+	var srv *nbdkit.Server
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		srv, err = nbdserve.Start(context.Background(), nbdserve.Config{
+		srv, err = nbdkit.Start(context.Background(), nbdkit.Config{
 			Plugin: r.c.plugin, Socket: sock, Params: params, Env: env,
-			Stderr: logf, ReadyTimeout: r.readyTimeout(), ExitWithParent: true,
+			Output: logf, Ready: r.readyTimeout(), ExitWithParent: true,
 		})
 	}()
 	r.await(done)

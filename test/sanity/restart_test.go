@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/viperblock/viperblock-csi/internal/testutil"
+	"github.com/viperblock/viperblock-csi/pkg/hostcgroup"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
@@ -37,6 +38,14 @@ type nodeProc struct {
 // startNode runs bin/node with the given state under dir/name.
 func startNode(t *testing.T, bin, dir, name, storeURL string) *nodeProc {
 	t.Helper()
+	return startNodeIn(t, bin, dir, name, storeURL, nil)
+}
+
+// startNodeIn runs bin/node like startNode, with more flags, moved into
+// the cgroup container (if not nil) right after it starts: a node plugin
+// in a container.
+func startNodeIn(t *testing.T, bin, dir, name, storeURL string, container *hostcgroup.Group, flags ...string) *nodeProc {
+	t.Helper()
 	base := filepath.Join(dir, name)
 	os.MkdirAll(base, 0o700)
 	p := &nodeProc{t: t, socket: filepath.Join(base, "csi.sock"), done: make(chan struct{})}
@@ -49,9 +58,16 @@ func startNode(t *testing.T, bin, dir, name, storeURL string) *nodeProc {
 		"--state-dir", filepath.Join(base, "state"), "--wal-dir", filepath.Join(base, "wal"),
 		"--attach-dir", filepath.Join(base, "attach"), "--attacher", "nbdfuse",
 		"--plugin", testutil.Plugin(t), "--http-address", "0", "--v", "2", "--nbdkit", nbdkitBin())
+	p.cmd.Args = append(p.cmd.Args, flags...)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
+	}
+	if container != nil {
+		if err := container.Place(p.cmd.Process.Pid); err != nil {
+			p.cmd.Process.Kill()
+			t.Fatal(err)
+		}
 	}
 	logf.Close()
 	go func() { p.cmd.Wait(); close(p.done) }()
@@ -92,6 +108,12 @@ func (p *nodeProc) stop() {
 		p.cmd.Process.Kill()
 		<-p.done
 	}
+}
+
+// exitCode is the node plugin's exit code once it has exited.
+func (p *nodeProc) exitCode() int {
+	<-p.done
+	return p.cmd.ProcessState.ExitCode()
 }
 
 var mountCap = &csi.VolumeCapability{
@@ -368,4 +390,125 @@ func nbdkitBin() string {
 		return b
 	}
 	return "nbdkit"
+}
+
+// TestNodeContainer runs the node plugin as if in a container: in a cgroup
+// of its own, with --server-cgroup naming another. It stages a filesystem
+// volume (nbdfuse attacher) and keeps writing files to it. A SIGTERM makes
+// the node plugin exit 0 and leaves nbdkit serving; then every process in
+// the "container" cgroup is killed, as a container runtime stops a
+// container. The writes go on without an error throughout (nbdkit and
+// nbdfuse were moved out of the container's cgroup), each restarted node
+// plugin adopts the same nbdkit, forwards its log lines, and finally
+// unstages the volume.
+func TestNodeContainer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("stages a real volume; skipped with -short")
+	}
+	needNodeTools(t)
+	container := testutil.Cgroup(t, "container")
+	servers := testutil.Cgroup(t, "servers")
+	bin := testutil.Command(t, "./cmd/node")
+	dir := t.TempDir()
+	t.Cleanup(func() { cleanupDir(t, dir) })
+	storeDir := filepath.Join(dir, "store")
+	os.MkdirAll(storeDir, 0o700)
+	storeURL := "file://" + storeDir
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	st, err := backend.Open(ctx, storeURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := vb.CreateOnly(ctx, st, "ctr-vol", 256<<20); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	volID := "default/ctr-vol"
+	flags := []string{"--cgroup-root", testutil.CgroupRoot, "--server-cgroup", servers.Name()}
+	start := func() *nodeProc { return startNodeIn(t, bin, dir, "node-c", storeURL, container, flags...) }
+
+	// A cgroup it cannot use: the node plugin refuses to start.
+	bad := exec.Command(bin, "--endpoint", "unix://"+filepath.Join(dir, "bad.sock"), "--node-id", "bad", "--store", "default="+storeURL,
+		"--state-dir", filepath.Join(dir, "bad"), "--wal-dir", filepath.Join(dir, "bad-wal"), "--plugin", testutil.Plugin(t),
+		"--http-address", "0", "--cgroup-root", dir, "--server-cgroup", "x")
+	if out, err := bad.CombinedOutput(); err == nil || !strings.Contains(string(out), "--server-cgroup=x") {
+		t.Fatalf("node plugin with an unusable cgroup: %v\n%s", err, out)
+	}
+
+	a := start()
+	staging := filepath.Join(dir, "staging")
+	if _, err := a.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volID, StagingTargetPath: staging, VolumeCapability: mountCap}); err != nil {
+		t.Fatalf("stage: %v", err)
+	}
+	unstaged := false
+	defer func() {
+		if !unstaged {
+			exec.Command("umount", staging).Run()
+		}
+	}()
+	pidfiles, _ := filepath.Glob(filepath.Join(dir, "node-c", "state", "volumes", "*", "nbdkit.pid"))
+	if len(pidfiles) != 1 {
+		t.Fatalf("pidfiles: %v", pidfiles)
+	}
+	nbdkitPid := func() string {
+		b, _ := os.ReadFile(pidfiles[0])
+		return strings.TrimSpace(string(b))
+	}
+	pid := nbdkitPid()
+	inServers := func(when string) {
+		t.Helper()
+		pids, err := servers.Pids()
+		if err != nil || len(pids) < 3 { // keeper, nbdkit, nbdfuse
+			t.Fatalf("%s: processes in the servers' cgroup: %v %v", when, pids, err)
+		}
+		if ps, _ := container.Pids(); len(ps) != 1 || ps[0] != a.cmd.Process.Pid {
+			t.Fatalf("%s: processes in the container's cgroup: %v, want only the node plugin %d", when, ps, a.cmd.Process.Pid)
+		}
+	}
+	inServers("after stage")
+
+	w := startWriter(staging)
+	w.waitFiles(t, 20, "before the SIGTERM")
+	a.stop()
+	if c := a.exitCode(); c != 0 {
+		t.Fatalf("node plugin exited %d on SIGTERM", c)
+	}
+	w.waitFiles(t, w.count()+20, "after the SIGTERM")
+	if nbdkitPid() != pid {
+		t.Fatal("nbdkit changed across a SIGTERM of the node plugin")
+	}
+
+	a = start()
+	inServers("after the restart")
+	w.waitFiles(t, w.count()+20, "after the restart")
+	testutil.KillCgroup(t, container)
+	<-a.done
+	w.waitFiles(t, w.count()+20, "after the container was killed")
+	a = start()
+	w.waitFiles(t, w.count()+20, "after the second restart")
+	if nbdkitPid() != pid {
+		t.Fatal("nbdkit was restarted: it did not survive the container")
+	}
+	h, err := a.node.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: volID})
+	if err != nil || len(h.GetVolumeHealth().GetHealthStatuses()) != 0 {
+		t.Fatalf("health after the container was killed: %v %v", h.GetVolumeHealth().GetHealthStatuses(), err)
+	}
+	want := w.stop()
+	if err := w.error(); err != nil {
+		t.Fatalf("write failed: %v", err)
+	}
+	t.Logf("%d files written across a SIGTERM and a killed container", len(want))
+	if _, err := a.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: volID, StagingTargetPath: staging}); err != nil {
+		t.Fatalf("unstage: %v", err)
+	}
+	unstaged = true
+	a.stop()
+	logs, _ := os.ReadFile(filepath.Join(dir, "node-c", "node.log"))
+	if !strings.Contains(string(logs), "adopted running nbdkit") || !strings.Contains(string(logs), "nbdkit default.ctr-vol: ") {
+		t.Errorf("node log lacks the adoption or nbdkit's forwarded lines:\n%.4000s", logs)
+	}
+	if pids, _ := servers.Pids(); len(pids) != 0 {
+		t.Errorf("processes left in the servers' cgroup after unstage: %v", pids)
+	}
 }
