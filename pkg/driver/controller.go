@@ -60,6 +60,8 @@ type ControllerServer struct {
 	metrics *Metrics
 	locks   inflight // per volume ID and per snapshot name
 	tmpDir  string   // private scratch space (credential files, fencing WALs)
+	// stopSecret ends the following of the store Secret (--store-secret-dir).
+	stopSecret func()
 }
 
 // NewControllerServer builds the controller. open may be nil (backend.Open).
@@ -80,11 +82,21 @@ func NewControllerServer(opts *Options, nodes NodeChecker, open storeOpener) (*C
 	if nodes == nil {
 		nodes = StoreNodeChecker{}
 	}
-	return &ControllerServer{opts: opts, stores: newStoreSet(opts, credDir, open), nodes: nodes, metrics: DefaultMetrics(), tmpDir: tmp}, nil
+	secret, err := opts.SetupStoreSecret(credDir)
+	if err != nil {
+		os.RemoveAll(tmp)
+		return nil, err
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	go secret.Run(ctx)
+	return &ControllerServer{opts: opts, stores: newStoreSet(opts, credDir, open), nodes: nodes, metrics: DefaultMetrics(), tmpDir: tmp, stopSecret: stop}, nil
 }
 
 // Close releases the stores and scratch space.
 func (c *ControllerServer) Close() {
+	if c.stopSecret != nil {
+		c.stopSecret()
+	}
 	c.stores.close()
 	os.RemoveAll(c.tmpDir)
 }
