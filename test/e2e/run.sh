@@ -54,7 +54,8 @@ R=${VB_E2E_RUN_DIR:-/tmp/vb-e2e}
 
 [ "$(id -u)" = 0 ] || die "run as root: the cluster mounts, runs containers and loads images"
 
-if [ -d /var/lib/kubelet ] && [ ! -e /var/lib/kubelet/.vb-e2e ] && [ -n "$(ls -A /var/lib/kubelet)" ]; then
+# (device-plugins/ alone is what any kubelet leaves, whatever its root dir.)
+if [ -d /var/lib/kubelet ] && [ ! -e /var/lib/kubelet/.vb-e2e ] && [ -n "$(ls -A /var/lib/kubelet | grep -vx device-plugins)" ]; then
   die "/var/lib/kubelet belongs to another kubelet: the e2e cluster uses (and removes) it"
 fi
 
