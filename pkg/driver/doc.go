@@ -68,6 +68,41 @@
 // SINGLE_NODE_WRITER, SINGLE_NODE_SINGLE_WRITER, SINGLE_NODE_MULTI_WRITER,
 // SINGLE_NODE_READER_ONLY; filesystem (ext4, xfs) and raw block.
 //
+// # Controller replicas
+//
+// Every replica of the controller serves Identity and every Controller
+// RPC; the driver elects no leader of its own. The sidecars (provisioner,
+// attacher, snapshotter, resizer) run with --leader-election and pick the
+// replica that acts; they call ControllerGetCapabilities at start-up,
+// before their own election, so a replica that refused it would keep its
+// sidecars crash-looping.
+//
+// The controller has no background work that needs a single actor: it
+// runs no reconciler, no GC and no timer (the engine collects garbage as
+// part of the calls that free data, under the store's compare-and-swap).
+// During a sidecar's hand-over two replicas may work on the same object at
+// once (the old leader's call still running, the new leader's retry).
+// That is safe because the store, not the process, decides every race:
+//
+//   - CreateVolume: the manifest is created with a conditional put (If-None-
+//     Match; the file store's link); the loser gets ErrExists and returns the
+//     volume the winner made, or AlreadyExists if it differs. Clones of a
+//     volume go through an internal snapshot whose creation is idempotent.
+//   - DeleteVolume: the manifest is first marked deleted with a
+//     compare-and-swap; removing objects that are already gone is not an
+//     error, and a volume found missing is deleted.
+//   - CreateSnapshot: the CSI name is claimed in csi.meta/snapshots/ with a
+//     conditional put, and the engine's snapshot object likewise; a second
+//     call finds the snapshot and returns it.
+//   - ControllerPublishVolume: the publication record is a conditional put,
+//     so one node wins. ControllerExpandVolume: growing to a size already
+//     reached is a no-op.
+//
+// The per-object in-flight lock (codes.Aborted) works within one replica
+// only; across replicas a loser may at worst fail once with a retriable
+// code, and the sidecar's retry finds the result. TestControllerReplicas
+// runs two replicas on one store.
+//
 // # Node
 //
 // NodeStageVolume starts `nbdkit -f --unix <socket> <plugin> volume=...
