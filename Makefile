@@ -54,9 +54,13 @@ staticcheck:
 	@./scripts/deps.sh go-tools
 	@echo "== staticcheck"; staticcheck $(PKGS)
 
-# csi-sanity against the real controller and node services (also in `test`).
-sanity:
+# csi-sanity against the real controller and node services: in-process on
+# one socket (test/sanity, also in `test`), then the upstream csi-sanity
+# command against bin/controller and bin/node as separate processes
+# (scripts/sanity-deployed.sh; prints the passed/failed/skipped counts).
+sanity: build
 	$(GO) test -count=1 -v ./test/sanity
+	GO=$(GO) ./scripts/sanity-deployed.sh
 
 # QEMU guests (TCG) on Viperblock volumes: NBD URI, snapshot/clone, kill -9,
 # kernel NBD + CSI node service in a guest, pkg/attach's suite in a guest.
