@@ -13,9 +13,14 @@ deps:
 
 build: bin/vblock bin/controller bin/node lib/nbdkit-viperblock-plugin.so
 
+# The version the binaries report (GetPluginInfo, --version, vblock
+# version): VERSION=... if given and not empty, else `git describe`, else
+# "dev" (a source tree without .git, as in the Dockerfile's build stage).
+VB_VERSION := $(or $(VERSION),$(shell git describe --tags --always --dirty 2>/dev/null),dev)
+
 bin/vblock bin/controller bin/node: FORCE
 	@mkdir -p bin
-	$(GO) build -o $@ ./cmd/$(notdir $@)
+	$(GO) build -ldflags "-X main.version=$(VB_VERSION)" -o $@ ./cmd/$(notdir $@)
 
 lib/nbdkit-viperblock-plugin.so: FORCE
 	@mkdir -p lib

@@ -44,6 +44,8 @@ import (
 	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3"
 )
 
+// version is the build's version, stamped by `make build` (-ldflags -X
+// main.version=...) and reported by GetPluginInfo; "dev" for a plain go build.
 var version = "dev"
 
 func main() {
