@@ -178,6 +178,16 @@ func (c *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if len(req.GetMutableParameters()) > 0 {
 		return nil, invalidArg("mutable parameters are not supported")
 	}
+	if vp.FsType == "" {
+		// The filesystem comes from the capability: the options must suit it.
+		for _, vc := range req.GetVolumeCapabilities() {
+			if fs := vc.GetMount().GetFsType(); fs != "" {
+				if err := checkMkfsOptions(fs, vp.MkfsOptions); err != nil {
+					return nil, invalidArg("%v", err)
+				}
+			}
+		}
+	}
 	if _, err := c.stores.url(vp.Store); err != nil {
 		return nil, invalidArg("parameter %s: %v", ParamStore, err)
 	}

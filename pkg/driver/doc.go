@@ -29,7 +29,10 @@
 // Parameters: store, fsType (ext4, xfs), mkfsOptions, cache, drainInterval,
 // durability (node, store), leaseDuration (see params.go);
 // "csi.storage.k8s.io/" keys are the sidecars' and ignored; anything else
-// is InvalidArgument. CreateVolume records durability in the volume's
+// is InvalidArgument. mkfsOptions must pass an allow-list per filesystem
+// (mkfs.go): options that shape the filesystem only, no host paths
+// (ext4 -d, xfs -p and the like are refused, naming the option).
+// CreateVolume records durability in the volume's
 // manifest; the controller hands fsType, mkfsOptions, cache,
 // drainInterval, durability and leaseDuration to the node in the volume
 // context, and the node passes the last three to the plugin (clones and

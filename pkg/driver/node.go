@@ -409,6 +409,8 @@ func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	}
 	if acc.Block {
 		fsType = ""
+	} else if err := checkMkfsOptions(fsType, vp.MkfsOptions); err != nil {
+		return nil, invalidArg("volume %s: %v", id, err)
 	}
 	what := "stage volume " + id.String()
 	release, err := n.locks.acquire(id.String())
