@@ -20,6 +20,7 @@ import (
 	"github.com/viperblock/viperblock-csi/pkg/attach"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
 )
 
 // envStore is the environment variable the nbdkit plugin reads the store
@@ -457,7 +458,8 @@ func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 // stage runs (or resumes) every staging step.
 func (n *NodeServer) stage(ctx context.Context, id volumeID, st *volState, secrets map[string]string) error {
 	p := n.paths(id)
-	if err := os.MkdirAll(p.Dir, 0o700); err != nil {
+	// Durably: the healer finds staged volumes by their directories.
+	if err := vfs.MkdirAllDurable(vfs.Default, p.Dir); err != nil {
 		return err
 	}
 	creds, err := credentials(secrets)

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/url"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
 )
 
 // Secret keys understood in CSI secrets (provisioner, node-stage,
@@ -90,44 +90,10 @@ func withCredentialsFile(raw, path string) (string, error) {
 	return u.String(), nil
 }
 
-// writePrivateFile writes data to path atomically with mode 0600: a
-// temporary file in the same directory, fsync, rename, directory fsync.
+// writePrivateFile writes data to path atomically with mode 0600
+// (vfs.WriteFileAtomic: a temporary file, fsync, rename, directory fsync).
 func writePrivateFile(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return vfs.WriteFileAtomicMode(vfs.Default, path, data, 0o600)
 }
 
 // storeOpener opens a store by URL (backend.Open; tests substitute it).
