@@ -140,4 +140,32 @@
 // errors.go is the one place where engine, store and attacher errors
 // become gRPC codes. Mutating RPCs take a per-object in-flight lock; a
 // concurrent duplicate gets codes.Aborted.
+//
+// # Where things are
+//
+// Every RPC that acts on one volume starts with the same preamble
+// (preamble.go): required fields, the capability, the volume ID, the
+// in-flight lock, in that order and with the same codes; later errors go
+// through toStatus with what the RPC was doing.
+//
+//	server.go, identity.go        the gRPC server, logging interceptor; Identity
+//	controller.go                 ControllerServer, capabilities, NodeChecker
+//	controller_create.go          CreateVolume (blank, from a snapshot, from a volume)
+//	controller_volumes.go         Delete, Validate, List, Get, health, GetCapacity
+//	controller_publish.go         ControllerPublish/Unpublish (csi.meta/publish records)
+//	controller_expand.go          ControllerExpandVolume
+//	snapshots.go                  Create/Delete/ListSnapshots
+//	meta.go                       the driver's records in a store (csi.meta/)
+//	node.go                       NodeServer, capabilities, a volume's URL and nbdkit command
+//	node_stage.go, node_unstage.go  NodeStage/NodeUnstage and their steps
+//	node_publish.go               NodePublish/NodeUnpublish (bind mounts)
+//	node_expand_stats.go          NodeExpandVolume, NodeGetVolumeStats
+//	health.go                     NodeGetVolumeHealth, per-volume metrics (WAL state from the engine)
+//	servers.go                    the registry of running nbdkit processes; start, adopt, watch, stop
+//	plugin.go                     probing nbdkit and the plugin (through the Supervisor when it can)
+//	healer.go, ownership.go       re-adopting staged volumes after a restart; whose volume it is
+//	nodestate.go                  the node's state files (atomic, crash-tested)
+//	stores.go                     the one cache of store handles; credentials files
+//	params.go, mkfs.go, ids.go    parameters, the mkfsOptions allow-list, IDs
+//	process.go                    the nbdkit Supervisor
 package driver

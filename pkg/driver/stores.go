@@ -99,9 +99,15 @@ func writePrivateFile(path string, data []byte) error {
 // storeOpener opens a store by URL (backend.Open; tests substitute it).
 type storeOpener func(ctx context.Context, url string) (backend.Store, error)
 
-// storeSet resolves store names to open stores. A store opened with CSI
-// secrets gets its own credentials file and its own handle, cached by the
-// secrets' hash so a request with the same secrets reuses both.
+// storeSet is the driver's one cache of store handles, shared by every
+// RPC of a service (the controller's, or the node's and its healer's). It
+// resolves store names to handles, and caches handles by their final URL:
+//
+//   - get(name, secrets): the configured URL; with CSI secrets, a URL that
+//     names a credentials file of its own (credDir/<name>-<hash>.env), so
+//     a request with the same secrets reuses both file and handle;
+//   - byURL(url): a URL the caller built, such as a staged volume's, which
+//     names the volume's own credentials file (the node's volumeURL).
 type storeSet struct {
 	urls    map[string]string
 	def     string
@@ -109,7 +115,7 @@ type storeSet struct {
 	open    storeOpener
 
 	mu    sync.Mutex               // guards cache
-	cache map[string]backend.Store // key: name + "\x00" + hash of the credentials ("" without)
+	cache map[string]backend.Store // by final URL
 }
 
 func newStoreSet(o *Options, credDir string, open storeOpener) *storeSet {
@@ -152,34 +158,60 @@ func (s *storeSet) get(ctx context.Context, name string, secrets map[string]stri
 	if err != nil {
 		return nil, err
 	}
-	key := name + "\x00"
-	if creds != nil {
-		sum := sha256.Sum256(append([]byte(name+"\x00"), creds...))
-		key += hex.EncodeToString(sum[:16])
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if st, ok := s.cache[key]; ok {
-		return st, nil
-	}
+	var prepare func() error
 	if creds != nil && strings.HasPrefix(raw, "s3:") {
 		if s.credDir == "" {
 			return nil, fmt.Errorf("no credentials directory configured")
 		}
-		path := filepath.Join(s.credDir, name+"-"+key[len(name)+1:]+".env")
-		if err := writePrivateFile(path, creds); err != nil {
-			return nil, fmt.Errorf("write credentials file: %w", err)
-		}
+		sum := sha256.Sum256(append([]byte(name+"\x00"), creds...))
+		path := filepath.Join(s.credDir, name+"-"+hex.EncodeToString(sum[:16])+".env")
 		if raw, err = withCredentialsFile(raw, path); err != nil {
 			return nil, err
 		}
+		prepare = func() error {
+			if err := writePrivateFile(path, creds); err != nil {
+				return fmt.Errorf("write credentials file: %w", err)
+			}
+			return nil
+		}
 	}
-	st, err := s.open(ctx, raw)
+	st, err := s.byURL(ctx, raw, prepare)
 	if err != nil {
 		return nil, fmt.Errorf("open store %q: %w", name, err)
 	}
-	s.cache[key] = st
 	return st, nil
+}
+
+// byURL opens (or reuses) the store at url. prepare, if set, runs before a
+// new handle is opened (it writes the credentials file the URL names).
+func (s *storeSet) byURL(ctx context.Context, url string, prepare func() error) (backend.Store, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st, ok := s.cache[url]; ok {
+		return st, nil
+	}
+	if prepare != nil {
+		if err := prepare(); err != nil {
+			return nil, err
+		}
+	}
+	st, err := s.open(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	s.cache[url] = st
+	return st, nil
+}
+
+// drop closes and forgets the handle for url (a volume's, once unstaged:
+// its credentials file goes with it).
+func (s *storeSet) drop(url string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st, ok := s.cache[url]; ok {
+		st.Close()
+		delete(s.cache, url)
+	}
 }
 
 // close closes every cached store.
