@@ -183,21 +183,32 @@ func (s *storeSet) get(ctx context.Context, name string, secrets map[string]stri
 }
 
 // byURL opens (or reuses) the store at url. prepare, if set, runs before a
-// new handle is opened (it writes the credentials file the URL names).
+// new handle is opened (it writes the credentials file the URL names; it
+// runs under the lock, so two writers never race on one file). The open
+// itself, which may reach the network, runs outside the lock; of two
+// concurrent opens of one URL the first to finish is kept.
 func (s *storeSet) byURL(ctx context.Context, url string, prepare func() error) (backend.Store, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if st, ok := s.cache[url]; ok {
+		s.mu.Unlock()
 		return st, nil
 	}
 	if prepare != nil {
 		if err := prepare(); err != nil {
+			s.mu.Unlock()
 			return nil, err
 		}
 	}
+	s.mu.Unlock()
 	st, err := s.open(ctx, url)
 	if err != nil {
 		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.cache[url]; ok {
+		st.Close()
+		return old, nil
 	}
 	s.cache[url] = st
 	return st, nil
