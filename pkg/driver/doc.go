@@ -92,8 +92,10 @@
 //     volume the winner made, or AlreadyExists if it differs. Clones of a
 //     volume go through an internal snapshot whose creation is idempotent.
 //   - DeleteVolume: the manifest is first marked deleted with a
-//     compare-and-swap; removing objects that are already gone is not an
-//     error, and a volume found missing is deleted.
+//     compare-and-swap; the replica that loses that race finds a tombstone
+//     and finishes removing it (or finds it gone) instead of failing;
+//     removing objects that are already gone is not an error, and a volume
+//     found missing is deleted.
 //   - CreateSnapshot: the CSI name is claimed in csi.meta/snapshots/ with a
 //     conditional put, and the engine's snapshot object likewise; a second
 //     call finds the snapshot and returns it.
