@@ -15,7 +15,11 @@ ENV GOFLAGS=-buildvcs=false
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN make build
+# .git is not in the build context: pass the version the binaries report,
+# e.g. --build-arg VERSION=$(git describe --tags --always --dirty); without
+# it they report "dev".
+ARG VERSION=
+RUN make build VERSION="$VERSION"
 
 FROM debian:bookworm-slim
 # nbdkit serves each staged volume through the plugin; nbdfuse (in

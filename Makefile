@@ -13,9 +13,14 @@ deps:
 
 build: bin/vblock bin/controller bin/node lib/nbdkit-viperblock-plugin.so
 
+# The version the binaries report (GetPluginInfo, --version, vblock
+# version): VERSION=... if given and not empty, else `git describe`, else
+# "dev" (a source tree without .git, as in the Dockerfile's build stage).
+VB_VERSION := $(or $(VERSION),$(shell git describe --tags --always --dirty 2>/dev/null),dev)
+
 bin/vblock bin/controller bin/node: FORCE
 	@mkdir -p bin
-	$(GO) build -o $@ ./cmd/$(notdir $@)
+	$(GO) build -ldflags "-X main.version=$(VB_VERSION)" -o $@ ./cmd/$(notdir $@)
 
 lib/nbdkit-viperblock-plugin.so: FORCE
 	@mkdir -p lib
@@ -54,9 +59,13 @@ staticcheck:
 	@./scripts/deps.sh go-tools
 	@echo "== staticcheck"; staticcheck $(PKGS)
 
-# csi-sanity against the real controller and node services (also in `test`).
-sanity:
+# csi-sanity against the real controller and node services: in-process on
+# one socket (test/sanity, also in `test`), then the upstream csi-sanity
+# command against bin/controller and bin/node as separate processes
+# (scripts/sanity-deployed.sh; prints the passed/failed/skipped counts).
+sanity: build
 	$(GO) test -count=1 -v ./test/sanity
+	GO=$(GO) ./scripts/sanity-deployed.sh
 
 # QEMU guests (TCG) on Viperblock volumes: NBD URI, snapshot/clone, kill -9,
 # kernel NBD + CSI node service in a guest, pkg/attach's suite in a guest.

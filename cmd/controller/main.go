@@ -2,13 +2,20 @@
 // Identity and Controller services on a Unix socket, for the
 // external-provisioner, -attacher, -snapshotter and -resizer sidecars.
 //
-// In a cluster it runs under controller-runtime's manager: leader election
-// (only the leader serves CSI, so one controller acts at a time), /healthz
-// and /readyz probes and a Prometheus /metrics endpoint. With --standalone
-// it runs without Kubernetes (tests, development): no leader election, and
-// the same endpoints on a plain HTTP server.
+// In a cluster it runs under controller-runtime's manager: /healthz and
+// /readyz probes and a Prometheus /metrics endpoint. It elects no leader:
+// every replica serves every CSI call, and the sidecars next to it, which
+// run with --leader-election, choose the replica that acts. (The store's
+// compare-and-swap makes two replicas acting at once during the sidecars'
+// hand-over safe; see pkg/driver's doc, "Controller replicas".) With
+// --standalone it runs without Kubernetes (tests, development), with the
+// same endpoints on a plain HTTP server.
+//
+// /healthz answers while the process runs; /readyz while the CSI socket
+// serves.
 //
 //	controller --endpoint unix:///csi/csi.sock --store default=s3://bucket/vols?endpoint=...
+//	controller --version
 package main
 
 import (
@@ -20,7 +27,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"sync/atomic"
 	"syscall"
 
 	"github.com/go-logr/logr"
@@ -38,6 +44,8 @@ import (
 	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3"
 )
 
+// version is the build's version, stamped by `make build` (-ldflags -X
+// main.version=...) and reported by GetPluginInfo; "dev" for a plain go build.
 var version = "dev"
 
 func main() {
@@ -46,21 +54,33 @@ func main() {
 	opts.AddFlags(flag.CommandLine, false)
 	metricsAddr := flag.String("metrics-address", ":8090", "address of the Prometheus /metrics endpoint (\"0\" disables it)")
 	healthAddr := flag.String("health-address", ":8091", "address of the /healthz and /readyz endpoints")
-	leaderElect := flag.Bool("leader-elect", true, "elect a leader: only the leader serves CSI")
-	leaderNS := flag.String("leader-election-namespace", "", "namespace of the leader election lease (default: the pod's)")
-	standalone := flag.Bool("standalone", false, "run without Kubernetes: no leader election; metrics and health on a plain HTTP server")
+	standalone := flag.Bool("standalone", false, "run without Kubernetes: metrics and health on a plain HTTP server")
+	showVersion := flag.Bool("version", false, "print the version and exit")
+	// Deprecated: the driver elects no leader any more (the sidecars do).
+	// Still accepted so that manifests that pass them keep working.
+	flag.Bool("leader-elect", false, "deprecated and ignored: every replica serves; the sidecars elect the leader")
+	flag.String("leader-election-namespace", "", "deprecated and ignored")
 	flag.Parse()
+	if *showVersion {
+		fmt.Println(version)
+		return
+	}
+	flag.Visit(func(f *flag.Flag) {
+		if f.Name == "leader-elect" || f.Name == "leader-election-namespace" {
+			klog.InfoS("flag is deprecated and ignored: the controller elects no leader; every replica serves and the sidecars' --leader-election picks the one that acts", "flag", "--"+f.Name)
+		}
+	})
 	opts.Version = version
 	// The engine logs with log/slog: send it through klog too.
 	slog.SetDefault(slog.New(logr.ToSlogHandler(klog.Background())))
-	if err := run(&opts, *metricsAddr, *healthAddr, *leaderElect, *leaderNS, *standalone); err != nil {
+	if err := run(&opts, *metricsAddr, *healthAddr, *standalone); err != nil {
 		klog.ErrorS(err, "controller failed")
 		klog.Flush()
 		os.Exit(1)
 	}
 }
 
-func run(opts *driver.Options, metricsAddr, healthAddr string, leaderElect bool, leaderNS string, standalone bool) error {
+func run(opts *driver.Options, metricsAddr, healthAddr string, standalone bool) error {
 	if standalone {
 		return runStandalone(opts, metricsAddr, healthAddr)
 	}
@@ -69,11 +89,8 @@ func run(opts *driver.Options, metricsAddr, healthAddr string, leaderElect bool,
 		return fmt.Errorf("no Kubernetes configuration (use --standalone outside a cluster): %w", err)
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Metrics:                 metricsserver.Options{BindAddress: metricsAddr},
-		HealthProbeBindAddress:  healthAddr,
-		LeaderElection:          leaderElect,
-		LeaderElectionID:        "csi-viperblock-io-controller",
-		LeaderElectionNamespace: leaderNS,
+		Metrics:                metricsserver.Options{BindAddress: metricsAddr},
+		HealthProbeBindAddress: healthAddr,
 	})
 	if err != nil {
 		return err
@@ -93,29 +110,23 @@ func run(opts *driver.Options, metricsAddr, healthAddr string, leaderElect bool,
 	}
 	defer cs.Close()
 	driver.DefaultMetrics().Register(ctrlmetrics.Registry)
-	// CSI is served at once (Identity, so probes work on every replica);
-	// Controller calls are refused until this replica leads.
-	var leading atomic.Bool
-	srv, err := driver.NewServer(opts.Endpoint, opts, driver.Services{Controller: cs, ControllerActive: leading.Load}, nil)
+	srv, err := driver.NewServer(opts.Endpoint, opts, driver.Services{Controller: cs}, nil)
 	if err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err
 	}
-	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+	if err := mgr.AddReadyzCheck("csi", func(r *http.Request) error { return srv.Ready(r.Context()) }); err != nil {
 		return err
 	}
 	if err := mgr.Add(grpcRunnable{srv}); err != nil {
 		return err
 	}
-	if err := mgr.Add(leaderRunnable{&leading}); err != nil {
-		return err
-	}
 	return mgr.Start(ctrl.SetupSignalHandler())
 }
 
-// grpcRunnable serves CSI on every replica.
+// grpcRunnable serves CSI (on every replica: it needs no leader).
 type grpcRunnable struct{ srv *driver.Server }
 
 var _ manager.LeaderElectionRunnable = grpcRunnable{}
@@ -132,21 +143,6 @@ func (g grpcRunnable) Start(ctx context.Context) error {
 	case err := <-errc:
 		return err
 	}
-}
-
-// leaderRunnable runs while this replica leads: it opens the Controller
-// service. Losing the lease ends the process (controller-runtime exits),
-// so the flag never needs to drop back.
-type leaderRunnable struct{ leading *atomic.Bool }
-
-func (l leaderRunnable) NeedLeaderElection() bool { return true }
-
-func (l leaderRunnable) Start(ctx context.Context) error {
-	klog.InfoS("leading: serving the Controller service")
-	l.leading.Store(true)
-	<-ctx.Done()
-	l.leading.Store(false)
-	return nil
 }
 
 func runStandalone(opts *driver.Options, metricsAddr, healthAddr string) error {
@@ -169,7 +165,7 @@ func runStandalone(opts *driver.Options, metricsAddr, healthAddr string) error {
 	if err != nil {
 		return err
 	}
-	serveHTTP(metricsAddr, healthAddr, reg)
+	serveHTTP(metricsAddr, healthAddr, reg, srv)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() { <-sig; srv.Stop() }()
@@ -177,8 +173,15 @@ func runStandalone(opts *driver.Options, metricsAddr, healthAddr string) error {
 }
 
 // serveHTTP serves /metrics and the health endpoints in the background.
-func serveHTTP(metricsAddr, healthAddr string, reg *prometheus.Registry) {
+func serveHTTP(metricsAddr, healthAddr string, reg *prometheus.Registry, srv *driver.Server) {
 	ok := func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) }
+	ready := func(w http.ResponseWriter, r *http.Request) {
+		if err := srv.Ready(r.Context()); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	}
 	listen := func(addr string, mux *http.ServeMux) {
 		if addr == "" || addr == "0" {
 			return
@@ -193,7 +196,7 @@ func serveHTTP(metricsAddr, healthAddr string, reg *prometheus.Registry) {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		mux.HandleFunc("/healthz", ok)
-		mux.HandleFunc("/readyz", ok)
+		mux.HandleFunc("/readyz", ready)
 		listen(metricsAddr, mux)
 		return
 	}
@@ -202,6 +205,6 @@ func serveHTTP(metricsAddr, healthAddr string, reg *prometheus.Registry) {
 	listen(metricsAddr, m)
 	h := http.NewServeMux()
 	h.HandleFunc("/healthz", ok)
-	h.HandleFunc("/readyz", ok)
+	h.HandleFunc("/readyz", ready)
 	listen(healthAddr, h)
 }

@@ -20,11 +20,13 @@
 //
 //	node --endpoint unix:///csi/csi.sock --node-id $(NODE_NAME) \
 //	     --store default=s3://bucket/vols?endpoint=... --plugin /usr/lib/viperblock/nbdkit-viperblock-plugin.so
+//	node --version
 package main
 
 import (
 	"context"
 	"flag"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
@@ -44,6 +46,8 @@ import (
 	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3"
 )
 
+// version is the build's version, stamped by `make build` (-ldflags -X
+// main.version=...) and reported by GetPluginInfo; "dev" for a plain go build.
 var version = "dev"
 
 func main() {
@@ -56,7 +60,12 @@ func main() {
 		attachWrapper = strings.Fields(v)
 		return nil
 	})
+	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
+	if *showVersion {
+		fmt.Println(version)
+		return
+	}
 	opts.Version = version
 	// The engine logs with log/slog: send it through klog too.
 	slog.SetDefault(slog.New(logr.ToSlogHandler(klog.Background())))

@@ -90,8 +90,20 @@ func init() {
 	commands = []*command{
 		cmdCreate, cmdList, cmdInspect, cmdDelete, cmdServe,
 		cmdImport, cmdExport, cmdFsck, cmdLoadDir,
-		cmdSnapshot, cmdClone, cmdGC,
+		cmdSnapshot, cmdClone, cmdGC, cmdVersion,
 	}
+}
+
+// version is the build's version, stamped by `make build` (-ldflags -X
+// main.version=...); "dev" for a plain go build.
+var version = "dev"
+
+var cmdVersion = &command{
+	name: "version", summary: "print vblock's version",
+	run: func(_ context.Context, e *env, _ *opts, _ []string) error {
+		e.printf("%s\n", version)
+		return nil
+	},
 }
 
 func main() {

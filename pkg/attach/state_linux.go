@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
 )
 
 const stateVersion = 1
@@ -64,7 +66,13 @@ func (a *attacher) statePath(id string) string { return filepath.Join(a.dir(id),
 
 // readState returns the record of id, or nil if there is none.
 func (a *attacher) readState(id string) (*state, error) {
-	b, err := os.ReadFile(a.statePath(id))
+	return readStateFile(vfs.Default, a.statePath(id), id)
+}
+
+// readStateFile reads and checks the record of id at path: nil if there
+// is none; a clear error, never a zero record, if it is unreadable.
+func readStateFile(fsys vfs.FS, path, id string) (*state, error) {
+	b, err := vfs.ReadFile(fsys, path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -73,65 +81,37 @@ func (a *attacher) readState(id string) (*state, error) {
 	}
 	var st state
 	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("attach: corrupt state file %s: %w", a.statePath(id), err)
+		return nil, fmt.Errorf("attach: corrupt state file %s (%d bytes): %w", path, len(b), err)
 	}
 	if st.Version != stateVersion || st.ID != id || (st.Kind != KindNbdfuse && st.Kind != KindNBD) {
-		return nil, fmt.Errorf("attach: state file %s: version %d kind %q id %q not understood", a.statePath(id), st.Version, st.Kind, st.ID)
+		return nil, fmt.Errorf("attach: state file %s: version %d kind %q id %q not understood", path, st.Version, st.Kind, st.ID)
 	}
 	return &st, nil
 }
 
-// writeState writes the record atomically: temp file, fsync, rename, fsync
-// of the directory.
+// writeState writes the record atomically (vfs.WriteFileAtomic: temp
+// file, fsync, rename, fsync of the directory), mode 0600.
 func (a *attacher) writeState(st *state) error {
+	return writeStateFile(vfs.Default, a.dir(st.ID), st)
+}
+
+func writeStateFile(fsys vfs.FS, dir string, st *state) error {
 	st.Version = stateVersion
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
 	}
 	b = append(b, '\n')
-	dir := a.dir(st.ID)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := vfs.MkdirAllDurable(fsys, dir); err != nil {
 		return fmt.Errorf("attach: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, "state.json"), b); err != nil {
+	if err := vfs.WriteFileAtomic(fsys, filepath.Join(dir, "state.json"), b); err != nil {
 		return fmt.Errorf("attach: writing state of %s: %w", st.ID, err)
 	}
 	return nil
 }
 
-func writeFileAtomic(path string, b []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
+func syncDir(dir string) error { return vfs.SyncDir(vfs.Default, dir) }
 
 // removeState deletes the record and the attachment's directory, which
 // must hold nothing but our own files by now (an unmounted, empty

@@ -29,7 +29,10 @@
 // Parameters: store, fsType (ext4, xfs), mkfsOptions, cache, drainInterval,
 // durability (node, store), leaseDuration (see params.go);
 // "csi.storage.k8s.io/" keys are the sidecars' and ignored; anything else
-// is InvalidArgument. CreateVolume records durability in the volume's
+// is InvalidArgument. mkfsOptions must pass an allow-list per filesystem
+// (mkfs.go): options that shape the filesystem only, no host paths
+// (ext4 -d, xfs -p and the like are refused, naming the option).
+// CreateVolume records durability in the volume's
 // manifest; the controller hands fsType, mkfsOptions, cache,
 // drainInterval, durability and leaseDuration to the node in the volume
 // context, and the node passes the last three to the plugin (clones and
@@ -67,6 +70,43 @@
 // GET_VOLUME_HEALTH and the VolumeHealth messages.) Access modes:
 // SINGLE_NODE_WRITER, SINGLE_NODE_SINGLE_WRITER, SINGLE_NODE_MULTI_WRITER,
 // SINGLE_NODE_READER_ONLY; filesystem (ext4, xfs) and raw block.
+//
+// # Controller replicas
+//
+// Every replica of the controller serves Identity and every Controller
+// RPC; the driver elects no leader of its own. The sidecars (provisioner,
+// attacher, snapshotter, resizer) run with --leader-election and pick the
+// replica that acts; they call ControllerGetCapabilities at start-up,
+// before their own election, so a replica that refused it would keep its
+// sidecars crash-looping.
+//
+// The controller has no background work that needs a single actor: it
+// runs no reconciler, no GC and no timer (the engine collects garbage as
+// part of the calls that free data, under the store's compare-and-swap).
+// During a sidecar's hand-over two replicas may work on the same object at
+// once (the old leader's call still running, the new leader's retry).
+// That is safe because the store, not the process, decides every race:
+//
+//   - CreateVolume: the manifest is created with a conditional put (If-None-
+//     Match; the file store's link); the loser gets ErrExists and returns the
+//     volume the winner made, or AlreadyExists if it differs. Clones of a
+//     volume go through an internal snapshot whose creation is idempotent.
+//   - DeleteVolume: the manifest is first marked deleted with a
+//     compare-and-swap; the replica that loses that race finds a tombstone
+//     and finishes removing it (or finds it gone) instead of failing;
+//     removing objects that are already gone is not an error, and a volume
+//     found missing is deleted.
+//   - CreateSnapshot: the CSI name is claimed in csi.meta/snapshots/ with a
+//     conditional put, and the engine's snapshot object likewise; a second
+//     call finds the snapshot and returns it.
+//   - ControllerPublishVolume: the publication record is a conditional put,
+//     so one node wins. ControllerExpandVolume: growing to a size already
+//     reached is a no-op.
+//
+// The per-object in-flight lock (codes.Aborted) works within one replica
+// only; across replicas a loser may at worst fail once with a retriable
+// code, and the sidecar's retry finds the result. TestControllerReplicas
+// runs two replicas on one store.
 //
 // # Node
 //
@@ -129,4 +169,32 @@
 // errors.go is the one place where engine, store and attacher errors
 // become gRPC codes. Mutating RPCs take a per-object in-flight lock; a
 // concurrent duplicate gets codes.Aborted.
+//
+// # Where things are
+//
+// Every RPC that acts on one volume starts with the same preamble
+// (preamble.go): required fields, the capability, the volume ID, the
+// in-flight lock, in that order and with the same codes; later errors go
+// through toStatus with what the RPC was doing.
+//
+//	server.go, identity.go        the gRPC server, logging interceptor; Identity
+//	controller.go                 ControllerServer, capabilities, NodeChecker
+//	controller_create.go          CreateVolume (blank, from a snapshot, from a volume)
+//	controller_volumes.go         Delete, Validate, List, Get, health, GetCapacity
+//	controller_publish.go         ControllerPublish/Unpublish (csi.meta/publish records)
+//	controller_expand.go          ControllerExpandVolume
+//	snapshots.go                  Create/Delete/ListSnapshots
+//	meta.go                       the driver's records in a store (csi.meta/)
+//	node.go                       NodeServer, capabilities, a volume's URL and nbdkit command
+//	node_stage.go, node_unstage.go  NodeStage/NodeUnstage and their steps
+//	node_publish.go               NodePublish/NodeUnpublish (bind mounts)
+//	node_expand_stats.go          NodeExpandVolume, NodeGetVolumeStats
+//	health.go                     NodeGetVolumeHealth, per-volume metrics (WAL state from the engine)
+//	servers.go                    the registry of running nbdkit processes; start, adopt, watch, stop
+//	plugin.go                     probing nbdkit and the plugin (through the Supervisor when it can)
+//	healer.go, ownership.go       re-adopting staged volumes after a restart; whose volume it is
+//	nodestate.go                  the node's state files (atomic, crash-tested)
+//	stores.go                     the one cache of store handles; credentials files
+//	params.go, mkfs.go, ids.go    parameters, the mkfsOptions allow-list, IDs
+//	process.go                    the nbdkit Supervisor
 package driver

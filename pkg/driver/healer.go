@@ -46,10 +46,7 @@ func (n *NodeServer) healLater(id volumeID) {
 	delay := time.Second
 	for attempt := 0; attempt < 20; attempt++ {
 		time.Sleep(delay)
-		n.mu.Lock()
-		closed := n.closed
-		n.mu.Unlock()
-		if closed {
+		if n.servers.isClosed() {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -135,13 +132,13 @@ func (n *NodeServer) heal(ctx context.Context, id volumeID) error {
 			// data is safe (flushed writes are in the WAL the new nbdkit
 			// replayed); the device fails I/O until the volume is
 			// unstaged and staged again.
-			n.setBroken(id, "the device lost its connection to nbdkit and cannot reconnect; restage the volume")
+			n.servers.setBroken(id, "the device lost its connection to nbdkit and cannot reconnect; restage the volume")
 			klog.ErrorS(err, "nbdkit restarted but the device cannot reconnect to it; I/O on the volume fails until it is restaged", "volume", id)
 			dev, _, _ = n.att.Find(ctx, id.key())
 		case err != nil:
 			return fmt.Errorf("reconnect: %w", err)
 		default:
-			n.setBroken(id, "")
+			n.servers.setBroken(id, "")
 		}
 	case !found:
 		if dev, err = n.att.Attach(ctx, n.export(id, st)); err != nil {
@@ -175,11 +172,7 @@ func (n *NodeServer) heal(ctx context.Context, id volumeID) error {
 	if err := n.saveState(id, st); err != nil {
 		return err
 	}
-	n.mu.Lock()
-	if rt := n.run[id.key()]; rt != nil {
-		rt.died = time.Time{}
-	}
-	n.mu.Unlock()
+	n.servers.healed(id)
 	klog.InfoS("healed staged volume", "volume", id, "nbdkit", srv.Pid(), "adopted", srv.Adopted(), "restarted", restarted, "device", dev.Path)
 	return nil
 }

@@ -68,13 +68,7 @@ func newRealNode(t *testing.T, dir, name, storeURL string) *realNode {
 	}
 	t.Cleanup(func() {
 		n.ns.Close()
-		n.ns.mu.Lock()
-		var srvs []server
-		for _, rt := range n.ns.run {
-			srvs = append(srvs, rt.srv)
-		}
-		n.ns.mu.Unlock()
-		for _, s := range srvs { // a failed test leaves no nbdkit behind
+		for _, s := range n.ns.servers.all() { // a failed test leaves no nbdkit behind
 			s.Kill()
 			<-s.Done()
 		}

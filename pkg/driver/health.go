@@ -13,43 +13,20 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 )
 
-// walPending measures a volume's WAL on this node: the bytes of segment
-// files (the engine deletes a segment once drained, so every byte there is
-// not yet in the store) and when the oldest of them was created. Only the
-// shard directories count, not a stale WAL set aside (stale-*).
+// walPending is what the volume's WAL on this node holds that the store
+// may not have yet, as the engine measures it (vb.InspectWAL); an
+// unreadable WAL directory counts as nothing pending (and is logged).
 func walPending(walDir, vol string) (bytes int64, oldest time.Time) {
-	root := filepath.Join(walDir, vol)
-	shards, _ := os.ReadDir(root)
-	for _, sh := range shards {
-		if _, err := strconv.Atoi(sh.Name()); err != nil || !sh.IsDir() {
-			continue
-		}
-		segs, _ := os.ReadDir(filepath.Join(root, sh.Name()))
-		for _, s := range segs {
-			if !strings.HasSuffix(s.Name(), ".wal") {
-				continue
-			}
-			p := filepath.Join(root, sh.Name(), s.Name())
-			var sx unix.Statx_t
-			if err := unix.Statx(unix.AT_FDCWD, p, 0, unix.STATX_BTIME|unix.STATX_SIZE|unix.STATX_MTIME, &sx); err != nil {
-				continue
-			}
-			bytes += int64(sx.Size)
-			t := time.Unix(sx.Mtime.Sec, int64(sx.Mtime.Nsec))
-			if sx.Mask&unix.STATX_BTIME != 0 {
-				t = time.Unix(sx.Btime.Sec, int64(sx.Btime.Nsec))
-			}
-			if oldest.IsZero() || t.Before(oldest) {
-				oldest = t
-			}
-		}
+	ws, err := vb.InspectWAL(walDir, vol)
+	if err != nil {
+		klog.ErrorS(err, "cannot measure a volume's WAL", "walDir", walDir, "volume", vol)
 	}
-	return bytes, oldest
+	return ws.PendingBytes, ws.Oldest
 }
 
 // NodeGetVolumeHealth reports a staged volume's condition on this node:
@@ -60,12 +37,14 @@ func walPending(walDir, vol string) (bytes int64, oldest time.Time) {
 // closed); DEGRADED when the WAL holds more data, or older data, than the
 // drain-lag limits allow.
 func (n *NodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, invalidArg("volume_id is required")
-	}
-	id, st, err := n.stagedAt(req.GetVolumeId(), "")
+	op, _, err := volumeCall{verb: "volume health", volumeID: req.GetVolumeId()}.begin()
 	if err != nil {
-		return nil, toStatus(err, "volume health "+req.GetVolumeId())
+		return nil, err
+	}
+	id := op.id
+	st, err := n.stagedAt(id, "")
+	if err != nil {
+		return nil, op.fail(err)
 	}
 	h := &csi.VolumeHealth{VolumeId: req.GetVolumeId()}
 	add := func(t csi.VolumeHealthErrorType, reason, msg string) {
@@ -80,7 +59,7 @@ func (n *NodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVo
 		add(csi.VolumeHealthErrorType_INACCESSIBLE, "Fenced", st.Fenced)
 	} else if n.running(id) == nil {
 		add(csi.VolumeHealthErrorType_INACCESSIBLE, "ServerDown", "nbdkit is not running for this volume; the node plugin is restarting it")
-	} else if why := n.brokenReason(id); why != "" {
+	} else if why := n.servers.broken(id); why != "" {
 		add(csi.VolumeHealthErrorType_INACCESSIBLE, "DeviceDisconnected", why)
 	} else if dev, found, err := n.att.Find(ctx, id.key()); err != nil || !found {
 		add(csi.VolumeHealthErrorType_INACCESSIBLE, "NotAttached", fmt.Sprintf("no block device is attached (%v)", err))

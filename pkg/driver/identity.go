@@ -11,10 +11,9 @@ import (
 // IdentityServer is the CSI Identity service.
 type IdentityServer struct {
 	csi.UnimplementedIdentityServer
-	opts       *Options
-	controller bool         // this server also offers the Controller service
-	ready      *atomic.Bool // set while serving
-	probe      func(context.Context) error
+	opts  *Options
+	ready *atomic.Bool // set while serving
+	probe func(context.Context) error
 }
 
 // GetPluginInfo returns the driver's name and version.
@@ -26,23 +25,22 @@ func (s *IdentityServer) GetPluginInfo(context.Context, *csi.GetPluginInfoReques
 	return &csi.GetPluginInfoResponse{Name: s.opts.DriverName, VendorVersion: v}, nil
 }
 
-// GetPluginCapabilities reports the Controller service (when offered) and
-// online volume expansion. Volumes are not tied to a topology: any node can
-// open any volume from the object store.
+// GetPluginCapabilities reports the plugin's capabilities as a whole, the
+// same on the controller's socket and on every node's: the Controller
+// service, online volume expansion, and no topology (any node can open any
+// volume from the object store). The CSI spec describes the plugin, not one
+// process of it; a CO or a test suite that talks to the node socket alone
+// learns from it that a controller exists, and so calls
+// ControllerExpandVolume before NodeExpandVolume.
 func (s *IdentityServer) GetPluginCapabilities(context.Context, *csi.GetPluginCapabilitiesRequest) (*csi.GetPluginCapabilitiesResponse, error) {
-	caps := []*csi.PluginCapability{{
-		Type: &csi.PluginCapability_VolumeExpansion_{VolumeExpansion: &csi.PluginCapability_VolumeExpansion{
+	return &csi.GetPluginCapabilitiesResponse{Capabilities: []*csi.PluginCapability{
+		{Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{
+			Type: csi.PluginCapability_Service_CONTROLLER_SERVICE,
+		}}},
+		{Type: &csi.PluginCapability_VolumeExpansion_{VolumeExpansion: &csi.PluginCapability_VolumeExpansion{
 			Type: csi.PluginCapability_VolumeExpansion_ONLINE,
-		}},
-	}}
-	if s.controller {
-		caps = append(caps, &csi.PluginCapability{
-			Type: &csi.PluginCapability_Service_{Service: &csi.PluginCapability_Service{
-				Type: csi.PluginCapability_Service_CONTROLLER_SERVICE,
-			}},
-		})
-	}
-	return &csi.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
+		}}},
+	}}, nil
 }
 
 // Probe reports ready while the server serves and, on a node, while nbdkit

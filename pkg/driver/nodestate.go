@@ -8,7 +8,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
 )
+
+// errCorruptState: a node state file does not decode (the node reports it,
+// never acts on a guess).
+var errCorruptState = errors.New("corrupt node state file")
 
 // Node-local state, under --state-dir:
 //
@@ -97,7 +103,19 @@ func (n *NodeServer) paths(id volumeID) volPaths {
 
 // loadState reads a volume's state; ok is false if it is not staged here.
 func (n *NodeServer) loadState(id volumeID) (*volState, bool, error) {
-	b, err := os.ReadFile(n.paths(id).State)
+	return readVolState(vfs.Default, n.paths(id).State, id)
+}
+
+// saveState writes a volume's state atomically.
+func (n *NodeServer) saveState(id volumeID, st *volState) error {
+	return writeVolState(vfs.Default, n.paths(id).State, id, st)
+}
+
+// readVolState reads the state file at path; ok is false if there is
+// none. A file that does not decode, or that belongs to another volume or
+// version, is an error naming the file: never a zero state.
+func readVolState(fsys vfs.FS, path string, id volumeID) (*volState, bool, error) {
+	b, err := vfs.ReadFile(fsys, path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, false, nil
 	}
@@ -106,27 +124,27 @@ func (n *NodeServer) loadState(id volumeID) (*volState, bool, error) {
 	}
 	var st volState
 	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, false, fmt.Errorf("state of %s is unreadable: %v", id, err)
+		return nil, false, fmt.Errorf("%w: state of %s (%s, %d bytes) is unreadable: %v", errCorruptState, id, path, len(b), err)
 	}
 	if st.Version != stateVersion || st.VolumeID != id.String() {
-		return nil, false, fmt.Errorf("state of %s has version %d and volume %q", id, st.Version, st.VolumeID)
+		return nil, false, fmt.Errorf("%w: state of %s (%s) has version %d and volume %q", errCorruptState, id, path, st.Version, st.VolumeID)
 	}
 	return &st, true, nil
 }
 
-// saveState writes a volume's state atomically.
-func (n *NodeServer) saveState(id volumeID, st *volState) error {
+// writeVolState writes a state file atomically, mode 0600
+// (vfs.WriteFileAtomic), creating its directory durably.
+func writeVolState(fsys vfs.FS, path string, id volumeID, st *volState) error {
 	st.Version = stateVersion
 	st.VolumeID = id.String()
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
 	}
-	p := n.paths(id)
-	if err := os.MkdirAll(p.Dir, 0o700); err != nil {
+	if err := vfs.MkdirAllDurable(fsys, filepath.Dir(path)); err != nil {
 		return err
 	}
-	return writePrivateFile(p.State, b)
+	return vfs.WriteFileAtomic(fsys, path, b)
 }
 
 // stagedVolumes lists the volumes with a state directory.

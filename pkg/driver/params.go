@@ -100,6 +100,9 @@ func parseVolumeParams(p map[string]string, defStore string) (volumeParams, erro
 			return vp, fmt.Errorf("unknown parameter %q (known: %s, %s, %s, %s, %s, %s, %s)", k, ParamStore, ParamFsType, ParamMkfsOptions, ParamCache, ParamDrainInterval, ParamDurability, ParamLeaseDuration)
 		}
 	}
+	if err := checkMkfsOptions(vp.FsType, vp.MkfsOptions); err != nil {
+		return vp, err
+	}
 	if vp.Store == "" {
 		return vp, fmt.Errorf("parameter %s is required: this driver has no default store", ParamStore)
 	}

@@ -15,7 +15,6 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -33,13 +32,12 @@ type Server struct {
 }
 
 // Services are the CSI services one Server offers; nil ones are left out.
+// Every replica of the controller serves every call: the sidecars' own
+// leader election picks the replica that acts (see the package doc,
+// "Controller replicas").
 type Services struct {
 	Controller *ControllerServer
 	Node       *NodeServer
-	// ControllerActive, if set, gates the Controller service: while it
-	// reports false (this replica does not lead), Controller calls fail
-	// with Unavailable. Identity (Probe) is always served.
-	ControllerActive func() bool
 }
 
 // NewServer listens on endpoint (unix:///path or unix:/path or a bare
@@ -63,8 +61,8 @@ func NewServer(endpoint string, opts *Options, svc Services, m *Metrics) (*Serve
 		m = DefaultMetrics()
 	}
 	s := &Server{lis: lis, path: p}
-	s.srv = grpc.NewServer(grpc.ChainUnaryInterceptor(interceptor(m), gate(svc.ControllerActive)))
-	s.identity = &IdentityServer{opts: opts, controller: svc.Controller != nil, ready: &s.serving}
+	s.srv = grpc.NewServer(grpc.ChainUnaryInterceptor(interceptor(m)))
+	s.identity = &IdentityServer{opts: opts, ready: &s.serving}
 	if svc.Node != nil {
 		s.identity.probe = svc.Node.probe
 	}
@@ -76,6 +74,19 @@ func NewServer(endpoint string, opts *Options, svc Services, m *Metrics) (*Serve
 		csi.RegisterNodeServer(s.srv, svc.Node)
 	}
 	return s, nil
+}
+
+// Ready reports nil while the server serves CSI and its Probe passes (on a
+// node: nbdkit and the plugin are usable), for /readyz.
+func (s *Server) Ready(ctx context.Context) error {
+	resp, err := s.identity.Probe(ctx, &csi.ProbeRequest{})
+	if err != nil {
+		return err
+	}
+	if !resp.GetReady().GetValue() {
+		return errors.New("not serving CSI")
+	}
+	return nil
 }
 
 // Path is the socket's path.
@@ -121,16 +132,6 @@ func socketPath(endpoint string) (string, error) {
 		return "", fmt.Errorf("endpoint %q: want an absolute socket path", endpoint)
 	}
 	return p, nil
-}
-
-// gate refuses Controller calls while active reports false.
-func gate(active func() bool) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if active != nil && strings.HasPrefix(info.FullMethod, "/csi.v1.Controller/") && !active() {
-			return nil, status.Error(codes.Unavailable, "this controller replica is not the leader")
-		}
-		return handler(ctx, req)
-	}
 }
 
 // interceptor logs each call (secrets redacted), counts it and times it.

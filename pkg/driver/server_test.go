@@ -51,23 +51,3 @@ func TestSocketPath(t *testing.T) {
 		}
 	}
 }
-
-func TestControllerGate(t *testing.T) {
-	var leading bool
-	g := gate(func() bool { return leading })
-	h := func(ctx context.Context, req any) (any, error) { return "ok", nil }
-	call := func(method string) error {
-		_, err := g(context.Background(), nil, &grpc.UnaryServerInfo{FullMethod: method}, h)
-		return err
-	}
-	if err := call("/csi.v1.Controller/CreateVolume"); err == nil {
-		t.Error("a non-leader served CreateVolume")
-	}
-	if err := call("/csi.v1.Identity/Probe"); err != nil {
-		t.Errorf("a non-leader refused Probe: %v", err)
-	}
-	leading = true
-	if err := call("/csi.v1.Controller/CreateVolume"); err != nil {
-		t.Errorf("the leader refused CreateVolume: %v", err)
-	}
-}

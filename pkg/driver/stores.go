@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/url"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
 )
 
 // Secret keys understood in CSI secrets (provisioner, node-stage,
@@ -90,52 +90,24 @@ func withCredentialsFile(raw, path string) (string, error) {
 	return u.String(), nil
 }
 
-// writePrivateFile writes data to path atomically with mode 0600: a
-// temporary file in the same directory, fsync, rename, directory fsync.
+// writePrivateFile writes data to path atomically with mode 0600
+// (vfs.WriteFileAtomic: a temporary file, fsync, rename, directory fsync).
 func writePrivateFile(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return vfs.WriteFileAtomicMode(vfs.Default, path, data, 0o600)
 }
 
 // storeOpener opens a store by URL (backend.Open; tests substitute it).
 type storeOpener func(ctx context.Context, url string) (backend.Store, error)
 
-// storeSet resolves store names to open stores. A store opened with CSI
-// secrets gets its own credentials file and its own handle, cached by the
-// secrets' hash so a request with the same secrets reuses both.
+// storeSet is the driver's one cache of store handles, shared by every
+// RPC of a service (the controller's, or the node's and its healer's). It
+// resolves store names to handles, and caches handles by their final URL:
+//
+//   - get(name, secrets): the configured URL; with CSI secrets, a URL that
+//     names a credentials file of its own (credDir/<name>-<hash>.env), so
+//     a request with the same secrets reuses both file and handle;
+//   - byURL(url): a URL the caller built, such as a staged volume's, which
+//     names the volume's own credentials file (the node's volumeURL).
 type storeSet struct {
 	urls    map[string]string
 	def     string
@@ -143,7 +115,7 @@ type storeSet struct {
 	open    storeOpener
 
 	mu    sync.Mutex               // guards cache
-	cache map[string]backend.Store // key: name + "\x00" + hash of the credentials ("" without)
+	cache map[string]backend.Store // by final URL
 }
 
 func newStoreSet(o *Options, credDir string, open storeOpener) *storeSet {
@@ -186,34 +158,71 @@ func (s *storeSet) get(ctx context.Context, name string, secrets map[string]stri
 	if err != nil {
 		return nil, err
 	}
-	key := name + "\x00"
-	if creds != nil {
-		sum := sha256.Sum256(append([]byte(name+"\x00"), creds...))
-		key += hex.EncodeToString(sum[:16])
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if st, ok := s.cache[key]; ok {
-		return st, nil
-	}
+	var prepare func() error
 	if creds != nil && strings.HasPrefix(raw, "s3:") {
 		if s.credDir == "" {
 			return nil, fmt.Errorf("no credentials directory configured")
 		}
-		path := filepath.Join(s.credDir, name+"-"+key[len(name)+1:]+".env")
-		if err := writePrivateFile(path, creds); err != nil {
-			return nil, fmt.Errorf("write credentials file: %w", err)
-		}
+		sum := sha256.Sum256(append([]byte(name+"\x00"), creds...))
+		path := filepath.Join(s.credDir, name+"-"+hex.EncodeToString(sum[:16])+".env")
 		if raw, err = withCredentialsFile(raw, path); err != nil {
 			return nil, err
 		}
+		prepare = func() error {
+			if err := writePrivateFile(path, creds); err != nil {
+				return fmt.Errorf("write credentials file: %w", err)
+			}
+			return nil
+		}
 	}
-	st, err := s.open(ctx, raw)
+	st, err := s.byURL(ctx, raw, prepare)
 	if err != nil {
 		return nil, fmt.Errorf("open store %q: %w", name, err)
 	}
-	s.cache[key] = st
 	return st, nil
+}
+
+// byURL opens (or reuses) the store at url. prepare, if set, runs before a
+// new handle is opened (it writes the credentials file the URL names; it
+// runs under the lock, so two writers never race on one file). The open
+// itself, which may reach the network, runs outside the lock; of two
+// concurrent opens of one URL the first to finish is kept.
+func (s *storeSet) byURL(ctx context.Context, url string, prepare func() error) (backend.Store, error) {
+	s.mu.Lock()
+	if st, ok := s.cache[url]; ok {
+		s.mu.Unlock()
+		return st, nil
+	}
+	if prepare != nil {
+		if err := prepare(); err != nil {
+			s.mu.Unlock()
+			return nil, err
+		}
+	}
+	s.mu.Unlock()
+	st, err := s.open(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.cache[url]; ok {
+		st.Close()
+		return old, nil
+	}
+	s.cache[url] = st
+	return st, nil
+}
+
+// drop closes and forgets the handle for url (a volume's, once unstaged:
+// its credentials file goes with it).
+func (s *storeSet) drop(url string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st, ok := s.cache[url]; ok {
+		st.Close()
+		delete(s.cache, url)
+	}
 }
 
 // close closes every cached store.

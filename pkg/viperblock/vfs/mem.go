@@ -221,6 +221,12 @@ func (fs *MemFS) Stat(name string) (bool, error) {
 	return n.isDir, nil
 }
 
+// Chmod checks that name exists; MemFS keeps no permission bits.
+func (fs *MemFS) Chmod(name string, _ os.FileMode) error {
+	_, err := fs.Stat(name)
+	return err
+}
+
 type memLock struct{ ch chan struct{} }
 
 func (l memLock) Close() error { <-l.ch; return nil }

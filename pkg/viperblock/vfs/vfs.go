@@ -174,15 +174,41 @@ func osFlock(name string, how int) (io.Closer, error) {
 
 // WriteFileAtomic writes data to name so that after a crash name holds either
 // its old content or data, never a mix: write a temporary file in the same
-// directory, fsync it, rename it over name, fsync the directory.
+// directory, fsync it, rename it over name, fsync the directory. The file
+// has mode 0600. Writers of one name must take turns: the temporary file's
+// name is name+".tmp".
+//
+// Its crash points, in order: create the temporary file, write, fsync it,
+// rename, open the directory, fsync the directory. A crash before the
+// rename leaves the old file (and perhaps a stale temporary one, which the
+// next write replaces); a crash after it leaves the new file, or, before
+// the directory's fsync, possibly still the old one.
 func WriteFileAtomic(fs FS, name string, data []byte) error {
+	return WriteFileAtomicMode(fs, name, data, 0o600)
+}
+
+// WriteFileAtomicMode is WriteFileAtomic with the file's permission bits:
+// 0600 (what Create makes) for anything private such as credentials, or
+// wider, which needs an FS that implements Chmoder. The mode is set before
+// the rename, so the file is never visible with another one.
+func WriteFileAtomicMode(fs FS, name string, data []byte, perm os.FileMode) error {
 	dir := filepath.Dir(name)
 	tmp := name + ".tmp"
 	f, err := fs.Create(tmp)
 	if err != nil {
 		return err
 	}
-	if _, err = f.Write(data); err == nil {
+	if perm != 0o600 {
+		if c, ok := fs.(Chmoder); ok {
+			err = c.Chmod(tmp, perm)
+		} else {
+			err = fmt.Errorf("viperblock/vfs: %s: this filesystem cannot set mode %v", name, perm)
+		}
+	}
+	if err == nil {
+		_, err = f.Write(data)
+	}
+	if err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -198,6 +224,13 @@ func WriteFileAtomic(fs FS, name string, data []byte) error {
 	}
 	return SyncDir(fs, dir)
 }
+
+// Chmoder is an FS that can change a file's permission bits.
+type Chmoder interface {
+	Chmod(name string, perm os.FileMode) error
+}
+
+func (osFS) Chmod(name string, perm os.FileMode) error { return os.Chmod(name, perm) }
 
 // SyncDir fsyncs a directory so that entries created, renamed or removed in
 // it are durable.
