@@ -52,6 +52,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
 )
 
 // The file names of the Secret's keys.
@@ -223,42 +225,11 @@ func readValue(path string) (string, error) {
 	return v, nil
 }
 
-// writeAtomic replaces path with data: a temporary file in the same
-// directory (mode 0600), fsync, rename, fsync the directory.
+// writeAtomic replaces path with data, mode 0600, through the project's
+// one atomic write (temporary file, fsync, rename, directory fsync).
 func writeAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	err = f.Chmod(0o600) // CreateTemp's mode already, whatever the umask
-	if err == nil {
-		_, err = f.Write(data)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return vfs.WriteFileAtomic(vfs.Default, path, data)
 }
