@@ -415,3 +415,9 @@ func (m *fakeMounter) mounted(target string) bool {
 }
 
 var errMkfs = errors.New("mkfs.ext4: exit status 1: Could not allocate block in ext4 filesystem")
+
+// Probe finds the fake's "nbdkit" always there.
+func (f *fakeSup) Probe(context.Context, string, string) error { return nil }
+
+// PluginHelp: the fake plugin takes no virtual_size=.
+func (f *fakeSup) PluginHelp(context.Context, string, string) (string, error) { return "", nil }

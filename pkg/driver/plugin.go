@@ -3,8 +3,6 @@ package driver
 import (
 	"context"
 	"fmt"
-	"os"
-	"os/exec"
 	"strings"
 	"time"
 
@@ -13,31 +11,13 @@ import (
 
 // What the node asks of nbdkit and the plugin besides serving volumes: is
 // it there (Probe), and which parameters does the plugin take
-// (virtual_size=). Both belong to whatever runs nbdkit: a Supervisor that
-// implements pluginProber answers them the way it starts nbdkit (same
-// binary, wrapper and environment); for one that does not, the node asks
-// the binaries directly.
-
-// pluginProber is a Supervisor that can check nbdkit and the plugin and
-// show the plugin's help (`nbdkit PLUGIN --help`).
-type pluginProber interface {
-	Probe(ctx context.Context, nbdkit, plugin string) error
-	PluginHelp(ctx context.Context, nbdkit, plugin string) (string, error)
-}
+// (virtual_size=). Both go through the Supervisor, which answers them the
+// way it starts nbdkit.
 
 // probe reports errUnavailable while nbdkit or the plugin is missing.
 func (n *NodeServer) probe(ctx context.Context) error {
-	if p, ok := n.sup.(pluginProber); ok {
-		if err := p.Probe(ctx, n.opts.Nbdkit, n.opts.Plugin); err != nil {
-			return fmt.Errorf("%w: %v", errUnavailable, err)
-		}
-		return nil
-	}
-	if _, err := exec.LookPath(n.opts.Nbdkit); err != nil {
-		return fmt.Errorf("%w: nbdkit: %v", errUnavailable, err)
-	}
-	if _, err := os.Stat(n.opts.Plugin); err != nil {
-		return fmt.Errorf("%w: plugin: %v", errUnavailable, err)
+	if err := n.sup.Probe(ctx, n.opts.Nbdkit, n.opts.Plugin); err != nil {
+		return fmt.Errorf("%w: %v", errUnavailable, err)
 	}
 	return nil
 }
@@ -46,18 +26,11 @@ func (n *NodeServer) probe(ctx context.Context) error {
 func (n *NodeServer) pluginHelp() string {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if p, ok := n.sup.(pluginProber); ok {
-		out, err := p.PluginHelp(ctx, n.opts.Nbdkit, n.opts.Plugin)
-		if err != nil {
-			klog.ErrorS(err, "cannot read the nbdkit plugin's parameters", "plugin", n.opts.Plugin)
-		}
-		return out
-	}
-	out, err := exec.CommandContext(ctx, n.opts.Nbdkit, n.opts.Plugin, "--help").CombinedOutput()
+	out, err := n.sup.PluginHelp(ctx, n.opts.Nbdkit, n.opts.Plugin)
 	if err != nil {
 		klog.ErrorS(err, "cannot read the nbdkit plugin's parameters", "plugin", n.opts.Plugin)
 	}
-	return string(out)
+	return out
 }
 
 // virtualSize is the size nbdkit advertises when it is larger than the

@@ -43,6 +43,10 @@ type Supervisor interface {
 	// Adopt finds the nbdkit serving spec.Socket from its pidfile, if it
 	// still runs.
 	Adopt(spec nbdkitSpec) (server, bool, error)
+	// Probe reports whether nbdkit and the plugin are there to start.
+	Probe(ctx context.Context, nbdkit, plugin string) error
+	// PluginHelp is the plugin's help text (its parameters).
+	PluginHelp(ctx context.Context, nbdkit, plugin string) (string, error)
 }
 
 // SupervisorOptions configure the supervisor of real nbdkit processes.
@@ -153,3 +157,13 @@ const nbdkitExitNotOwner = 77
 
 // logTail returns the end of a log file from offset from (at most 4 KiB).
 func logTail(path string, from int64) string { return nbdkit.LogTail(path, from) }
+
+// Probe reports whether nbdkit and the plugin are there to start.
+func (p *procSupervisor) Probe(_ context.Context, nbdkitBin, plugin string) error {
+	return nbdkit.Check(nbdkitBin, plugin)
+}
+
+// PluginHelp is `nbdkit PLUGIN --help`.
+func (p *procSupervisor) PluginHelp(ctx context.Context, nbdkitBin, plugin string) (string, error) {
+	return nbdkit.PluginHelp(ctx, nbdkitBin, plugin)
+}

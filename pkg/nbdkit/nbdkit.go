@@ -732,3 +732,31 @@ func (t *tail) String() string {
 	defer t.mu.Unlock()
 	return string(t.buf)
 }
+
+// Check reports whether the nbdkit binary and the plugin file exist, the
+// way Start would find them (nbdkit "" is "nbdkit" on PATH).
+func Check(nbdkitBin, plugin string) error {
+	if nbdkitBin == "" {
+		nbdkitBin = "nbdkit"
+	}
+	if _, err := exec.LookPath(nbdkitBin); err != nil {
+		return fmt.Errorf("nbdkit: %w", err)
+	}
+	if _, err := os.Stat(plugin); err != nil {
+		return fmt.Errorf("plugin: %w", err)
+	}
+	return nil
+}
+
+// PluginHelp is `nbdkit PLUGIN --help`: nbdkit's and the plugin's
+// parameters. It returns what was printed even when nbdkit fails.
+func PluginHelp(ctx context.Context, nbdkitBin, plugin string) (string, error) {
+	if nbdkitBin == "" {
+		nbdkitBin = "nbdkit"
+	}
+	out, err := exec.CommandContext(ctx, nbdkitBin, plugin, "--help").CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s --help: %w", nbdkitBin, plugin, err)
+	}
+	return string(out), nil
+}
