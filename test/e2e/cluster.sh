@@ -244,8 +244,25 @@ pod_network_down() {
 }
 
 KUBELET_DIR=/var/lib/kubelet
+# The host directories the node plugin mounts with Bidirectional
+# propagation must be shared mounts, as they are on a systemd host (where /
+# is shared); a host whose / is private gets them bound onto themselves and
+# made shared.
+SHARED_DIRS=("$KUBELET_DIR" /run/viperblock)
+share_dirs() {
+  local d
+  for d in "${SHARED_DIRS[@]}"; do
+    mkdir -p "$d" || return 1
+    if [ "$(findmnt -no PROPAGATION --target "$d")" != shared ]; then
+      mountpoint -q "$d" || mount --bind "$d" "$d" || return 1
+      mount --make-shared "$d" || return 1
+    fi
+  done
+}
+
 start_kubelet() {
-  mkdir -p "$KUBELET_DIR" && touch "$KUBELET_DIR/.vb-e2e"
+  share_dirs || return 1
+  touch "$KUBELET_DIR/.vb-e2e"
   cat >"$R/kubelet-config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -389,7 +406,7 @@ unmount_all() {
   local i m left
   for i in 1 2 3 4 5; do
     left=$(awk -v r="$R" -v s="$STATE" -v k="$KUBELET_DIR/" '$2 == r || index($2, r "/") == 1 || index($2, s "/") == 1 ||
-      index($2, k) == 1 || index($2, "/run/viperblock/") == 1 || $2 == "/run/viperblock" {print $2}' /proc/mounts | sort -r)
+      index($2, k) == 1 || $2 "/" == k || index($2, "/run/viperblock/") == 1 || $2 == "/run/viperblock" {print $2}' /proc/mounts | sort -r)
     [ -z "$left" ] && return 0
     for m in $left; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null; done
     sleep 0.5
