@@ -131,7 +131,10 @@ spec:
   - name: c
     image: $BUSYBOX_IMAGE
     imagePullPolicy: Never
-    command: ["/bin/sh", "-c", $(printf '%s' "$io_verify_script" | sed 's/\\/\\\\/g; s/"/\\"/g; s/^/"/; s/$/\\n"/' | tr -d '\n' | sed 's/\\n"$/"/')]
+    command: ["/bin/sh", "-c"]
+    args:
+    - |
+$(printf '%s\n' "$io_verify_script" | sed 's/^[[:space:]]*/      /')
     volumeMounts: [{name: fs, mountPath: /data}]
     volumeDevices: [{name: blk, devicePath: /dev/xvda}]
   volumes:
