@@ -138,10 +138,10 @@ driver_alive() {
   return 1
 }
 
-# node_pod: the node plugin's pod on this node.
+# node_pod: the node plugin's pod on this node (not one being deleted).
 node_pod() {
   kc -n "$CSI_NS" get pods -l app.kubernetes.io/component=node --field-selector "spec.nodeName=$NODE" \
-    -o jsonpath='{.items[0].metadata.name}'
+    -o jsonpath='{range .items[*]}{.metadata.name} {.metadata.deletionTimestamp}{"\n"}{end}' | awk 'NF == 1 {print $1; exit}'
 }
 
 # node_plugin_pid: the host PID of the node plugin (the pod has hostPID).

@@ -900,8 +900,8 @@ func checkRBAC(t *testing.T, o objects, dep *appsv1.Deployment, ds *appsv1.Daemo
 			{"", "persistentvolumeclaims/status", "patch", ""}, {"", "persistentvolumes", "patch", ""},
 			{"", "pods", "list", ""},
 		},
-		"controller (node check, fencing)": {
-			{"storage.k8s.io", "csinodes", "list", ""}, {"storage.k8s.io", "volumeattachments", "watch", ""},
+		"controller (node check)": {
+			{"storage.k8s.io", "csinodes", "get", ""}, {"storage.k8s.io", "csinodes", "list", ""},
 		},
 		"leader election": {
 			{"coordination.k8s.io", "leases", "create", dep.Namespace}, {"coordination.k8s.io", "leases", "update", dep.Namespace},

@@ -166,8 +166,13 @@ disturb_delete_and_kill() {
   local pod pid
   pod=$(node_pod)
   log "   deleting the node plugin pod $pod"
+  pid=$(node_plugin_pid)
   kc -n "$CSI_NS" delete pod "$pod" --wait=true --timeout=120s >/dev/null || fail "deleting $pod" || return 1
+  wait_until 120 "a new node plugin pod" eval '[ -n "$(node_pod)" ] && [ "$(node_pod)" != '"$pod"' ]' ||
+    fail "the DaemonSet made no new pod" || return 1
   wait_node_plugin_ready || return 1
+  [ -n "$(node_plugin_pid)" ] && [ "$(node_plugin_pid)" != "$pid" ] || fail "the node plugin process did not change ($pid)" || return 1
+  log "   node plugin pod $pod -> $(node_pod)"
   io_progress "$1" "after kubectl delete pod" || return 1
   pid=$(node_plugin_pid) || fail "no node plugin process found" || return 1
   log "   kill -9 of the node plugin, PID $pid"
@@ -179,14 +184,18 @@ disturb_delete_and_kill() {
 }
 
 disturb_rolling_update() {
-  local gen
+  local gen pod
+  pod=$(node_pod)
   gen=$(kc -n "$CSI_NS" get daemonset viperblock-csi-node -o jsonpath='{.metadata.generation}')
   log "   changing the DaemonSet's pod template (generation $gen)"
   kc -n "$CSI_NS" patch daemonset viperblock-csi-node --type=merge \
     -p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"e2e.viperblock.io/rev\":\"$(date +%s)\"}}}}}" >/dev/null || return 1
+  wait_until 180 "the DaemonSet replaced its pod" eval '[ -n "$(node_pod)" ] && [ "$(node_pod)" != '"$pod"' ]' ||
+    fail "the DaemonSet did not replace $pod" || return 1
   wait_node_plugin_ready || return 1
   [ "$(kc -n "$CSI_NS" get daemonset viperblock-csi-node -o jsonpath='{.status.updatedNumberScheduled}')" = 1 ] ||
     fail "the DaemonSet did not update its pod" || return 1
+  log "   node plugin pod $pod -> $(node_pod)"
   io_progress "$1" "after the rolling update"
 }
 
