@@ -124,10 +124,24 @@ driver_up() {
   driver_alive
 }
 
-# driver_restarts: the total restart count of the driver's containers.
+# driver_restarts: "POD-UID/CONTAINER COUNT" per driver container.
 driver_restarts() {
-  kc -n "$CSI_NS" get pods -o jsonpath='{range .items[*]}{range .status.containerStatuses[*]}{.restartCount}{"\n"}{end}{end}' 2>/dev/null |
-    awk '{s += $1} END {print s + 0}'
+  local pod uid
+  for pod in $(kc -n "$CSI_NS" get pods -o name 2>/dev/null); do
+    uid=$(kc -n "$CSI_NS" get "$pod" -o jsonpath='{.metadata.uid}' 2>/dev/null) || continue
+    kc -n "$CSI_NS" get "$pod" -o jsonpath='{range .status.containerStatuses[*]}{.name} {.restartCount}{"\n"}{end}' 2>/dev/null |
+      sed "s|^|$uid/|"
+  done
+}
+
+# restarted_since BEFORE: the containers that restarted since driver_restarts
+# printed BEFORE (a new pod's container counts from 0).
+restarted_since() {
+  driver_restarts | awk -v before="$1" 'BEGIN {
+      n = split(before, l, "\n")
+      for (i = 1; i <= n; i++) { split(l[i], f, " "); if (f[1] != "") was[f[1]] = f[2] }
+    }
+    $2 > ((($1) in was) ? was[$1] : 0) {print $1 " " $2}'
 }
 
 # driver_alive fails, naming them, unless every driver pod is Ready (it

@@ -15,7 +15,7 @@ RESULTS=()
 RESTARTS_EXPECTED="scenario_node_restart_io"
 
 run_scenario() {
-  local name=$1 fn=$2 s rc=0 r0=0
+  local name=$1 fn=$2 s rc=0 r0=""
   s=$(date +%s.%N)
   log "-- scenario: $name"
   if [ "$fn" != scenario_smoke ] && ! driver_alive; then
@@ -29,8 +29,8 @@ run_scenario() {
     if ! driver_alive; then
       log "   a driver pod is not Ready after the scenario"
       rc=1
-    elif [[ " $RESTARTS_EXPECTED " != *" $fn "* ]] && [ "$(driver_restarts)" != "$r0" ]; then
-      log "   driver containers restarted during the scenario ($r0 -> $(driver_restarts) restarts)"
+    elif [[ " $RESTARTS_EXPECTED " != *" $fn "* ]] && [ -n "$(restarted_since "$r0")" ]; then
+      log "   driver containers restarted during the scenario: $(restarted_since "$r0" | tr '\n' ';')"
       rc=1
     fi
   fi
