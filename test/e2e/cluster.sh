@@ -166,23 +166,24 @@ EOF
   wait_until 60 "containerd" ctr -a "$CONTAINERD_SOCK" version
 }
 
-# make_oci ROOTFS REF OUT ENTRYPOINT_JSON: a single-layer OCI image archive
-# (what `ctr images import` takes), reproducible (sorted, zero mtimes).
-make_oci() {
-  local root=$1 ref=$2 out=$3 ep=$4 t
+# oci_image REF OUT CONFIG-JSON LAYER-TAR...: an OCI image archive with
+# uncompressed layers, for `ctr images import`.
+oci_image() {
+  local ref=$1 out=$2 config=$3; shift 3
+  local t layers="" diffids="" l d s
   t=$(mktemp -d "$R/oci.XXXXXX")
   mkdir -p "$t/blobs/sha256"
-  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$root" -cf "$t/layer.tar" .
-  local diffid; diffid=$(sha256sum "$t/layer.tar" | cut -d' ' -f1)
-  gzip -n "$t/layer.tar"
-  local ld ls; ld=$(sha256sum "$t/layer.tar.gz" | cut -d' ' -f1); ls=$(stat -c %s "$t/layer.tar.gz")
-  mv "$t/layer.tar.gz" "$t/blobs/sha256/$ld"
-  printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":%s,"Env":["PATH=/bin"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-    "$ep" "$diffid" >"$t/config"
+  for l in "$@"; do
+    d=$(sha256sum "$l" | cut -d' ' -f1); s=$(stat -c %s "$l")
+    cp "$l" "$t/blobs/sha256/$d"
+    layers+="${layers:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:$d\",\"size\":$s}"
+    diffids+="${diffids:+,}\"sha256:$d\""
+  done
+  printf '{"architecture":"amd64","os":"linux","config":%s,"rootfs":{"type":"layers","diff_ids":[%s]}}' "$config" "$diffids" >"$t/config"
   local cd cs; cd=$(sha256sum "$t/config" | cut -d' ' -f1); cs=$(stat -c %s "$t/config")
   mv "$t/config" "$t/blobs/sha256/$cd"
-  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' \
-    "$cd" "$cs" "$ld" "$ls" >"$t/manifest"
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[%s]}' \
+    "$cd" "$cs" "$layers" >"$t/manifest"
   local md ms; md=$(sha256sum "$t/manifest" | cut -d' ' -f1); ms=$(stat -c %s "$t/manifest")
   mv "$t/manifest" "$t/blobs/sha256/$md"
   printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"%s","io.containerd.image.name":"%s"}}]}' \
@@ -191,6 +192,10 @@ make_oci() {
   tar -C "$t" -cf "$out" oci-layout index.json blobs
   rm -rf "$t"
 }
+
+# layer_tar DIR OUT: a reproducible layer of DIR's contents (sorted, zero
+# mtimes, owned by root).
+layer_tar() { tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$1" -cf "$2" .; }
 
 # Images: pause (the sandbox) and busybox (every test pod), built here from
 # the harness's pause and Debian's static busybox: nothing is pulled.
@@ -210,8 +215,9 @@ import_images() {
     [ "$a" = busybox ] || ln -sf busybox "$i/busybox/bin/$a"
   done
   chmod 1777 "$i/busybox/tmp"
-  make_oci "$i/pause" registry.k8s.io/pause:3.10 "$i/pause.tar" '["/pause"]'
-  make_oci "$i/busybox" "$BUSYBOX_IMAGE" "$i/busybox.tar" '["/bin/sh"]'
+  layer_tar "$i/pause" "$i/pause-layer.tar" && layer_tar "$i/busybox" "$i/busybox-layer.tar" || return 1
+  oci_image registry.k8s.io/pause:3.10 "$i/pause.tar" '{"Entrypoint":["/pause"]}' "$i/pause-layer.tar" || return 1
+  oci_image "$BUSYBOX_IMAGE" "$i/busybox.tar" '{"Entrypoint":["/bin/sh"],"Env":["PATH=/bin"]}' "$i/busybox-layer.tar" || return 1
   ctr_ images import "$i/pause.tar" >/dev/null
   ctr_ images import "$i/busybox.tar" >/dev/null
 }

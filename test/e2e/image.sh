@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # The images the shipped manifests name, made here without a container
 # engine and imported into the e2e cluster's containerd. Sourced by run.sh
-# after cluster.sh (make_oci, ctr_).
+# after cluster.sh (oci_image, layer_tar, ctr_).
 #
 # The driver's image follows the Dockerfile, read at run time so the two
 # cannot drift: its final stage's `apt-get install` list becomes a Debian
@@ -86,33 +86,6 @@ base_rootfs() {
   echo "$out"
 }
 
-# oci_image REF OUT CONFIG-JSON LAYER-TAR...: an OCI image archive with
-# uncompressed layers, for `ctr images import`.
-oci_image() {
-  local ref=$1 out=$2 config=$3; shift 3
-  local t layers="" diffids="" l d s
-  t=$(mktemp -d "$R/oci.XXXXXX")
-  mkdir -p "$t/blobs/sha256"
-  for l in "$@"; do
-    d=$(sha256sum "$l" | cut -d' ' -f1); s=$(stat -c %s "$l")
-    cp "$l" "$t/blobs/sha256/$d"
-    layers+="${layers:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:$d\",\"size\":$s}"
-    diffids+="${diffids:+,}\"sha256:$d\""
-  done
-  printf '{"architecture":"amd64","os":"linux","config":%s,"rootfs":{"type":"layers","diff_ids":[%s]}}' "$config" "$diffids" >"$t/config"
-  local cd cs; cd=$(sha256sum "$t/config" | cut -d' ' -f1); cs=$(stat -c %s "$t/config")
-  mv "$t/config" "$t/blobs/sha256/$cd"
-  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[%s]}' \
-    "$cd" "$cs" "$layers" >"$t/manifest"
-  local md ms; md=$(sha256sum "$t/manifest" | cut -d' ' -f1); ms=$(stat -c %s "$t/manifest")
-  mv "$t/manifest" "$t/blobs/sha256/$md"
-  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"%s","io.containerd.image.name":"%s"}}]}' \
-    "$md" "$ms" "$ref" "$ref" >"$t/index.json"
-  echo '{"imageLayoutVersion":"1.0.0"}' >"$t/oci-layout"
-  tar -C "$t" -cf "$out" oci-layout index.json blobs
-  rm -rf "$t"
-}
-
 # json_env prints the config's Env array: the base image's PATH, then the
 # Dockerfile's ENV lines.
 json_env() {
@@ -134,7 +107,7 @@ driver_image() {
     [ -f "$src" ] || { log "the Dockerfile copies $src, which make build did not make" >&2; return 1; }
     install -D -m 0755 "$src" "$top$dst"
   done < <(df_copies)
-  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$top" -cf "$R/images/driver-top.tar" .
+  layer_tar "$top" "$R/images/driver-top.tar" || return 1
   oci_image "$ref" "$R/images/driver.tar" \
     "{\"Env\":$(json_env),\"Cmd\":$(df_cmd)}" "$rootfs" "$R/images/driver-top.tar" || return 1
   ctr_ images import "$R/images/driver.tar" >/dev/null
@@ -146,7 +119,7 @@ static_image() {
   local ref=$1 bin=$2 name=$3 d=$R/images/$3
   rm -rf "$d"; mkdir -p "$d"
   install -m 0755 "$bin" "$d/$name"
-  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$d" -cf "$d.tar" .
+  layer_tar "$d" "$d.tar" || return 1
   oci_image "$ref" "$R/images/$name-image.tar" "{\"Entrypoint\":[\"/$name\"],\"Env\":[\"PATH=/\"]}" "$d.tar" || return 1
   ctr_ images import "$R/images/$name-image.tar" >/dev/null
 }

@@ -28,10 +28,29 @@ scenario_shipped_image() {
   delete_pod shipped-w
 }
 
-# io_pod NAME FS-PVC BLOCK-PVC: a pod that writes with fsync in a loop, to
-# files on the ext4 PVC and to the raw block PVC, until /tmp/stop exists;
-# it records what it wrote so io_verify can check it. Any failed write
-# prints IOERROR and ends the pod.
+# io_writer_script writes with fsync in a loop, to files on the ext4
+# volume at /data and to the raw block volume at /dev/xvda, until
+# /tmp/stop exists; it records what it wrote so io_verify_script can check
+# it. Any failed write prints IOERROR and ends the pod.
+io_writer_script='mkdir -p /data/sums /data/blk
+  i=$(cat /data/count 2>/dev/null || echo 0)
+  while [ ! -e /tmp/stop ]; do
+    k=$((i % 32))
+    dd if=/dev/urandom of=/tmp/buf bs=64k count=1 2>/dev/null
+    dd if=/tmp/buf of=/data/f$k bs=64k conv=fsync 2>/tmp/err || { echo "IOERROR file $i: $(cat /tmp/err)"; exit 1; }
+    sha256sum < /tmp/buf | cut -c1-64 > /data/sums/f$k
+    yes "step-$i-" | head -c 65536 > /tmp/blk
+    dd if=/tmp/blk of=/dev/xvda bs=64k seek=$k conv=fsync,notrunc 2>/tmp/err || { echo "IOERROR block $i: $(cat /tmp/err)"; exit 1; }
+    echo $i > /data/blk/$k
+    i=$((i + 1)); echo $i > /data/count
+    sync || { echo "IOERROR sync $i"; exit 1; }
+    sleep 0.1
+  done
+  echo stopped at $i
+  exec sleep 3600'
+
+# io_pod NAME FS-PVC BLOCK-PVC SCRIPT: a busybox pod with the ext4 PVC at
+# /data and the raw block PVC as /dev/xvda, running SCRIPT.
 io_pod() {
   kc -n "$NS" apply -f - >/dev/null <<EOF
 apiVersion: v1
@@ -48,22 +67,7 @@ spec:
     command: ["/bin/sh", "-c"]
     args:
     - |
-      mkdir -p /data/sums /data/blk
-      i=\$(cat /data/count 2>/dev/null || echo 0)
-      while [ ! -e /tmp/stop ]; do
-        k=\$((i % 32))
-        dd if=/dev/urandom of=/tmp/buf bs=64k count=1 2>/dev/null
-        dd if=/tmp/buf of=/data/f\$k bs=64k conv=fsync 2>/tmp/err || { echo "IOERROR file \$i: \$(cat /tmp/err)"; exit 1; }
-        sha256sum < /tmp/buf | cut -c1-64 > /data/sums/f\$k
-        yes "step-\$i-" | head -c 65536 > /tmp/blk
-        dd if=/tmp/blk of=/dev/xvda bs=64k seek=\$k conv=fsync,notrunc 2>/tmp/err || { echo "IOERROR block \$i: \$(cat /tmp/err)"; exit 1; }
-        echo \$i > /data/blk/\$k
-        i=\$((i + 1)); echo \$i > /data/count
-        sync || { echo "IOERROR sync \$i"; exit 1; }
-        sleep 0.1
-      done
-      echo stopped at \$i
-      exec sleep 3600
+$(printf '%s\n' "$4" | sed 's/^[[:space:]]*/      /')
     volumeMounts: [{name: fs, mountPath: /data}]
     volumeDevices: [{name: blk, devicePath: /dev/xvda}]
   volumes:
@@ -109,7 +113,7 @@ io_scenario() {
   local out
   pvc "$name-fs" viperblock-ext4 1Gi && pvc "$name-blk" viperblock-block 64Mi Block || return 1
   wait_bound "$name-fs" && wait_bound "$name-blk" || return 1
-  io_pod "$name-w" "$name-fs" "$name-blk" && wait_running "$name-w" || return 1
+  io_pod "$name-w" "$name-fs" "$name-blk" "$io_writer_script" && wait_running "$name-w" || return 1
   wait_until 60 "writes started" eval '[ "$(io_count '"$name-w"')" -gt 3 ]' || fail "the writer never wrote" || return 1
   "$@" "$name-w" || return 1
   [ "$(kc -n "$NS" get pod "$name-w" -o jsonpath='{.status.phase}')" = Running ] ||
@@ -119,28 +123,7 @@ io_scenario() {
   ! kc -n "$NS" logs "$name-w" | grep -q IOERROR || fail "I/O error: $(kc -n "$NS" logs "$name-w" | grep IOERROR | head -3)" || return 1
   log "   writer $(kc -n "$NS" logs "$name-w" | tail -1)"
   delete_pod "$name-w" || fail "deleting the writer (unstage)" || return 1
-  kc -n "$NS" apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Pod
-metadata: {name: $name-r}
-spec:
-  hostNetwork: true
-  restartPolicy: Never
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: c
-    image: $BUSYBOX_IMAGE
-    imagePullPolicy: Never
-    command: ["/bin/sh", "-c"]
-    args:
-    - |
-$(printf '%s\n' "$io_verify_script" | sed 's/^[[:space:]]*/      /')
-    volumeMounts: [{name: fs, mountPath: /data}]
-    volumeDevices: [{name: blk, devicePath: /dev/xvda}]
-  volumes:
-  - {name: fs, persistentVolumeClaim: {claimName: $name-fs}}
-  - {name: blk, persistentVolumeClaim: {claimName: $name-blk}}
-EOF
+  io_pod "$name-r" "$name-fs" "$name-blk" "$io_verify_script" || return 1
   local end=$(( $(date +%s) + 180 )) phase=""
   while [ "$(date +%s)" -lt $end ]; do
     phase=$(kc -n "$NS" get pod "$name-r" -o jsonpath='{.status.phase}' 2>/dev/null)
