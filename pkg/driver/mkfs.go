@@ -72,6 +72,21 @@ func mkfsValueOK(v string) bool {
 	return true
 }
 
+// checkMkfsOptionsFor checks mkfs arguments against the allow-list of
+// fsType; with no fsType (the capability will name it) they must suit at
+// least one filesystem, and CreateVolume and NodeStage check them again
+// against the capability's.
+func checkMkfsOptionsFor(fsType string, args []string) error {
+	if fsType != "" {
+		return checkMkfsOptions(fsType, args)
+	}
+	err := checkMkfsOptions("ext4", args)
+	if err != nil && checkMkfsOptions("xfs", args) == nil {
+		return nil
+	}
+	return err
+}
+
 // checkMkfsOptions checks mkfs arguments for fsType ("" is ext4, the
 // default) against the allow-list.
 func checkMkfsOptions(fsType string, args []string) error {

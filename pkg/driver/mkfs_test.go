@@ -93,4 +93,15 @@ func TestCreateVolumeMkfsOptions(t *testing.T) {
 	if err := create(map[string]string{ParamMkfsOptions: "-E lazy_itable_init=0 -m 0"}, "ext4"); err != nil {
 		t.Errorf("allowed options refused: %v", err)
 	}
+	// A class that leaves the filesystem to the capability
+	// (csi.storage.k8s.io/fstype) may carry xfs options for an xfs volume.
+	if err := create(map[string]string{ParamMkfsOptions: "-m reflink=1"}, "xfs"); err != nil {
+		t.Errorf("xfs options on an xfs capability refused: %v", err)
+	}
+	if _, err := parseVolumeContext(map[string]string{ParamMkfsOptions: "-m reflink=1"}); err != nil {
+		t.Errorf("xfs options in a volume context without fsType refused: %v", err)
+	}
+	if _, err := parseVolumeContext(map[string]string{ParamMkfsOptions: "-d /etc"}); err == nil {
+		t.Error("volume context mkfsOptions=-d /etc accepted")
+	}
 }

@@ -100,7 +100,7 @@ func parseVolumeParams(p map[string]string, defStore string) (volumeParams, erro
 			return vp, fmt.Errorf("unknown parameter %q (known: %s, %s, %s, %s, %s, %s, %s)", k, ParamStore, ParamFsType, ParamMkfsOptions, ParamCache, ParamDrainInterval, ParamDurability, ParamLeaseDuration)
 		}
 	}
-	if err := checkMkfsOptions(vp.FsType, vp.MkfsOptions); err != nil {
+	if err := checkMkfsOptionsFor(vp.FsType, vp.MkfsOptions); err != nil {
 		return vp, err
 	}
 	if vp.Store == "" {
@@ -160,6 +160,12 @@ func parseVolumeContext(c map[string]string) (volumeParams, error) {
 		if strings.ContainsRune(o, 0) {
 			return vp, fmt.Errorf("volume context %s: bad character", ParamMkfsOptions)
 		}
+	}
+	// The same allow-list as the StorageClass parameter: a hand-made
+	// PersistentVolume gets no more than a provisioned one. NodeStage
+	// checks again against the capability's filesystem.
+	if err := checkMkfsOptionsFor(vp.FsType, vp.MkfsOptions); err != nil {
+		return vp, fmt.Errorf("volume context: %w", err)
 	}
 	if v := c[ParamCache]; v != "" {
 		if err := checkCache(v); err != nil {
