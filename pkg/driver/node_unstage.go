@@ -10,6 +10,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/viperblock/viperblock-csi/pkg/attach"
+	"github.com/viperblock/viperblock-csi/pkg/nbdkit"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 )
 
@@ -141,7 +142,7 @@ func (n *NodeServer) stopAndDrain(ctx context.Context, id volumeID, st *volState
 			return false, stopErr
 		case attempt > 0:
 			return false, fmt.Errorf("%w: nbdkit stopped but the volume is still open at epoch %d; its data is in the WAL at %s: %s",
-				errNotDrained, inf.Epoch, n.paths(id).WALDir, logTail(n.paths(id).Log, -1))
+				errNotDrained, inf.Epoch, n.paths(id).WALDir, nbdkit.LogTail(n.paths(id).Log, -1))
 		}
 		// Open with our ownership and no nbdkit: it died before draining.
 		klog.InfoS("volume was not drained (nbdkit died?); serving it once more to drain its WAL", "volume", id)

@@ -155,9 +155,6 @@ func (p *procSupervisor) forward(srv *nbdkit.Server) {
 // errOwnedElsewhere.
 const nbdkitExitNotOwner = 77
 
-// logTail returns the end of a log file from offset from (at most 4 KiB).
-func logTail(path string, from int64) string { return nbdkit.LogTail(path, from) }
-
 // Probe reports whether nbdkit and the plugin are there to start.
 func (p *procSupervisor) Probe(_ context.Context, nbdkitBin, plugin string) error {
 	return nbdkit.Check(nbdkitBin, plugin)

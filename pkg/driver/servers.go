@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/viperblock/viperblock-csi/pkg/nbdkit"
 )
 
 // servers is the registry of the nbdkit processes that serve staged
@@ -215,7 +217,7 @@ func (n *NodeServer) watch(id volumeID, srv server) {
 		return
 	}
 	klog.ErrorS(nil, "nbdkit exited while its volume is staged; the healer restarts it if the volume is still this node's", "volume", id, "pid", srv.Pid(),
-		"log", logTail(n.paths(id).Log, -1))
+		"log", nbdkit.LogTail(n.paths(id).Log, -1))
 	go n.healLater(id)
 }
 

@@ -160,9 +160,6 @@ func isCpuset(hier string) bool {
 // Name is the group's name.
 func (g *Group) Name() string { return g.name }
 
-// V2 reports whether the root is a cgroup v2 (unified) file system.
-func (g *Group) V2() bool { return g.v2 }
-
 // Dirs are the group's directories, one per hierarchy.
 func (g *Group) Dirs() []string { return append([]string(nil), g.dirs...) }
 
@@ -227,13 +224,4 @@ func (g *Group) Remove() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// Place opens the group root/name (creating it) and moves pid into it.
-func Place(root, name string, pid int) error {
-	g, err := Open(root, name)
-	if err != nil {
-		return err
-	}
-	return g.Place(pid)
 }

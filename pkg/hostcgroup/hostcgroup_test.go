@@ -73,7 +73,7 @@ func TestPlaceReal(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Placing twice is harmless.
-	if err := hostcgroup.Place(testutil.CgroupRoot, g.Name(), cmd.Process.Pid); err != nil {
+	if err := g.Place(cmd.Process.Pid); err != nil {
 		t.Fatal(err)
 	}
 	in.Write([]byte("go\n"))

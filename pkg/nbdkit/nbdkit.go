@@ -189,9 +189,7 @@ func (c *Config) command(pidfile string) []string {
 }
 
 func (c *Config) complete() error {
-	if c.Nbdkit == "" {
-		c.Nbdkit = "nbdkit"
-	}
+	c.Nbdkit = binary(c.Nbdkit)
 	if c.SocketMode == 0 {
 		c.SocketMode = 0o600
 	}
@@ -736,10 +734,7 @@ func (t *tail) String() string {
 // Check reports whether the nbdkit binary and the plugin file exist, the
 // way Start would find them (nbdkit "" is "nbdkit" on PATH).
 func Check(nbdkitBin, plugin string) error {
-	if nbdkitBin == "" {
-		nbdkitBin = "nbdkit"
-	}
-	if _, err := exec.LookPath(nbdkitBin); err != nil {
+	if _, err := exec.LookPath(binary(nbdkitBin)); err != nil {
 		return fmt.Errorf("nbdkit: %w", err)
 	}
 	if _, err := os.Stat(plugin); err != nil {
@@ -751,12 +746,18 @@ func Check(nbdkitBin, plugin string) error {
 // PluginHelp is `nbdkit PLUGIN --help`: nbdkit's and the plugin's
 // parameters. It returns what was printed even when nbdkit fails.
 func PluginHelp(ctx context.Context, nbdkitBin, plugin string) (string, error) {
-	if nbdkitBin == "" {
-		nbdkitBin = "nbdkit"
-	}
+	nbdkitBin = binary(nbdkitBin)
 	out, err := exec.CommandContext(ctx, nbdkitBin, plugin, "--help").CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("%s %s --help: %w", nbdkitBin, plugin, err)
 	}
 	return string(out), nil
+}
+
+// binary is the nbdkit binary to run: name, or "nbdkit" on PATH.
+func binary(name string) string {
+	if name == "" {
+		return "nbdkit"
+	}
+	return name
 }
