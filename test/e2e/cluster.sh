@@ -27,7 +27,7 @@ cg_dir() {
 CG=$(cg_dir)
 
 # The Debian packages the cluster needs (scripts/deps.sh installs them too).
-CLUSTER_PACKAGES=(etcd-server containerd runc containernetworking-plugins iptables busybox-static openssl curl mmdebstrap)
+CLUSTER_PACKAGES=(etcd-server containerd runc containernetworking-plugins iptables iproute2 busybox-static openssl curl mmdebstrap)
 
 ensure_packages() {
   local missing=() p
@@ -321,17 +321,15 @@ cluster_up() {
   step "snapshot CRDs + snapshot-controller" install_snapshot_crds || return 1
 }
 
-# cluster_down: stops everything the harness started, in order, then sweeps
-# the cgroup (nbdkit, nbdfuse, shims, anything that escaped a PID file),
-# unmounts what is left under the run dir and detaches loop devices backed
-# there. Safe to run twice and on a half-started cluster.
+# cluster_down: stops everything the harness started, in order (the
+# driver runs in pods: their containers go with the kubelet's), then sweeps
+# the cgroups (shims, the volume servers, anything that escaped a PID file),
+# unmounts what is left under the run dir and the node's directories and
+# detaches loop devices backed there. Safe to run twice and on a
+# half-started cluster.
 cluster_down() {
   local n
-  for n in csi-provisioner csi-attacher csi-snapshotter csi-resizer registrar controller snapshot-controller; do
-    stop_bg "$n"
-  done
-  # The node plugin last among the driver's processes: unstage needs it.
-  stop_bg node
+  stop_bg snapshot-controller
   stop_bg kubelet
   if running containerd; then
     local t
