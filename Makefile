@@ -4,7 +4,7 @@ GO ?= go
 export PATH := $(shell $(GO) env GOPATH)/bin:$(PATH)
 PKGS := ./...
 
-.PHONY: all build plugin deps test unit check fmt vet staticcheck fuzz sanity vm-test e2e nemesis nemesis-broken preflight bench bench-go bench-flush bench-nbd demo stress clean
+.PHONY: all build plugin deps test unit check fmt vet staticcheck fuzz sanity vm-test e2e conformance nemesis nemesis-broken preflight bench bench-go bench-flush bench-nbd demo stress clean
 
 all: build
 
@@ -73,11 +73,21 @@ sanity: build
 vm-test: deps build
 	./test/vm/run.sh
 
-# A real single-node Kubernetes v1.37 (built from the Go module proxy once
-# into $(VB_E2E_CACHE), default /var/cache/viperblock-e2e) running the driver:
-# PVCs, snapshots, clones, expansion, node-plugin restart, cleanup.
+# A real two-node Kubernetes v1.37 (built from the Go module proxy once
+# into $(VB_E2E_CACHE), default /var/cache/viperblock-e2e) running the driver
+# as shipped: PVCs, snapshots, clones, expansion, node-plugin restarts and
+# rollouts, volumes moved between nodes (by hand, by drain, after a
+# partition), cleanup; then a fixed subset of the upstream Kubernetes
+# External Storage suite (test/e2e/conformance-subset.txt).
 e2e: deps build
 	VB_E2E_REQUIRE_DRIVER=1 ./test/e2e/run.sh
+
+# The whole upstream External Storage suite for the driver (e2e.test with
+# test/e2e/testdriver.yaml) on the two-node cluster; ends with
+# "k8s storage suite: N passed, N failed, N skipped". test/e2e/CONFORMANCE.md
+# lists what it skips and why.
+conformance: deps build
+	VB_E2E_REQUIRE_DRIVER=1 VB_E2E_SCENARIOS='^$$' VB_E2E_CONFORMANCE=full ./test/e2e/run.sh
 
 # Every fuzz target (discovered, not listed here) for a fixed number of
 # executions from scripts/fuzz-budgets, after a self-test that a finding

@@ -27,6 +27,7 @@ pkg_for gcc gcc
 pkg_for modprobe kmod
 pkg_for qemu-system-x86_64 qemu-system-x86
 pkg_for cpio cpio
+pkg_for jq jq
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need_apt+=(busybox-static)
 [ -f /usr/include/nbdkit-plugin.h ] || need_apt+=(nbdkit-plugin-dev)
 

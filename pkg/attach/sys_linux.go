@@ -190,13 +190,41 @@ func loopBacking(dev string) string {
 // loopsOf lists the loop devices whose backing file is file.
 func loopsOf(file string) []string {
 	ms, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	var st syscall.Stat_t
+	statOK := syscall.Stat(file, &st) == nil
 	var out []string
 	for _, m := range ms {
-		if s, err := readSysfs(m); err == nil && s == file {
-			out = append(out, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(m))))
+		s, err := readSysfs(m)
+		if err != nil || s != file {
+			continue
 		}
+		dev := "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(m)))
+		// sysfs holds the path as the attaching process saw it: in another
+		// mount namespace (a second node on this kernel, a container) the
+		// same path can name another file. The device and inode decide
+		// when both can be read.
+		if statOK && !loopIs(dev, uint64(st.Dev), st.Ino) {
+			continue
+		}
+		out = append(out, dev)
 	}
 	return out
+}
+
+// loopIs reports whether loop device dev is backed by the file with device
+// number fdev and inode ino; true when that cannot be read (the device
+// went, or its backing file is on a dead FUSE mount).
+func loopIs(dev string, fdev, ino uint64) bool {
+	f, err := os.OpenFile(dev, os.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return true
+	}
+	defer f.Close()
+	var info loopInfo64
+	if err := ioctl(f.Fd(), loopGetStatus64, uintptr(unsafe.Pointer(&info))); err != nil {
+		return true
+	}
+	return info.Device == fdev && info.Inode == ino
 }
 
 // mounted reports whether path is a mount point, and its filesystem type.

@@ -110,18 +110,25 @@ var (
 	descUp     = prometheus.NewDesc("viperblock_volume_server_up", "1 while the volume's nbdkit runs.", []string{"volume_id"}, nil)
 	descIO     = prometheus.NewDesc("viperblock_volume_io_bytes_total", "Bytes read and written through the volume's block device.", []string{"volume_id", "op"}, nil)
 	descOps    = prometheus.NewDesc("viperblock_volume_io_ops_total", "Read and write requests completed by the volume's block device.", []string{"volume_id", "op"}, nil)
+	descAbn    = prometheus.NewDesc("viperblock_volume_health_abnormal", "1 while the volume's health on this node (NodeGetVolumeHealth) reports a condition, else 0.", []string{"volume_id"}, nil)
+	descCond   = prometheus.NewDesc("viperblock_volume_health_condition", "1 for each condition the volume's health on this node reports: status INACCESSIBLE, DEGRADED or DATA_LOSS, and a reason such as Fenced, StoreUnavailable, DrainLagging.", []string{"volume_id", "status", "reason"}, nil)
 )
+
+// healthScrapeTimeout bounds the health checks of one scrape (they read
+// the store).
+const healthScrapeTimeout = 5 * time.Second
 
 type volumeCollector struct{ n *NodeServer }
 
 func (c volumeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descWAL, descWALAge, descUp, descIO, descOps} {
+	for _, d := range []*prometheus.Desc{descWAL, descWALAge, descUp, descIO, descOps, descAbn, descCond} {
 		ch <- d
 	}
 }
 
 func (c volumeCollector) Collect(ch chan<- prometheus.Metric) {
 	ids, _ := c.n.stagedVolumes()
+	c.collectHealth(ch, ids)
 	for _, id := range ids {
 		st, ok, err := c.n.loadState(id)
 		if err != nil || !ok {
@@ -148,6 +155,49 @@ func (c volumeCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descOps, prometheus.CounterValue, float64(s[0]), v, "read")
 			ch <- prometheus.MustNewConstMetric(descOps, prometheus.CounterValue, float64(s[4]), v, "write")
 		}
+	}
+}
+
+// collectHealth reports each volume's NodeGetVolumeHealth as metrics; the
+// checks run side by side, within healthScrapeTimeout together.
+func (c volumeCollector) collectHealth(ch chan<- prometheus.Metric, ids []volumeID) {
+	ctx, cancel := context.WithTimeout(context.Background(), healthScrapeTimeout)
+	defer cancel()
+	type result struct {
+		id volumeID
+		h  *csi.VolumeHealth
+	}
+	out := make(chan result, len(ids))
+	sem := make(chan struct{}, 8)
+	for _, id := range ids {
+		go func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			resp, err := c.n.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: id.String()})
+			if err != nil {
+				out <- result{id, nil}
+				return
+			}
+			out <- result{id, resp.GetVolumeHealth()}
+		}()
+	}
+	for range ids {
+		r := <-out
+		if r.h == nil {
+			continue // unstaged meanwhile, or not ours
+		}
+		v := r.id.String()
+		abnormal := 0.0
+		seen := map[[2]string]bool{}
+		for _, e := range r.h.GetHealthStatuses() {
+			abnormal = 1
+			k := [2]string{e.GetStatus().String(), e.GetReason()}
+			if !seen[k] {
+				seen[k] = true
+				ch <- prometheus.MustNewConstMetric(descCond, prometheus.GaugeValue, 1, v, k[0], k[1])
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(descAbn, prometheus.GaugeValue, abnormal, v)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -474,6 +475,18 @@ func TestNodeFenced(t *testing.T) {
 	h := r.health("v1")
 	if len(h) == 0 || h[0] != "INACCESSIBLE:Fenced" {
 		t.Fatalf("health of a fenced volume: %v", h)
+	}
+	// The node's metrics say so too.
+	want := `
+# HELP viperblock_volume_health_abnormal 1 while the volume's health on this node (NodeGetVolumeHealth) reports a condition, else 0.
+# TYPE viperblock_volume_health_abnormal gauge
+viperblock_volume_health_abnormal{volume_id="default/v1"} 1
+`
+	if err := promtest.CollectAndCompare(r.ns.Collector(), strings.NewReader(want), "viperblock_volume_health_abnormal"); err != nil {
+		t.Fatal(err)
+	}
+	if n := promtest.CollectAndCount(r.ns.Collector(), "viperblock_volume_health_condition"); n == 0 {
+		t.Fatal("no health condition metric for a fenced volume")
 	}
 	if err := r.unstage("v1"); err != nil {
 		t.Fatalf("unstage of a fenced volume: %v", err)

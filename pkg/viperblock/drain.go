@@ -96,6 +96,11 @@ func (v *Volume) drainOnce(ctx context.Context) error {
 	if len(segs) == 0 && !v.dirty {
 		return nil
 	}
+	// Upload nothing unless we are still the owner: a stale owner's
+	// chunks would be garbage in another owner's volume.
+	if err := v.mayUpload(ctx); err != nil {
+		return v.drainFailed(err)
+	}
 	start := time.Now()
 
 	// Newest record of each block, and the trims, among the sealed records

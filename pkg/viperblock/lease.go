@@ -376,6 +376,21 @@ func (l *leaseState) adopt(rec leaseRecord, ver backend.Version, sent time.Durat
 	}
 }
 
+// mayUpload returns nil if this open may upload to the store now: see
+// confirm. When it cannot renew its lease it reads the manifest, and an
+// epoch or owner other than its own fences it at once (a read, where an
+// upload would have found out only at the commit).
+func (v *Volume) mayUpload(ctx context.Context) error {
+	err := v.confirm()
+	if err == nil || errors.Is(err, ErrFenced) {
+		return err
+	}
+	if m, _, merr := readLiveManifest(ctx, v.store, v.name); merr == nil && (m.Epoch != v.epoch || m.Owner != v.owner) {
+		return v.fence(fmt.Errorf("the manifest is at epoch %d, ours is %d (lease: %v)", m.Epoch, v.epoch, err))
+	}
+	return err
+}
+
 // giveUpLease marks the lease released (after a clean close or a release),
 // so that the next open anywhere takes it at once. Best effort: if it
 // fails, the lease simply expires.

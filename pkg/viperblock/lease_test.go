@@ -413,3 +413,66 @@ func TestStaleWALRetention(t *testing.T) {
 		t.Fatalf("stale WALs past their retention kept: %v", stale)
 	}
 }
+
+// An owner that was paused (or partitioned) past its lease and then runs
+// again writes nothing to the store once another open has taken the volume
+// over: its drain (node durability: tried first) and its flush (store
+// durability, tried first: a store-log upload) renew first, find the
+// taker's lease, and fail with ErrFenced before any upload.
+func TestLeaseStaleOwnerUploadsNothing(t *testing.T) {
+	for _, class := range []vb.Durability{vb.DurabilityNode, vb.DurabilityStore} {
+		t.Run(string(class), func(t *testing.T) {
+			ctx := context.Background()
+			mem := backend.NewMem()
+			if err := vb.CreateWithClass(ctx, mem, "v", 1<<20, class); err != nil {
+				t.Fatal(err)
+			}
+			a, err := vb.Open(ctx, mem, "v", leaseOpts(t, 500*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			if _, err := a.WriteAt(fill(1, 4096), 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			vb.PauseLeaseForTest(a)
+			b, err := vb.Open(ctx, mem, "v", leaseOpts(t, time.Second))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			if err := b.Drain(ctx); err != nil { // B's own work done
+				t.Fatal(err)
+			}
+			before, err := mem.List(ctx, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A runs again with writes in memory: they must not reach the
+			// store.
+			if _, err := a.WriteAt(fill(2, 8192), 4096); err != nil && !errors.Is(err, vb.ErrFenced) {
+				t.Fatal(err)
+			}
+			first, second := a.Drain, func(context.Context) error { return a.Flush() }
+			if class == vb.DurabilityStore {
+				first, second = second, first
+			}
+			if err := first(ctx); !errors.Is(err, vb.ErrFenced) {
+				t.Fatalf("the stale owner's first drain or flush: %v; want ErrFenced", err)
+			}
+			if err := second(ctx); !errors.Is(err, vb.ErrFenced) {
+				t.Fatalf("the stale owner's second drain or flush: %v; want ErrFenced", err)
+			}
+			after, err := mem.List(ctx, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Join(before, "\n") != strings.Join(after, "\n") {
+				t.Fatalf("the stale owner changed the store's objects:\nbefore %v\nafter  %v", before, after)
+			}
+		})
+	}
+}

@@ -342,8 +342,11 @@ func (v *Volume) Flush() error {
 	return v.confirm()
 }
 
-// confirm returns nil if this open may confirm a flush now: its lease is
-// valid by its own clock (see lease.go), or a renewal made now succeeds.
+// confirm returns nil if this open may act as the owner now (confirm a
+// flush, or upload to the store): its lease is valid by its own clock (see
+// lease.go), or a renewal made now succeeds. An owner whose lease ran out
+// (partitioned from the store, or paused) thus learns of a takeover from
+// that renewal, which fences it, before it uploads anything.
 func (v *Volume) confirm() error {
 	if !leaseChecks || v.leaseValid() {
 		return nil

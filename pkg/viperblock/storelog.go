@@ -171,6 +171,10 @@ func (v *Volume) uploadTail(ctx context.Context) error {
 	if sl.upTo >= target {
 		return nil
 	}
+	// Only the owner writes to its store log (see confirm).
+	if err := v.mayUpload(ctx); err != nil {
+		return err
+	}
 	hw := v.seq.Load()
 	committed := v.committedSeq()
 	type mark struct {

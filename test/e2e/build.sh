@@ -28,7 +28,7 @@ if [ "${1:-}" = helpers ]; then
   exit 0
 fi
 
-stamp=$( (cd "$MOD" && sha256sum go.mod go.sum tools.go; echo "$K8S_VERSION") | sha256sum | cut -c1-16)
+stamp=$( (cd "$MOD" && sha256sum go.mod go.sum tools.go e2e_test_deps.go; echo "$K8S_VERSION") | sha256sum | cut -c1-16)
 
 mkdir -p "$CACHE_ROOT"
 exec 9>"$CACHE_ROOT/.build.lock"
@@ -60,12 +60,20 @@ CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$tmp/bin/" \
   k8s.io/kubernetes/cmd/kube-scheduler \
   k8s.io/kubernetes/cmd/kubelet \
   k8s.io/kubernetes/cmd/kubectl \
+  k8s.io/kubernetes/test/images/agnhost \
+  github.com/onsi/ginkgo/v2/ginkgo \
   github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner \
   github.com/kubernetes-csi/external-attacher/v4/cmd/csi-attacher \
   github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter \
   github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller \
   github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer
-log "go build of 10 commands: $(( $(date +%s) - s ))s"
+log "go build of 12 commands: $(( $(date +%s) - s ))s"
+
+# The upstream e2e test binary, for the External Storage suite
+# (conformance.sh): the package's own test main, as Kubernetes builds it.
+s=$(date +%s)
+CGO_ENABLED=0 go test -c -trimpath -ldflags "$ld" -o "$tmp/bin/e2e.test" k8s.io/kubernetes/test/e2e
+log "go test -c of e2e.test: $(( $(date +%s) - s ))s"
 
 crd=$(go mod download -json "github.com/kubernetes-csi/external-snapshotter/client/v8@$SNAPSHOTTER_VERSION" |
   sed -n 's/.*"Dir": "\(.*\)",$/\1/p')

@@ -110,15 +110,20 @@ driver_rollout() {
     kc -n "$CSI_NS" rollout status deployment/viperblock-csi-controller --timeout=300s >/dev/null
 }
 
+# csinode_has_driver [NODE]: the node's CSINode lists the driver (every
+# node's, without NODE).
 csinode_has_driver() {
-  kc get csinode "$NODE" -o jsonpath='{.spec.drivers[*].name}' 2>/dev/null | grep -qw "$DRIVER"
+  local n
+  for n in ${1:-$NODE_A $NODE_B}; do
+    kc get csinode "$n" -o jsonpath='{.spec.drivers[*].name}' 2>/dev/null | grep -qw "$DRIVER" || return 1
+  done
 }
 
 driver_up() {
   step "store (versitygw)" store_up || return 1
   step "deploy (kubectl apply -k)" deploy_driver || return 1
   step "driver pods Ready" driver_rollout || return 1
-  step "CSINode lists driver" wait_until 120 "CSINode $NODE lists $DRIVER" csinode_has_driver || return 1
+  step "CSINodes list driver" wait_until 120 "the CSINodes of $NODE_A and $NODE_B list $DRIVER" csinode_has_driver || return 1
   # The sidecars exit when they cannot reach the driver: give them a moment to.
   sleep 3
   driver_alive
@@ -152,17 +157,23 @@ driver_alive() {
   return 1
 }
 
-# node_pod: the node plugin's pod on this node (not one being deleted).
+# node_pod [NODE]: the node plugin's pod on NODE (default node A), not one
+# being deleted.
 node_pod() {
-  kc -n "$CSI_NS" get pods -l app.kubernetes.io/component=node --field-selector "spec.nodeName=$NODE" \
+  kc -n "$CSI_NS" get pods -l app.kubernetes.io/component=node --field-selector "spec.nodeName=${1:-$NODE}" \
     -o jsonpath='{range .items[*]}{.metadata.name} {.metadata.deletionTimestamp}{"\n"}{end}' | awk 'NF == 1 {print $1; exit}'
 }
 
-# node_plugin_pid: the host PID of the node plugin (the pod has hostPID).
+# node_plugin_pid [NODE]: the host PID of the node plugin on NODE (default
+# node A). The pods have hostPID, so both nodes' plugins are in the host's
+# PID namespace; the one on NODE is in NODE's network namespace
+# (hostNetwork).
 node_plugin_pid() {
-  local p
+  local p want
+  want=$(ip netns exec "${1:-$NODE}" readlink /proc/self/ns/net) || return 1
   for p in $(pgrep -x node); do
-    tr '\0' ' ' <"/proc/$p/cmdline" | grep -q -- '--endpoint=unix:///csi/csi.sock' && { echo "$p"; return 0; }
+    tr '\0' ' ' <"/proc/$p/cmdline" | grep -q -- '--endpoint=unix:///csi/csi.sock' || continue
+    [ "$(readlink "/proc/$p/ns/net")" = "$want" ] && { echo "$p"; return 0; }
   done
   return 1
 }

@@ -79,10 +79,12 @@ base_rootfs() {
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends mmdebstrap >/dev/null
   } || return 1
   log "building the $suite rootfs with $pkgs (cached as $out)" >&2
+  # mmdebstrap's apt fails when it inherits the harness's extra
+  # descriptors (the run lock, the saved stdout and stderr): close them.
   mmdebstrap --quiet --variant=minbase --include="$pkgs" \
     --aptopt='APT::Install-Recommends "false"' \
-    "$suite" "$out.tmp" http://deb.debian.org/debian >&2 || { rm -f "$out.tmp"; return 1; }
-  mv "$out.tmp" "$out"
+    "$suite" "$out.tmp.tar" http://deb.debian.org/debian >&2 3>&- 4>&- 8>&- 9>&- || { rm -rf "$out.tmp.tar"; return 1; }
+  mv "$out.tmp.tar" "$out"
   echo "$out"
 }
 

@@ -17,12 +17,19 @@ CACHE_ROOT=${VB_E2E_CACHE:-/var/cache/viperblock-e2e}
 KBIN_DIR=$CACHE_ROOT/k8s-$K8S_VERSION   # bin/, crd/, stamp
 BIN=$KBIN_DIR/bin
 
-# One cluster per machine: the control plane binds fixed loopback ports.
-STATE=/run/vb-e2e          # lock, pointer to the current run dir, containerd state
-NODE=$(hostname | tr '[:upper:]' '[:lower:]')
+# One cluster per machine: the control plane binds fixed ports on the
+# cluster network's gateway and loopback.
+STATE=/run/vb-e2e          # lock, namespace files, containerd state
 ETCD_PORT=${VB_E2E_ETCD_PORT:-12379}
 APISERVER_PORT=${VB_E2E_APISERVER_PORT:-16443}
-KUBELET_PORT=${VB_E2E_KUBELET_PORT:-20250}
+
+# Two nodes (cluster.sh): node A and node B, each a network, mount and UTS
+# namespace with its own containerd and kubelet. NODE is node A, where the
+# single-node scenarios pin the pods whose node they disturb.
+NODE_IDS=(a b)
+NODE_A=vbe2e-a
+NODE_B=vbe2e-b
+NODE=$NODE_A
 DRIVER=csi.viperblock.io
 
 E2E_T0=${E2E_T0:-$(date +%s.%N)}

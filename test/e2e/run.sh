@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# End-to-end test of Viperblock CSI on a real single-node Kubernetes, built
+# End-to-end test of Viperblock CSI on a real two-node Kubernetes, built
 # and started on this machine (as root; Debian 12 with Go):
 #
 #   test/e2e/run.sh            # or: make e2e
 #
 # 1. builds Kubernetes and the CSI sidecars from the Go module proxy, once
 #    per version, into $VB_E2E_CACHE (default /var/cache/viperblock-e2e);
-# 2. starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-#    containerd and kubelet as host processes, imports locally built pause
-#    and busybox images, installs the snapshot CRDs and snapshot-controller;
+# 2. starts etcd, kube-apiserver, kube-controller-manager and
+#    kube-scheduler as host processes, and two nodes, each a set of
+#    namespaces with its own containerd and kubelet (cluster.sh explains
+#    the design); imports locally built pause and busybox images, installs
+#    the snapshot CRDs and snapshot-controller;
 # 3. when make build's outputs exist, deploys the driver as a user does:
 #    the driver's image made from the Dockerfile's recipe and the sidecar
 #    images imported into containerd, versitygw as the S3 store, and
@@ -18,9 +20,11 @@
 #    only the cluster smoke test;
 # 4. tears everything down, on success, failure or interrupt.
 #
-# The cluster uses the host's /var/lib/kubelet, /run/viperblock and
-# /var/lib/viperblock (the paths the manifests mount) and removes them at
-# teardown: run it on a machine that is not a Kubernetes node.
+# Each node mounts its own directories over /var/lib/kubelet,
+# /run/viperblock and /var/lib/viperblock (the paths the manifests mount)
+# in its own mount namespace; the host's are left as they are. The
+# cluster's addresses (10.244.0.0/16, the bridge vbe2e0) and the network
+# namespaces vbe2e-a and vbe2e-b must be free.
 #
 # Prints timings per step and ends with "N passed, N failed[, N skipped]".
 #
@@ -28,10 +32,15 @@
 #   VB_E2E_CACHE          build cache dir (outside the repo)
 #   VB_E2E_RUN_DIR        run dir (default /tmp/vb-e2e; wiped at start)
 #   VB_E2E_KEEP=1         leave the cluster running at the end (teardown:
-#                         test/e2e/run.sh --down)
+#                         test/e2e/run.sh --down; run scenarios on it
+#                         again: test/e2e/run.sh --again)
 #   VB_E2E_REQUIRE_DRIVER=1  fail instead of skipping the driver scenarios
 #                         when the driver binaries are missing
 #   VB_E2E_SCENARIOS      regexp: run only the driver scenarios it matches
+#   VB_E2E_CONFORMANCE    after the scenarios, the upstream External Storage
+#                         suite (conformance.sh): subset (the default: the
+#                         specs in conformance-subset.txt), full (make
+#                         conformance) or none; its specs count in the totals
 #   VB_E2E_STORE_PORT     versitygw's port on the pod network's gateway
 # shellcheck source-path=SCRIPTDIR
 set -uo pipefail
@@ -51,13 +60,12 @@ R=${VB_E2E_RUN_DIR:-/tmp/vb-e2e}
 . "$E2E_DIR/scenarios.sh"
 # shellcheck source=scenarios_shipped.sh
 . "$E2E_DIR/scenarios_shipped.sh"
+# shellcheck source=scenarios_nodes.sh
+. "$E2E_DIR/scenarios_nodes.sh"
+# shellcheck source=conformance.sh
+. "$E2E_DIR/conformance.sh"
 
 [ "$(id -u)" = 0 ] || die "run as root: the cluster mounts, runs containers and loads images"
-
-# (device-plugins/ alone is what any kubelet leaves, whatever its root dir.)
-if [ -d /var/lib/kubelet ] && [ ! -e /var/lib/kubelet/.vb-e2e ] && [ -n "$(ls -A /var/lib/kubelet | grep -vx device-plugins)" ]; then
-  die "/var/lib/kubelet belongs to another kubelet: the e2e cluster uses (and removes) it"
-fi
 
 mkdir -p "$STATE"
 exec 8>"$STATE/lock"
@@ -91,6 +99,49 @@ teardown() {
 if [ "${1:-}" = --down ]; then
   teardown force
   exit 0
+fi
+
+# run_conformance: the upstream suite as VB_E2E_CONFORMANCE says; its
+# passed, failed and skipped specs count in the totals, and its summary is
+# a line of the results.
+run_conformance() {
+  local mode=${VB_E2E_CONFORMANCE:-subset} out line p f s rc=0
+  [ "$mode" = none ] && return 0
+  out=$R/log/conformance-$mode.out
+  step "k8s storage suite ($mode)" conformance_run "$mode" > >(tee "$out") 2>&1 || rc=$?
+  wait $! 2>/dev/null
+  line=$(grep -E '^k8s storage suite: [0-9]+ passed, [0-9]+ failed' "$out" | tail -1)
+  if [ -z "$line" ]; then
+    FAILED=$((FAILED + 1)); RESULTS+=("FAIL  k8s storage suite ($mode): no summary (rc $rc; $out)")
+    return
+  fi
+  p=$(grep -Eo '[0-9]+ passed' <<<"$line" | grep -Eo '[0-9]+')
+  f=$(grep -Eo '[0-9]+ failed' <<<"$line" | grep -Eo '[0-9]+')
+  s=$(grep -Eo '[0-9]+ skipped' <<<"$line" | grep -Eo '[0-9]+')
+  PASSED=$((PASSED + p)); FAILED=$((FAILED + f)); SKIPPED=$((SKIPPED + ${s:-0}))
+  [ "$rc" = 0 ] || [ "$f" -gt 0 ] || FAILED=$((FAILED + 1))
+  RESULTS+=("$([ "$rc" = 0 ] && [ "$f" = 0 ] && echo PASS || echo FAIL)  $line ($mode)")
+}
+
+# select_scenarios: only the driver scenarios VB_E2E_SCENARIOS matches.
+select_scenarios() {
+  [ -n "${VB_E2E_SCENARIOS:-}" ] || return 0
+  local s sel=()
+  for s in "${DRIVER_SCENARIOS[@]}"; do [[ "${s%%|*}" =~ $VB_E2E_SCENARIOS ]] && sel+=("$s"); done
+  DRIVER_SCENARIOS=("${sel[@]}")
+}
+
+# --again: the scenarios once more on a cluster a VB_E2E_KEEP=1 run left
+# up (no set-up, no teardown): for working on a scenario.
+if [ "${1:-}" = --again ]; then
+  [ -f "$R/pki/admin.kubeconfig" ] && running kube-apiserver || die "no cluster left running in $R (VB_E2E_KEEP=1 test/e2e/run.sh)"
+  export PATH="$BIN:$PATH"
+  trap 'exec 1>&3 2>&4; print_results; echo "$PASSED passed, $FAILED failed$([ "$SKIPPED" = 0 ] || echo ", $SKIPPED skipped")"; exit $((FAILED > 0))' EXIT
+  exec 3>&1 4>&2
+  select_scenarios
+  run_scenarios yes
+  run_conformance
+  exit
 fi
 
 # A run killed before its teardown (SIGKILL, a lost machine) leaves its
@@ -140,12 +191,9 @@ cluster_up || setup_failed "cluster"
 
 if have_driver; then
   driver_up || setup_failed "driver"
-  if [ -n "${VB_E2E_SCENARIOS:-}" ]; then
-    sel=()
-    for s in "${DRIVER_SCENARIOS[@]}"; do [[ "${s%%|*}" =~ $VB_E2E_SCENARIOS ]] && sel+=("$s"); done
-    DRIVER_SCENARIOS=("${sel[@]}")
-  fi
+  select_scenarios
   run_scenarios yes
+  run_conformance
 else
   why="no driver: the files the Dockerfile copies from make build are missing (make build)"
   [ "${VB_E2E_REQUIRE_DRIVER:-0}" = 1 ] && setup_failed "$why"

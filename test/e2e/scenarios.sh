@@ -1,7 +1,9 @@
 # shellcheck shell=bash
 # The e2e scenarios. Each is a function that returns non-zero on failure
 # (with a line saying why); run_scenario times it and counts it. Pods are
-# hostNetwork busybox pods (the only network is loopback) in namespace e2e.
+# hostNetwork busybox pods in namespace e2e, on either node unless a
+# scenario pins them with POD_NODE (pod, io_pod): one that disturbs a
+# node, or moves a volume between the nodes.
 # Sourced by run.sh.
 
 NS=e2e
@@ -61,7 +63,8 @@ diagnose() {
     kc -n "$CSI_NS" get pods -o wide
     kc -n "$CSI_NS" get events --sort-by=.lastTimestamp | tail -10
     driver_logs 15
-    echo "--- tail kubelet.log"; tail -15 "$R/log/kubelet.log"
+    local id
+    for id in "${NODE_IDS[@]}"; do echo "--- tail kubelet-$id.log"; tail -15 "$R/log/kubelet-$id.log"; done
   } 2>&1 | sed 's/^/   | /'
 }
 
@@ -81,8 +84,11 @@ ${source}
 EOF
 }
 
-# pod NAME PVC SCRIPT [block] [Always|Never]: a busybox pod with the PVC at
-# /data (or as the device /dev/xvda), running SCRIPT once.
+# node_selector: the pod spec line that pins a pod to $POD_NODE, if set.
+node_selector() { [ -z "${POD_NODE:-}" ] || echo "  nodeSelector: {kubernetes.io/hostname: $POD_NODE}"; }
+
+# pod NAME PVC SCRIPT [block]: a busybox pod with the PVC at /data (or as
+# the device /dev/xvda), running SCRIPT once; on node $POD_NODE if set.
 pod() {
   local name=$1 claim=$2 script=$3 kind=${4:-fs}
   local use
@@ -99,6 +105,7 @@ spec:
   hostNetwork: true
   restartPolicy: Never
   terminationGracePeriodSeconds: 2
+$(node_selector)
   containers:
   - name: c
     image: $BUSYBOX_IMAGE
@@ -138,34 +145,61 @@ wait_bound() {
   kc -n "$NS" wait --for=jsonpath='{.status.phase}'=Bound "pvc/$1" --timeout="${2:-120}s" >/dev/null || fail "pvc $1 not Bound"
 }
 
-# volume_mounts lists the mounts of staged or published volumes and the
-# node plugin's own (nbdfuse) mounts.
+# volume_mounts [ID...]: the mounts of staged or published volumes and the
+# node plugin's own (nbdfuse) mounts on the nodes (default: every node),
+# each as ID:PATH.
 volume_mounts() {
-  awk -v k="$KUBELET_DIR/" -v n="/run/viperblock/" \
-    '(index($2, k) == 1 && $2 ~ /csi/) || index($2, n) == 1 {print $2}' /proc/mounts
+  local id
+  for id in "${@:-${NODE_IDS[@]}}"; do
+    node_mounts "$id" | awk -v k="$KUBELET_DIR/" -v n="/run/viperblock/" -v id="$id" \
+      '(index($1, k) == 1 && $1 ~ /csi/) || index($1, n) == 1 {print id ":" $1}'
+  done
 }
+
+# pod_node POD: the node POD runs on.
+pod_node() { kc -n "$NS" get pod "$1" -o jsonpath='{.spec.nodeName}'; }
 
 pv_of() { kc -n "$NS" get pvc "$1" -o jsonpath='{.spec.volumeName}'; }
 
 # ---- scenarios -------------------------------------------------------------
 
-# Smoke: the cluster itself works (no driver needed).
+# Smoke: the cluster itself works (no driver needed): both nodes Ready; on
+# each, a pod on the pod network that logs, answers kubectl exec, reaches
+# the pod on the other node and the API server through its Service
+# address, and has the node's name as its node's hostname.
 scenario_smoke() {
-  kc get node "$NODE" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -qx True || fail "node not Ready" || return 1
-  kc -n "$NS" apply -f - >/dev/null <<EOF
+  local id n ip other
+  for id in "${NODE_IDS[@]}"; do
+    n=$(node_name "$id")
+    node_ready "$n" || fail "node $n not Ready" || return 1
+    kc -n "$NS" apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Pod
-metadata: {name: smoke}
+metadata: {name: smoke-$id}
 spec:
-  hostNetwork: true
+  nodeSelector: {kubernetes.io/hostname: $n}
   terminationGracePeriodSeconds: 1
   containers:
-  - {name: c, image: $BUSYBOX_IMAGE, imagePullPolicy: Never, command: ["/bin/sh", "-c", "echo smoke-ok; exec sleep 3600"]}
+  - {name: c, image: $BUSYBOX_IMAGE, imagePullPolicy: Never, command: ["/bin/sh", "-c", "echo smoke-ok; exec nc -ll -p 8080 -e echo pong-$id"]}
 EOF
-  wait_running smoke 120 || return 1
-  kc -n "$NS" logs smoke | grep -qx smoke-ok || fail "pod log lacks smoke-ok" || return 1
-  [ "$(kc -n "$NS" exec smoke -- cat /proc/self/comm 2>&1)" = cat ] || fail "kubectl exec does not work" || return 1
-  delete_pod smoke || fail "pod deletion" || return 1
+  done
+  for id in "${NODE_IDS[@]}"; do
+    wait_running "smoke-$id" 120 || return 1
+    kc -n "$NS" logs "smoke-$id" | grep -qx smoke-ok || fail "pod log of smoke-$id lacks smoke-ok" || return 1
+    [ "$(kc -n "$NS" exec "smoke-$id" -- cat /proc/self/comm 2>&1)" = cat ] || fail "kubectl exec does not work on node $id" || return 1
+    ip=$(kc -n "$NS" get pod "smoke-$id" -o jsonpath='{.status.podIP}')
+    [[ "$ip" == "$(node_pod_cidr "$id" | sed 's/0\/24$//')"* ]] || fail "smoke-$id has address $ip, not one of node $id's pod network" || return 1
+  done
+  for id in "${NODE_IDS[@]}"; do
+    other=$( [ "$id" = a ] && echo b || echo a )
+    ip=$(kc -n "$NS" get pod "smoke-$other" -o jsonpath='{.status.podIP}')
+    [ "$(kc -n "$NS" exec "smoke-$id" -- sh -c "nc -w 5 $ip 8080 </dev/null" 2>&1)" = "pong-$other" ] ||
+      fail "the pod on node $id does not reach the pod on node $other ($ip)" || return 1
+    kc -n "$NS" exec "smoke-$id" -- sh -c "nc -w 3 $API_VIP 443 </dev/null" >/dev/null 2>&1 ||
+      fail "the pod on node $id does not reach the API server at $API_VIP:443" || return 1
+    [ "$(in_node "$id" hostname)" = "$(node_name "$id")" ] || fail "node $id's hostname is $(in_node "$id" hostname)" || return 1
+  done
+  delete_pod smoke-a smoke-b || fail "pod deletion" || return 1
 }
 
 write_script='dd if=/dev/urandom of=/data/blob bs=1M count=8 2>/dev/null && sha256sum /data/blob > /data/blob.sha256 && sync && cat /data/blob.sha256'
@@ -346,6 +380,10 @@ DRIVER_SCENARIOS=(
   "6b node-plugin rolling update|scenario_node_rolling_update"
   "8 controller rolling update|scenario_controller_rollout"
   "9 credential rotation|scenario_credential_rotation"
+  "10 two-node move|scenario_two_node_move"
+  "11 node drain|scenario_node_drain"
+  "12 clone on another node|scenario_clone_other_node"
+  "13 node partition|scenario_node_partition"
   "7 delete everything, store empty|scenario_cleanup"
 )
 

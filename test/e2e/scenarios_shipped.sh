@@ -21,10 +21,12 @@ scenario_shipped_image() {
   # The volume server's own lines, forwarded by the node plugin with the
   # prefix "nbdkit <store>.<volume>: ".
   ENGINE_PREFIX="nbdkit ${vol/\//.}: "
+  # The node plugin of the node the writer ran on.
+  NPOD=$(node_pod "$(pod_node shipped-w)")
   wait_until 60 "the engine's log for $vol in kubectl logs" eval \
-    'kc -n "$CSI_NS" logs "$(node_pod)" -c node | grep -qF "$ENGINE_PREFIX"' ||
-    fail "kubectl logs of the node plugin has no line starting '$ENGINE_PREFIX': $(kc -n "$CSI_NS" logs "$(node_pod)" -c node | tail -5)" || return 1
-  log "   $(kc -n "$CSI_NS" logs "$(node_pod)" -c node | grep -F "$ENGINE_PREFIX" | head -1 | cut -c1-160)"
+    'kc -n "$CSI_NS" logs "$NPOD" -c node | grep -qF "$ENGINE_PREFIX"' ||
+    fail "kubectl logs of the node plugin has no line starting '$ENGINE_PREFIX': $(kc -n "$CSI_NS" logs "$NPOD" -c node | tail -5)" || return 1
+  log "   $(kc -n "$CSI_NS" logs "$NPOD" -c node | grep -F "$ENGINE_PREFIX" | head -1 | cut -c1-160)"
   delete_pod shipped-w
 }
 
@@ -50,7 +52,8 @@ io_writer_script='mkdir -p /data/sums /data/blk
   exec sleep 3600'
 
 # io_pod NAME FS-PVC BLOCK-PVC SCRIPT: a busybox pod with the ext4 PVC at
-# /data and the raw block PVC as /dev/xvda, running SCRIPT.
+# /data and the raw block PVC as /dev/xvda, running SCRIPT; on node
+# $POD_NODE if set.
 io_pod() {
   kc -n "$NS" apply -f - >/dev/null <<EOF
 apiVersion: v1
@@ -60,6 +63,7 @@ spec:
   hostNetwork: true
   restartPolicy: Never
   terminationGracePeriodSeconds: 2
+$(node_selector)
   containers:
   - name: c
     image: $BUSYBOX_IMAGE
@@ -176,14 +180,16 @@ disturb_rolling_update() {
   wait_until 180 "the DaemonSet replaced its pod" eval '[ -n "$(node_pod)" ] && [ "$(node_pod)" != '"$pod"' ]' ||
     fail "the DaemonSet did not replace $pod" || return 1
   wait_node_plugin_ready || return 1
-  [ "$(kc -n "$CSI_NS" get daemonset viperblock-csi-node -o jsonpath='{.status.updatedNumberScheduled}')" = 1 ] ||
-    fail "the DaemonSet did not update its pod" || return 1
+  [ "$(kc -n "$CSI_NS" get daemonset viperblock-csi-node -o jsonpath='{.status.updatedNumberScheduled}')" = "${#NODE_IDS[@]}" ] ||
+    fail "the DaemonSet did not update its pods on all ${#NODE_IDS[@]} nodes" || return 1
   log "   node plugin pod $pod -> $(node_pod)"
   io_progress "$1" "after the rolling update"
 }
 
-scenario_node_restart_io() { io_scenario nrio disturb_delete_and_kill; }
-scenario_node_rolling_update() { io_scenario nrup disturb_rolling_update; }
+# The writers of these scenarios run on node A, whose node plugin the
+# disturbance replaces.
+scenario_node_restart_io() { POD_NODE=$NODE_A io_scenario nrio disturb_delete_and_kill; }
+scenario_node_rolling_update() { POD_NODE=$NODE_A io_scenario nrup disturb_rolling_update; }
 
 # controller_ops TAG: PVC create, snapshot, delete, through the controller.
 controller_ops() {
@@ -220,7 +226,7 @@ scenario_controller_rollout() {
 scenario_credential_rotation() {
   local vol chunks0 chunks1
   pvc rot viperblock-ext4 1Gi && wait_bound rot || return 1
-  pod rot-w rot "echo before > /data/before && sync && exec sleep 3600" && wait_running rot-w || return 1
+  POD_NODE=$NODE_A pod rot-w rot "echo before > /data/before && sync && exec sleep 3600" && wait_running rot-w || return 1
   vol=$(kc get pv "$(pv_of rot)" -o jsonpath='{.spec.csi.volumeHandle}')
   store_user create viperblock-b secret-b-0123456789abcdef || fail "creating the second account" || return 1
   kc -n "$CSI_NS" patch secret viperblock-s3-credentials --type=merge \
