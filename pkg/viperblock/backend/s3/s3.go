@@ -12,12 +12,14 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -136,6 +138,24 @@ func init() {
 	})
 }
 
+// abortiveClose sets SO_LINGER 0 on the store's connections, so that
+// closing one discards what the kernel has not sent yet (and resets the
+// connection). A request given up on (its context ended: the caller was
+// told it failed) while the store was unreachable would otherwise stay in
+// the socket's send queue and be delivered, and applied, when the network
+// came back: a write of a volume's owner landing after another owner took
+// the volume over.
+func abortiveClose(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptLinger(int(fd), syscall.SOL_SOCKET, syscall.SO_LINGER, &syscall.Linger{Onoff: 1, Linger: 0})
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
 // New opens a store. It makes no request to the server.
 func New(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Bucket == "" {
@@ -167,7 +187,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 			tr.MaxIdleConns = 256
 			tr.MaxIdleConnsPerHost = 64
 			tr.IdleConnTimeout = 90 * time.Second
-		})
+		}).WithDialerOptions(func(d *net.Dialer) { d.Control = abortiveClose })
 	}
 	logger := cfg.Logger
 	if logger == nil {
