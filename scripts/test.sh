@@ -5,7 +5,8 @@
 #          conformance on memory/file/S3, NBD against real nbdkit, csi-sanity)
 #   fuzz   every fuzz target for a fixed number of executions (scripts/fuzz.sh)
 #   vm     QEMU guests: kernel NBD, the CSI node service, KubeVirt-style I/O
-#   e2e    a real single-node Kubernetes running the driver
+#   e2e    a real two-node Kubernetes running the driver, then a subset of
+#          the upstream Kubernetes storage suite
 #
 # Every tier runs even when an earlier one failed, so one run shows the whole
 # picture; the script exits 1 if any tier failed. TIERS='go fuzz' runs a

@@ -379,37 +379,6 @@ EOF
   wait_until 60 "containerd of node $id" ctr -a "$(containerd_sock "$id")" version
 }
 
-# oci_image REF OUT CONFIG-JSON LAYER-TAR...: an OCI image archive with
-# uncompressed layers, for `ctr images import`.
-oci_image() {
-  local ref=$1 out=$2 config=$3; shift 3
-  local t layers="" diffids="" l d s
-  t=$(mktemp -d "$R/oci.XXXXXX")
-  mkdir -p "$t/blobs/sha256"
-  for l in "$@"; do
-    d=$(sha256sum "$l" | cut -d' ' -f1); s=$(stat -c %s "$l")
-    cp "$l" "$t/blobs/sha256/$d"
-    layers+="${layers:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:$d\",\"size\":$s}"
-    diffids+="${diffids:+,}\"sha256:$d\""
-  done
-  printf '{"architecture":"amd64","os":"linux","config":%s,"rootfs":{"type":"layers","diff_ids":[%s]}}' "$config" "$diffids" >"$t/config"
-  local cd cs; cd=$(sha256sum "$t/config" | cut -d' ' -f1); cs=$(stat -c %s "$t/config")
-  mv "$t/config" "$t/blobs/sha256/$cd"
-  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[%s]}' \
-    "$cd" "$cs" "$layers" >"$t/manifest"
-  local md ms; md=$(sha256sum "$t/manifest" | cut -d' ' -f1); ms=$(stat -c %s "$t/manifest")
-  mv "$t/manifest" "$t/blobs/sha256/$md"
-  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"%s","io.containerd.image.name":"%s"}}]}' \
-    "$md" "$ms" "$ref" "$ref" >"$t/index.json"
-  echo '{"imageLayoutVersion":"1.0.0"}' >"$t/oci-layout"
-  tar -C "$t" -cf "$out" oci-layout index.json blobs
-  rm -rf "$t"
-}
-
-# layer_tar DIR OUT: a reproducible layer of DIR's contents (sorted, zero
-# mtimes, owned by root).
-layer_tar() { tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$1" -cf "$2" .; }
-
 # Images: pause (the sandbox) and busybox (every test pod), built here from
 # the harness's pause and Debian's static busybox: nothing is pulled. Each
 # is imported into every node's containerd.
@@ -546,6 +515,13 @@ cluster_down() {
   detach_loops
   sweep_cgroup
   for id in "${NODE_IDS[@]}"; do node_down "$id"; done
+  # The pods' network namespace files: containerd mounts them in the
+  # nodes' mount namespaces, but the files are made in the host's
+  # /run/netns; with the nodes gone they are empty files, mounted nowhere.
+  local f
+  for f in /run/netns/cni-*; do
+    [ -f "$f" ] && ! mountpoint -q "$f" && rm -f "$f"
+  done
   pod_network_down
   unmount_run_dir
   for n in "${NODE_DIRS[@]}"; do rmdir "$n" 2>/dev/null; done

@@ -80,7 +80,9 @@ conformance_bins() {
 #                      Dockerfile's path and entrypoint), over the busybox
 #                      layer (upstream's base is alpine: tests run sh, dd,
 #                      md5sum, nsenter... in agnhost containers)
-#   glibc-dns-testing  the busybox layer (multiVolume runs sh -c in it)
+#   glibc-dns-testing  a Debian rootfs (the driver image's base, base_rootfs):
+#                      glibc and coreutils, as upstream's Debian-based image;
+#                      multiVolume writes with coreutils' `dd oflag=nocache`
 #   nginx              the busybox layer (volumes' exec test runs sh -c in
 #                      it); its default command says it is no nginx
 #   pause              the harness's pause binary (build.sh helpers)
@@ -96,6 +98,8 @@ upstream_images() {
     return 1
   fi
   [ -x "$R/bin/pause" ] || { log "$R/bin/pause is missing: build.sh helpers $R/bin"; return 1; }
+  local debian
+  debian=$(base_rootfs) || { log "no Debian rootfs for $CONFORMANCE_GLIBC"; return 1; }
   rm -rf "$i"
   mkdir -p "$i/bb/bin" "$i/bb/sbin" "$i/bb/usr/bin" "$i/bb/usr/sbin" "$i/bb/etc" "$i/bb/tmp" "$i/bb/root" \
     "$i/agn/uploads" "$i/agn/etc" "$i/pause" || return 1
@@ -124,7 +128,7 @@ upstream_images() {
     oci_image "$CONFORMANCE_AGNHOST" "$i/agnhost.tar" \
       "{\"Entrypoint\":[\"/agnhost\"],\"Cmd\":[\"pause\"],\"Env\":[\"$path\"],\"WorkingDir\":\"/\"}" \
       "$i/busybox-layer.tar" "$i/agnhost-layer.tar" &&
-    oci_image "$CONFORMANCE_GLIBC" "$i/glibc.tar" "{\"Cmd\":[\"sh\"],\"Env\":[\"$path\"]}" "$i/busybox-layer.tar" &&
+    oci_image "$CONFORMANCE_GLIBC" "$i/glibc.tar" "{\"Cmd\":[\"sh\"],\"Env\":[\"$path\"]}" "$debian" &&
     oci_image "$CONFORMANCE_NGINX" "$i/nginx.tar" \
       "{\"Cmd\":[\"sh\",\"-c\",\"echo 'not nginx: the e2e harness built this image from busybox for the storage tests' >&2; exit 1\"],\"Env\":[\"$path\"]}" \
       "$i/busybox-layer.tar" &&

@@ -25,7 +25,7 @@ APISERVER_PORT=${VB_E2E_APISERVER_PORT:-16443}
 
 # Two nodes (cluster.sh): node A and node B, each a network, mount and UTS
 # namespace with its own containerd and kubelet. NODE is node A, where the
-# single-node scenarios pin the pods whose node they disturb.
+# scenarios that disturb one node pin their pods there.
 NODE_IDS=(a b)
 NODE_A=vbe2e-a
 NODE_B=vbe2e-b

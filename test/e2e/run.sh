@@ -42,6 +42,8 @@
 #                         specs in conformance-subset.txt), full (make
 #                         conformance) or none; its specs count in the totals
 #   VB_E2E_STORE_PORT     versitygw's port on the pod network's gateway
+#   VB_E2E_LOCK_WAIT      seconds to wait for another run to end (default 0:
+#                         fail at once)
 # shellcheck source-path=SCRIPTDIR
 set -uo pipefail
 
@@ -69,7 +71,11 @@ R=${VB_E2E_RUN_DIR:-/tmp/vb-e2e}
 
 mkdir -p "$STATE"
 exec 8>"$STATE/lock"
-flock -n 8 || die "another e2e run holds $STATE/lock"
+if ! flock -n 8; then
+  [ "${VB_E2E_LOCK_WAIT:-0}" -gt 0 ] || die "another e2e run holds $STATE/lock"
+  log "another e2e run holds $STATE/lock: waiting up to ${VB_E2E_LOCK_WAIT}s for it to end"
+  flock -w "$VB_E2E_LOCK_WAIT" 8 || die "another e2e run still holds $STATE/lock after ${VB_E2E_LOCK_WAIT}s"
+fi
 
 teardown() {
   local rc=$?

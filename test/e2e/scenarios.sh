@@ -121,10 +121,12 @@ EOF
 
 # run_pod NAME PVC SCRIPT [block]: runs SCRIPT to completion; prints its
 # output; fails unless the pod Succeeded.
-run_pod() {
-  local name=$1
-  pod "$@" || return 1
-  local phase=""
+run_pod() { pod "$@" && wait_done "$1"; }
+
+# wait_done NAME: waits (POD_TIMEOUT, default 180 s) for pod NAME to end;
+# prints its output; fails unless it Succeeded.
+wait_done() {
+  local name=$1 phase=""
   local end=$(( $(date +%s) + ${POD_TIMEOUT:-180} ))
   while [ "$(date +%s)" -lt $end ]; do
     phase=$(kc -n "$NS" get pod "$name" -o jsonpath='{.status.phase}' 2>/dev/null)

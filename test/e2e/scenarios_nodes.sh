@@ -282,21 +282,6 @@ scenario_node_partition_b() {
   node_partition a off "$APISERVER_PORT"
 }
 
-# run_pod_io NAME FS-PVC BLOCK-PVC SCRIPT: io_pod run to completion; prints
-# its output; fails unless it Succeeded.
-run_pod_io() {
-  local name=$1 phase=""
-  io_pod "$@" || return 1
-  local end=$(( $(date +%s) + ${POD_TIMEOUT:-180} ))
-  while [ "$(date +%s)" -lt $end ]; do
-    phase=$(kc -n "$NS" get pod "$name" -o jsonpath='{.status.phase}' 2>/dev/null)
-    case "$phase" in Succeeded | Failed) break ;; esac
-    sleep 1
-  done
-  kc -n "$NS" logs "$name" 2>/dev/null
-  [ "$phase" = Succeeded ] || { log "   pod $name: phase ${phase:-none}" >&2; return 1; }
-}
-
 # Clone on another node: a clone of a volume a pod on A is writing is used
 # on B while A goes on writing; each sees only its own writes.
 scenario_clone_other_node() {

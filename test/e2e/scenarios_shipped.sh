@@ -80,6 +80,10 @@ $(printf '%s\n' "$4" | sed 's/^[[:space:]]*/      /')
 EOF
 }
 
+# run_pod_io NAME FS-PVC BLOCK-PVC SCRIPT: io_pod run to completion; prints
+# its output; fails unless it Succeeded.
+run_pod_io() { io_pod "$@" && wait_done "$1"; }
+
 # io_verify_script checks, in a new pod, every file and block the writer
 # recorded: the data must be what was synced.
 io_verify_script='n=0
@@ -127,15 +131,8 @@ io_scenario() {
   ! kc -n "$NS" logs "$name-w" | grep -q IOERROR || fail "I/O error: $(kc -n "$NS" logs "$name-w" | grep IOERROR | head -3)" || return 1
   log "   writer $(kc -n "$NS" logs "$name-w" | tail -1)"
   delete_pod "$name-w" || fail "deleting the writer (unstage)" || return 1
-  io_pod "$name-r" "$name-fs" "$name-blk" "$io_verify_script" || return 1
-  local end=$(( $(date +%s) + 180 )) phase=""
-  while [ "$(date +%s)" -lt $end ]; do
-    phase=$(kc -n "$NS" get pod "$name-r" -o jsonpath='{.status.phase}' 2>/dev/null)
-    case "$phase" in Succeeded | Failed) break ;; esac
-    sleep 1
-  done
-  out=$(kc -n "$NS" logs "$name-r" 2>&1)
-  [ "$phase" = Succeeded ] || fail "verification after the disturbance: ${out:-phase $phase}" || return 1
+  out=$(run_pod_io "$name-r" "$name-fs" "$name-blk" "$io_verify_script" 2>&1) ||
+    fail "verification after the disturbance: $out" || return 1
   log "   $out"
   delete_pod "$name-r"
 }
