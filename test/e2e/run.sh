@@ -86,6 +86,8 @@ teardown() {
   fi
   local s; s=$(date +%s.%N)
   log "== teardown"
+  # The suite's processes (conformance.sh runs them in the background).
+  pkill -KILL -f -- "bin/e2e.test --kubeconfig=$R/pki/admin.kubeconfig" 2>/dev/null
   cluster_down
   local leftover
   leftover=$(awk -v r="$R" 'index($2, r) == 1 {print $2}' /proc/mounts)
