@@ -53,14 +53,21 @@ func TestLoopClearOnlyOurs(t *testing.T) {
 // for it.
 func TestLoopsOfSamePathOtherFile(t *testing.T) {
 	testutil.NeedRoot(t)
-	testutil.NeedCommands(t, "losetup", "unshare", "truncate")
+	testutil.NeedCommands(t, "losetup", "unshare")
 	testutil.NeedPath(t, "/dev/loop-control")
 	dir := t.TempDir()
 	f := filepath.Join(dir, "disk")
 	// Another mount namespace: a tmpfs over dir, a file at the same path
 	// there, a loop device on it; the namespace lives until release closes.
+	// Absolute paths: a busybox sh may prefer its own applets, and
+	// busybox losetup has no --find --show.
+	losetup, err := exec.LookPath("losetup")
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command("unshare", "-m", "sh", "-c",
-		`mount -t tmpfs none "$1" && truncate -s 1M "$1/disk" && losetup --find --show "$1/disk" && read x`, "-", dir)
+		`mount -t tmpfs none "$1" && : >"$1/disk" && "$2" --find --show "$1/disk" && read x`, "-", dir, losetup)
+	cmd.Stderr = os.Stderr
 	release, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
