@@ -346,10 +346,11 @@ type fakeMounter struct {
 	busy      map[string]bool // Unmount of these fails with errBusy
 	formats   int
 	resizes   int
+	options   map[string][]string // guarded by mu: target -> mount options
 }
 
 func newFakeMounter() *fakeMounter {
-	return &fakeMounter{mounts: map[string]string{}, busy: map[string]bool{}}
+	return &fakeMounter{mounts: map[string]string{}, busy: map[string]bool{}, options: map[string][]string{}}
 }
 
 func (m *fakeMounter) FormatAndMount(source, target, fstype string, options, formatOptions []string) error {
@@ -360,6 +361,7 @@ func (m *fakeMounter) FormatAndMount(source, target, fstype string, options, for
 	}
 	m.formats++
 	m.mounts[target] = source
+	m.options[target] = append([]string(nil), options...)
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -167,6 +168,13 @@ func (n *NodeServer) mountStaging(dev string, st *volState) error {
 		return nil
 	}
 	opts := append([]string{}, st.MountFlags...)
+	if st.FsType == "xfs" && !slices.Contains(opts, "nouuid") {
+		// A clone or a restored snapshot of an xfs volume carries its
+		// source's filesystem UUID, and xfs refuses to mount a UUID that
+		// is mounted already: a clone staged on the node where its source
+		// (or another clone) is mounted would fail.
+		opts = append(opts, "nouuid")
+	}
 	if st.ReadOnly {
 		opts = append(opts, "ro")
 	} else if err := n.mnt.GrowUnmounted(dev); err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -603,5 +604,25 @@ func TestNodeServerDiesNoReconnect(t *testing.T) {
 	}
 	if r.staged("v1") || r.info("v1").Open {
 		t.Fatal("unstage incomplete")
+	}
+}
+
+// An xfs volume is mounted with nouuid: a clone or restored snapshot has
+// its source's UUID, which xfs would refuse next to the mounted source.
+func TestNodeStageXFSNoUUID(t *testing.T) {
+	r := newNodeRig(t)
+	r.create("v1", 64<<20)
+	capab := mountCapability(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER)
+	capab.GetMount().FsType = "xfs"
+	if _, err := r.ns.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{
+		VolumeId: "default/v1", StagingTargetPath: r.staging("v1"), VolumeCapability: capab,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r.mnt.mu.Lock()
+	opts := r.mnt.options[r.staging("v1")]
+	r.mnt.mu.Unlock()
+	if !slices.Contains(opts, "nouuid") {
+		t.Fatalf("xfs mounted with %v, want nouuid among them", opts)
 	}
 }

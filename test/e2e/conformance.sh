@@ -27,12 +27,15 @@
 #   VB_E2E_CONFORMANCE_PROCS         specs at a time (default 3)
 #   VB_E2E_CONFORMANCE_SPEC_TIMEOUT  per-spec timeout (default 15m)
 #   VB_E2E_CONFORMANCE_RUNNER        spec (default) or ginkgo
+#   VB_E2E_CONFORMANCE_SUBSET_FILE   the list subset mode runs (default
+#                                    conformance-subset.txt): e.g. the
+#                                    specs a full run failed, again
 #   VB_E2E_CONFORMANCE_KEEP_REPORTS  1: keep each spec's full Ginkgo JSON
 #                                    report (5 MB each: every spec of the
 #                                    binary is in it, most as skipped)
 
 CONFORMANCE_DRIVER_FILE=$E2E_DIR/testdriver.yaml
-CONFORMANCE_SUBSET_FILE=$E2E_DIR/conformance-subset.txt
+CONFORMANCE_SUBSET_FILE=${VB_E2E_CONFORMANCE_SUBSET_FILE:-$E2E_DIR/conformance-subset.txt}
 # The shipped classes testdriver.yaml names (manifests_test.go checks).
 CONFORMANCE_STORAGECLASS=viperblock-ext4
 CONFORMANCE_SNAPSHOTCLASS=viperblock-snapshots
