@@ -116,8 +116,7 @@ run_conformance() {
   local mode=${VB_E2E_CONFORMANCE:-subset} out line p f s rc=0
   [ "$mode" = none ] && return 0
   out=$R/log/conformance-$mode.out
-  step "k8s storage suite ($mode)" conformance_run "$mode" > >(tee "$out") 2>&1 || rc=$?
-  wait $! 2>/dev/null
+  step "k8s storage suite ($mode)" conformance_tee "$mode" "$out" || rc=$?
   line=$(grep -E '^k8s storage suite: [0-9]+ passed, [0-9]+ failed' "$out" | tail -1)
   if [ -z "$line" ]; then
     FAILED=$((FAILED + 1)); RESULTS+=("FAIL  k8s storage suite ($mode): no summary (rc $rc; $out)")
@@ -129,6 +128,14 @@ run_conformance() {
   PASSED=$((PASSED + p)); FAILED=$((FAILED + f)); SKIPPED=$((SKIPPED + ${s:-0}))
   [ "$rc" = 0 ] || [ "$f" -gt 0 ] || FAILED=$((FAILED + 1))
   RESULTS+=("$([ "$rc" = 0 ] && [ "$f" = 0 ] && echo PASS || echo FAIL)  $line ($mode)")
+}
+
+# conformance_tee MODE FILE: conformance_run MODE, its output also in FILE.
+# (A pipeline, not a process substitution: conformance_run's `wait` for
+# its specs would wait for that too, for ever.)
+conformance_tee() {
+  conformance_run "$1" 2>&1 | tee "$2"
+  return "${PIPESTATUS[0]}"
 }
 
 # select_scenarios: only the driver scenarios VB_E2E_SCENARIOS matches.
