@@ -81,6 +81,7 @@ func RunWithOptions(t *testing.T, opts Options, newStore func(t *testing.T) back
 		{"PrefixIsNotAnObject", testPrefixIsNotAnObject},
 		{"List", testList},
 		{"ListSortOrder", testListSortOrder},
+		{"ListDirs", testListDirs},
 		{"InvalidKeys", testInvalidKeys},
 		{"LargeObject", testLargeObject},
 	} {
@@ -684,5 +685,38 @@ func testLargeObject(t *testing.T, ctx context.Context, s backend.Store) {
 	}
 	if got := expectContent(t, ctx, s, "big/chunk", data2); got != v2 {
 		t.Fatalf("PutIf returned version %q, Get says %q", v2, got)
+	}
+}
+
+// testListDirs: ListDirs lists one level, each name once and sorted,
+// names only directories that hold an object (a deleted object's directory
+// may stay behind on a file store), and agrees with List.
+func testListDirs(t *testing.T, ctx context.Context, s backend.Store) {
+	keys := []string{"vol/chunks/0001", "vol/chunks/0002", "vol/manifest", "vol-2/manifest", "vol.b", "a/b/c/d",
+		"gone/chunks/0001", "csi.meta/publish/vol"}
+	for _, k := range keys {
+		mustPut(t, ctx, s, k, []byte(k))
+	}
+	if err := s.Delete(ctx, "gone/chunks/0001"); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string][]string{
+		"":         {"a", "csi.meta", "vol", "vol-2"},
+		"vol/":     {"chunks"},
+		"a/":       {"b"},
+		"a/b/":     {"c"},
+		"gone/":    nil,
+		"nothing/": nil,
+	} {
+		got, err := backend.ListDirs(ctx, s, p)
+		if err != nil {
+			t.Fatalf("ListDirs(%q): %v", p, err)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("ListDirs(%q) = %q, want %q", p, got, want)
+		}
+	}
+	if _, err := backend.ListDirs(ctx, s, "vol"); !errors.Is(err, backend.ErrInvalidKey) {
+		t.Errorf("ListDirs(\"vol\") = %v, want ErrInvalidKey (a prefix must end with '/')", err)
 	}
 }

@@ -734,3 +734,37 @@ func imdsState(on bool) imds.ClientEnableState {
 	}
 	return imds.ClientDisabled
 }
+
+// ListDirs implements backend.DirLister with ListObjectsV2's delimiter: one
+// request per 1,000 names, however many keys lie below them.
+func (s *Store) ListDirs(ctx context.Context, prefix string) ([]string, error) {
+	if prefix != "" {
+		if !strings.HasSuffix(prefix, "/") {
+			return nil, fmt.Errorf("%w: ListDirs prefix %q must be empty or end with '/'", backend.ErrInvalidKey, prefix)
+		}
+		if err := backend.ValidateKey(strings.TrimSuffix(prefix, "/")); err != nil {
+			return nil, err
+		}
+	}
+	pages := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{
+		Bucket:    &s.bucket,
+		Prefix:    aws.String(s.prefix + prefix),
+		Delimiter: aws.String("/"),
+	})
+	var dirs []string
+	for pages.HasMorePages() {
+		cctx, _ := withCall(ctx, "ListObjectsV2")
+		page, err := pages.NextPage(cctx)
+		if err != nil {
+			return nil, s.wrap("ListObjectsV2", prefix, err)
+		}
+		for _, p := range page.CommonPrefixes {
+			rest, ok := strings.CutPrefix(aws.ToString(p.Prefix), s.prefix+prefix)
+			if d := strings.TrimSuffix(rest, "/"); ok && d != "" && !strings.Contains(d, "/") {
+				dirs = append(dirs, d)
+			}
+		}
+	}
+	sort.Strings(dirs)
+	return dirs, nil
+}
