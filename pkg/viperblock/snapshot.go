@@ -39,6 +39,45 @@ import (
 // (see request.go). If the owner does not answer in time (it may be dead),
 // the snapshot holds the last committed state.
 
+// DefaultMaxSnapshots is the most snapshot objects a volume keeps when
+// SnapshotOptions.MaxSnapshots (or Options.MaxSnapshots) is zero. Every
+// drain that drops chunks reads all of them, so their number bounds the
+// cost of a drain.
+const DefaultMaxSnapshots = 128
+
+// ErrTooManySnapshots: a new snapshot would take the volume past its limit
+// of snapshot objects. Snapshots deleted but kept for their clones, and the
+// internal snapshots behind clones of the volume, count too.
+var ErrTooManySnapshots = errors.New("viperblock: too many snapshots of the volume")
+
+// checkSnapshotLimit fails with ErrTooManySnapshots when vol already holds
+// max snapshot objects (max < 0: no limit; 0: DefaultMaxSnapshots) and snap
+// is not one of them (taking an existing snapshot again is idempotent).
+// Two snapshots taken at once may both pass: the limit is exceeded by at
+// most the number of concurrent callers.
+func checkSnapshotLimit(ctx context.Context, store backend.Store, vol, snap string, max int) error {
+	if max < 0 {
+		return nil
+	}
+	if max == 0 {
+		max = DefaultMaxSnapshots
+	}
+	keys, err := store.List(ctx, vol+"/snapshots/")
+	if err != nil {
+		return err
+	}
+	if len(keys) < max {
+		return nil
+	}
+	for _, k := range keys {
+		if k == snapKey(vol, snap) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s has %d snapshots (counting those deleted but kept for clones, and those behind clones), the limit is %d; delete some first",
+		ErrTooManySnapshots, vol, len(keys), max)
+}
+
 // SnapshotInfo describes a snapshot.
 type SnapshotInfo struct {
 	Volume       string
@@ -133,6 +172,9 @@ func (v *Volume) Snapshot(ctx context.Context, name string) (SnapshotInfo, error
 	if err := v.checkWritable(); err != nil {
 		return SnapshotInfo{}, err
 	}
+	if err := checkSnapshotLimit(ctx, v.store, v.name, name, v.opts.MaxSnapshots); err != nil {
+		return SnapshotInfo{}, err
+	}
 	if err := v.drain(ctx); err != nil {
 		return SnapshotInfo{}, err
 	}
@@ -152,6 +194,10 @@ type SnapshotOptions struct {
 	OwnerWait time.Duration
 	// Internal marks a snapshot made implicitly to clone a volume.
 	Internal bool
+	// MaxSnapshots is the most snapshot objects the volume may hold
+	// (0: DefaultMaxSnapshots; negative: no limit); a new one beyond it
+	// fails with ErrTooManySnapshots.
+	MaxSnapshots int
 	// Logf receives progress notes (may be nil).
 	Logf func(format string, args ...any)
 }
@@ -175,6 +221,9 @@ func CreateSnapshot(ctx context.Context, store backend.Store, vol, snap string, 
 			return SnapshotInfo{}, fmt.Errorf("%w: snapshot %s was deleted and is kept for its clones", ErrExists, parentRef(vol, snap))
 		}
 		return snapInfo(old), nil
+	}
+	if err := checkSnapshotLimit(ctx, store, vol, snap, opts.MaxSnapshots); err != nil {
+		return SnapshotInfo{}, err
 	}
 	if m.Flags&manifest.FlagOpen != 0 {
 		if err := askOwner(ctx, store, vol, 0, opts.OwnerWait, opts.Logf); err != nil {

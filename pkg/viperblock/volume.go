@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -121,6 +120,9 @@ type Options struct {
 	// quarantine) is kept for inspection before an open removes it
 	// (default DefaultStaleRetention; negative: forever).
 	StaleRetention time.Duration
+	// MaxSnapshots limits Snapshot as SnapshotOptions.MaxSnapshots does
+	// CreateSnapshot (0: DefaultMaxSnapshots; negative: no limit).
+	MaxSnapshots int
 	// crash, when set by tests, is called at named crash points.
 	crash func(point string) error
 	// clock, when set by tests, replaces the lease clock (bootClock).
@@ -399,16 +401,15 @@ type Info struct {
 	Dependants   []string // clones made from this volume's snapshots
 }
 
-// Inspect reads a volume's committed state from the backend.
+// Inspect reads a volume's committed state from the backend, with its
+// snapshots and the clones made from them: it reads every snapshot object of
+// the volume and lists each one's dependants. A caller that needs only the
+// volume's own state (size, epoch, whether it is open) calls Stat, which
+// reads one object.
 func Inspect(ctx context.Context, store backend.Store, name string) (Info, error) {
-	m, _, err := readLiveManifest(ctx, store, name)
+	inf, err := Stat(ctx, store, name)
 	if err != nil {
 		return Info{}, err
-	}
-	inf := Info{Name: m.Name, Size: m.Size, Extents: len(m.Extents), Chunks: len(m.Chunks), Epoch: m.Epoch, Parent: m.Parent,
-		CommittedSeq: m.SeqHW, Open: m.Flags&manifest.FlagOpen != 0, Committed: time.Unix(0, m.Committed), Durability: DurabilityNode}
-	if m.Flags&manifest.FlagDurableStore != 0 {
-		inf.Durability = DurabilityStore
 	}
 	snaps, err := listSnapshotObjects(ctx, store, name)
 	if err != nil {
@@ -424,32 +425,7 @@ func Inspect(ctx context.Context, store backend.Store, name string) (Info, error
 		}
 		inf.Dependants = append(inf.Dependants, deps...)
 	}
-	for _, e := range m.Extents {
-		inf.WrittenBytes += int64(e.Count) * BlockSize
-	}
-	for _, c := range m.Chunks {
-		inf.ChunkBytes += int64(c.Blocks) * BlockSize
-	}
 	return inf, nil
-}
-
-// List returns the names of the volumes in a store.
-func List(ctx context.Context, store backend.Store) ([]string, error) {
-	keys, err := store.List(ctx, "")
-	if err != nil {
-		return nil, err
-	}
-	var names []string
-	for _, k := range keys {
-		if n, ok := strings.CutSuffix(k, "/manifest"); ok && !strings.Contains(n, "/") {
-			if _, _, err := readLiveManifest(ctx, store, n); err == nil {
-				names = append(names, n)
-			} else if !errors.Is(err, ErrNotFound) {
-				return nil, err
-			}
-		}
-	}
-	return names, nil
 }
 
 // Delete deletes a volume. If snapshots of it remain, it becomes a hidden
