@@ -25,7 +25,9 @@ type countingStore struct {
 	keys int
 }
 
-func newCounting(s backend.Store) *countingStore { return &countingStore{Store: s, reqs: map[string]int{}} }
+func newCounting(s backend.Store) *countingStore {
+	return &countingStore{Store: s, reqs: map[string]int{}}
+}
 
 func (c *countingStore) add(op string, n int) {
 	c.mu.Lock()
