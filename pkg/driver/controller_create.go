@@ -142,7 +142,7 @@ func (c *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	// An existing volume is this request's if it has the same source and
 	// a size within the range.
 	checkExisting := func() (*csi.CreateVolumeResponse, bool, error) {
-		inf, err := vb.Inspect(ctx, st, id.Vol)
+		inf, err := vb.Stat(ctx, st, id.Vol)
 		if errors.Is(err, vb.ErrNotFound) {
 			return nil, false, nil
 		}
@@ -180,14 +180,14 @@ func (c *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		err = vb.Clone(ctx, st, srcSnap.Vol, srcSnap.Snap, id.Vol, size)
 	default:
 		var inf vb.Info
-		inf, err = vb.Inspect(ctx, st, srcVol.Vol)
+		inf, err = vb.Stat(ctx, st, srcVol.Vol)
 		if err != nil {
 			return nil, toStatus(err, "source volume "+srcVol.String())
 		}
 		if size, err = cloneSize(size, inf.Size, req.GetCapacityRange()); err != nil {
 			return nil, err
 		}
-		err = vb.CloneVolume(ctx, st, srcVol.Vol, id.Vol, size, vb.SnapshotOptions{OwnerWait: c.opts.OwnerWait, Logf: logf})
+		err = vb.CloneVolume(ctx, st, srcVol.Vol, id.Vol, size, vb.SnapshotOptions{OwnerWait: c.opts.OwnerWait, MaxSnapshots: c.opts.MaxSnapshotsPerVolume, Logf: logf})
 	}
 	if errors.Is(err, vb.ErrExists) {
 		// Created meanwhile by someone else (another controller, vblock).

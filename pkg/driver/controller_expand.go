@@ -34,7 +34,7 @@ func (c *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 	if err != nil {
 		return nil, op.fail(err)
 	}
-	inf, err := vb.Inspect(ctx, st, id.Vol)
+	inf, err := vb.Stat(ctx, st, id.Vol)
 	if err != nil {
 		return nil, op.fail(err)
 	}

@@ -31,7 +31,7 @@ func (c *ControllerServer) ControllerPublishVolume(ctx context.Context, req *csi
 	if err != nil {
 		return nil, op.fail(err)
 	}
-	if _, err := vb.Inspect(ctx, st, id.Vol); err != nil {
+	if _, err := vb.Stat(ctx, st, id.Vol); err != nil {
 		return nil, op.fail(err)
 	}
 	ok, err := c.nodes.NodeExists(ctx, req.GetNodeId(), st)

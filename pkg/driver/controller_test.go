@@ -487,3 +487,97 @@ func TestSecretsToCredentialsFile(t *testing.T) {
 	_, err = set.get(ctx, "nope", nil)
 	wantCode(t, toStatus(err, "x"), codes.NotFound, "")
 }
+
+// A snapshot beyond the per-volume limit is ResourceExhausted; deleting one
+// makes room.
+func TestSnapshotLimit(t *testing.T) {
+	r := newCtrlRig(t)
+	r.cs.opts.MaxSnapshotsPerVolume = 2
+	a := r.mustCreate("a", 1<<20, nil)
+	for _, n := range []string{"s1", "s2"} {
+		if _, err := r.snapshot(n, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := r.snapshot("s3", a)
+	wantCode(t, err, codes.ResourceExhausted, "limit is 2")
+	if _, err := r.snapshot("s2", a); err != nil {
+		t.Fatalf("retry of an existing snapshot at the limit: %v", err)
+	}
+	if _, err := r.cs.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: "default/a@s1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.snapshot("s3", a); err != nil {
+		t.Fatalf("after a delete: %v", err)
+	}
+}
+
+// A damaged manifest fails neither ListVolumes nor ListSnapshots: the volume
+// is listed with an unknown capacity, the other volumes as usual.
+func TestListWithDamagedManifest(t *testing.T) {
+	r := newCtrlRig(t)
+	for _, n := range []string{"a", "b", "c"} {
+		id := r.mustCreate(n, 1<<20, nil)
+		if _, err := r.snapshot("s-"+n, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, k := range []string{"b/manifest", "c/snapshots/s-c"} {
+		raw, _, err := r.store.Get(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw[len(raw)-1] ^= 0xff
+		if err := r.store.Put(ctx, k, raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l, err := r.cs.ListVolumes(ctx, &csi.ListVolumesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range l.GetEntries() {
+		got = append(got, fmt.Sprintf("%s:%d", e.GetVolume().GetVolumeId(), e.GetVolume().GetCapacityBytes()))
+	}
+	if fmt.Sprint(got) != "[default/a:1048576 default/b:0 default/c:1048576]" {
+		t.Errorf("volumes: %v", got)
+	}
+	s, err := r.cs.ListSnapshots(ctx, &csi.ListSnapshotsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = nil
+	for _, e := range s.GetEntries() {
+		got = append(got, e.GetSnapshot().GetSnapshotId())
+	}
+	if fmt.Sprint(got) != "[default/a@s-a default/b@s-b]" {
+		t.Errorf("snapshots: %v", got)
+	}
+	h, err := r.cs.ControllerGetVolumeHealth(ctx, &csi.ControllerGetVolumeHealthRequest{VolumeId: "default/b"})
+	if err != nil || len(h.GetVolumeHealth().GetHealthStatuses()) != 1 ||
+		h.GetVolumeHealth().GetHealthStatuses()[0].GetStatus() != csi.VolumeHealthErrorType_DATA_LOSS {
+		t.Errorf("health of the damaged volume: %v %v", h, err)
+	}
+}
+
+func TestTokenIn(t *testing.T) {
+	for _, c := range []struct {
+		prefix, token, from string
+		skip               bool
+	}{
+		{"default/", "", "", false},
+		{"default/", "default/v1", "v1", false},
+		{"default/", "a/v1", "", false},
+		{"default/", "other/v1", "", true},
+		{"default/", "default-2/v1", "", false}, // '-' sorts before '/'
+		{"default/v@", "default/v@s1", "s1", false},
+		{"default/v@", "default/w@s1", "", true},
+		{"default/v@", "default/v-2@s1", "", false},
+	} {
+		from, skip := tokenIn(c.prefix, c.token)
+		if from != c.from || skip != c.skip {
+			t.Errorf("tokenIn(%q, %q) = %q, %v; want %q, %v", c.prefix, c.token, from, skip, c.from, c.skip)
+		}
+	}
+}

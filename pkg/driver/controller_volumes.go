@@ -58,7 +58,7 @@ func (c *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 		// published nowhere: the node died (or was force-detached) without
 		// closing it. Then take ownership (fencing the old owner) and
 		// close at once, and delete.
-		if inf, ierr := vb.Inspect(ctx, st, id.Vol); ierr == nil && inf.Open {
+		if inf, ierr := vb.Stat(ctx, st, id.Vol); ierr == nil && inf.Open {
 			klog.InfoS("volume is still marked open but is published nowhere: fencing the old owner before deleting", "volume", id)
 			if ferr := c.fence(ctx, st, id); ferr != nil && !errors.Is(ferr, vb.ErrNotFound) {
 				return nil, op.fail(fmt.Errorf("%w (and fencing the old owner failed: %v)", err, ferr))
@@ -106,7 +106,7 @@ func (c *ControllerServer) ValidateVolumeCapabilities(ctx context.Context, req *
 	if err != nil {
 		return nil, op.fail(err)
 	}
-	if _, err := vb.Inspect(ctx, st, id.Vol); err != nil {
+	if _, err := vb.Stat(ctx, st, id.Vol); err != nil {
 		return nil, op.fail(err)
 	}
 	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
@@ -149,16 +149,24 @@ func (c *ControllerServer) ListVolumes(ctx context.Context, req *csi.ListVolumes
 			return nil, status.Errorf(codes.Aborted, "starting_token %q is not a token this driver issued", after)
 		}
 	}
+	limit := int(req.GetMaxEntries())
 	var entries []*csi.ListVolumesResponse_Entry
 	for _, name := range c.stores.names() {
-		if after != "" && name < strings.SplitN(after, "/", 2)[0] {
+		from, skip := tokenIn(name+"/", after)
+		if skip {
 			continue
 		}
 		st, err := c.store(ctx, name, nil)
 		if err != nil {
 			return nil, toStatus(err, "list volumes in store "+name)
 		}
-		vols, err := vb.List(ctx, st)
+		// At most one page (and one more, to know whether another page
+		// follows) from each store: the page is cut after merging them.
+		fetch := 0
+		if limit > 0 {
+			fetch = limit + 1
+		}
+		vols, err := vb.ListVolumesFrom(ctx, st, from, fetch)
 		if err != nil {
 			return nil, toStatus(err, "list volumes in store "+name)
 		}
@@ -166,25 +174,21 @@ func (c *ControllerServer) ListVolumes(ctx context.Context, req *csi.ListVolumes
 		if err != nil {
 			return nil, toStatus(err, "list publications in store "+name)
 		}
-		sort.Strings(vols)
 		for _, v := range vols {
-			id := volumeID{Store: name, Vol: v}
-			if id.String() <= after || validObjectName(v) != nil {
+			id := volumeID{Store: name, Vol: v.Name}
+			if id.String() <= after || validObjectName(v.Name) != nil {
 				continue
 			}
-			inf, err := vb.Inspect(ctx, st, v)
-			if errors.Is(err, vb.ErrNotFound) {
-				continue // deleted meanwhile
+			vol := &csi.Volume{VolumeId: id.String(), VolumeContext: map[string]string{ParamStore: name}}
+			if v.Err != nil {
+				// Listed with an unknown capacity (0): the volume exists
+				// and ControllerGetVolumeHealth reports what is wrong.
+				klog.ErrorS(v.Err, "cannot read a volume's manifest; listing it with an unknown capacity", "volume", id)
+			} else {
+				vol.CapacityBytes, vol.ContentSource = v.Info.Size, contentSource(name, v.Info.Parent)
 			}
-			if err != nil {
-				return nil, toStatus(err, "inspect volume "+id.String())
-			}
-			e := &csi.ListVolumesResponse_Entry{
-				Volume: &csi.Volume{VolumeId: id.String(), CapacityBytes: inf.Size, ContentSource: contentSource(name, inf.Parent),
-					VolumeContext: map[string]string{ParamStore: name}},
-				Status: &csi.ListVolumesResponse_VolumeStatus{},
-			}
-			if n, ok := pub[v]; ok {
+			e := &csi.ListVolumesResponse_Entry{Volume: vol, Status: &csi.ListVolumesResponse_VolumeStatus{}}
+			if n, ok := pub[v.Name]; ok {
 				e.Status.PublishedNodeIds = []string{n}
 			}
 			entries = append(entries, e)
@@ -241,7 +245,7 @@ func (c *ControllerServer) ControllerGetVolume(ctx context.Context, req *csi.Con
 	if err != nil {
 		return nil, op.fail(err)
 	}
-	inf, err := vb.Inspect(ctx, st, id.Vol)
+	inf, err := vb.Stat(ctx, st, id.Vol)
 	if err != nil {
 		return nil, op.fail(err)
 	}
@@ -284,7 +288,7 @@ func (c *ControllerServer) ControllerGetVolumeHealth(ctx context.Context, req *c
 	}
 	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	inf, err := vb.Inspect(hctx, st, id.Vol)
+	inf, err := vb.Stat(hctx, st, id.Vol)
 	switch {
 	case errors.Is(err, vb.ErrNotFound):
 		return nil, op.fail(err)
@@ -301,6 +305,21 @@ func (c *ControllerServer) ControllerGetVolumeHealth(ctx context.Context, req *c
 		}
 	}
 	return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: h}, nil
+}
+
+// tokenIn places a listing token among the names under prefix (a store's
+// "<store>/"): from is the name after which the names of that prefix that
+// sort after the token begin, and skip is true when none does. Names are
+// [A-Za-z0-9._-], all below '~', so every ID under prefix sorts below
+// prefix+"~".
+func tokenIn(prefix, token string) (from string, skip bool) {
+	if rest, ok := strings.CutPrefix(token, prefix); ok {
+		return rest, false
+	}
+	if token < prefix {
+		return "", false
+	}
+	return "", token >= prefix+"~"
 }
 
 func wrapInt64(v int64) *wrapperspb.Int64Value { return wrapperspb.Int64(v) }

@@ -49,6 +49,8 @@ func codeOf(err error) codes.Code {
 		return codes.InvalidArgument
 	case errors.Is(err, vb.ErrOutOfRange):
 		return codes.OutOfRange
+	case errors.Is(err, vb.ErrTooManySnapshots):
+		return codes.ResourceExhausted
 	case errors.Is(err, vb.ErrInUse), errors.Is(err, vb.ErrReadOnly), errors.Is(err, vb.ErrFenced),
 		errors.Is(err, errBusy), errors.Is(err, errNotPermitted), errors.Is(err, backend.ErrInvalidURL), errors.Is(err, attach.ErrBusy),
 		errors.Is(err, attach.ErrUnsupported), errors.Is(err, attach.ErrInvalid), errors.Is(err, attach.ErrNotAttached):

@@ -28,6 +28,7 @@ func TestToStatus(t *testing.T) {
 		{wrap(vb.ErrInvalidName), codes.InvalidArgument},
 		{wrap(vb.ErrInvalidArg), codes.InvalidArgument},
 		{wrap(vb.ErrOutOfRange), codes.OutOfRange},
+		{wrap(vb.ErrTooManySnapshots), codes.ResourceExhausted},
 		{wrap(vb.ErrInUse), codes.FailedPrecondition},
 		{wrap(vb.ErrReadOnly), codes.FailedPrecondition},
 		{wrap(vb.ErrFenced), codes.FailedPrecondition},

@@ -75,7 +75,7 @@ func (n *NodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVo
 			if err != nil {
 				return vb.Info{}, err
 			}
-			return vb.Inspect(hctx, store, id.Vol)
+			return vb.Stat(hctx, store, id.Vol)
 		}()
 		cancel()
 		switch {

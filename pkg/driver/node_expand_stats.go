@@ -87,7 +87,7 @@ func (n *NodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 	if err != nil {
 		return nil, op.fail(err)
 	}
-	inf, err := vb.Inspect(ctx, store, id.Vol)
+	inf, err := vb.Stat(ctx, store, id.Vol)
 	if err != nil {
 		return nil, op.fail(err)
 	}

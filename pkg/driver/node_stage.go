@@ -112,7 +112,7 @@ func (n *NodeServer) stage(ctx context.Context, id volumeID, st *volState, secre
 	if err != nil {
 		return err
 	}
-	inf, err := vb.Inspect(ctx, store, id.Vol)
+	inf, err := vb.Stat(ctx, store, id.Vol)
 	if err != nil {
 		return err
 	}

@@ -118,7 +118,7 @@ func (n *NodeServer) stopAndDrain(ctx context.Context, id volumeID, st *volState
 		if err != nil {
 			return false, err
 		}
-		inf, err := vb.Inspect(ctx, store, id.Vol)
+		inf, err := vb.Stat(ctx, store, id.Vol)
 		if errors.Is(err, vb.ErrNotFound) {
 			klog.InfoS("volume was deleted from the store while staged; dropping its WAL", "volume", id)
 			return true, nil

@@ -42,6 +42,12 @@ type Options struct {
 	// OwnerWait bounds how long a snapshot or an online expansion waits for
 	// the node that has the volume open to drain or grow it.
 	OwnerWait time.Duration
+	// MaxSnapshotsPerVolume limits the snapshots of one volume (0: the
+	// engine's default, vb.DefaultMaxSnapshots; negative: no limit). A
+	// CreateSnapshot beyond it fails with ResourceExhausted. Deleted
+	// snapshots kept for their clones, and the hidden snapshot behind each
+	// clone of the volume, count too.
+	MaxSnapshotsPerVolume int
 	// NodeCheck says how ControllerPublishVolume learns that a node exists:
 	// "store" (node plugins register themselves in each store), "kubernetes"
 	// (a CSINode object lists this driver) or "none".
@@ -152,6 +158,8 @@ func (o *Options) AddFlags(fs *flag.FlagSet, node bool) {
 	if !node {
 		fs.Int64Var(&o.DefaultVolumeSize, "default-volume-size", 1<<30, "volume size when CreateVolume asks for none, in bytes")
 		fs.DurationVar(&o.OwnerWait, "owner-wait", 30*time.Second, "how long snapshots and online expansion wait for the node that has a volume open")
+		fs.IntVar(&o.MaxSnapshotsPerVolume, "max-snapshots-per-volume", vb.DefaultMaxSnapshots,
+			"most snapshots of one volume, counting deleted ones kept for clones and those behind clones (negative: no limit)")
 		fs.StringVar(&o.NodeCheck, "node-check", "auto", "how ControllerPublishVolume checks that a node exists: auto, kubernetes, store, none")
 		fs.StringVar(&o.CredentialsDir, "credentials-dir", "", "directory for credential files made from CSI secrets (default: a private temporary directory)")
 		return
@@ -219,6 +227,9 @@ func (o *Options) ValidateController() error {
 	}
 	if o.OwnerWait <= 0 {
 		o.OwnerWait = 30 * time.Second
+	}
+	if o.MaxSnapshotsPerVolume == 0 {
+		o.MaxSnapshotsPerVolume = vb.DefaultMaxSnapshots
 	}
 	switch o.NodeCheck {
 	case "", "auto":

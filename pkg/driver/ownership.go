@@ -99,7 +99,7 @@ func (n *NodeServer) recordOwner(ctx context.Context, id volumeID, st *volState,
 		st.Epoch = own.Epoch
 		return nil
 	}
-	inf, err := vb.Inspect(ctx, store, id.Vol)
+	inf, err := vb.Stat(ctx, store, id.Vol)
 	if err != nil {
 		return err
 	}

@@ -56,7 +56,7 @@ func (c *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	if err != nil {
 		return nil, toStatus(err, what)
 	}
-	if _, err := vb.Inspect(ctx, st, id.Vol); err != nil {
+	if _, err := vb.Stat(ctx, st, id.Vol); err != nil {
 		// A snapshot may outlive its volume: if this one exists, it is
 		// the answer to a retried request.
 		if si, serr := vb.InspectSnapshot(ctx, st, id.Vol, id.Snap); serr == nil {
@@ -67,7 +67,7 @@ func (c *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	if err := c.claimSnapshotName(ctx, st, id); err != nil {
 		return nil, toStatus(err, what)
 	}
-	si, err := vb.CreateSnapshot(ctx, st, id.Vol, id.Snap, vb.SnapshotOptions{OwnerWait: c.opts.OwnerWait, Logf: logf})
+	si, err := vb.CreateSnapshot(ctx, st, id.Vol, id.Snap, vb.SnapshotOptions{OwnerWait: c.opts.OwnerWait, MaxSnapshots: c.opts.MaxSnapshotsPerVolume, Logf: logf})
 	if err != nil {
 		return nil, toStatus(err, what)
 	}
@@ -214,7 +214,10 @@ func (c *ControllerServer) ListSnapshots(ctx context.Context, req *csi.ListSnaps
 			if err != nil {
 				return nil, toStatus(err, "list snapshots in store "+name)
 			}
-			if err := c.allSnapshots(ctx, st, name, add); err != nil {
+			if _, skip := tokenIn(name+"/", after); skip {
+				continue
+			}
+			if err := c.allSnapshots(ctx, st, name, after, add); err != nil {
 				return nil, toStatus(err, "list snapshots in store "+name)
 			}
 		}
@@ -230,7 +233,7 @@ func (c *ControllerServer) ListSnapshots(ctx context.Context, req *csi.ListSnaps
 
 // allSnapshots lists the snapshots of a store's live volumes and those
 // named by CSI claims (whose volume may be deleted), each once.
-func (c *ControllerServer) allSnapshots(ctx context.Context, st backend.Store, store string, add func(snapshotID, vb.SnapshotInfo)) error {
+func (c *ControllerServer) allSnapshots(ctx context.Context, st backend.Store, store, after string, add func(snapshotID, vb.SnapshotInfo)) error {
 	seen := map[string]bool{}
 	vols, err := vb.List(ctx, st)
 	if err != nil {
@@ -240,8 +243,17 @@ func (c *ControllerServer) allSnapshots(ctx context.Context, st backend.Store, s
 		if validObjectName(v) != nil {
 			continue
 		}
+		if _, skip := tokenIn(store+"/"+v+"@", after); skip {
+			continue // every snapshot of v is on an earlier page
+		}
 		snaps, err := vb.ListSnapshots(ctx, st, v)
 		if errors.Is(err, vb.ErrNotFound) {
+			continue
+		}
+		if errors.Is(err, vb.ErrCorrupt) {
+			// One damaged snapshot object: the volume's snapshots are
+			// left out of the listing, not the whole store's.
+			klog.ErrorS(err, "cannot read a snapshot of a volume; leaving its snapshots out of the listing", "volume", volumeID{Store: store, Vol: v})
 			continue
 		}
 		if err != nil {
@@ -267,11 +279,15 @@ func (c *ControllerServer) allSnapshots(ctx context.Context, st backend.Store, s
 			continue
 		}
 		id := snapshotID{Store: store, Vol: cl.Volume, Snap: snap}
-		if seen[id.String()] {
+		if seen[id.String()] || id.String() <= after {
 			continue
 		}
 		si, err := vb.InspectSnapshot(ctx, st, cl.Volume, snap)
 		if errors.Is(err, vb.ErrNotFound) {
+			continue
+		}
+		if errors.Is(err, vb.ErrCorrupt) {
+			klog.ErrorS(err, "cannot read a snapshot; leaving it out of the listing", "snapshot", id)
 			continue
 		}
 		if err != nil {

@@ -42,16 +42,45 @@ type VolumeEntry struct {
 // names that hold no manifest are left out. Only a failure to list the
 // store fails the whole call.
 func ListVolumes(ctx context.Context, store backend.Store) ([]VolumeEntry, error) {
+	return ListVolumesFrom(ctx, store, "", 0)
+}
+
+// ListVolumesFrom lists, as ListVolumes does, the volumes whose names sort
+// after after, and at most limit of them (0: all): a page of a listing
+// reads the manifests of that page, not of every volume.
+func ListVolumesFrom(ctx context.Context, store backend.Store, after string, limit int) ([]VolumeEntry, error) {
 	dirs, err := backend.ListDirs(ctx, store, "")
 	if err != nil {
 		return nil, err
 	}
 	var names []string
 	for _, d := range dirs {
-		if validName(d) == nil {
+		if d > after && validName(d) == nil {
 			names = append(names, d)
 		}
 	}
+	var res []VolumeEntry
+	for len(names) > 0 && (limit <= 0 || len(res) < limit) {
+		batch := names
+		if limit > 0 {
+			batch = names[:min(len(names), max(limit-len(res), listConcurrency))]
+		}
+		names = names[len(batch):]
+		got, err := readEntries(ctx, store, batch)
+		if err != nil {
+			return nil, err
+		}
+		res = append(res, got...)
+	}
+	if limit > 0 && len(res) > limit {
+		res = res[:limit]
+	}
+	return res, nil
+}
+
+// readEntries reads the manifests of names, listConcurrency at a time, and
+// returns the entries of those that are volumes, in the order of names.
+func readEntries(ctx context.Context, store backend.Store, names []string) ([]VolumeEntry, error) {
 	out := make([]VolumeEntry, len(names))
 	keep := make([]bool, len(names))
 	sem := make(chan struct{}, listConcurrency)

@@ -324,3 +324,36 @@ func TestSnapshotLimit(t *testing.T) {
 		t.Fatalf("no limit: %v", err)
 	}
 }
+
+// TestListVolumesFrom pages through a listing: each page reads the
+// manifests of its own volumes only.
+func TestListVolumesFrom(t *testing.T) {
+	ctx := context.Background()
+	c := newCounting(backend.NewMem())
+	fillBucket(t, c.Store, 100, 1)
+	if err := vb.Delete(ctx, c.Store, "pvc-0011"); err != nil {
+		t.Fatal(err)
+	}
+	var all []string
+	after := ""
+	for {
+		ents, err := vb.ListVolumesFrom(ctx, c, after, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reqs, _, by := c.total()
+		if reqs > 1+2*16 {
+			t.Errorf("a page of 10 took %d requests %v", reqs, by)
+		}
+		if len(ents) == 0 {
+			break
+		}
+		for _, e := range ents {
+			all = append(all, e.Name)
+		}
+		after = ents[len(ents)-1].Name
+	}
+	if len(all) != 99 || all[0] != "pvc-0000" || all[11] != "pvc-0012" || all[98] != "pvc-0099" {
+		t.Errorf("paged listing: %d names %v", len(all), all)
+	}
+}
