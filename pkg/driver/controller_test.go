@@ -564,7 +564,7 @@ func TestListWithDamagedManifest(t *testing.T) {
 func TestTokenIn(t *testing.T) {
 	for _, c := range []struct {
 		prefix, token, from string
-		skip               bool
+		skip                bool
 	}{
 		{"default/", "", "", false},
 		{"default/", "default/v1", "v1", false},
