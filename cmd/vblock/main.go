@@ -64,6 +64,7 @@ type opts struct {
 	leaseDuration string
 	verbose       bool
 	threads       int
+	rebuild       bool
 	force         bool
 	progress      string
 	label         string

@@ -79,7 +79,7 @@ type RebuildOptions struct {
 type RebuildReport struct {
 	Volume       string     `json:"volume"`
 	ChunksRead   int        `json:"chunks_read"`
-	ChunksUsed   int        `json:"chunks_used"`      // own chunks the new map references
+	ChunksUsed   int        `json:"chunks_used"`       // own chunks the new map references
 	Skipped      []string   `json:"skipped,omitempty"` // chunk objects left out, and why
 	MappedBlocks uint64     `json:"mapped_blocks"`
 	Size         int64      `json:"size"`
