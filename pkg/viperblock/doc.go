@@ -79,6 +79,13 @@
 //	<volume>/release             a request to the lease holder to release (lease.go)
 //	<volume>/request             a request to the owner to drain or grow (request.go)
 //	<volume>/wal/<epoch:016x>-<nonce>/<counter:016x>  the store log (storelog.go)
+//	<volume>/snapshots/<name>    a snapshot: a frozen manifest (snapshot.go)
+//	<volume>/deps/<snapshot>/<clone>  a clone's dependency on a snapshot (snapshot.go)
+//	<volume>/manifest.broken-<unix ns>  a damaged manifest, kept by Rebuild (rebuild.go)
+//
+// Every volume is a top-level name, so the volumes of a store are listed
+// with one listing of the top level (backend.ListDirs), never of their
+// chunks (list.go); hot paths read the manifest alone (Stat).
 //
 // Chunk ids are (epoch << 40 | counter), so two owners never write the same
 // key, and a retry after a failed upload never overwrites a committed chunk.
