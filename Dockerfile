@@ -1,7 +1,8 @@
 # Viperblock CSI: one image with every binary, for the controller Deployment
 # and the node DaemonSet (deploy/kubernetes picks the binary with `command`).
 #
-#   docker build -t ghcr.io/viperblock/viperblock-csi:v0.1.0 .
+#   docker build -t ghcr.io/viperblock/viperblock-csi:v0.1.0 \
+#     --build-arg VERSION=v0.1.0 --build-arg COMMIT=$(git rev-parse HEAD) .
 #
 # The build stage runs the project's own `make build`, the target its tests
 # use: bin/controller, bin/node, bin/vblock and the nbdkit plugin (cgo).
@@ -15,11 +16,15 @@ ENV GOFLAGS=-buildvcs=false
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-# .git is not in the build context: pass the version the binaries report,
-# e.g. --build-arg VERSION=$(git describe --tags --always --dirty); without
-# it they report "dev".
+# .git is not in the build context: pass the version and commit the
+# binaries report (the Makefile stamps them with the same -ldflags as a
+# local `make build`), e.g.
+#   --build-arg VERSION=$(git describe --tags --always --dirty) --build-arg COMMIT=$(git rev-parse HEAD)
+# without them they report "dev".
 ARG VERSION=
-RUN make build VERSION="$VERSION"
+ARG COMMIT=
+ARG BUILD_DATE=
+RUN make build VERSION="$VERSION" COMMIT="$COMMIT" BUILD_DATE="$BUILD_DATE"
 
 FROM debian:bookworm-slim
 # nbdkit serves each staged volume through the plugin; nbdfuse (in

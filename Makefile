@@ -4,7 +4,7 @@ GO ?= go
 export PATH := $(shell $(GO) env GOPATH)/bin:$(PATH)
 PKGS := ./...
 
-.PHONY: all build plugin deps test unit check fmt vet staticcheck fuzz sanity vm-test e2e conformance nemesis nemesis-broken preflight bench bench-go bench-flush bench-nbd demo stress clean
+.PHONY: all build plugin print-ldflags deps test unit check fmt vet staticcheck fuzz sanity vm-test e2e conformance nemesis nemesis-broken preflight bench bench-go bench-flush bench-nbd demo stress clean
 
 all: build
 
@@ -14,18 +14,30 @@ deps:
 build: bin/vblock bin/controller bin/node lib/nbdkit-viperblock-plugin.so
 
 # The version the binaries report (GetPluginInfo, --version, vblock
-# version): VERSION=... if given and not empty, else `git describe`, else
-# "dev" (a source tree without .git, as in the Dockerfile's build stage).
+# version, nbdkit --dump-plugin), stamped into package internal/version:
+# VERSION=... if given and not empty, else `git describe`, else "dev" (a
+# source tree without .git, as in the Dockerfile's build stage); COMMIT and
+# BUILD_DATE likewise (BUILD_DATE defaults to now, or to SOURCE_DATE_EPOCH
+# when set, for reproducible builds).
 VB_VERSION := $(or $(VERSION),$(shell git describe --tags --always --dirty 2>/dev/null),dev)
+VB_COMMIT := $(or $(COMMIT),$(shell git rev-parse HEAD 2>/dev/null))
+VB_BUILD_DATE := $(or $(BUILD_DATE),$(shell date -u -d @$${SOURCE_DATE_EPOCH:-$$(date +%s)} +%Y-%m-%dT%H:%M:%SZ))
+VB_VERSION_PKG := github.com/viperblock/viperblock-csi/internal/version
+VB_LDFLAGS := -X $(VB_VERSION_PKG).Version=$(VB_VERSION) -X $(VB_VERSION_PKG).Commit=$(VB_COMMIT) -X $(VB_VERSION_PKG).BuildDate=$(VB_BUILD_DATE)
 
 bin/vblock bin/controller bin/node: FORCE
 	@mkdir -p bin
-	$(GO) build -ldflags "-X main.version=$(VB_VERSION)" -o $@ ./cmd/$(notdir $@)
+	$(GO) build -ldflags "$(VB_LDFLAGS)" -o $@ ./cmd/$(notdir $@)
 
 lib/nbdkit-viperblock-plugin.so: FORCE
 	@mkdir -p lib
-	CGO_ENABLED=1 $(GO) build -buildmode=c-shared -o lib/nbdkit-viperblock-plugin.so ./cmd/nbdkit-plugin
+	CGO_ENABLED=1 $(GO) build -buildmode=c-shared -ldflags "$(VB_LDFLAGS)" -o lib/nbdkit-viperblock-plugin.so ./cmd/nbdkit-plugin
 	@rm -f lib/nbdkit-viperblock-plugin.h
+
+# The -ldflags every binary is built with (cmd/vblock's version test
+# builds with them).
+print-ldflags:
+	@echo '$(VB_LDFLAGS)'
 
 plugin: lib/nbdkit-viperblock-plugin.so
 

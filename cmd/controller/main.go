@@ -40,13 +40,10 @@ import (
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/viperblock/viperblock-csi/internal/version"
 	"github.com/viperblock/viperblock-csi/pkg/driver"
 	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3"
 )
-
-// version is the build's version, stamped by `make build` (-ldflags -X
-// main.version=...) and reported by GetPluginInfo; "dev" for a plain go build.
-var version = "dev"
 
 func main() {
 	var opts driver.Options
@@ -62,7 +59,7 @@ func main() {
 	flag.String("leader-election-namespace", "", "deprecated and ignored")
 	flag.Parse()
 	if *showVersion {
-		fmt.Println(version)
+		fmt.Println(version.Long("controller"))
 		return
 	}
 	flag.Visit(func(f *flag.Flag) {
@@ -70,7 +67,7 @@ func main() {
 			klog.InfoS("flag is deprecated and ignored: the controller elects no leader; every replica serves and the sidecars' --leader-election picks the one that acts", "flag", "--"+f.Name)
 		}
 	})
-	opts.Version = version
+	opts.Version = version.String()
 	// The engine logs with log/slog: send it through klog too.
 	slog.SetDefault(slog.New(logr.ToSlogHandler(klog.Background())))
 	if err := run(&opts, *metricsAddr, *healthAddr, *standalone); err != nil {

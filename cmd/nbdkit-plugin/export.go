@@ -38,6 +38,7 @@ import (
 	"unsafe"
 
 	"github.com/viperblock/viperblock-csi/cmd/nbdkit-plugin/internal/vbplugin"
+	"github.com/viperblock/viperblock-csi/internal/version"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
@@ -52,6 +53,13 @@ func main() {}
 //export goLoad
 func goLoad() {
 	plugin = vbplugin.New(newLogger())
+}
+
+//export goVersion
+func goVersion(buf *C.char, n C.size_t) {
+	b := unsafe.Slice((*byte)(unsafe.Pointer(buf)), int(n))
+	copy(b[:len(b)-1], version.String())
+	b[min(len(version.String()), len(b)-1)] = 0
 }
 
 //export goConfig

@@ -90,7 +90,9 @@ vb_shutdown (void)
   nbdkit_shutdown ();
 }
 
-static void w_load (void) { goLoad (); }
+/* The build's version (internal/version), for nbdkit --dump-plugin. */
+static char vb_version[128] = "dev";
+static void w_load (void) { goLoad (); goVersion (vb_version, sizeof vb_version); }
 static void w_unload (void)
 {
   if (cleanup_failed) {
@@ -198,7 +200,7 @@ w_cache (void *h, uint32_t n, uint64_t off, uint32_t fl)
 static struct nbdkit_plugin plugin = {
   .name = "viperblock",
   .longname = "Viperblock: block volumes in object storage",
-  .version = "0.1",
+  .version = vb_version,
   .description = "Serves a Viperblock volume (write-ahead log on local disk, data in an object store).",
   .load = w_load,
   .unload = w_unload,

@@ -42,13 +42,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/klog/v2"
 
+	"github.com/viperblock/viperblock-csi/internal/version"
 	"github.com/viperblock/viperblock-csi/pkg/driver"
 	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3"
 )
-
-// version is the build's version, stamped by `make build` (-ldflags -X
-// main.version=...) and reported by GetPluginInfo; "dev" for a plain go build.
-var version = "dev"
 
 func main() {
 	var opts driver.Options
@@ -63,10 +60,10 @@ func main() {
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
 	if *showVersion {
-		fmt.Println(version)
+		fmt.Println(version.Long("node"))
 		return
 	}
-	opts.Version = version
+	opts.Version = version.String()
 	// The engine logs with log/slog: send it through klog too.
 	slog.SetDefault(slog.New(logr.ToSlogHandler(klog.Background())))
 	if err := run(&opts, *httpAddr, attachWrapper); err != nil {

@@ -6,6 +6,8 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/viperblock/viperblock-csi/internal/version"
 )
 
 // IdentityServer is the CSI Identity service.
@@ -20,7 +22,7 @@ type IdentityServer struct {
 func (s *IdentityServer) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
 	v := s.opts.Version
 	if v == "" {
-		v = "dev"
+		v = version.String()
 	}
 	return &csi.GetPluginInfoResponse{Name: s.opts.DriverName, VendorVersion: v}, nil
 }
