@@ -28,6 +28,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
@@ -106,6 +107,9 @@ func run(opts *driver.Options, metricsAddr, healthAddr string, standalone bool) 
 		return err
 	}
 	defer cs.Close()
+	if err := checkStores(cs); err != nil {
+		return err
+	}
 	driver.DefaultMetrics().Register(ctrlmetrics.Registry)
 	srv, err := driver.NewServer(opts.Endpoint, opts, driver.Services{Controller: cs}, nil)
 	if err != nil {
@@ -155,6 +159,9 @@ func runStandalone(opts *driver.Options, metricsAddr, healthAddr string) error {
 		return err
 	}
 	defer cs.Close()
+	if err := checkStores(cs); err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	driver.DefaultMetrics().Register(reg)
@@ -204,4 +211,14 @@ func serveHTTP(metricsAddr, healthAddr string, reg *prometheus.Registry, srv *dr
 	h.HandleFunc("/healthz", ok)
 	h.HandleFunc("/readyz", ready)
 	listen(healthAddr, h)
+}
+
+// checkStores runs the store self-test on every configured S3 store at
+// start: fencing depends on the store's conditional writes, so the
+// controller refuses to start on a store that ignores them (vblock store
+// check runs the same test).
+func checkStores(cs *driver.ControllerServer) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	return cs.CheckStores(ctx)
 }

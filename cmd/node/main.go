@@ -100,6 +100,12 @@ func run(opts *driver.Options, httpAddr string, attachWrapper []string) error {
 	}
 	defer ns.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// Fencing depends on the store's conditional writes: refuse to start
+	// on an S3 store that ignores them (vblock store check runs the same).
+	if err := ns.CheckStores(ctx); err != nil {
+		cancel()
+		return err
+	}
 	ns.Register(ctx)
 	ns.Heal(ctx)
 	cancel()

@@ -121,3 +121,8 @@ func (c *ControllerServer) store(ctx context.Context, name string, secrets map[s
 	}
 	return st, err
 }
+
+// CheckStores runs the store self-test (see storeSet.verify) on every
+// configured S3 store. An error names the stores that failed it; the
+// controller refuses to start on them.
+func (c *ControllerServer) CheckStores(ctx context.Context) error { return c.stores.checkAll(ctx) }

@@ -52,11 +52,11 @@ func codeOf(err error) codes.Code {
 	case errors.Is(err, vb.ErrTooManySnapshots):
 		return codes.ResourceExhausted
 	case errors.Is(err, vb.ErrInUse), errors.Is(err, vb.ErrReadOnly), errors.Is(err, vb.ErrFenced),
-		errors.Is(err, errBusy), errors.Is(err, errNotPermitted), errors.Is(err, backend.ErrInvalidURL), errors.Is(err, attach.ErrBusy),
+		errors.Is(err, errBusy), errors.Is(err, errNotPermitted), errors.Is(err, backend.ErrInvalidURL), errors.Is(err, backend.ErrIncompatible), errors.Is(err, attach.ErrBusy),
 		errors.Is(err, attach.ErrUnsupported), errors.Is(err, attach.ErrInvalid), errors.Is(err, attach.ErrNotAttached):
 		// The request is fine but the system is not in a state to carry it
 		// out (open on a node, fenced, mounted elsewhere, store
-		// misconfigured): retrying unchanged will not help until that
+		// misconfigured or failing the self-test): retrying unchanged will not help until that
 		// state changes.
 		return codes.FailedPrecondition
 	case errors.Is(err, vb.ErrCorrupt), errors.Is(err, vb.ErrBackendState):

@@ -176,3 +176,8 @@ func (n *NodeServer) spec(id volumeID, st *volState, url string) nbdkitSpec {
 func (n *NodeServer) export(id volumeID, st *volState) attach.Export {
 	return attach.Export{Socket: n.paths(id).Socket, ID: id.key(), ReadOnly: st.ReadOnly, Size: st.Size}
 }
+
+// CheckStores runs the store self-test (see storeSet.verify) on every
+// configured S3 store. An error names the stores that failed it; the node
+// plugin refuses to start on them.
+func (n *NodeServer) CheckStores(ctx context.Context) error { return n.stores.checkAll(ctx) }

@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/url"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"k8s.io/klog/v2"
 
@@ -116,6 +118,9 @@ type storeSet struct {
 
 	mu    sync.Mutex               // guards cache
 	cache map[string]backend.Store // by final URL
+
+	checkMu sync.Mutex       // guards checked
+	checked map[string]error // self-test outcome by store (storeIdentity): nil passed, else refused
 }
 
 func newStoreSet(o *Options, credDir string, open storeOpener) *storeSet {
@@ -125,7 +130,8 @@ func newStoreSet(o *Options, credDir string, open storeOpener) *storeSet {
 	for name, u := range o.Stores {
 		klog.V(1).InfoS("store", "name", name, "url", redactURL(u), "default", name == o.DefaultStore)
 	}
-	return &storeSet{urls: o.Stores, def: o.DefaultStore, credDir: credDir, open: open, cache: map[string]backend.Store{}}
+	return &storeSet{urls: o.Stores, def: o.DefaultStore, credDir: credDir, open: open, cache: map[string]backend.Store{},
+		checked: map[string]error{}}
 }
 
 // names lists the configured stores, sorted.
@@ -204,6 +210,10 @@ func (s *storeSet) byURL(ctx context.Context, url string, prepare func() error) 
 	if err != nil {
 		return nil, err
 	}
+	if err := s.verify(ctx, url, st); err != nil {
+		st.Close()
+		return nil, err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if old, ok := s.cache[url]; ok {
@@ -212,6 +222,82 @@ func (s *storeSet) byURL(ctx context.Context, url string, prepare func() error) 
 	}
 	s.cache[url] = st
 	return st, nil
+}
+
+// storeCheckTimeout bounds one run of the store self-test.
+const storeCheckTimeout = 2 * time.Minute
+
+// verify runs the store self-test (backend.Check) on a newly opened S3
+// store the first time this process opens it, whatever credentials file
+// the URL names, and remembers the outcome: a store that passed is not
+// checked again, one that answered wrongly (it ignores conditional writes,
+// on which fencing depends) is refused from then on with an error wrapping
+// backend.ErrIncompatible (FailedPrecondition). A check that could not run
+// (the store unreachable, the keys refused) is not remembered: the error
+// is returned and the next open checks again. File and memory stores
+// always do what the engine needs and are not checked.
+func (s *storeSet) verify(ctx context.Context, raw string, st backend.Store) error {
+	id, ok := storeIdentity(raw)
+	if !ok {
+		return nil
+	}
+	s.checkMu.Lock()
+	err, done := s.checked[id]
+	s.checkMu.Unlock()
+	if done {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, storeCheckTimeout)
+	defer cancel()
+	rep, err := backend.Check(cctx, st)
+	switch {
+	case err == nil:
+		klog.InfoS("store passed the compatibility self-test", "store", redactURL(raw), "checks", len(rep.Results))
+	case errors.Is(err, backend.ErrIncompatible):
+		klog.ErrorS(err, "store refused: it does not honour conditional writes or basic object semantics, which fencing depends on; no volume is served from it", "store", redactURL(raw))
+		err = fmt.Errorf("store %s failed the compatibility self-test (vblock store check): %w", redactURL(raw), err)
+	default:
+		return fmt.Errorf("store %s: compatibility self-test could not run: %w", redactURL(raw), err)
+	}
+	s.checkMu.Lock()
+	s.checked[id] = err
+	s.checkMu.Unlock()
+	return err
+}
+
+// storeIdentity names the store an S3 URL reaches, independent of the
+// credentials file it names; ok is false for stores that need no check.
+func storeIdentity(raw string) (string, bool) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "s3" {
+		return "", false
+	}
+	q := u.Query()
+	q.Del("credentials_file")
+	u.RawQuery = q.Encode()
+	u.User = nil
+	return u.String(), true
+}
+
+// checkAll opens every configured store, which runs the self-test on each
+// S3 store. It returns an error naming the stores that failed the test;
+// a store that could not be reached is only logged (it is checked again
+// when a volume first needs it).
+func (s *storeSet) checkAll(ctx context.Context) error {
+	var refused []error
+	for _, name := range s.names() {
+		if _, ok := storeIdentity(s.urls[name]); !ok {
+			continue
+		}
+		_, err := s.get(ctx, name, nil)
+		switch {
+		case errors.Is(err, backend.ErrIncompatible):
+			refused = append(refused, err)
+		case err != nil:
+			klog.InfoS("store self-test could not run at start; it runs when a volume first needs the store", "store", name, "err", err)
+		}
+	}
+	return errors.Join(refused...)
 }
 
 // drop closes and forgets the handle for url (a volume's, once unstaged:
