@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 
 	"github.com/viperblock/viperblock-csi/pkg/units"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
@@ -12,7 +13,7 @@ import (
 )
 
 var cmdFsck = &command{
-	name: "fsck", args: "NAME", nargs: 1,
+	name: "fsck", args: "NAME", nargs: 1, json: true,
 	summary: "verify a volume's manifest, its snapshots and every chunk they reference; --rebuild a lost or damaged manifest",
 	detail: `Reads NAME's manifest, its snapshots' manifests and every chunk they reference (including
 chunks of parent volumes, for a clone) from the store and checks:
@@ -39,6 +40,15 @@ damaged snapshot manifests.`,
 	run: runFsck,
 }
 
+// fsckJSON is fsck's JSON report (--json): the check's report, and the
+// rebuild's with --rebuild. It is printed for a corrupt volume too, before
+// the exit with status 3.
+type fsckJSON struct {
+	*vb.CheckReport
+	OK      bool              `json:"ok"`
+	Rebuild *vb.RebuildReport `json:"rebuild,omitempty"`
+}
+
 func runFsck(ctx context.Context, e *env, o *opts, args []string) error {
 	name := args[0]
 	store, err := openStore(ctx, o)
@@ -49,8 +59,13 @@ func runFsck(ctx context.Context, e *env, o *opts, args []string) error {
 	if err := backend.ValidateName(name); err != nil {
 		return volErr(name, o, fmt.Errorf("%w: %v", vb.ErrInvalidName, err))
 	}
+	if o.json {
+		// The text goes nowhere; the report is printed at the end.
+		e = &env{stdout: io.Discard, stderr: e.stderr, getenv: e.getenv, cmd: e.cmd, json: e.stdout}
+	}
+	var rebuilt *vb.RebuildReport
 	if o.rebuild {
-		if err := runRebuild(ctx, e, o, store, name); err != nil {
+		if err := runRebuild(ctx, e, o, store, name, &rebuilt); err != nil {
 			return err
 		}
 	}
@@ -80,6 +95,9 @@ func runFsck(ctx context.Context, e *env, o *opts, args []string) error {
 		for _, p := range rep.Problems {
 			e.printf("CORRUPT: %s\n", p)
 		}
+		if err := e.printJSON(fsckJSON{rep, false, rebuilt}); err != nil {
+			return err
+		}
 		hint := ""
 		if rep.Manifest == nil && !o.rebuild {
 			hint = "; `vblock fsck --rebuild` rebuilds the manifest from the chunks"
@@ -87,11 +105,11 @@ func runFsck(ctx context.Context, e *env, o *opts, args []string) error {
 		return corruptError{fmt.Sprintf("volume %s: %d problem(s) found%s", name, len(rep.Problems), hint)}
 	}
 	e.printf("volume %s: ok\n", name)
-	return nil
+	return e.printJSON(fsckJSON{rep, true, rebuilt})
 }
 
 // runRebuild rebuilds name's manifest if it is missing or damaged.
-func runRebuild(ctx context.Context, e *env, o *opts, store backend.Store, name string) error {
+func runRebuild(ctx context.Context, e *env, o *opts, store backend.Store, name string, out **vb.RebuildReport) error {
 	ro := vb.RebuildOptions{Logf: func(f string, a ...any) { e.note(f, a...) }}
 	if o.size != "" {
 		n, err := units.Parse(o.size)
@@ -110,6 +128,7 @@ func runRebuild(ctx context.Context, e *env, o *opts, store backend.Store, name 
 	case err != nil:
 		return volErr(name, o, err)
 	}
+	*out = rep
 	for _, s := range rep.Skipped {
 		e.printf("rebuild: skipped %s\n", s)
 	}

@@ -19,7 +19,7 @@ import (
 const ioSize = 4 << 20
 
 var cmdImport = &command{
-	name: "import", args: "NAME FILE", nargs: 2,
+	name: "import", args: "NAME FILE", nargs: 2, json: true,
 	summary: "copy a raw image (file, block device or - for stdin) into a volume",
 	detail: `Writes FILE into volume NAME from offset 0 and drains it to the store. NAME is created with
 FILE's size (or --size) if it does not exist; an existing volume must be at least as large.
@@ -31,12 +31,19 @@ takes ownership of it (refused while a server has it open, unless --force). With
 		fs.StringVar(&o.progress, "progress", "auto", "progress bar: auto (on a terminal), always or never")
 	},
 	run: func(ctx context.Context, e *env, o *opts, args []string) error {
-		return importFile(ctx, e, o, args[0], args[1])
+		var rep imageReport
+		if err := importFile(ctx, e, o, args[0], args[1], &rep); err != nil {
+			return err
+		}
+		if o.json {
+			return printJSON(e, rep)
+		}
+		return nil
 	},
 }
 
 var cmdExport = &command{
-	name: "export", args: "NAME FILE", nargs: 2,
+	name: "export", args: "NAME FILE", nargs: 2, json: true,
 	summary: "copy a volume's committed state to a raw image (file, block device or - for stdout)",
 	detail: `Reads volume NAME as committed in the store and writes it to FILE. A new regular file is
 written sparse (holes stay holes). An existing regular file is refused unless --force. Writes that a
@@ -46,8 +53,28 @@ running server has not drained yet are not included.`,
 		fs.StringVar(&o.progress, "progress", "auto", "progress bar: auto (on a terminal), always or never")
 	},
 	run: func(ctx context.Context, e *env, o *opts, args []string) error {
-		return exportFile(ctx, e, o, args[0], args[1])
+		if o.json && args[1] == "-" {
+			return usagef("--json needs stdout: export to a FILE, not -")
+		}
+		var rep imageReport
+		if err := exportFile(ctx, e, o, args[0], args[1], &rep); err != nil {
+			return err
+		}
+		if o.json {
+			return printJSON(e, rep)
+		}
+		return nil
 	},
+}
+
+// imageReport is the JSON report of import, export and load-dir.
+type imageReport struct {
+	Volume    string
+	File      string // the image (for load-dir, the directory)
+	Created   bool   // import: the volume was created
+	Bytes     int64  // bytes copied (import: the image's length; export: the volume's size)
+	DataBytes int64  // of which data (not holes or zeros)
+	Label     string `json:",omitempty"` // load-dir: the filesystem's label
 }
 
 // openWritable opens a volume for writing with o.walDir or, if none, a
@@ -79,7 +106,7 @@ func openWritable(ctx context.Context, o *opts, store backend.Store, name string
 	}, nil
 }
 
-func importFile(ctx context.Context, e *env, o *opts, name, path string) (err error) {
+func importFile(ctx context.Context, e *env, o *opts, name, path string, rep *imageReport) (err error) {
 	var f *os.File
 	if path == "-" {
 		f = os.Stdin
@@ -229,11 +256,12 @@ func importFile(ctx context.Context, e *env, o *opts, name, path string) (err er
 		}
 	}
 	bar.done()
+	*rep = imageReport{Volume: name, File: path, Created: fresh, Bytes: off, DataBytes: written}
 	e.note("imported %s into %s (%s of data, %s of zeros/holes); draining to the store", units.Format(off), name, units.Format(written), units.Format(zeroed))
 	return nil
 }
 
-func exportFile(ctx context.Context, e *env, o *opts, name, path string) (err error) {
+func exportFile(ctx context.Context, e *env, o *opts, name, path string, rep *imageReport) (err error) {
 	store, err := openStore(ctx, o)
 	if err != nil {
 		return err
@@ -322,6 +350,7 @@ func exportFile(ctx context.Context, e *env, o *opts, name, path string) (err er
 		}
 	}
 	bar.done()
+	*rep = imageReport{Volume: name, File: path, Bytes: size, DataBytes: data}
 	if f != os.Stdout {
 		e.note("exported volume %s (%s, %s of data) to %s", name, units.Format(size), units.Format(data), path)
 	}

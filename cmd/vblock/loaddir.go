@@ -16,7 +16,7 @@ import (
 )
 
 var cmdLoadDir = &command{
-	name: "load-dir", args: "NAME DIR", nargs: 2,
+	name: "load-dir", args: "NAME DIR", nargs: 2, json: true,
 	summary: "build an ext4 filesystem holding DIR's files on a volume",
 	detail: `Builds an ext4 image of DIR's contents with 'mkfs.ext4 -d' in a temporary sparse file and
 imports it into volume NAME, which is created if missing (size from --size, or DIR's size plus
@@ -109,8 +109,13 @@ func runLoadDir(ctx context.Context, e *env, o *opts, args []string) error {
 	}
 	io := *o
 	io.size = ""
-	if err := importFile(ctx, e, &io, name, imgPath); err != nil {
+	var rep imageReport
+	if err := importFile(ctx, e, &io, name, imgPath, &rep); err != nil {
 		return err
+	}
+	if o.json {
+		rep.File, rep.Label = dir, label
+		return printJSON(e, rep)
 	}
 	e.printf("volume %s now holds an ext4 filesystem (label %q, %s) with the contents of %s\n", name, label, units.Format(size), dir)
 	return nil

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/viperblock/viperblock-csi/internal/version"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
@@ -46,6 +47,13 @@ type command struct {
 	flags   func(fs *flag.FlagSet, o *opts)
 	run     func(ctx context.Context, e *env, o *opts, args []string) error
 	nargs   int // required positional arguments
+	// json: the command takes --json and then prints one JSON document
+	// (its report) on stdout instead of text; notes and errors stay on
+	// stderr and the exit status is the same.
+	json bool
+	// words completes the positional arguments: the choices for the
+	// first (such as a subcommand), if any; see completion.go.
+	words []string
 }
 
 // opts holds every flag; each subcommand registers the ones it uses.
@@ -76,6 +84,19 @@ type env struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
 	cmd            string // the running subcommand, for messages
+	// json, if set, receives the command's JSON report (printJSON) while
+	// its text output goes to stdout (io.Discard, for a command that
+	// prints text as it goes; see runFsck).
+	json io.Writer
+}
+
+// printJSON prints the JSON report v if the command writes one (env.json
+// is set), and nothing otherwise.
+func (e *env) printJSON(v any) error {
+	if e.json == nil {
+		return nil
+	}
+	return writeJSON(e.json, v)
 }
 
 func (e *env) printf(format string, a ...any) { fmt.Fprintf(e.stdout, format, a...) }
@@ -91,18 +112,21 @@ func init() {
 	commands = []*command{
 		cmdCreate, cmdList, cmdInspect, cmdDelete, cmdServe,
 		cmdImport, cmdExport, cmdFsck, cmdLoadDir,
-		cmdSnapshot, cmdClone, cmdGC, cmdVersion,
+		cmdSnapshot, cmdClone, cmdGC, cmdStore, cmdVersion, cmdCompletion,
 	}
 }
 
-// version is the build's version, stamped by `make build` (-ldflags -X
-// main.version=...); "dev" for a plain go build.
-var version = "dev"
-
 var cmdVersion = &command{
-	name: "version", summary: "print vblock's version",
-	run: func(_ context.Context, e *env, _ *opts, _ []string) error {
-		e.printf("%s\n", version)
+	name: "version", summary: "print vblock's version, commit and build date",
+	detail: `Prints the version (git describe of the source), the commit and build date stamped in by
+'make build' (or what the Go toolchain recorded, for a plain go build), the Go version and the
+platform. The node and controller plugins print the same with --version.`,
+	json: true,
+	run: func(_ context.Context, e *env, o *opts, _ []string) error {
+		if o.json {
+			return printJSON(e, version.Get())
+		}
+		e.printf("%s\n", version.Long("vblock"))
 		return nil
 	},
 }
@@ -166,10 +190,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	e.cmd = c.name
 	fs := flag.NewFlagSet("vblock "+c.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	commonFlags(fs, &o)
-	if c.flags != nil {
-		c.flags(fs, &o)
-	}
+	commandFlags(fs, c, &o)
 	pos, err := parseInterleaved(fs, rest[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		cmdUsage(stdout, c)
@@ -245,6 +266,17 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
+// commandFlags registers every flag command c takes.
+func commandFlags(fs *flag.FlagSet, c *command, o *opts) {
+	commonFlags(fs, o)
+	if c.json {
+		fs.BoolVar(&o.json, "json", false, "print the report as JSON on stdout")
+	}
+	if c.flags != nil {
+		c.flags(fs, o)
+	}
+}
+
 func commonFlags(fs *flag.FlagSet, o *opts) {
 	fs.StringVar(&o.store, "store", o.store, "object store URL: file:///abs/dir, mem://name, s3://... or a directory path (default $"+envStore+")")
 	fs.StringVar(&o.walDir, "wal-dir", o.walDir, "node-local WAL directory (default $"+envWALDir+")")
@@ -259,7 +291,7 @@ usage: vblock [--store URL] [--wal-dir DIR] COMMAND [ARGS] [FLAGS]
 commands:
 `)
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(w, `
 global flags (also accepted after the command):
@@ -268,6 +300,7 @@ global flags (also accepted after the command):
 
 Sizes are written like 10GiB, 512MiB, 1.5G or 4096 (bytes); K/M/G/T and KiB/MiB/GiB/TiB are
 powers of 1024, KB/MB/GB/TB powers of 1000.
+Commands that report take --json: one JSON document on stdout instead of text.
 Run 'vblock COMMAND --help' for details. Exit status: 0 ok, 1 failure, 2 bad usage, 3 fsck found corruption.
 `, envStore, envWALDir)
 }
@@ -279,10 +312,7 @@ func cmdUsage(w io.Writer, c *command) {
 	}
 	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
 	var o opts
-	commonFlags(fs, &o)
-	if c.flags != nil {
-		c.flags(fs, &o)
-	}
+	commandFlags(fs, c, &o)
 	fmt.Fprintf(w, "\nflags:\n")
 	fs.SetOutput(w)
 	fs.VisitAll(func(f *flag.Flag) {

@@ -3,9 +3,9 @@ package main
 import (
 	"fmt"
 	"os"
-	"syscall"
 	"time"
-	"unsafe"
+
+	"golang.org/x/term"
 
 	"github.com/viperblock/viperblock-csi/pkg/units"
 )
@@ -24,7 +24,7 @@ func newProgress(e *env, mode, label string, total int64) *progress {
 	on := mode == "always"
 	if mode == "auto" {
 		f, ok := e.stderr.(*os.File)
-		on = ok && isTerminal(f)
+		on = ok && term.IsTerminal(int(f.Fd()))
 	}
 	now := time.Now()
 	return &progress{e: e, label: label, total: total, on: on && total > 0, start: now}
@@ -61,10 +61,4 @@ func (p *progress) done() {
 	}
 	p.draw(p.total)
 	fmt.Fprintln(p.e.stderr)
-}
-
-func isTerminal(f *os.File) bool {
-	var t syscall.Termios
-	_, _, errno := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), syscall.TCGETS, uintptr(unsafe.Pointer(&t)))
-	return errno == 0
 }

@@ -14,7 +14,8 @@ import (
 )
 
 var cmdSnapshot = &command{
-	name: "snapshot", args: "create|list|delete|diff VOLUME [SNAPSHOT [SNAPSHOT2]]", nargs: -1,
+	name: "snapshot", args: "create|list|delete|diff VOLUME [SNAPSHOT [SNAPSHOT2]]", nargs: -1, json: true,
+	words:   []string{"create", "list", "delete", "diff"},
 	summary: "create, list, delete or compare snapshots",
 	detail: `snapshot create VOLUME SNAPSHOT   freeze VOLUME's current state (no data is copied); if a
                                    server has VOLUME open, it is asked to upload what it holds first
@@ -22,7 +23,6 @@ snapshot list VOLUME              list VOLUME's snapshots
 snapshot delete VOLUME SNAPSHOT   delete a snapshot (kept hidden while clones still use its data)
 snapshot diff VOLUME SNAP1 SNAP2  list the block ranges that differ between two snapshots`,
 	flags: func(fs *flag.FlagSet, o *opts) {
-		fs.BoolVar(&o.json, "json", false, "print JSON (list)")
 		fs.StringVar(&o.drainInterval, "owner-wait", "30s", "how long create waits for a server that has the volume open to upload its data")
 	},
 	run: func(ctx context.Context, e *env, o *opts, args []string) error {
@@ -54,6 +54,9 @@ snapshot diff VOLUME SNAP1 SNAP2  list the block ranges that differ between two 
 			if err != nil {
 				return snapErr(vol, args[2], o, err)
 			}
+			if o.json {
+				return printJSON(e, inf)
+			}
 			e.printf("snapshot %s@%s: %s written of %s\n", vol, inf.Name, units.Format(inf.WrittenBytes), units.Format(inf.Size))
 		case "list":
 			snaps, err := vb.ListSnapshots(ctx, store, vol)
@@ -82,6 +85,12 @@ snapshot diff VOLUME SNAP1 SNAP2  list the block ranges that differ between two 
 			if err := vb.DeleteSnapshot(ctx, store, vol, args[2]); err != nil {
 				return snapErr(vol, args[2], o, err)
 			}
+			if o.json {
+				if deps == nil {
+					deps = []string{}
+				}
+				return printJSON(e, snapshotDeleteReport{Volume: vol, Snapshot: args[2], Deleted: true, Dependants: deps})
+			}
 			if len(deps) > 0 {
 				e.printf("deleted snapshot %s@%s; its data stays while clones use it: %s\n", vol, args[2], strings.Join(deps, ", "))
 			} else {
@@ -93,15 +102,41 @@ snapshot diff VOLUME SNAP1 SNAP2  list the block ranges that differ between two 
 				return snapErr(vol, args[2]+"|"+args[3], o, err)
 			}
 			var total uint64
+			rep := snapshotDiffReport{Volume: vol, From: args[2], To: args[3], Ranges: []byteRange{}}
 			for _, r := range ranges {
-				e.printf("%d\t%d\n", r[0]*vb.BlockSize, r[1]*vb.BlockSize)
+				if !o.json {
+					e.printf("%d\t%d\n", r[0]*vb.BlockSize, r[1]*vb.BlockSize)
+				}
+				rep.Ranges = append(rep.Ranges, byteRange{Offset: r[0] * vb.BlockSize, Length: r[1] * vb.BlockSize})
 				total += r[1]
+			}
+			if o.json {
+				rep.Bytes = total * vb.BlockSize
+				if err := printJSON(e, rep); err != nil {
+					return err
+				}
 			}
 			e.note("%d ranges, %s differ", len(ranges), units.Format(int64(total)*vb.BlockSize))
 		}
 		return nil
 	},
 }
+
+// The JSON reports of snapshot delete and diff (create prints the
+// snapshot's vb.SnapshotInfo, list a JSON array of them).
+type (
+	snapshotDeleteReport struct {
+		Volume, Snapshot string
+		Deleted          bool
+		Dependants       []string // clones that keep the snapshot's data
+	}
+	snapshotDiffReport struct {
+		Volume, From, To string
+		Ranges           []byteRange
+		Bytes            uint64 // total length of Ranges
+	}
+	byteRange struct{ Offset, Length uint64 }
+)
 
 func snapErr(vol, snap string, o *opts, err error) error {
 	switch {
@@ -114,7 +149,7 @@ func snapErr(vol, snap string, o *opts, err error) error {
 }
 
 var cmdClone = &command{
-	name: "clone", args: "SOURCE NEW", nargs: 2,
+	name: "clone", args: "SOURCE NEW", nargs: 2, json: true,
 	summary: "make a copy-on-write clone of a snapshot or a volume",
 	detail: `Creates volume NEW sharing SOURCE's data; only blocks NEW writes are stored for it. SOURCE is
 VOLUME@SNAPSHOT, or a VOLUME (its current state is snapshotted implicitly). Instant at any size.`,
@@ -150,13 +185,20 @@ VOLUME@SNAPSHOT, or a VOLUME (its current state is snapshotted implicitly). Inst
 			}
 			return volErr(src, o, err)
 		}
+		if o.json {
+			inf, err := vb.Inspect(ctx, store, args[1])
+			if err != nil {
+				return volErr(args[1], o, err)
+			}
+			return printJSON(e, cloneReport{Source: args[0], Volume: inf})
+		}
 		e.printf("cloned %s to %s\n", args[0], args[1])
 		return nil
 	},
 }
 
 var cmdGC = &command{
-	name: "gc", args: "NAME", nargs: 1,
+	name: "gc", args: "NAME", nargs: 1, json: true,
 	summary: "reclaim space: compact sparse chunks and delete unreferenced ones",
 	detail: `With --wal-dir, opens NAME for writing (taking ownership), moves the live blocks of chunks
 less than half used into new chunks, and deletes every chunk nothing references (not the volume,
@@ -192,9 +234,30 @@ while a server has the volume open.`,
 		if err != nil {
 			return volErr(args[0], o, err)
 		}
+		if o.json {
+			return printJSON(e, gcReport{Name: args[0], GCReport: rep, Compacted: o.walDir != "",
+				BytesMoved: int64(rep.BlocksMoved) * vb.BlockSize, ChunksBefore: before.Chunks, ChunksAfter: after.Chunks,
+				ChunkBytesBefore: before.ChunkBytes, ChunkBytesAfter: after.ChunkBytes})
+		}
 		e.printf("gc %s: %d chunks compacted (%s of live data moved), %d unreferenced chunks deleted; chunks %d -> %d (%s -> %s stored)\n",
 			args[0], rep.ChunksRewritten, units.Format(int64(rep.BlocksMoved)*vb.BlockSize), rep.ChunksDeleted,
 			before.Chunks, after.Chunks, units.Format(before.ChunkBytes), units.Format(after.ChunkBytes))
 		return nil
 	},
+}
+
+// cloneReport is clone's JSON report: the source and the new volume.
+type cloneReport struct {
+	Source string // VOLUME@SNAPSHOT or VOLUME, as given
+	Volume vb.Info
+}
+
+// gcReport is gc's JSON report.
+type gcReport struct {
+	Name string
+	vb.GCReport
+	Compacted                         bool // --wal-dir: sparse chunks were compacted too
+	BytesMoved                        int64
+	ChunksBefore, ChunksAfter         int
+	ChunkBytesBefore, ChunkBytesAfter int64
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -20,7 +21,7 @@ import (
 )
 
 var cmdCreate = &command{
-	name: "create", args: "NAME --size SIZE", nargs: 1,
+	name: "create", args: "NAME --size SIZE", nargs: 1, json: true,
 	summary: "create an empty volume",
 	detail: `Creates volume NAME of SIZE bytes (rounded up to 4 KiB) in the store. The volume reads as
 zeros until written. Fails if NAME exists. --durability store makes every flush durable in the
@@ -49,17 +50,19 @@ object store before it returns (node, the default: durable on the serving node's
 		if err := vb.CreateWithClass(ctx, store, args[0], size, class); err != nil {
 			return volErr(args[0], o, err)
 		}
+		if o.json {
+			return printJSON(e, createReport{Name: args[0], Size: roundBlock(size), Durability: class})
+		}
 		e.printf("created volume %s (%s)\n", args[0], units.Format(roundBlock(size)))
 		return nil
 	},
 }
 
 var cmdList = &command{
-	name: "list", args: "", nargs: 0,
+	name: "list", args: "", nargs: 0, json: true,
 	summary: "list the volumes in the store",
 	flags: func(fs *flag.FlagSet, o *opts) {
 		fs.BoolVar(&o.long, "l", false, "long listing: size, bytes written, epoch")
-		fs.BoolVar(&o.json, "json", false, "print JSON")
 	},
 	run: func(ctx context.Context, e *env, o *opts, args []string) error {
 		store, err := openStore(ctx, o)
@@ -104,9 +107,7 @@ var cmdInspect = &command{
 	detail: `Shows what the store holds for NAME: size, bytes written, extents, chunks, snapshots, parent
 ownership epoch, clones and whether a writer has it open. Writes still in a server's memory or WAL are not included; with --wal-dir,
 the local WAL of NAME is summarized as well.`,
-	flags: func(fs *flag.FlagSet, o *opts) {
-		fs.BoolVar(&o.json, "json", false, "print JSON")
-	},
+	json: true,
 	run: func(ctx context.Context, e *env, o *opts, args []string) error {
 		store, err := openStore(ctx, o)
 		if err != nil {
@@ -164,7 +165,7 @@ the local WAL of NAME is summarized as well.`,
 }
 
 var cmdDelete = &command{
-	name: "delete", args: "NAME", nargs: 1,
+	name: "delete", args: "NAME", nargs: 1, json: true,
 	summary: "delete a volume and its data",
 	detail: `Deletes NAME's manifest (the volume is gone at once) and then its chunks from the store. With
 --wal-dir, NAME's local WAL is removed too, and the delete is refused while a server on this node
@@ -189,10 +190,27 @@ holds it. The volume must not be served anywhere else.`,
 				return fmt.Errorf("volume %s deleted, but removing its local WAL failed: %v", name, err)
 			}
 		}
+		if o.json {
+			return printJSON(e, deleteReport{Name: name, Deleted: true, LocalWALRemoved: o.walDir != ""})
+		}
 		e.printf("deleted volume %s\n", name)
 		return nil
 	},
 }
+
+// The JSON reports of create and delete.
+type (
+	createReport struct {
+		Name       string
+		Size       int64 // bytes, rounded up to the block size
+		Durability vb.Durability
+	}
+	deleteReport struct {
+		Name            string
+		Deleted         bool
+		LocalWALRemoved bool // --wal-dir was given and NAME's WAL is gone
+	}
+)
 
 func listOrNone(l []string) string {
 	if len(l) == 0 {
@@ -288,8 +306,11 @@ func parseSize(s string) (int64, error) {
 
 func roundBlock(n int64) int64 { return (n + vb.BlockSize - 1) / vb.BlockSize * vb.BlockSize }
 
-func printJSON(e *env, v any) error {
-	enc := json.NewEncoder(e.stdout)
+// printJSON prints v as the command's JSON report on stdout.
+func printJSON(e *env, v any) error { return writeJSON(e.stdout, v) }
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }

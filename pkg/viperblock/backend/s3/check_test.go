@@ -62,10 +62,11 @@ func stripProxy(t *testing.T, srv *s3server.Server, strip ...string) (string, *a
 	creds := aws.Credentials{AccessKeyID: srv.AccessKey, SecretAccessKey: srv.SecretKey}
 	signer := v4.NewSigner(func(o *v4.SignerOptions) { o.DisableURIPathEscaping = true })
 	var stripped atomic.Int64
-	rp := httputil.NewSingleHostReverseProxy(up)
-	direct := rp.Director
-	rp.Director = func(r *http.Request) {
-		direct(r)
+	rp := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) {
+		pr.SetURL(up)
+		r := pr.Out
+		// Keep the Host header the client signed.
+		r.Host = pr.In.Host
 		if r.Method != http.MethodPut {
 			return
 		}
@@ -85,7 +86,7 @@ func stripProxy(t *testing.T, srv *s3server.Server, strip ...string) (string, *a
 		if err != nil {
 			t.Errorf("sign again: %v", err)
 		}
-	}
+	}}
 	ps := httptest.NewServer(rp)
 	t.Cleanup(ps.Close)
 	return ps.URL, &stripped
