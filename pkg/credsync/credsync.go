@@ -5,11 +5,19 @@
 //
 // # Source: a Secret volume
 //
-// The source is a directory with one file per Secret key:
+// The source is a directory with one file per Secret key, named as the
+// AWS environment variables are (the one spelling of S3 credentials across
+// the mounted Secret, CSI secrets and the environment):
 //
-//	accessKeyID        the access key ID (required)
-//	secretAccessKey    the secret access key (required)
-//	sessionToken       a session token (optional)
+//	AWS_ACCESS_KEY_ID        the access key ID (required)
+//	AWS_SECRET_ACCESS_KEY    the secret access key (required)
+//	AWS_SESSION_TOKEN        a session token (optional)
+//
+// Older spellings are still read, with a deprecation warning in the log:
+// accessKeyID, secretAccessKey and sessionToken (the Secret as shipped
+// before), and awsAccessKeyID, awsSecretAccessKey and awsSessionToken (the
+// CSI secrets' keys before). CanonicalKey maps every spelling. A key given
+// under two spellings with different values is an error.
 //
 // Leading and trailing white space (such as the newline `kubectl create
 // secret --from-file` keeps) is trimmed; a value with a line break or NUL
@@ -56,12 +64,61 @@ import (
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
 )
 
-// The file names of the Secret's keys.
+// The canonical names of the Secret's keys: those of the environment
+// variables the AWS SDKs read, and of the credentials file.
+const (
+	AccessKeyID     = "AWS_ACCESS_KEY_ID"
+	SecretAccessKey = "AWS_SECRET_ACCESS_KEY"
+	SessionToken    = "AWS_SESSION_TOKEN"
+)
+
+// Deprecated: the Secret's key names before AccessKeyID, SecretAccessKey
+// and SessionToken; still read.
 const (
 	AccessKeyIDFile     = "accessKeyID"
 	SecretAccessKeyFile = "secretAccessKey"
 	SessionTokenFile    = "sessionToken"
 )
+
+// deprecatedKeys maps each older spelling to its canonical name.
+var deprecatedKeys = map[string]string{
+	AccessKeyIDFile: AccessKeyID, SecretAccessKeyFile: SecretAccessKey, SessionTokenFile: SessionToken,
+	"awsAccessKeyID": AccessKeyID, "awsSecretAccessKey": SecretAccessKey, "awsSessionToken": SessionToken,
+}
+
+// CanonicalKey returns the canonical name of a credential key given under
+// any accepted spelling, whether that spelling is deprecated, and ok false
+// for a key that is not a credential.
+func CanonicalKey(name string) (canonical string, deprecated, ok bool) {
+	switch name {
+	case AccessKeyID, SecretAccessKey, SessionToken:
+		return name, false, true
+	}
+	c, ok := deprecatedKeys[name]
+	return c, ok, ok
+}
+
+// spellings lists the accepted names of a canonical key, canonical first.
+func spellings(canonical string) []string {
+	names := []string{canonical}
+	for _, old := range []string{AccessKeyIDFile, SecretAccessKeyFile, SessionTokenFile, "awsAccessKeyID", "awsSecretAccessKey", "awsSessionToken"} {
+		if deprecatedKeys[old] == canonical {
+			names = append(names, old)
+		}
+	}
+	return names
+}
+
+// HasAccessKey reports whether dir holds an access key ID under any
+// spelling (whether a Secret is mounted there at all).
+func HasAccessKey(dir string) bool {
+	for _, n := range spellings(AccessKeyID) {
+		if _, err := os.Stat(filepath.Join(dir, n)); err == nil {
+			return true
+		}
+	}
+	return false
+}
 
 // dataLink is the link the kubelet swaps to update a Secret volume.
 const dataLink = "..data"
@@ -77,31 +134,45 @@ var ErrInvalid = errors.New("credsync: invalid credentials source")
 // wrote the file. It writes nothing when the file is up to date, or when
 // srcDir is incomplete or unreadable (the file keeps its last good content).
 func Sync(srcDir, dstFile string) (changed bool, err error) {
-	content, err := render(srcDir)
+	changed, _, err = sync(srcDir, dstFile)
+	return changed, err
+}
+
+// sync is Sync, also returning the deprecated key names srcDir uses.
+func sync(srcDir, dstFile string) (changed bool, deprecated []string, err error) {
+	content, deprecated, err := render(srcDir)
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	old, err := os.ReadFile(dstFile)
 	if err == nil && bytes.Equal(old, content) {
-		return false, nil
+		return false, deprecated, nil
 	}
 	if err := writeAtomic(dstFile, content); err != nil {
-		return false, fmt.Errorf("credsync: write %s: %w", dstFile, err)
+		return false, deprecated, fmt.Errorf("credsync: write %s: %w", dstFile, err)
 	}
-	return true, nil
+	return true, deprecated, nil
 }
 
 // Run calls Sync every interval until ctx ends, and once at the start. It
 // logs (through klog.FromContext(ctx)) each time the file is written, and a
 // failure once until Sync succeeds again; never a credential. It returns
-// when ctx ends, with nil.
+// when ctx ends, with nil. Keys under a deprecated spelling are warned
+// about once, and again whenever the set of them changes.
 func Run(ctx context.Context, srcDir, dstFile string, interval time.Duration) error {
 	log := klog.FromContext(ctx).WithValues("source", srcDir, "file", dstFile)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	failing := false
+	warned := ""
 	for {
-		changed, err := Sync(srcDir, dstFile)
+		changed, deprecated, err := sync(srcDir, dstFile)
+		if d := strings.Join(deprecated, ","); d != warned {
+			warned = d
+			if d != "" {
+				log.Info("deprecated: the Secret names S3 credentials with old keys; rename them to "+AccessKeyID+", "+SecretAccessKey+" and "+SessionToken+" (the old names are still read)", "keys", deprecated)
+			}
+		}
 		switch {
 		case err != nil && !failing:
 			log.Error(err, "cannot update the credentials file; it keeps its last content")
@@ -121,37 +192,40 @@ func Run(ctx context.Context, srcDir, dstFile string, interval time.Duration) er
 	}
 }
 
-// render reads srcDir and returns the credentials file's content.
-func render(srcDir string) ([]byte, error) {
+// render reads srcDir and returns the credentials file's content and the
+// deprecated key names it found.
+func render(srcDir string) ([]byte, []string, error) {
 	var keys map[string]string
+	var deprecated []string
 	var err error
 	// A swap of "..data" between reading the link and reading the files
 	// removes the old directory (ENOENT) or leaves the link moved: read
 	// again. The kubelet swaps rarely, so a few tries always suffice.
 	for try := 0; ; try++ {
-		keys, err = readSnapshot(srcDir)
+		keys, deprecated, err = readSnapshot(srcDir)
 		if err == nil || !errors.Is(err, errMoved) || try == 4 {
 			break
 		}
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# Written by viperblock from the Secret volume %s; do not edit.\n", srcDir)
-	fmt.Fprintf(&b, "AWS_ACCESS_KEY_ID=\"%s\"\n", keys[AccessKeyIDFile])
-	fmt.Fprintf(&b, "AWS_SECRET_ACCESS_KEY=\"%s\"\n", keys[SecretAccessKeyFile])
-	if tok := keys[SessionTokenFile]; tok != "" {
-		fmt.Fprintf(&b, "AWS_SESSION_TOKEN=\"%s\"\n", tok)
+	fmt.Fprintf(&b, "%s=\"%s\"\n", AccessKeyID, keys[AccessKeyID])
+	fmt.Fprintf(&b, "%s=\"%s\"\n", SecretAccessKey, keys[SecretAccessKey])
+	if tok := keys[SessionToken]; tok != "" {
+		fmt.Fprintf(&b, "%s=\"%s\"\n", SessionToken, tok)
 	}
-	return b.Bytes(), nil
+	return b.Bytes(), deprecated, nil
 }
 
 // errMoved is a read that raced with a swap of "..data".
 var errMoved = errors.New("credsync: secret volume updated during the read")
 
-// readSnapshot reads the keys of one version of srcDir.
-func readSnapshot(srcDir string) (map[string]string, error) {
+// readSnapshot reads the keys of one version of srcDir, by canonical
+// name, and lists the deprecated names it read them from.
+func readSnapshot(srcDir string) (map[string]string, []string, error) {
 	dir := srcDir
 	target, err := os.Readlink(filepath.Join(srcDir, dataLink))
 	switch {
@@ -163,32 +237,47 @@ func readSnapshot(srcDir string) (map[string]string, error) {
 	case errors.Is(err, os.ErrNotExist):
 		target = "" // a plain directory
 	default:
-		return nil, fmt.Errorf("credsync: %w", err)
+		return nil, nil, fmt.Errorf("credsync: %w", err)
 	}
 	keys := map[string]string{}
-	for _, name := range []string{AccessKeyIDFile, SecretAccessKeyFile, SessionTokenFile} {
-		v, err := readValue(filepath.Join(dir, name))
-		if errors.Is(err, os.ErrNotExist) {
-			if target != "" && moved(srcDir, target) {
-				return nil, errMoved
-			}
-			if name == SessionTokenFile {
+	var deprecated []string
+	for _, key := range []string{AccessKeyID, SecretAccessKey, SessionToken} {
+		found := ""
+		for _, name := range spellings(key) {
+			v, err := readValue(filepath.Join(dir, name))
+			if errors.Is(err, os.ErrNotExist) {
 				continue
 			}
-			return nil, fmt.Errorf("%w: %s has no %s", ErrInvalid, srcDir, name)
+			if err != nil {
+				return nil, nil, err
+			}
+			if found != "" && v != keys[key] {
+				return nil, nil, fmt.Errorf("%w: %s gives %s as %s and as %s, with different values", ErrInvalid, srcDir, key, found, name)
+			}
+			if found == "" {
+				found, keys[key] = name, v
+				if name != key {
+					deprecated = append(deprecated, name)
+				}
+			}
 		}
-		if err != nil {
-			return nil, err
+		if found == "" {
+			if target != "" && moved(srcDir, target) {
+				return nil, nil, errMoved
+			}
+			if key == SessionToken {
+				continue
+			}
+			return nil, nil, fmt.Errorf("%w: %s has no %s", ErrInvalid, srcDir, key)
 		}
-		if v == "" && name != SessionTokenFile {
-			return nil, fmt.Errorf("%w: %s is empty", ErrInvalid, filepath.Join(srcDir, name))
+		if keys[key] == "" && key != SessionToken {
+			return nil, nil, fmt.Errorf("%w: %s is empty", ErrInvalid, filepath.Join(srcDir, found))
 		}
-		keys[name] = v
 	}
 	if target != "" && moved(srcDir, target) {
-		return nil, errMoved
+		return nil, nil, errMoved
 	}
-	return keys, nil
+	return keys, deprecated, nil
 }
 
 // moved reports whether srcDir's "..data" no longer names target.

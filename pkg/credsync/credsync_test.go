@@ -58,7 +58,9 @@ func (v *secretVolume) update(keys map[string]string) {
 	if err := os.Rename(tmp, filepath.Join(v.dir, "..data")); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{credsync.AccessKeyIDFile, credsync.SecretAccessKeyFile, credsync.SessionTokenFile} {
+	for _, k := range []string{credsync.AccessKeyID, credsync.SecretAccessKey, credsync.SessionToken,
+		credsync.AccessKeyIDFile, credsync.SecretAccessKeyFile, credsync.SessionTokenFile,
+		"awsAccessKeyID", "awsSecretAccessKey", "awsSessionToken"} {
 		link := filepath.Join(v.dir, k)
 		_, has := keys[k]
 		_, err := os.Lstat(link)

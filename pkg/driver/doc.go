@@ -41,7 +41,10 @@
 //
 // CSI secrets (provisioner, controller-publish, controller-expand,
 // snapshotter and node-stage secrets) may carry S3 credentials under
-// awsAccessKeyID, awsSecretAccessKey and awsSessionToken. They are written
+// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, the one
+// spelling of the mounted Secret, CSI secrets and the environment (the
+// older awsAccessKeyID, awsSecretAccessKey and awsSessionToken still work,
+// with a deprecation warning in the log). They are written
 // to a 0600 file (atomically) and the store URL names it with
 // credentials_file=; they never appear on a command line, in a URL or in a
 // log line (the gRPC interceptor logs requests with every secret replaced

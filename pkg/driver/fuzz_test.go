@@ -23,6 +23,7 @@ import (
 
 	"github.com/viperblock/viperblock-csi/pkg/units"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
+	"github.com/viperblock/viperblock-csi/pkg/credsync"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
 
@@ -528,11 +529,11 @@ func FuzzCredentials(f *testing.F) {
 				t.Fatalf("error %v (code %s)", err, codeOf(err))
 			}
 			msg := err.Error()
-			for k := range secretKeys {
+			for _, k := range allSecretKeys {
 				msg = strings.ReplaceAll(msg, k, "")
 			}
 			for k, v := range secrets {
-				if _, known := secretKeys[k]; known && v != "" && strings.Contains(msg, v) && !strings.Contains(fzSecretStatic, v) {
+				if _, _, known := credsync.CanonicalKey(k); known && v != "" && strings.Contains(msg, v) && !strings.Contains(fzSecretStatic, v) {
 					t.Fatalf("error %q repeats the value of %s", err, k)
 				}
 			}
@@ -540,7 +541,7 @@ func FuzzCredentials(f *testing.F) {
 		}
 		want := map[string]string{}
 		for k, v := range secrets {
-			if env, ok := secretKeys[k]; ok {
+			if env, _, ok := credsync.CanonicalKey(k); ok {
 				if w, dup := want[env]; dup && w != v {
 					t.Fatalf("%s given twice with different values, accepted", env)
 				}
@@ -681,3 +682,9 @@ func FuzzControllerIDs(f *testing.F) {
 		}
 	})
 }
+
+// allSecretKeys are every spelling of the credential keys CSI secrets
+// accept.
+var allSecretKeys = []string{credsync.AccessKeyID, credsync.SecretAccessKey, credsync.SessionToken,
+	"awsAccessKeyID", "awsSecretAccessKey", "awsSessionToken",
+	credsync.AccessKeyIDFile, credsync.SecretAccessKeyFile, credsync.SessionTokenFile}

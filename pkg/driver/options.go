@@ -154,7 +154,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet, node bool) {
 	fs.StringVar(&o.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI gRPC endpoint (unix:///path)")
 	fs.Var(&o.Stores, "store", "object store NAME=URL (repeatable); the URL may carry secrets only by reference (credentials_file=)")
 	fs.StringVar(&o.DefaultStore, "default-store", "", "store used when a StorageClass names none (default: the only store, or \"default\")")
-	fs.StringVar(&o.StoreSecretDir, "store-secret-dir", "", "a Secret mounted as files (accessKeyID, secretAccessKey, sessionToken): the S3 stores' keys, followed as the Secret changes")
+	fs.StringVar(&o.StoreSecretDir, "store-secret-dir", "", "a Secret mounted as files (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN; the older accessKeyID, secretAccessKey, sessionToken are still read): the S3 stores' keys, followed as the Secret changes")
 	if !node {
 		fs.Int64Var(&o.DefaultVolumeSize, "default-volume-size", 1<<30, "volume size when CreateVolume asks for none, in bytes")
 		fs.DurationVar(&o.OwnerWait, "owner-wait", 30*time.Second, "how long snapshots and online expansion wait for the node that has a volume open")

@@ -15,21 +15,20 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/viperblock/viperblock-csi/pkg/credsync"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
 )
 
-// Secret keys understood in CSI secrets (provisioner, node-stage,
-// snapshotter, controller-expand and controller-publish secrets). Either
-// spelling works; other keys are ignored (and never logged).
-var secretKeys = map[string]string{
-	"awsAccessKeyID":        "AWS_ACCESS_KEY_ID",
-	"awsSecretAccessKey":    "AWS_SECRET_ACCESS_KEY",
-	"awsSessionToken":       "AWS_SESSION_TOKEN",
-	"AWS_ACCESS_KEY_ID":     "AWS_ACCESS_KEY_ID",
-	"AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
-	"AWS_SESSION_TOKEN":     "AWS_SESSION_TOKEN",
-}
+// CSI secrets (provisioner, node-stage, snapshotter, controller-expand
+// and controller-publish secrets) carry S3 credentials under the keys
+// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, the same
+// names as the mounted Secret's and the environment's (credsync). The
+// older awsAccessKeyID, awsSecretAccessKey, awsSessionToken (and
+// accessKeyID, secretAccessKey, sessionToken) still work, with a
+// deprecation warning logged once per name; other keys are ignored (and
+// never logged).
+var warnedKeys sync.Map // deprecated secret key names already warned about
 
 // credentials turns CSI secrets into the env-style credentials file format
 // of the S3 store (see pkg/viperblock/backend/s3). It returns nil when the
@@ -37,9 +36,12 @@ var secretKeys = map[string]string{
 func credentials(secrets map[string]string) ([]byte, error) {
 	vals := map[string]string{}
 	for k, v := range secrets {
-		env, ok := secretKeys[k]
+		env, deprecated, ok := credsync.CanonicalKey(k)
 		if !ok {
 			continue
+		}
+		if _, warned := warnedKeys.LoadOrStore(k, true); deprecated && !warned {
+			klog.InfoS("deprecated: a CSI secret names an S3 credential with an old key; rename it (the old name is still read)", "key", k, "use", env)
 		}
 		if v == "" || strings.ContainsAny(v, "\r\n\x00") {
 			return nil, fmt.Errorf("%w: secret key %s is empty or has a line break", errInvalidSecret, k)
@@ -53,11 +55,11 @@ func credentials(secrets map[string]string) ([]byte, error) {
 	if len(vals) == 0 {
 		return nil, nil
 	}
-	if vals["AWS_ACCESS_KEY_ID"] == "" || vals["AWS_SECRET_ACCESS_KEY"] == "" {
-		return nil, fmt.Errorf("%w: secrets need both awsAccessKeyID and awsSecretAccessKey", errInvalidSecret)
+	if vals[credsync.AccessKeyID] == "" || vals[credsync.SecretAccessKey] == "" {
+		return nil, fmt.Errorf("%w: secrets need both %s and %s", errInvalidSecret, credsync.AccessKeyID, credsync.SecretAccessKey)
 	}
 	var b strings.Builder
-	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} {
+	for _, k := range []string{credsync.AccessKeyID, credsync.SecretAccessKey, credsync.SessionToken} {
 		if v := vals[k]; v != "" {
 			fmt.Fprintf(&b, "%s=%s\n", k, envValue(v))
 		}

@@ -2,7 +2,6 @@ package driver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -20,8 +19,9 @@ import (
 const storeSecretInterval = 10 * time.Second
 
 // StoreSecret keeps the stores' credentials file in step with a Kubernetes
-// Secret mounted as files (--store-secret-dir: accessKeyID,
-// secretAccessKey, optional sessionToken). The file is what the engine
+// Secret mounted as files (--store-secret-dir: AWS_ACCESS_KEY_ID,
+// AWS_SECRET_ACCESS_KEY, optional AWS_SESSION_TOKEN; the older accessKeyID,
+// secretAccessKey and sessionToken are still read). The file is what the engine
 // reads (credentials_file=), and the engine follows changes to it, so keys
 // rotated in the Secret reach every running volume server without a
 // restage. A volume staged with CSI node-stage secrets keeps its own
@@ -40,7 +40,7 @@ func (o *Options) SetupStoreSecret(dir string) (*StoreSecret, error) {
 		return nil, nil
 	}
 	s := &StoreSecret{src: o.StoreSecretDir, file: filepath.Join(dir, "store.env")}
-	if _, err := os.Stat(filepath.Join(s.src, credsync.AccessKeyIDFile)); errors.Is(err, os.ErrNotExist) {
+	if !credsync.HasAccessKey(s.src) {
 		klog.InfoS("no store Secret mounted; stores use their URL's credentials or the default chain", "dir", s.src)
 		s.src = ""
 		return s, nil

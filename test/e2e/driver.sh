@@ -93,7 +93,7 @@ patches:
       apiVersion: v1
       kind: Secret
       metadata: {name: viperblock-s3-credentials, namespace: $CSI_NS}
-      stringData: {accessKeyID: $STORE_KEY, secretAccessKey: $STORE_SECRET}
+      stringData: {AWS_ACCESS_KEY_ID: $STORE_KEY, AWS_SECRET_ACCESS_KEY: $STORE_SECRET}
 EOF
 }
 

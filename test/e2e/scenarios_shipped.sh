@@ -227,7 +227,7 @@ scenario_credential_rotation() {
   vol=$(kc get pv "$(pv_of rot)" -o jsonpath='{.spec.csi.volumeHandle}')
   store_user create viperblock-b secret-b-0123456789abcdef || fail "creating the second account" || return 1
   kc -n "$CSI_NS" patch secret viperblock-s3-credentials --type=merge \
-    -p '{"stringData":{"accessKeyID":"viperblock-b","secretAccessKey":"secret-b-0123456789abcdef"}}' >/dev/null || return 1
+    -p '{"stringData":{"AWS_ACCESS_KEY_ID":"viperblock-b","AWS_SECRET_ACCESS_KEY":"secret-b-0123456789abcdef"}}' >/dev/null || return 1
   # The kubelet updates the mounted Secret within its sync period; the
   # driver notices the change and logs it.
   wait_until 180 "the node plugin uses the new keys" eval \

@@ -209,7 +209,7 @@ func TestSanity(t *testing.T) {
 		sdir := filepath.Join(base, "s3")
 		os.MkdirAll(sdir, 0o700)
 		s3Rig := newRig(t, "s3", srv.URL("sanity"), sdir, map[string]string{
-			"awsAccessKeyID": srv.AccessKey, "awsSecretAccessKey": srv.SecretKey,
+			"AWS_ACCESS_KEY_ID": srv.AccessKey, "AWS_SECRET_ACCESS_KEY": srv.SecretKey,
 		})
 		defer s3Rig.close(t)
 		s3Cfg := s3Rig.config()
