@@ -115,4 +115,3 @@ func TestRunWarnsDeprecatedKeys(t *testing.T) {
 		t.Errorf("%d deprecation warnings, want 1: %q", n, lines)
 	}
 }
-

@@ -21,9 +21,9 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/viperblock/viperblock-csi/pkg/credsync"
 	"github.com/viperblock/viperblock-csi/pkg/units"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
-	"github.com/viperblock/viperblock-csi/pkg/credsync"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
 
