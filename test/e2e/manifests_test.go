@@ -267,7 +267,7 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("the Dockerfile does not put %s in the image", want)
 		}
 	}
-	if !regexp.MustCompile(`(?m)^RUN make build( VERSION="\$VERSION")?$`).Match(df) {
+	if !regexp.MustCompile(`(?m)^RUN make build( (VERSION|COMMIT|BUILD_DATE)="\$(VERSION|COMMIT|BUILD_DATE)")*$`).Match(df) {
 		t.Error("the Dockerfile's build stage must run the project's `make build`")
 	}
 }
