@@ -687,4 +687,4 @@ func FuzzControllerIDs(f *testing.F) {
 // accept.
 var allSecretKeys = []string{credsync.AccessKeyID, credsync.SecretAccessKey, credsync.SessionToken,
 	"awsAccessKeyID", "awsSecretAccessKey", "awsSessionToken",
-	credsync.AccessKeyIDFile, credsync.SecretAccessKeyFile, credsync.SessionTokenFile}
+	"accessKeyID", "secretAccessKey", "sessionToken"}
