@@ -17,11 +17,12 @@ build: bin/vblock bin/controller bin/node lib/nbdkit-viperblock-plugin.so
 # version, nbdkit --dump-plugin), stamped into package internal/version:
 # VERSION=... if given and not empty, else `git describe`, else "dev" (a
 # source tree without .git, as in the Dockerfile's build stage); COMMIT and
-# BUILD_DATE likewise (BUILD_DATE defaults to now, or to SOURCE_DATE_EPOCH
-# when set, for reproducible builds).
+# BUILD_DATE likewise (BUILD_DATE defaults to SOURCE_DATE_EPOCH when set,
+# else the commit's date, else now: the same tree links the same binaries,
+# so Go's build cache is not defeated by a clock).
 VB_VERSION := $(or $(VERSION),$(shell git describe --tags --always --dirty 2>/dev/null),dev)
 VB_COMMIT := $(or $(COMMIT),$(shell git rev-parse HEAD 2>/dev/null))
-VB_BUILD_DATE := $(or $(BUILD_DATE),$(shell date -u -d @$${SOURCE_DATE_EPOCH:-$$(date +%s)} +%Y-%m-%dT%H:%M:%SZ))
+VB_BUILD_DATE := $(or $(BUILD_DATE),$(shell date -u -d @$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null || date +%s)} +%Y-%m-%dT%H:%M:%SZ))
 VB_VERSION_PKG := github.com/viperblock/viperblock-csi/internal/version
 VB_LDFLAGS := -X $(VB_VERSION_PKG).Version=$(VB_VERSION) -X $(VB_VERSION_PKG).Commit=$(VB_COMMIT) -X $(VB_VERSION_PKG).BuildDate=$(VB_BUILD_DATE)
 

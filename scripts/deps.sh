@@ -28,6 +28,8 @@ pkg_for modprobe kmod
 pkg_for qemu-system-x86_64 qemu-system-x86
 pkg_for cpio cpio
 pkg_for jq jq
+pkg_for zsh zsh
+pkg_for fish fish
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need_apt+=(busybox-static)
 [ -f /usr/include/nbdkit-plugin.h ] || need_apt+=(nbdkit-plugin-dev)
 
