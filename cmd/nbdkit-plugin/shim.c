@@ -37,6 +37,12 @@
   "                   store: also in the object store (default: the volume's class)\n" \
   "virtual_size=<SIZE> advertise at least SIZE bytes, so an attached device can\n" \
   "                   grow with the volume; past the volume's end reads are zeros\n" \
+  "memory=<SIZE>      this server's memory share (at least 64MiB): pending writes,\n" \
+  "                   caches and buffers are sized to fit it, an explicit cache=\n" \
+  "                   beyond it is capped; writers wait at the pending limit\n" \
+  "pending_limit=<SIZE> pending writes before writers wait (default 512MiB)\n" \
+  "slab_pool=<SIZE>   retired WAL buffers kept for reuse (default: the pending\n" \
+  "                   limit and a quarter; 0: none)\n" \
   "Run nbdkit in the foreground (-f): the Go runtime does not survive its fork."
 
 /* The pid that ran get_ready; a different pid in after_fork means nbdkit

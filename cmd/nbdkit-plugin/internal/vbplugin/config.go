@@ -35,6 +35,13 @@ const (
 //	lease_duration=DUR   ownership lease duration (vb.Options.LeaseDuration)
 //	durability=node|store  this open's durability class (default: the volume's)
 //	virtual_size=SIZE    advertise at least SIZE bytes (see Conn.Size)
+//	memory=SIZE          the whole server's memory: the engine's share is
+//	                     SIZE less ProcessOverhead (vb.Options.MemoryBytes),
+//	                     and the Go runtime's memory limit follows (see
+//	                     memory.go); at least MinMemory
+//	pending_limit=SIZE   pending writes before writers wait
+//	                     (vb.Options.MaxPendingBytes)
+//	slab_pool=SIZE       retired WAL slabs kept for reuse (vb.Options.SlabPoolBytes)
 type Config struct {
 	Volume          string
 	Store           string
@@ -48,6 +55,9 @@ type Config struct {
 	LeaseDuration   time.Duration
 	Durability      vb.Durability
 	VirtualSize     int64 // advertised size when larger than the volume
+	Memory          int64 // memory=: the server's share of the node's budget
+	PendingLimit    int64
+	SlabPool        int64
 
 	seen map[string]bool
 }
@@ -121,6 +131,30 @@ func (c *Config) Set(key, value string) error {
 			return fmt.Errorf("virtual_size=%s: must be a positive multiple of 512 bytes, at most 1 PiB", value)
 		}
 		c.VirtualSize = n
+	case "memory":
+		n, err := units.Parse(value)
+		if err != nil {
+			return fmt.Errorf("memory=%s: %v", value, err)
+		}
+		if n < MinMemory {
+			return fmt.Errorf("memory=%s: at least %d MiB (a server's fixed %d MiB and the engine's smallest share)", value, MinMemory>>20, ProcessOverhead>>20)
+		}
+		c.Memory = n
+	case "pending_limit", "pending-limit":
+		n, err := units.Parse(value)
+		if err != nil || n < 1<<20 {
+			return fmt.Errorf("pending_limit=%s: want a size of at least 1MiB", value)
+		}
+		c.PendingLimit = n
+	case "slab_pool", "slab-pool":
+		n, err := units.Parse(value)
+		if err != nil || n < 0 {
+			return fmt.Errorf("slab_pool=%s: want a size (0: keep none)", value)
+		}
+		c.SlabPool = n
+		if n == 0 {
+			c.SlabPool = -1
+		}
 	default:
 		return fmt.Errorf("unknown parameter %q (see nbdkit <plugin> --help)", key)
 	}

@@ -96,6 +96,7 @@ func (p *Plugin) GetReady(ctx context.Context) error {
 		// background work starts in AfterFork.
 		DeferBackground: true,
 	}
+	c.memoryOptions(&opts)
 	vol, err := vb.Open(ctx, store, c.Volume, opts)
 	if errors.Is(err, vb.ErrNotFound) && c.Size > 0 && !c.ReadOnly {
 		err = vb.CreateWithClass(ctx, store, c.Volume, c.Size, c.Durability)
