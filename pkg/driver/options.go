@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/viperblock/viperblock-csi/pkg/hostcgroup"
+	"github.com/viperblock/viperblock-csi/pkg/units"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 )
 
@@ -66,8 +67,15 @@ type Options struct {
 	// Attacher chooses how exports become block devices: auto, nbd,
 	// nbdfuse.
 	Attacher string
-	// MaxVolumesPerNode is reported by NodeGetInfo (0: no limit).
+	// MaxVolumesPerNode is reported by NodeGetInfo and enforced by
+	// NodeStageVolume (default: MemoryBudget / VolumeMemory; see memory.go).
 	MaxVolumesPerNode int64
+	// MemoryBudget bounds the memory of all the node's volume servers
+	// together (default: see defaultBudget in memory.go); each staged
+	// volume gets MemoryBudget / MaxVolumesPerNode.
+	MemoryBudget int64
+	// budgetWhy says where MemoryBudget came from (for the start-up log).
+	budgetWhy string
 	// DrainLagBytes and DrainLagAge: a volume whose WAL holds more than
 	// DrainLagBytes not yet in the backend, or whose oldest such data is
 	// older than DrainLagAge, is reported DEGRADED.
@@ -163,7 +171,18 @@ func (o *Options) AddFlags(fs *flag.FlagSet, node bool) {
 	fs.StringVar(&o.Nbdkit, "nbdkit", "nbdkit", "nbdkit binary")
 	fs.StringVar(&o.Plugin, "plugin", "/usr/lib/viperblock/nbdkit-viperblock-plugin.so", "the viperblock nbdkit plugin")
 	fs.StringVar(&o.Attacher, "attacher", "auto", "how NBD exports become block devices: auto, nbd, nbdfuse")
-	fs.Int64Var(&o.MaxVolumesPerNode, "max-volumes-per-node", 0, "volumes this node can stage (0: no limit)")
+	fs.Int64Var(&o.MaxVolumesPerNode, "max-volumes-per-node", 0, "volumes this node can stage (0: --memory-budget / 96MiB); each gets --memory-budget / this")
+	fs.Func("memory-budget", "memory of all volume servers on this node together, e.g. 4GiB (default: 25% of the node's memory, at most the memory limit of the servers' cgroup)", func(v string) error {
+		n, err := units.Parse(v)
+		if err != nil {
+			return err
+		}
+		if n <= 0 {
+			return fmt.Errorf("must be positive")
+		}
+		o.MemoryBudget = n
+		return nil
+	})
 	fs.Int64Var(&o.DrainLagBytes, "drain-lag-bytes", 1<<30, "WAL bytes not yet in the backend above which a volume is reported degraded")
 	fs.DurationVar(&o.StaleWALRetention, "stale-wal-retention", vb.DefaultStaleRetention, "how long a WAL set aside after another node took its volume over is kept for inspection (negative: forever)")
 	fs.DurationVar(&o.DrainLagAge, "drain-lag-age", 5*time.Minute, "age of the oldest WAL data not yet in the backend above which a volume is reported degraded")
@@ -284,6 +303,11 @@ func (o *Options) ValidateNode() error {
 	default:
 		return fmt.Errorf("--attacher=%s: want auto, nbd or nbdfuse", o.Attacher)
 	}
+	why, err := o.fitBudget(hostMemory)
+	if err != nil {
+		return err
+	}
+	o.budgetWhy = why
 	return nil
 }
 
