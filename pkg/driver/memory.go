@@ -37,11 +37,19 @@ import (
 // budget. Lowering --max-volumes-per-node raises every volume's share.
 const (
 	// VolumeMemory is the smallest share of a volume, and so sets the
-	// default MaxVolumesPerNode (MemoryBudget / VolumeMemory). With it a
-	// server's engine gets 48 MiB (after the plugin's fixed 48 MiB): a
-	// pending limit of about 20 MiB, so that drains still pack whole 4 MiB
-	// chunks, and a read cache of about 12 MiB.
+	// default MaxVolumesPerNode (MemoryBudget / VolumeMemory). Of it the
+	// plugin keeps 48 MiB for the process (nbdkit, the Go runtime) and
+	// 8.5 MiB for the request buffers of DefaultNbdkitThreads threads
+	// (1 MiB requests), and the engine gets the rest, 39.5 MiB: a pending
+	// limit of about 16 MiB, so that drains still pack whole 4 MiB chunks,
+	// and a read cache of about 10 MiB. (With --nbdkit-threads=0, nbdkit's
+	// 16, the engine gets 31 MiB; the plugin refuses a share that leaves
+	// the engine less than 16 MiB.)
 	VolumeMemory = 96 << 20
+	// DefaultNbdkitThreads is the default --nbdkit-threads: enough
+	// requests in flight for a volume whose reads go to the object store,
+	// few enough that their buffers stay a small part of a share.
+	DefaultNbdkitThreads = 8
 	// pluginReserve is the node plugin's own memory (gRPC, mounts,
 	// supervision, log forwarding), left out of the budget when the
 	// servers are charged to the node plugin's own cgroup.

@@ -87,7 +87,10 @@ type Options struct {
 	// ReadyTimeout bounds the wait for nbdkit to serve (it replays the WAL
 	// first).
 	ReadyTimeout time.Duration
-	// NbdkitThreads is nbdkit's --threads (0: nbdkit's default).
+	// NbdkitThreads is nbdkit's --threads, worker threads per connection
+	// (0: nbdkit's default, 16). Each keeps a request buffer of up to the
+	// plugin's largest request (1 MiB under a memory budget) that comes out
+	// of the volume's memory share (see memory.go).
 	NbdkitThreads int
 	// StoreSecretDir is a Kubernetes Secret mounted as files with the S3
 	// stores' keys (see StoreSecret); empty: none.
@@ -187,7 +190,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet, node bool) {
 	fs.DurationVar(&o.StaleWALRetention, "stale-wal-retention", vb.DefaultStaleRetention, "how long a WAL set aside after another node took its volume over is kept for inspection (negative: forever)")
 	fs.DurationVar(&o.DrainLagAge, "drain-lag-age", 5*time.Minute, "age of the oldest WAL data not yet in the backend above which a volume is reported degraded")
 	fs.DurationVar(&o.ReadyTimeout, "nbdkit-ready-timeout", 2*time.Minute, "how long to wait for nbdkit to serve a volume (it replays the WAL first)")
-	fs.IntVar(&o.NbdkitThreads, "nbdkit-threads", 0, "nbdkit --threads (0: nbdkit's default)")
+	fs.IntVar(&o.NbdkitThreads, "nbdkit-threads", DefaultNbdkitThreads, "nbdkit --threads, requests a volume serves at once (each thread's 1 MiB request buffer comes out of the volume's memory share; 0: nbdkit's default, 16)")
 	fs.Func("nbdkit-wrapper", "command prefix for nbdkit's keeper, space-separated (--server-cgroup is the usual way to have nbdkit outlive the node plugin's container)", func(v string) error {
 		o.NbdkitWrapper = strings.Fields(v)
 		return nil
