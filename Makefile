@@ -4,7 +4,7 @@ GO ?= go
 export PATH := $(shell $(GO) env GOPATH)/bin:$(PATH)
 PKGS := ./...
 
-.PHONY: all build plugin print-ldflags deps test unit check fmt vet staticcheck fuzz sanity vm-test e2e conformance nemesis nemesis-broken preflight bench bench-go bench-flush bench-nbd demo stress clean
+.PHONY: all build plugin print-ldflags deps test unit check fmt vet staticcheck fuzz sanity vm-test e2e conformance nemesis nemesis-broken preflight bench bench-go bench-flush bench-nbd bench-budget demo stress clean
 
 all: build
 
@@ -134,7 +134,7 @@ stress: build
 preflight: fmt vet staticcheck
 	@echo "== go test -race"; $(GO) test -race -count=1 -short -timeout 30m $(PKGS)
 
-bench: deps build bench-go bench-flush bench-nbd
+bench: deps build bench-go bench-flush bench-nbd bench-budget
 
 # Engine benchmarks. The 4 KiB write burst is sized to stay below the drain
 # threshold; the replay and S3 benchmarks run a few fixed iterations.
@@ -152,6 +152,12 @@ bench-flush: deps
 
 bench-nbd:
 	./scripts/bench-nbd.sh
+
+# A node's memory budget at scale: 64 volume servers, each with the node's
+# per-volume share, written past their pending limits and read back; prints
+# their peak summed Pss against the budget (the go tier runs 6).
+bench-budget:
+	set -o pipefail; VB_BUDGET_VOLUMES=64 $(GO) test -count=1 -timeout 30m -run '^TestNodeMemoryBudget$$' -v ./test/nbd/ | grep -E 'budget_test|^(---|ok|FAIL|PASS)'
 
 demo: deps build
 	./scripts/demo.sh

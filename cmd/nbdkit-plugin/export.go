@@ -80,6 +80,7 @@ func goConfigComplete() C.int {
 		// nbdkit -r: no client can write, so do not take ownership.
 		plugin.Cfg.ReadOnly = true
 	}
+	plugin.Cfg.Threads = vbplugin.ServerThreads(argv)
 	if err := plugin.Cfg.Complete(os.Getenv); err != nil {
 		return fail(0, err)
 	}
@@ -149,7 +150,7 @@ func goCanWrite(h C.uintptr_t) C.int {
 func goBlockSize(h C.uintptr_t, minimum, preferred, maximum *C.uint32_t) C.int {
 	*minimum = vbplugin.MinBlockSize
 	*preferred = vbplugin.PreferredBlockSize
-	*maximum = vbplugin.MaxBlockSize
+	*maximum = C.uint32_t(conn(h).MaxRequest())
 	return 0
 }
 

@@ -7,6 +7,7 @@
  * records the message and the errno (nbdkit_set_error) inside this C call,
  * so nothing depends on errno surviving the trip through Go. */
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -37,6 +38,17 @@
   "                   store: also in the object store (default: the volume's class)\n" \
   "virtual_size=<SIZE> advertise at least SIZE bytes, so an attached device can\n" \
   "                   grow with the volume; past the volume's end reads are zeros\n" \
+  "memory=<SIZE>      this server's memory share: pending writes, caches and\n" \
+  "                   buffers are sized to fit it (at least 64MiB and nbdkit's\n" \
+  "                   request buffers), an explicit cache= beyond it is capped;\n" \
+  "                   writers wait at the pending limit\n" \
+  "max_request=<SIZE> the largest read or write request advertised (default\n" \
+  "                   32MiB, with memory= 1MiB); every nbdkit thread keeps a\n" \
+  "                   buffer as large as the largest request it has served\n" \
+  "connections=<N>    connections memory= budgets request buffers for (default 1)\n" \
+  "pending_limit=<SIZE> pending writes before writers wait (default 512MiB)\n" \
+  "slab_pool=<SIZE>   retired WAL buffers kept for reuse (default: the pending\n" \
+  "                   limit and a quarter; 0: none)\n" \
   "Run nbdkit in the foreground (-f): the Go runtime does not survive its fork."
 
 /* The pid that ran get_ready; a different pid in after_fork means nbdkit
@@ -92,7 +104,18 @@ vb_shutdown (void)
 
 /* The build's version (internal/version), for nbdkit --dump-plugin. */
 static char vb_version[128] = "dev";
-static void w_load (void) { goLoad (); goVersion (vb_version, sizeof vb_version); }
+static void
+w_load (void)
+{
+  /* nbdkit's worker threads keep a request buffer each, and free it when
+   * their connection closes. A fixed mmap threshold (glibc's default
+   * value, but fixed: a freed mapping no longer raises it) keeps every
+   * buffer above it a mapping of its own, returned to the system when
+   * freed, rather than a chunk of a malloc arena that may stay resident. */
+  mallopt (M_MMAP_THRESHOLD, 128 * 1024);
+  goLoad ();
+  goVersion (vb_version, sizeof vb_version);
+}
 static void w_unload (void)
 {
   if (cleanup_failed) {

@@ -217,6 +217,9 @@ func (a *attacher) attachNBD(ctx context.Context, exp Export) (dev Device, err e
 		got, _ := blockSize(nbdDev(st.Index))
 		return Device{}, fmt.Errorf("attach: %s shows %d bytes, want %d", nbdDev(st.Index), got, size)
 	}
+	if err := capRequests(filepath.Join(sysBlock(nbdDev(st.Index)), "queue"), info.MaxBlock); err != nil {
+		return Device{}, fmt.Errorf("attach: %s: %w", nbdDev(st.Index), err)
+	}
 	return st.device(), nil
 }
 
@@ -358,6 +361,9 @@ func (a *attacher) reconnectNBD(ctx context.Context, st *state, exp Export) (Dev
 	defer closeFiles(files)
 	if info.Size < cur.Size {
 		return Device{}, fmt.Errorf("attach: reconnect %s: the export has %d bytes, the device %d", cur.Path, info.Size, cur.Size)
+	}
+	if err := capRequests(filepath.Join(sysBlock(cur.Path), "queue"), info.MaxBlock); err != nil {
+		return Device{}, fmt.Errorf("attach: reconnect %s: %w", cur.Path, err)
 	}
 	var at nlAttrs
 	at.u32(nbdAttrIndex, uint32(st.Index))

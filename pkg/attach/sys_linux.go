@@ -165,6 +165,40 @@ func readSysfs(p string) (string, error) {
 	return strings.TrimRight(string(b), "\n"), nil
 }
 
+// capRequests lowers a block device's largest request (max_sectors_kb in
+// its sysfs queue directory) to the server's advertised maximum, max bytes
+// (0: none stated), when the kernel would send more. The kernel's NBD
+// client does not learn the server's block size constraints, and it may
+// send requests of up to 32 MiB; a server reads every request into a
+// buffer that its worker thread keeps (see the plugin's memory.go), so
+// larger requests than it advertised would take memory it did not budget.
+// A maximum below a page is left alone: the kernel refuses it.
+func capRequests(queue string, max uint32) error {
+	want := int64(max) >> 10
+	if want < 4 {
+		return nil
+	}
+	p := filepath.Join(queue, "max_sectors_kb")
+	s, err := readSysfs(p)
+	if err != nil {
+		return fmt.Errorf("largest request: %w", err)
+	}
+	cur, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return fmt.Errorf("largest request: %s: %q", p, s)
+	}
+	if cur <= want {
+		return nil
+	}
+	if err := os.WriteFile(p, []byte(strconv.FormatInt(want, 10)), 0); err != nil {
+		return fmt.Errorf("largest request to the server's %d KiB: %w", want, err)
+	}
+	if s, err := readSysfs(p); err != nil || s != strconv.FormatInt(want, 10) {
+		return fmt.Errorf("largest request: %s reads %q after writing %d (%v)", p, s, want, err)
+	}
+	return nil
+}
+
 // blockSize is the device's size in bytes, from sysfs.
 func blockSize(dev string) (int64, error) {
 	s, err := readSysfs(filepath.Join(sysBlock(dev), "size"))

@@ -114,6 +114,7 @@ type fakeSup struct {
 	// (after the node's own checks), with the spec's parameters.
 	beforeOpen func(params []string)
 	lastParams []string // guarded by mu: the parameters of the last Start
+	help       string   // guarded by mu: PluginHelp's answer
 }
 
 func newFakeSup(t *testing.T, st backend.Store) *fakeSup {
@@ -421,5 +422,10 @@ var errMkfs = errors.New("mkfs.ext4: exit status 1: Could not allocate block in 
 // Probe finds the fake's "nbdkit" always there.
 func (f *fakeSup) Probe(context.Context, string, string) error { return nil }
 
-// PluginHelp: the fake plugin takes no virtual_size=.
-func (f *fakeSup) PluginHelp(context.Context, string, string) (string, error) { return "", nil }
+// PluginHelp: the fake plugin takes no virtual_size=, and memory= only
+// when help says so.
+func (f *fakeSup) PluginHelp(context.Context, string, string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.help, nil
+}

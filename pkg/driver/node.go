@@ -12,6 +12,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/viperblock/viperblock-csi/pkg/attach"
+	"github.com/viperblock/viperblock-csi/pkg/units"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
 
@@ -46,6 +47,12 @@ type NodeServer struct {
 
 	vsOnce sync.Once
 	vs     int64 // virtual_size= for nbdkit (0: not passed); see virtualSize
+
+	memOnce sync.Once
+	mem     int64 // memory= for nbdkit (0: not passed); see volumeMemory
+
+	slotMu  sync.Mutex // guards staging
+	staging int        // new stages in progress (takeSlot)
 }
 
 // NewNodeServer builds the node service. Call Heal after it to re-adopt
@@ -78,6 +85,8 @@ func NewNodeServer(opts *Options, deps NodeDeps) (*NodeServer, error) {
 	}
 	n := &NodeServer{opts: opts, att: deps.Attacher, sup: deps.Supervisor, mnt: deps.Mounter, metrics: DefaultMetrics(),
 		stores: newStoreSet(opts, filepath.Join(opts.StateDir, "creds"), deps.Open)}
+	klog.InfoS("memory budget", "budget", units.Format(opts.MemoryBudget), "from", opts.budgetWhy,
+		"maxVolumesPerNode", opts.MaxVolumesPerNode, "perVolume", units.Format(opts.VolumeMemory()))
 	return n, nil
 }
 
@@ -152,6 +161,9 @@ func (n *NodeServer) spec(id volumeID, st *volState, url string) nbdkitSpec {
 	}
 	if st.Cache != "" {
 		params = append(params, "cache="+st.Cache)
+	}
+	if mem := n.volumeMemory(); mem > 0 {
+		params = append(params, fmt.Sprintf("memory=%d", mem))
 	}
 	if st.Durability != "" {
 		params = append(params, "durability="+st.Durability)

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/viperblock/viperblock-csi/pkg/units"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
 )
@@ -71,6 +72,14 @@ func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 			return nil, status.Errorf(codes.AlreadyExists, "volume %s is staged with another capability (block %v, fs %q, read-only %v)", id, st.Block, st.FsType, st.ReadOnly)
 		}
 	} else {
+		// Each staged volume's server has its share of the memory
+		// budget: more volumes than the budget was divided by would
+		// overrun it (see memory.go).
+		if !n.takeSlot() {
+			return nil, status.Errorf(codes.ResourceExhausted, "volume %s: this node has %d volumes staged, its limit (--max-volumes-per-node; each volume has 1/%d of the memory budget %s)",
+				id, n.opts.MaxVolumesPerNode, n.opts.MaxVolumesPerNode, units.Format(n.opts.MemoryBudget))
+		}
+		defer n.releaseSlot()
 		st = &volState{StagingPath: req.GetStagingTargetPath(), Block: acc.Block, FsType: fsType, MountFlags: acc.MountFlags,
 			Mode: acc.Mode.String(), ReadOnly: acc.readOnly(), MkfsOptions: vp.MkfsOptions, Cache: vp.Cache, Drain: vp.DrainInterval,
 			Durability: vp.Durability, Lease: vp.LeaseDuration}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/viperblock/viperblock-csi/pkg/hostcgroup"
+	"github.com/viperblock/viperblock-csi/pkg/units"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 )
 
@@ -72,8 +73,15 @@ type Options struct {
 	// Attacher chooses how exports become block devices: auto, nbd,
 	// nbdfuse.
 	Attacher string
-	// MaxVolumesPerNode is reported by NodeGetInfo (0: no limit).
+	// MaxVolumesPerNode is reported by NodeGetInfo and enforced by
+	// NodeStageVolume (default: MemoryBudget / VolumeMemory; see memory.go).
 	MaxVolumesPerNode int64
+	// MemoryBudget bounds the memory of all the node's volume servers
+	// together (default: see defaultBudget in memory.go); each staged
+	// volume gets MemoryBudget / MaxVolumesPerNode.
+	MemoryBudget int64
+	// budgetWhy says where MemoryBudget came from (for the start-up log).
+	budgetWhy string
 	// DrainLagBytes and DrainLagAge: a volume whose WAL holds more than
 	// DrainLagBytes not yet in the backend, or whose oldest such data is
 	// older than DrainLagAge, is reported DEGRADED.
@@ -85,7 +93,10 @@ type Options struct {
 	// ReadyTimeout bounds the wait for nbdkit to serve (it replays the WAL
 	// first).
 	ReadyTimeout time.Duration
-	// NbdkitThreads is nbdkit's --threads (0: nbdkit's default).
+	// NbdkitThreads is nbdkit's --threads, worker threads per connection
+	// (0: nbdkit's default, 16). Each keeps a request buffer of up to the
+	// plugin's largest request (1 MiB under a memory budget) that comes out
+	// of the volume's memory share (see memory.go).
 	NbdkitThreads int
 	// StoreSecretDir is a Kubernetes Secret mounted as files with the S3
 	// stores' keys (see StoreSecret); empty: none.
@@ -171,12 +182,23 @@ func (o *Options) AddFlags(fs *flag.FlagSet, node bool) {
 	fs.StringVar(&o.Nbdkit, "nbdkit", "nbdkit", "nbdkit binary")
 	fs.StringVar(&o.Plugin, "plugin", "/usr/lib/viperblock/nbdkit-viperblock-plugin.so", "the viperblock nbdkit plugin")
 	fs.StringVar(&o.Attacher, "attacher", "auto", "how NBD exports become block devices: auto, nbd, nbdfuse")
-	fs.Int64Var(&o.MaxVolumesPerNode, "max-volumes-per-node", 0, "volumes this node can stage (0: no limit)")
+	fs.Int64Var(&o.MaxVolumesPerNode, "max-volumes-per-node", 0, "volumes this node can stage (0: --memory-budget / 96MiB); each gets --memory-budget / this")
+	fs.Func("memory-budget", "memory of all volume servers on this node together, e.g. 4GiB (default: 25% of the node's memory, at most the memory limit of the servers' cgroup)", func(v string) error {
+		n, err := units.Parse(v)
+		if err != nil {
+			return err
+		}
+		if n <= 0 {
+			return fmt.Errorf("must be positive")
+		}
+		o.MemoryBudget = n
+		return nil
+	})
 	fs.Int64Var(&o.DrainLagBytes, "drain-lag-bytes", 1<<30, "WAL bytes not yet in the backend above which a volume is reported degraded")
 	fs.DurationVar(&o.StaleWALRetention, "stale-wal-retention", vb.DefaultStaleRetention, "how long a WAL set aside after another node took its volume over is kept for inspection (negative: forever)")
 	fs.DurationVar(&o.DrainLagAge, "drain-lag-age", 5*time.Minute, "age of the oldest WAL data not yet in the backend above which a volume is reported degraded")
 	fs.DurationVar(&o.ReadyTimeout, "nbdkit-ready-timeout", 2*time.Minute, "how long to wait for nbdkit to serve a volume (it replays the WAL first)")
-	fs.IntVar(&o.NbdkitThreads, "nbdkit-threads", 0, "nbdkit --threads (0: nbdkit's default)")
+	fs.IntVar(&o.NbdkitThreads, "nbdkit-threads", DefaultNbdkitThreads, "nbdkit --threads, requests a volume serves at once (each thread's 1 MiB request buffer comes out of the volume's memory share; 0: nbdkit's default, 16)")
 	fs.Func("nbdkit-wrapper", "command prefix for nbdkit's keeper, space-separated (--server-cgroup is the usual way to have nbdkit outlive the node plugin's container)", func(v string) error {
 		o.NbdkitWrapper = strings.Fields(v)
 		return nil
@@ -295,6 +317,11 @@ func (o *Options) ValidateNode() error {
 	default:
 		return fmt.Errorf("--attacher=%s: want auto, nbd or nbdfuse", o.Attacher)
 	}
+	why, err := o.fitBudget(hostMemory)
+	if err != nil {
+		return err
+	}
+	o.budgetWhy = why
 	return nil
 }
 

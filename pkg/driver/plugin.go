@@ -53,3 +53,18 @@ func (n *NodeServer) virtualSize() int64 {
 	})
 	return n.vs
 }
+
+// volumeMemory is the memory= each volume's server gets: its share of the
+// node's memory budget (see memory.go), if the plugin takes memory=.
+// Without it the servers run with the engine's own defaults, which the
+// budget does not bound: that is logged once.
+func (n *NodeServer) volumeMemory() int64 {
+	n.memOnce.Do(func() {
+		if strings.Contains(n.pluginHelp(), "memory=") {
+			n.mem = n.opts.VolumeMemory()
+		} else {
+			klog.InfoS("the nbdkit plugin has no memory= parameter: the volume servers' memory is not held to the node's memory budget", "plugin", n.opts.Plugin)
+		}
+	})
+	return n.mem
+}

@@ -33,6 +33,35 @@ type volRuntime struct {
 	broken   string    // why the device no longer reaches nbdkit ("" while it does)
 }
 
+// takeSlot reserves room for one more staged volume within
+// MaxVolumesPerNode, counting the volumes with a server and the new stages
+// in progress; releaseSlot gives it back once the stage has added its
+// server or failed. (A stage that has just added its server still holds
+// its slot, so for a moment it counts twice: a concurrent stage at the
+// limit may be refused that would have fitted, never the other way.)
+func (n *NodeServer) takeSlot() bool {
+	n.slotMu.Lock()
+	defer n.slotMu.Unlock()
+	if max := n.opts.MaxVolumesPerNode; max > 0 && int64(n.servers.count()+n.staging) >= max {
+		return false
+	}
+	n.staging++
+	return true
+}
+
+func (n *NodeServer) releaseSlot() {
+	n.slotMu.Lock()
+	n.staging--
+	n.slotMu.Unlock()
+}
+
+// count is the number of volumes with a server recorded (staged).
+func (s *servers) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.run)
+}
+
 // get returns the volume's nbdkit if it runs.
 func (s *servers) get(id volumeID) server {
 	s.mu.Lock()

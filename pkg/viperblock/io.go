@@ -38,21 +38,40 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 	if err := v.retryWAL(); err != nil {
 		return 0, err
 	}
-	if err := v.throttle(); err != nil {
-		return 0, err
-	}
 	done := 0
 	for done < len(p) {
-		b := uint64(off / BlockSize)
-		in := int(off % BlockSize)
-		n := min(BlockSize-in, len(p)-done)
-		if in == 0 && n == BlockSize {
-			v.appendBlock(b, p[done:done+BlockSize])
-		} else if err := v.rmw(b, in, p[done:done+n]); err != nil {
+		// Admit a step of at most throttleStep bytes of records at a
+		// time, so that a large request does not carry pending data far
+		// beyond the limit.
+		step := v.throttleStep()
+		end := done
+		var records int64
+		for end < len(p) && records < step {
+			end += BlockSize - int((off+int64(end-done))%BlockSize)
+			records += wal.BlockRecordLen
+		}
+		end = min(end, len(p))
+		if err := v.throttle(records); err != nil {
 			return done, err
 		}
-		done += n
-		off += int64(n)
+		var err error
+		for done < end && err == nil {
+			b := uint64(off / BlockSize)
+			in := int(off % BlockSize)
+			n := min(BlockSize-in, end-done)
+			if in == 0 && n == BlockSize {
+				v.appendBlock(b, p[done:done+BlockSize])
+			} else if err = v.rmw(b, in, p[done:done+n]); err != nil {
+				break
+			}
+			done += n
+			off += int64(n)
+		}
+		v.admitted.Add(-records)
+		if err != nil {
+			v.wakeWaiters()
+			return done, err
+		}
 	}
 	v.stats.writes.Add(1)
 	if v.pending.Load() >= v.opts.DrainBytes {
@@ -83,21 +102,48 @@ func (v *Volume) kickDrain() {
 	}
 }
 
-// throttle makes a writer wait while too much data waits to be drained.
-func (v *Volume) throttle() error {
-	if v.pending.Load() < v.opts.MaxPendingBytes {
+// throttleStep is the most record bytes one admission takes: 1/16 of the
+// pending limit, at most 1 MiB, at least one block.
+func (v *Volume) throttleStep() int64 {
+	return max(min(v.opts.MaxPendingBytes/16, 1<<20), wal.BlockRecordLen)
+}
+
+// throttle makes a writer wait while too much data waits to be drained,
+// then admits n bytes of records; the writer releases them from admitted
+// once it has appended them (pending then counts them). A writer is
+// admitted while pending and admitted bytes together are below
+// MaxPendingBytes, and the admission is one compare-and-swap on admitted,
+// so concurrent writers never pass the check on the same total: pending
+// data exceeds the limit by at most one admission (throttleStep).
+// (pending only grows by what was admitted first, and a writer adds to
+// pending before it releases its admission, so the sum is never
+// undercounted.)
+func (v *Volume) throttle(n int64) error {
+	if v.admit(n) {
 		return nil
 	}
 	v.kickDrain()
 	v.waitMu.Lock()
 	defer v.waitMu.Unlock()
-	for v.pending.Load() >= v.opts.MaxPendingBytes {
+	for !v.admit(n) {
 		if err := v.checkWritable(); err != nil {
 			return err
 		}
 		v.waitCond.Wait()
 	}
 	return nil
+}
+
+func (v *Volume) admit(n int64) bool {
+	for {
+		a := v.admitted.Load()
+		if v.pending.Load()+a >= v.opts.MaxPendingBytes {
+			return false
+		}
+		if v.admitted.CompareAndSwap(a, a+n) {
+			return true
+		}
+	}
 }
 
 func (v *Volume) wakeWaiters() {
@@ -309,7 +355,7 @@ func (v *Volume) Trim(off, length int64) error {
 	if end <= start {
 		return nil
 	}
-	if err := v.throttle(); err != nil {
+	if err := v.throttle(0); err != nil {
 		return err
 	}
 	// One trim record covers at most maxTrim blocks (a 32-bit count).

@@ -15,51 +15,79 @@ import (
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/wal"
 )
 
-// slabSize is the arena's allocation unit. A slab holds WAL records back to
-// back exactly as they go to the segment file, so one copy of the data
-// serves the WAL write, reads of blocks not yet drained, and the drain.
-const slabSize = 4 << 20
+// maxSlabSize is the arena's largest allocation unit, and minSlabSize its
+// smallest. A slab holds WAL records back to back exactly as they go to the
+// segment file, so one copy of the data serves the WAL write, reads of
+// blocks not yet drained, and the drain. A volume's slab size follows its
+// pending limit (slabSizeFor): every live segment holds a partly filled
+// last slab, and that waste must stay small next to the limit.
+const (
+	maxSlabSize = 4 << 20
+	minSlabSize = 64 << 10
+)
+
+// slabSizeFor is the slab size for a pending limit: the largest power of
+// two at most maxPending/128, within [minSlabSize, maxSlabSize]. The 16
+// active segments and 16 sealed ones of a drain in flight then waste at
+// most a quarter of the limit in partly filled slabs.
+func slabSizeFor(maxPending int64) int {
+	n := maxSlabSize
+	for n > minSlabSize && int64(n) > maxPending/128 {
+		n >>= 1
+	}
+	return n
+}
 
 // slab is one arena slab: records are bump-allocated from buf. Bytes below
 // used never change once written (used only grows, under the shard lock).
 type slab struct {
 	buf    []byte
 	used   int
-	pooled bool // returned to slabPool when its segment is retired
+	pooled bool // returned to the volume's slab pool when its segment is retired
 }
 
-// slabPool keeps retired slabs for reuse, up to a bound. Reusing memory
-// that is already mapped matters: a fresh 4 MiB slab costs 1024 page faults,
-// which on a virtual machine can cost more than the copies it will hold.
-// (A sync.Pool is emptied by every garbage collection, so it is not used.)
-var slabPool = struct {
+// slabPool keeps a volume's retired slabs for reuse, up to a bound.
+// Reusing memory that is already mapped matters: a fresh 4 MiB slab costs
+// 1024 page faults, which on a virtual machine can cost more than the
+// copies it will hold. (A sync.Pool is emptied by every garbage
+// collection, so it is not used.) A slab is allocated only when the pool
+// is empty, so the volume's slabs, in use and pooled, never exceed the most
+// it has had in use at once (see memory.go).
+type slabPool struct {
+	size int        // bytes per slab; fixed at open
+	max  int        // most slabs kept; fixed at open
 	mu   sync.Mutex // guards free
 	free []*slab
-	max  int
-}{max: 256} // 1 GiB
+	live atomic.Int64 // bytes of the pooled slabs allocated and not dropped
+}
 
-func getSlab() *slab {
-	slabPool.mu.Lock()
-	if n := len(slabPool.free); n > 0 {
-		s := slabPool.free[n-1]
-		slabPool.free = slabPool.free[:n-1]
-		slabPool.mu.Unlock()
+func (p *slabPool) get() *slab {
+	p.mu.Lock()
+	if n := len(p.free); n > 0 {
+		s := p.free[n-1]
+		p.free = p.free[:n-1]
+		p.mu.Unlock()
 		s.used = 0
 		return s
 	}
-	slabPool.mu.Unlock()
-	return &slab{buf: make([]byte, slabSize), pooled: true}
+	p.mu.Unlock()
+	p.live.Add(int64(p.size))
+	return &slab{buf: make([]byte, p.size), pooled: true}
 }
 
-func putSlab(s *slab) {
+func (p *slabPool) put(s *slab) {
 	if !s.pooled {
 		return
 	}
-	slabPool.mu.Lock()
-	if len(slabPool.free) < slabPool.max {
-		slabPool.free = append(slabPool.free, s)
+	p.mu.Lock()
+	keep := len(p.free) < p.max
+	if keep {
+		p.free = append(p.free, s)
 	}
-	slabPool.mu.Unlock()
+	p.mu.Unlock()
+	if !keep {
+		p.live.Add(-int64(len(s.buf)))
+	}
 }
 
 // entry locates the newest not-yet-drained record of a block.
@@ -125,7 +153,7 @@ func (v *Volume) reserve(sh *shard, n int) (*slab, int) {
 			default:
 			}
 		}
-		sl = getSlab()
+		sl = v.slabs.get()
 		seg.slabs = append(seg.slabs, sl)
 	}
 	off := sl.used
@@ -297,7 +325,7 @@ func (v *Volume) retire(seg *segment) {
 		}
 	}
 	for _, sl := range seg.slabs {
-		putSlab(sl)
+		v.slabs.put(sl)
 	}
 	seg.slabs = nil
 }

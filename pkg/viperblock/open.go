@@ -97,8 +97,9 @@ func newVolume(store backend.Store, name string, m *manifest.Manifest, ver backe
 	}
 	v.waitCond = sync.NewCond(&v.waitMu)
 	v.committedHW.Store(m.SeqHW)
-	v.idx.max = 1024
+	v.idx.max = opts.chunkIndexes()
 	v.cache = cache.New(opts.CacheBlocks)
+	v.slabs = slabPool{size: slabSizeFor(opts.MaxPendingBytes), max: max(int(opts.SlabPoolBytes/int64(slabSizeFor(opts.MaxPendingBytes))), 0)}
 	v.size.Store(m.Size)
 	v.seq.Store(m.SeqHW)
 	v.bmap.Store(blockmap.New(m.Extents))

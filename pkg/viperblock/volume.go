@@ -83,7 +83,20 @@ type Options struct {
 	DrainBytes int64
 	// MaxPendingBytes is the most WAL data held before writers wait for a
 	// drain (default 512 MiB). Pending data is held in memory as well.
+	// Writers wait, never fail, at the limit; it is exceeded by at most one
+	// admission step (see throttle), so a request larger than the limit
+	// still goes through, a step at a time.
 	MaxPendingBytes int64
+	// SlabPoolBytes bounds the retired WAL slabs the volume keeps for
+	// reuse (default: MaxPendingBytes plus a quarter; negative: none).
+	SlabPoolBytes int64
+	// MemoryBytes, when positive, is the memory the volume's data may use:
+	// pending writes with their slabs and pool, the read cache, the chunk
+	// index cache and the drain's chunk buffers. Options left zero among
+	// MaxPendingBytes, DrainBytes, SlabPoolBytes, UploadConcurrency and the
+	// cache are derived from it, and a cache asked for beyond the share's
+	// cache part is capped, with a warning (see memory.go).
+	MemoryBytes int64
 	// UploadConcurrency is how many chunks a drain uploads at once
 	// (default 4).
 	UploadConcurrency int
@@ -123,6 +136,8 @@ type Options struct {
 	// MaxSnapshots limits Snapshot as SnapshotOptions.MaxSnapshots does
 	// CreateSnapshot (0: DefaultMaxSnapshots; negative: no limit).
 	MaxSnapshots int
+	// indexCap is the chunk index cache's size, set from MemoryBytes.
+	indexCap int
 	// crash, when set by tests, is called at named crash points.
 	crash func(point string) error
 	// clock, when set by tests, replaces the lease clock (bootClock).
@@ -132,6 +147,9 @@ type Options struct {
 func (o *Options) setDefaults() {
 	if o.FS == nil {
 		o.FS = vfs.Default
+	}
+	if o.MemoryBytes > 0 {
+		o.fitMemory()
 	}
 	if o.CacheBlocks == 0 {
 		if o.CacheMemPercent > 0 {
@@ -151,6 +169,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.MaxPendingBytes < o.DrainBytes {
 		o.MaxPendingBytes = o.DrainBytes
+	}
+	if o.SlabPoolBytes == 0 {
+		o.SlabPoolBytes = o.MaxPendingBytes + o.MaxPendingBytes/4
 	}
 	if o.UploadConcurrency <= 0 {
 		o.UploadConcurrency = 4
@@ -194,6 +215,7 @@ type Volume struct {
 
 	bmap  atomic.Pointer[blockmap.Map] // committed extent map
 	cache *cache.LRU
+	slabs slabPool // the WAL arena's free slabs (log.go)
 	refs  []string // volume table: refs[0] is this volume, then ancestors; fixed at open
 	idx   chunkIndexCache
 	// lastFetch is where the last backend read ended (read-ahead).
@@ -216,6 +238,7 @@ type Volume struct {
 	dirty     bool                         // metadata (size) changed since the last commit
 
 	pending   atomic.Int64 // WAL bytes not yet drained
+	admitted  atomic.Int64 // WAL bytes admitted by throttle, not yet in pending
 	waitMu    sync.Mutex   // guards waitCond's condition (pending, state)
 	waitCond  *sync.Cond
 	builders  chan *chunk.Builder // reusable chunk buffers
@@ -290,6 +313,9 @@ type Stats struct {
 	CurrentSeq    uint64
 	MappedBlocks  uint64
 	SealedPending int
+	// SlabBytes is the memory of the WAL arena's slabs, in use and pooled
+	// (records replayed at open are held apart from it until drained).
+	SlabBytes int64
 
 	// ResolvedCommits counts manifest commits that failed (their answer
 	// lost, their outcome unknown) and that reading the manifest back
@@ -514,6 +540,7 @@ func (v *Volume) Stats() Stats {
 		s.SealedPending += len(sh.sealed)
 		sh.mu.Unlock()
 	}
+	s.SlabBytes = v.slabs.live.Load()
 	return s
 }
 

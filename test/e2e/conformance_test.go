@@ -31,6 +31,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
 	"github.com/viperblock/viperblock-csi/pkg/driver"
+	"github.com/viperblock/viperblock-csi/pkg/units"
 )
 
 const (
@@ -347,11 +348,21 @@ func TestConformanceTestDriver(t *testing.T) {
 	if node == nil {
 		t.Fatal("no DaemonSet viperblock-csi-node")
 	}
+	// The node plugin always reports a limit: --max-volumes-per-node, or
+	// its memory budget divided by driver.VolumeMemory.
 	limit := int64(0)
 	if v, ok := argPrefix(container(t, &node.Spec.Template.Spec, "node"), "--max-volumes-per-node="); ok {
 		if limit, err = strconv.ParseInt(v, 10, 64); err != nil {
 			t.Errorf("--max-volumes-per-node=%s: %v", v, err)
 		}
+	} else if v, ok := argPrefix(container(t, &node.Spec.Template.Spec, "node"), "--memory-budget="); ok {
+		b, err := units.Parse(v)
+		if err != nil {
+			t.Errorf("--memory-budget=%s: %v", v, err)
+		}
+		limit = b / driver.VolumeMemory
+	} else {
+		limit = 1 // derived from the node's memory, at least one volume
 	}
 	if caps["volumeLimits"] != (limit > 0) {
 		t.Errorf("capability volumeLimits %v, node plugin --max-volumes-per-node %d", caps["volumeLimits"], limit)

@@ -35,6 +35,19 @@ const (
 //	lease_duration=DUR   ownership lease duration (vb.Options.LeaseDuration)
 //	durability=node|store  this open's durability class (default: the volume's)
 //	virtual_size=SIZE    advertise at least SIZE bytes (see Conn.Size)
+//	memory=SIZE          the whole server's memory: the engine's share is
+//	                     SIZE less ProcessOverhead and the request buffers
+//	                     (vb.Options.MemoryBytes), and the Go runtime's
+//	                     memory limit follows (see memory.go); at least
+//	                     MinMemory
+//	max_request=SIZE     the largest read or write request advertised
+//	                     (default DefaultMaxRequest, with memory=
+//	                     DefaultBudgetMaxRequest)
+//	connections=N        connections the memory share budgets request
+//	                     buffers for (default 1, the node's one device)
+//	pending_limit=SIZE   pending writes before writers wait
+//	                     (vb.Options.MaxPendingBytes)
+//	slab_pool=SIZE       retired WAL slabs kept for reuse (vb.Options.SlabPoolBytes)
 type Config struct {
 	Volume          string
 	Store           string
@@ -48,6 +61,14 @@ type Config struct {
 	LeaseDuration   time.Duration
 	Durability      vb.Durability
 	VirtualSize     int64 // advertised size when larger than the volume
+	Memory          int64 // memory=: the server's share of the node's budget
+	PendingLimit    int64
+	SlabPool        int64
+	MaxRequest      int64 // max_request=; Complete fills the default
+	Connections     int   // connections=; Complete fills the default
+	// Threads is nbdkit's worker threads per connection, read from its
+	// command line (ServerThreads) before Complete; 0: DefaultThreads.
+	Threads int
 
 	seen map[string]bool
 }
@@ -121,6 +142,42 @@ func (c *Config) Set(key, value string) error {
 			return fmt.Errorf("virtual_size=%s: must be a positive multiple of 512 bytes, at most 1 PiB", value)
 		}
 		c.VirtualSize = n
+	case "memory":
+		n, err := units.Parse(value)
+		if err != nil {
+			return fmt.Errorf("memory=%s: %v", value, err)
+		}
+		if n <= 0 {
+			return fmt.Errorf("memory=%s: want a positive size (Complete checks it against the threads and connections)", value)
+		}
+		c.Memory = n
+	case "max_request", "max-request":
+		n, err := units.Parse(value)
+		if err != nil || n < minMaxRequest || n > DefaultMaxRequest || n&(n-1) != 0 {
+			return fmt.Errorf("max_request=%s: want a power of two from %d KiB to %d MiB", value, minMaxRequest>>10, DefaultMaxRequest>>20)
+		}
+		c.MaxRequest = n
+	case "connections":
+		n, err := strconv.Atoi(value)
+		if err != nil || n < 1 || n > 64 {
+			return fmt.Errorf("connections=%s: want a number of connections from 1 to 64", value)
+		}
+		c.Connections = n
+	case "pending_limit", "pending-limit":
+		n, err := units.Parse(value)
+		if err != nil || n < 1<<20 {
+			return fmt.Errorf("pending_limit=%s: want a size of at least 1MiB", value)
+		}
+		c.PendingLimit = n
+	case "slab_pool", "slab-pool":
+		n, err := units.Parse(value)
+		if err != nil || n < 0 {
+			return fmt.Errorf("slab_pool=%s: want a size (0: keep none)", value)
+		}
+		c.SlabPool = n
+		if n == 0 {
+			c.SlabPool = -1
+		}
 	default:
 		return fmt.Errorf("unknown parameter %q (see nbdkit <plugin> --help)", key)
 	}
@@ -185,7 +242,7 @@ func (c *Config) Complete(getenv func(string) string) error {
 		}
 		c.WALDir = abs
 	}
-	return nil
+	return c.completeMemory()
 }
 
 func parseBool(s string) (bool, error) {

@@ -34,7 +34,7 @@ func CheckForeground(argv []string, pid int, getenv func(string) string) error {
 	if getenv != nil && getenv("LISTEN_PID") == strconv.Itoa(pid) {
 		return nil
 	}
-	if fg, _ := scanArgs(argv); fg {
+	if scanArgs(argv).foreground {
 		return nil
 	}
 	return ErrNotForeground
@@ -43,44 +43,82 @@ func CheckForeground(argv []string, pid int, getenv func(string) string) error {
 // ReadOnlyServer reports whether nbdkit was started with -r/--readonly, in
 // which case no client can write and the volume is best opened without
 // taking ownership.
-func ReadOnlyServer(argv []string) bool {
-	_, ro := scanArgs(argv)
-	return ro
+func ReadOnlyServer(argv []string) bool { return scanArgs(argv).readonly }
+
+// DefaultThreads is nbdkit's worker threads per connection without
+// -t/--threads.
+const DefaultThreads = 16
+
+// ServerThreads is the number of worker threads nbdkit runs per connection
+// by its command line (-t/--threads; the last one wins, as in nbdkit), or
+// DefaultThreads. Every such thread keeps a buffer as large as the largest
+// read or write request it has served (see memory.go).
+func ServerThreads(argv []string) int {
+	if n := scanArgs(argv).threads; n > 0 {
+		return n
+	}
+	return DefaultThreads
+}
+
+// nbdkitArgs is what the plugin needs from nbdkit's options.
+type nbdkitArgs struct {
+	foreground, readonly bool
+	threads              int // 0: not given
 }
 
 // scanArgs reads nbdkit's options, up to the plugin name.
-func scanArgs(argv []string) (foreground, readonly bool) {
+func scanArgs(argv []string) (r nbdkitArgs) {
 	if len(argv) < 2 {
-		return false, false
+		return r
 	}
 	args := argv[1:]
+	value := func(i int) string { // the word after args[i], if any
+		if i+1 < len(args) {
+			return args[i+1]
+		}
+		return ""
+	}
+	threads := func(v string) {
+		if n, err := strconv.Atoi(v); err == nil && n > 0 {
+			r.threads = n
+		}
+	}
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		switch {
 		case a == "--":
-			return
+			return r
 		case strings.HasPrefix(a, "--"):
-			name, _, hasVal := strings.Cut(a[2:], "=")
-			foreground = foreground || longForeground[name]
-			readonly = readonly || name == "readonly" || name == "read-only"
+			name, val, hasVal := strings.Cut(a[2:], "=")
+			r.foreground = r.foreground || longForeground[name]
+			r.readonly = r.readonly || name == "readonly" || name == "read-only"
 			if longWithArg[name] && !hasVal {
+				val = value(i)
 				i++
+			}
+			if name == "threads" {
+				threads(val)
 			}
 		case strings.HasPrefix(a, "-") && len(a) > 1:
 			for j := 1; j < len(a); j++ {
 				ch := a[j]
-				foreground = foreground || ch == 'f' || ch == 's'
-				readonly = readonly || ch == 'r'
+				r.foreground = r.foreground || ch == 'f' || ch == 's'
+				r.readonly = r.readonly || ch == 'r'
 				if strings.IndexByte(shortWithArg, ch) >= 0 {
+					val := a[j+1:]
 					if j == len(a)-1 {
-						i++ // the argument is the next word
+						val = value(i) // the argument is the next word
+						i++
+					}
+					if ch == 't' {
+						threads(val)
 					}
 					break
 				}
 			}
 		default:
-			return // the plugin name: options end here
+			return r // the plugin name: options end here
 		}
 	}
-	return
+	return r
 }

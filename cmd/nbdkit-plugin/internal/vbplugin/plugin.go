@@ -39,11 +39,10 @@ import (
 
 // Block size constraints advertised to clients. Any alignment works (the
 // engine reads, modifies and writes partial blocks); 4 KiB is the unit that
-// avoids that work.
+// avoids that work. The maximum is Config.MaxRequest (Conn.MaxRequest).
 const (
 	MinBlockSize       = 1
 	PreferredBlockSize = vb.BlockSize
-	MaxBlockSize       = 32 << 20
 )
 
 // drainTimeout bounds the drain after the last connection closes (Close at
@@ -96,6 +95,7 @@ func (p *Plugin) GetReady(ctx context.Context) error {
 		// background work starts in AfterFork.
 		DeferBackground: true,
 	}
+	c.memoryOptions(&opts)
 	vol, err := vb.Open(ctx, store, c.Volume, opts)
 	if errors.Is(err, vb.ErrNotFound) && c.Size > 0 && !c.ReadOnly {
 		err = vb.CreateWithClass(ctx, store, c.Volume, c.Size, c.Durability)
@@ -230,7 +230,13 @@ func (p *Plugin) Open(readonly bool) (*Conn, error) {
 		return nil, fmt.Errorf("volume not open")
 	}
 	p.vol.Start() // normally done by AfterFork already
-	p.conns.Add(1)
+	if n := p.conns.Add(1); p.Cfg.Memory > 0 && n > int64(p.Cfg.Connections) {
+		// Served all the same (refusing could break a device's
+		// reconnection), but each connection's nbdkit threads hold
+		// request buffers the share did not budget for.
+		p.log.Warn("more connections than memory= budgets request buffers for (connections=)", "volume", p.Cfg.Volume,
+			"connections", n, "budgeted", p.Cfg.Connections, "bytes_each", RequestBuffers(1, p.Cfg.Threads, p.Cfg.MaxRequest))
+	}
 	return &Conn{p: p, readonly: readonly || p.Cfg.ReadOnly}, nil
 }
 
@@ -254,6 +260,10 @@ func (c *Conn) Close() {
 		p.log.Warn("drain after the last connection closed failed; will retry", "volume", p.Cfg.Volume, "err", err)
 	}
 }
+
+// MaxRequest is the largest read or write request the connection
+// advertises (the block size maximum; see memory.go).
+func (c *Conn) MaxRequest() int64 { return c.p.Cfg.MaxRequest }
 
 // CanWrite reports whether this connection may write.
 func (c *Conn) CanWrite() bool { return !c.readonly }

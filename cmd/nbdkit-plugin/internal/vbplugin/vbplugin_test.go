@@ -59,6 +59,17 @@ func TestCheckForeground(t *testing.T) {
 			t.Errorf("ReadOnlyServer(%q) = %v", argv, got)
 		}
 	}
+	for argv, want := range map[string]int{
+		"nbdkit -f p.so": DefaultThreads, "nbdkit -f --threads 4 p.so": 4, "nbdkit -f --threads=3 p.so": 3,
+		"nbdkit -f -t 5 p.so": 5, "nbdkit -ft6 p.so": 6, "nbdkit -t 2 -f -t 7 p.so": 7,
+		"nbdkit -f p.so -t 2": DefaultThreads, "nbdkit -f -U t p.so": DefaultThreads,
+		"nbdkit -f --threads 0 p.so": DefaultThreads, "nbdkit -f --threads x p.so": DefaultThreads,
+		"nbdkit -f --threads": DefaultThreads,
+	} {
+		if got := ServerThreads(splitArgs(argv)); got != want {
+			t.Errorf("ServerThreads(%q) = %d, want %d", argv, got, want)
+		}
+	}
 }
 
 // splitArgs splits on spaces, keeping '...' together.
