@@ -21,36 +21,53 @@ func ranges(s *Set) string {
 }
 
 // check verifies the tree's invariants: ranges non-empty, ordered,
-// disjoint and not touching; priorities in heap order; Len right.
+// disjoint and not touching; every leaf at the same depth; no node empty
+// or over full; each key the first start of its child; Len right.
 func check(t *testing.T, s *Set) {
 	t.Helper()
 	n := 0
 	var prevEnd uint64
-	var walk func(x *node, parentPrio uint64)
-	walk = func(x *node, parentPrio uint64) {
-		if x == nil {
-			return
+	leafDepth := -1
+	var walk func(x *node, depth int) uint64
+	walk = func(x *node, depth int) uint64 {
+		if x.leaf() {
+			if leafDepth >= 0 && depth != leafDepth {
+				t.Fatalf("leaves at depths %d and %d", leafDepth, depth)
+			}
+			leafDepth = depth
+			if len(x.rs) == 0 || len(x.rs) > fanout {
+				t.Fatalf("leaf with %d ranges", len(x.rs))
+			}
+			for _, r := range x.rs {
+				if r.end <= r.start {
+					t.Fatalf("empty range [%d,%d)", r.start, r.end)
+				}
+				if n > 0 && r.start <= prevEnd {
+					t.Fatalf("range [%d,%d) overlaps or touches the previous one (ending at %d): %s", r.start, r.end, prevEnd, ranges(s))
+				}
+				prevEnd = r.end
+				n++
+			}
+			return x.rs[0].start
 		}
-		if x.prio > parentPrio {
-			t.Fatalf("heap order broken at [%d,%d)", x.start, x.end)
+		if len(x.kids) == 0 || len(x.kids) > fanout || len(x.keys) != len(x.kids) {
+			t.Fatalf("inner node with %d children, %d keys", len(x.kids), len(x.keys))
 		}
-		walk(x.left, x.prio)
-		if x.end <= x.start {
-			t.Fatalf("empty range [%d,%d)", x.start, x.end)
+		for i, k := range x.kids {
+			if first := walk(k, depth+1); first != x.keys[i] {
+				t.Fatalf("key %d is %d, its child starts at %d", i, x.keys[i], first)
+			}
 		}
-		if n > 0 && x.start <= prevEnd {
-			t.Fatalf("range [%d,%d) overlaps or touches the previous one (ending at %d): %s", x.start, x.end, prevEnd, ranges(s))
-		}
-		prevEnd = x.end
-		n++
-		walk(x.right, x.prio)
+		return x.keys[0]
 	}
-	walk(s.root, math.MaxUint64)
+	if s.root != nil {
+		walk(s.root, 0)
+	}
 	if n != s.Len() {
 		t.Fatalf("Len %d, tree holds %d ranges", s.Len(), n)
 	}
-	if s.Empty() != (n == 0) {
-		t.Fatalf("Empty %v with %d ranges", s.Empty(), n)
+	if s.Empty() != (n == 0) || (s.root == nil) != (n == 0) {
+		t.Fatalf("Empty %v, root %v, with %d ranges", s.Empty(), s.root != nil, n)
 	}
 }
 
@@ -138,32 +155,55 @@ func TestAscendFrom(t *testing.T) {
 func TestModel(t *testing.T) {
 	sd := int64(testutil.Seed(t))
 	rng := rand.New(rand.NewSource(sd))
-	for round := 0; round < 40; round++ {
-		universe := 1 + rng.Intn(600)
+	for round := 0; round < 44; round++ {
+		// Small sets, and a few large enough for trees of three levels
+		// (over 2048 ranges) that wide Removes cut back down.
+		universe, ops := 1+rng.Intn(600), 300
+		if round >= 40 {
+			universe, ops = 60000+rng.Intn(20000), 16000
+		}
 		var s Set
 		bits := make([]bool, universe+2)
 		var log []string
-		for op := 0; op < 300; op++ {
+		maxDepth := 0
+		for op := 0; op < ops; op++ {
 			a := uint64(rng.Intn(universe + 1))
 			// Mostly short ranges (as single-block discards are), some
 			// long ones.
 			n := uint64(rng.Intn(4))
-			if rng.Intn(8) == 0 {
+			remove := rng.Intn(3) == 0 && (universe < 1000 || rng.Intn(2) == 0)
+			if universe < 1000 && rng.Intn(8) == 0 || remove && rng.Intn(1000) == 0 {
 				n = uint64(rng.Intn(universe + 1))
 			}
 			b := min(a+n, uint64(universe))
-			if rng.Intn(3) == 0 {
+			if remove {
 				s.Remove(a, b)
-				log = append(log, fmt.Sprintf("remove [%d,%d)", a, b))
+				log = append(log[max(0, len(log)-50):], fmt.Sprintf("remove [%d,%d)", a, b))
 				for x := a; x < b; x++ {
 					bits[x] = false
 				}
 			} else {
 				s.Add(a, b)
-				log = append(log, fmt.Sprintf("add [%d,%d)", a, b))
+				log = append(log[max(0, len(log)-50):], fmt.Sprintf("add [%d,%d)", a, b))
 				for x := a; x < b; x++ {
 					bits[x] = true
 				}
+			}
+			depth := 0
+			for x := s.root; x != nil && !x.leaf(); x = x.kids[0] {
+				depth++
+			}
+			maxDepth = max(maxDepth, depth)
+			// Large sets: the whole comparison every 197 operations, and
+			// 64 values after each.
+			if universe > 1000 && op%197 != 0 {
+				for i := 0; i < 64; i++ {
+					x := rng.Intn(len(bits))
+					if s.Contains(uint64(x)) != bits[x] {
+						t.Fatalf("seed %d: Contains(%d) = %v after %s", sd, x, !bits[x], strings.Join(log, ", "))
+					}
+				}
+				continue
 			}
 			check(t, &s)
 			var want strings.Builder
@@ -211,13 +251,15 @@ func TestModel(t *testing.T) {
 				t.Fatalf("seed %d: Ascend(%d) starts at %q, want %q", sd, from, first, wantFirst)
 			}
 		}
+		if universe > 1000 && maxDepth < 2 {
+			t.Fatalf("seed %d: the tree never grew to three levels (%d ranges at the end)", sd, s.Len())
+		}
 	}
 }
 
-// TestDepthLogarithmic adds 2^18 one-value ranges in increasing order
-// (the worst case of an unbalanced tree), every other value so that none
-// merge, and checks that the tree stays shallow; then fills the gaps in a
-// random order and expects one range.
+// TestDepthLogarithmic adds 2^18 one-value ranges in increasing order, every
+// other value so that none merge, and checks that the tree stays shallow;
+// then fills the gaps in a random order and expects one range.
 func TestDepthLogarithmic(t *testing.T) {
 	const n = 1 << 18
 	var s Set
@@ -227,17 +269,14 @@ func TestDepthLogarithmic(t *testing.T) {
 	if s.Len() != n {
 		t.Fatalf("%d ranges, want %d", s.Len(), n)
 	}
-	var depth func(x *node) int
-	depth = func(x *node) int {
-		if x == nil {
-			return 0
-		}
-		return 1 + max(depth(x.left), depth(x.right))
+	check(t, &s)
+	depth := 0
+	for x := s.root; !x.leaf(); x = x.kids[0] {
+		depth++
 	}
-	// A treap's expected depth is about 2 ln n (25 here); 80 would be
-	// astronomically unlikely for random priorities.
-	if d := depth(s.root); d > 80 {
-		t.Fatalf("depth %d for %d ranges", d, n)
+	// Nodes at least half full after a split: depth <= log32(n) + 1.
+	if depth > 5 {
+		t.Fatalf("depth %d for %d ranges", depth, n)
 	}
 	for _, i := range rand.New(rand.NewSource(1)).Perm(n) {
 		s.Add(2*uint64(i)+1, 2*uint64(i)+2)
