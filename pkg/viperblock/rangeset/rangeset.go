@@ -77,7 +77,7 @@ func (s *Set) Add(start, end uint64) {
 		if f.end >= end {
 			return
 		}
-		if c := s.first(f.start+1); c == nil || c.start > end {
+		if c := s.first(f.start + 1); c == nil || c.start > end {
 			f.end = end
 			return
 		}
