@@ -71,6 +71,27 @@ func (s *Set) Add(start, end uint64) {
 	if end <= start {
 		return
 	}
+	// Fast path, one descent: both neighbours of the new range are in the
+	// leaf where it belongs, and it is inside the one before, extends it
+	// without reaching the one after, or touches neither.
+	if s.root != nil {
+		var buf [16]step
+		leaf, path := s.descend(start, buf[:0])
+		if j := upper2(leaf.rs, start); j > 0 && j < len(leaf.rs) {
+			f, c := &leaf.rs[j-1], &leaf.rs[j]
+			touchL, touchR := f.end >= start, c.start <= end
+			switch {
+			case touchL && f.end >= end:
+				return
+			case touchL && !touchR:
+				f.end = end
+				return
+			case !touchL && !touchR:
+				s.insertAt(leaf, path, j, span{start, end})
+				return
+			}
+		}
+	}
 	// The range before (or at) start already reaching start: the new one
 	// is inside it, or extends it up to a range it does not reach.
 	if f := s.last(start); f != nil && f.end >= start {
@@ -226,14 +247,20 @@ func upper2(rs []span, x uint64) int {
 
 // insert adds r, which overlaps and touches no range of the set.
 func (s *Set) insert(r span) {
-	s.n++
 	if s.root == nil {
 		s.root = &node{rs: append(make([]span, 0, fanout+1), r)}
+		s.n++
 		return
 	}
 	var buf [16]step
 	leaf, path := s.descend(r.start, buf[:0])
-	j := upper2(leaf.rs, r.start)
+	s.insertAt(leaf, path, upper2(leaf.rs, r.start), r)
+}
+
+// insertAt inserts r at index j of leaf, the leaf descend found for it at
+// the end of path.
+func (s *Set) insertAt(leaf *node, path []step, j int, r span) {
+	s.n++
 	leaf.rs = append(leaf.rs, span{})
 	copy(leaf.rs[j+1:], leaf.rs[j:])
 	leaf.rs[j] = r
