@@ -4,18 +4,19 @@
 // Ranges that overlap or touch are merged as they are added, so a set never
 // holds two ranges where one would do: a million adjacent one-value Adds
 // make one range, and one Add of a huge range is one range. Removing values
-// from inside a range splits it. Add, Remove and Contains take O(log n)
-// time for a set of n ranges, plus O(log n) for each range that an Add or
-// Remove swallows (each range is swallowed once, so this is O(log n)
-// amortized); Ascend takes O(log n) to reach its first range, then O(1)
-// amortized per range.
+// from inside a range splits it. With n the most ranges the set has held,
+// Add, Remove and Contains take O(log n) time, plus O(log n) for each range
+// that an Add or Remove swallows (a range is swallowed once, so this is
+// O(log n) amortized); Ascend takes O(log n) to reach its first range, then
+// O(1) amortized per range.
 //
 // The tree keeps up to 64 ranges in a leaf and up to 64 children in an
 // inner node, each inner node with the exact first start of each child, so
 // a lookup reads a few contiguous arrays rather than chasing a pointer per
 // level of a binary tree. Full nodes split in two. Nodes that empty are
-// removed, but nodes are never merged: the height is that of the largest
-// the set has been, O(log n) of that size.
+// removed, but nodes are never merged, so the height is set by the most
+// ranges the set has held (every node but the root was at least half full
+// when it was made).
 //
 // A Set is not safe for concurrent use; its zero value is an empty set.
 package rangeset
