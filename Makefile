@@ -137,13 +137,15 @@ preflight: fmt vet staticcheck
 bench: deps build bench-go bench-flush bench-nbd bench-budget
 
 # Engine benchmarks. The 4 KiB write burst is sized to stay below the drain
-# threshold; the replay and S3 benchmarks run a few fixed iterations.
+# threshold; the replay and S3 benchmarks run a few fixed iterations; a
+# million single-block discards (and as many writes) run once.
 bench-go:
 	$(GO) test -run '^$$' -bench 'Write4KRandom|Write4KFlush|Write1MSeq|Read4K' -benchmem -benchtime 2s ./pkg/viperblock/
 	$(GO) test -run '^$$' -bench 'Write4KBurst' -benchmem -benchtime 65536x ./pkg/viperblock/
 	$(GO) test -run '^$$' -bench 'Replay1GiB' -benchmem -benchtime 2x ./pkg/viperblock/
 	$(GO) test -run '^$$' -bench 'Snapshot|Clone|GCCompaction' -benchtime 20x ./pkg/viperblock/
 	$(GO) test -run '^$$' -bench '^BenchmarkS3' -benchtime 5s ./pkg/viperblock/
+	$(GO) test -run '^$$' -bench 'Discard1M' -benchtime 1x -timeout 30m ./pkg/viperblock/
 
 # FLUSH latency (4 KiB write + FLUSH, queue depth 1) in each durability
 # class, the engine on versitygw over loopback.

@@ -243,15 +243,34 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 				}
 				model.flush()
 			case r < 90:
-				b := uint64(rng.Intn(blocks))
-				n := uint64(1 + rng.Intn(8))
-				n = min(n, blocks-b)
-				if err := v.Trim(int64(b)*BlockSize, int64(n)*BlockSize); err != nil && !isCrashed() {
-					t.Fatalf("seed %d: trim: %v", seed, err)
+				// A few blocks; a wide range, up to the whole volume; or
+				// a burst of single-block discards in a random order
+				// (ranges that merge and split in the pending trims).
+				trim := func(b, n uint64) {
+					if err := v.Trim(int64(b)*BlockSize, int64(n)*BlockSize); err != nil && !isCrashed() {
+						t.Fatalf("seed %d: trim: %v", seed, err)
+					}
+					for x := b; x < b+n; x++ {
+						model.write(x, nil)
+						delete(model.cur, x)
+					}
 				}
-				for x := b; x < b+n; x++ {
-					model.write(x, nil)
-					delete(model.cur, x)
+				b := uint64(rng.Intn(blocks))
+				switch rng.Intn(4) {
+				case 0:
+					if rng.Intn(3) == 0 {
+						b = 0
+					}
+					trim(b, 1+uint64(rng.Intn(blocks-int(b))))
+				case 1:
+					span := 1 + rng.Intn(min(24, blocks-int(b)))
+					for _, i := range rng.Perm(span) {
+						if rng.Intn(4) != 0 && !isCrashed() {
+							trim(b+uint64(i), 1)
+						}
+					}
+				default:
+					trim(b, min(uint64(1+rng.Intn(8)), blocks-b))
 				}
 			default:
 				err := v.Drain(ctx)

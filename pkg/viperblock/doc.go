@@ -41,6 +41,15 @@
 //     WAL tail is discarded; corruption elsewhere is an error (ErrCorrupt),
 //     never data.
 //
+// # Trims
+//
+// Trim and Zero log a trim as one WAL record (a first block and a count)
+// per shard it touches. Until a drain commits it, the trim is held in memory
+// as ranges (trim.go, package rangeset) that reads consult between the block
+// store and the map; the drain applies it to the map, and from then on it is
+// the absence of the blocks from the manifest's extents: no format records
+// committed trims.
+//
 // # Commits with an unknown outcome
 //
 // A manifest commit (PutIf with the version last committed) can fail after

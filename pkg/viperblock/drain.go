@@ -1,10 +1,12 @@
 package viperblock
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -45,6 +47,7 @@ func (v *Volume) seal() ([]*segment, uint64) {
 		segs = append(segs, sh.sealed...)
 	}
 	hw := v.seq.Load()
+	v.sealTrims()
 	var fresh []*segment
 	for i := range v.shards {
 		if s := v.shards[i].seg; s.gen == v.gen {
@@ -130,11 +133,14 @@ func (v *Volume) drainOnce(ctx context.Context) error {
 		}
 	}
 	// A trim newer than a block's write wins over it.
-	for b, w := range writes {
-		for _, t := range trims {
-			if t.seq > w.seq && b >= t.start && b < t.start+t.count {
-				delete(writes, b)
-				break
+	if len(trims) > 0 {
+		ws := make([]blockSeq, 0, len(writes))
+		for b, w := range writes {
+			ws = append(ws, blockSeq{b, w.seq})
+		}
+		for i, dead := range trimmedLater(trims, ws) {
+			if dead {
+				delete(writes, ws[i].block)
 			}
 		}
 	}
@@ -223,18 +229,7 @@ func (v *Volume) drainOnce(ctx context.Context) error {
 	v.bmap.Store(m)
 	// Trims first, then block entries: a reader never finds neither the
 	// newest data nor the hole.
-	if len(trims) > 0 {
-		v.trimMu.Lock()
-		keep := v.trims[:0]
-		for _, t := range v.trims {
-			if t.seq > next.SeqHW {
-				keep = append(keep, t)
-			}
-		}
-		v.trims = keep
-		v.hasTrims.Store(len(keep) > 0)
-		v.trimMu.Unlock()
-	}
+	v.trimsCommitted()
 	// Drop the block store entries that point into the drained segments:
 	// those blocks now read through the new map.
 	for _, seg := range segs {
@@ -386,8 +381,8 @@ func appendExtent(ops []blockmap.Extent, e blockmap.Extent) []blockmap.Extent {
 
 // clearOps turns trims into sorted, non-overlapping clearing operations.
 func clearOps(trims []trimRange, maxBlock uint64) []blockmap.Extent {
-	t := append([]trimRange(nil), trims...)
-	sortTrims(t)
+	t := slices.Clone(trims)
+	slices.SortFunc(t, func(a, b trimRange) int { return cmp.Compare(a.start, b.start) })
 	var ops []blockmap.Extent
 	for _, r := range t {
 		s, e := r.start, min(r.start+r.count, maxBlock)

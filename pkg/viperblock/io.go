@@ -418,10 +418,7 @@ func (v *Volume) trim(start, count uint64) {
 		logged += wal.HeaderSize
 		dropRange(sh, start, count)
 	}
-	v.trimMu.Lock()
-	v.trims = append(v.trims, trimRange{start, count, seq})
-	v.hasTrims.Store(true)
-	v.trimMu.Unlock()
+	v.addTrim(start, count)
 	for i := range v.shards {
 		v.shards[i].mu.Unlock()
 	}
@@ -452,18 +449,6 @@ func dropRange(sh *shard, start, count uint64) {
 	for b := first; b < start+count; b += nShards {
 		delete(sh.blocks, b)
 	}
-}
-
-// trimmed reports whether an undrained trim covers block b.
-func (v *Volume) trimmed(b uint64) bool {
-	v.trimMu.RLock()
-	defer v.trimMu.RUnlock()
-	for _, t := range v.trims {
-		if b >= t.start && b < t.start+t.count {
-			return true
-		}
-	}
-	return false
 }
 
 // Extent is one run of a volume's address space, as reported by Extents.
@@ -554,6 +539,3 @@ func (v *Volume) Extents(off, length int64) ([]Extent, error) {
 	}
 	return out, nil
 }
-
-// sortTrims orders trims by start.
-func sortTrims(t []trimRange) { sort.Slice(t, func(i, j int) bool { return t[i].start < t[j].start }) }

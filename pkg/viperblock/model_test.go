@@ -144,7 +144,20 @@ func (r *modelRun) step() {
 		off := r.rng.Intn(len(img))
 		n := r.rng.Intn(len(img) - off + 1)
 		v := r.vol(name)
-		if r.rng.Intn(2) == 0 {
+		if nb := len(img) / BlockSize; r.rng.Intn(3) == 0 {
+			// Single-block discards of the blocks of a range, in a
+			// random order, some skipped.
+			r.log = append(r.log, fmt.Sprintf("discard blocks of %s [%d,+%d) one at a time", name, off, n))
+			for _, b := range r.rng.Perm(nb) {
+				if b*BlockSize < off || (b+1)*BlockSize > off+n || r.rng.Intn(4) == 0 {
+					continue
+				}
+				if err := v.Trim(int64(b)*BlockSize, BlockSize); err != nil {
+					r.fatalf("trim: %v", err)
+				}
+				clear(img[b*BlockSize : (b+1)*BlockSize])
+			}
+		} else if r.rng.Intn(2) == 0 {
 			r.log = append(r.log, fmt.Sprintf("zero %s [%d,+%d)", name, off, n))
 			if err := v.Zero(int64(off), int64(n)); err != nil {
 				r.fatalf("zero: %v", err)

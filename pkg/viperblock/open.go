@@ -178,7 +178,8 @@ func (v *Volume) openWAL(ctx context.Context) error {
 	}
 	// Read and verify the WAL before taking ownership, so a corrupt WAL
 	// leaves the backend untouched.
-	if err := v.replay(segFiles); err != nil {
+	replayedTrims, err := v.replay(segFiles)
+	if err != nil {
 		return err
 	}
 	// The previous owner's store log (see storelog.go): records it made
@@ -197,7 +198,7 @@ func (v *Volume) openWAL(ctx context.Context) error {
 	case DurabilityDefault:
 		v.slog.on = m.Flags&manifest.FlagDurableStore != 0
 	}
-	v.adoptStoreLog(adopted)
+	v.adoptStoreLog(adopted, replayedTrims)
 	if err := v.carryStoreLog(ctx, newEpoch, nonce, adopted); err != nil {
 		return err
 	}
@@ -366,8 +367,9 @@ func (v *Volume) quarantine(files []segFile) error {
 }
 
 // replay reads the WAL segments back into memory as sealed segments, so the
-// block store serves their data and the next drain uploads it.
-func (v *Volume) replay(files []segFile) error {
+// block store serves their data and the next drain uploads it. It returns
+// the trims it read.
+func (v *Volume) replay(files []segFile) ([]trimRange, error) {
 	type rec struct {
 		seg *segment
 		sl  *slab
@@ -375,26 +377,27 @@ func (v *Volume) replay(files []segFile) error {
 		r   wal.Record
 	}
 	var writes []rec
+	var trims []trimRange
 	hw := v.man.SeqHW
 	for _, f := range files {
 		data, err := vfs.ReadFile(v.fs, f.path)
 		if err != nil {
-			return fmt.Errorf("viperblock: read WAL %s: %w", f.path, err)
+			return nil, fmt.Errorf("viperblock: read WAL %s: %w", f.path, err)
 		}
 		h, hlen, err := wal.DecodeSegmentHeader(data)
 		if errors.Is(err, wal.ErrTornTail) {
 			// Created, header never fully written: nothing in it was flushed.
 			v.log.Warn("WAL segment with a torn header discarded", "file", f.path)
 			if err := v.fs.Remove(f.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return err
+				return nil, err
 			}
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("%w: WAL %s: %v", ErrCorrupt, f.path, err)
+			return nil, fmt.Errorf("%w: WAL %s: %v", ErrCorrupt, f.path, err)
 		}
 		if h.Volume != v.name || int(h.Shard) != f.shard {
-			return fmt.Errorf("%w: WAL %s belongs to volume %q shard %d", ErrCorrupt, f.path, h.Volume, h.Shard)
+			return nil, fmt.Errorf("%w: WAL %s belongs to volume %q shard %d", ErrCorrupt, f.path, h.Volume, h.Shard)
 		}
 		body := data[hlen:]
 		sl := &slab{buf: body}
@@ -407,7 +410,7 @@ func (v *Volume) replay(files []segFile) error {
 					if r.Type == wal.TypeBlock {
 						writes = append(writes, rec{seg, sl, off, r})
 					} else {
-						v.trims = append(v.trims, trimRange{r.Block, uint64(r.Count), r.Seq})
+						trims = append(trims, trimRange{r.Block, uint64(r.Count), r.Seq})
 					}
 				}
 				v.seq.Store(max(v.seq.Load(), r.Seq))
@@ -422,7 +425,7 @@ func (v *Volume) replay(files []segFile) error {
 				v.log.Warn("WAL torn tail discarded (writes never flushed)", "file", f.path, "offset", int64(hlen+off), "bytes", len(body)-off)
 				break
 			}
-			return fmt.Errorf("%w: WAL %s at offset %d: %v", ErrCorrupt, f.path, hlen+off, err)
+			return nil, fmt.Errorf("%w: WAL %s at offset %d: %v", ErrCorrupt, f.path, hlen+off, err)
 		}
 		sl.used = off
 		seg.size = int64(off)
@@ -433,20 +436,14 @@ func (v *Volume) replay(files []segFile) error {
 		v.pending.Add(int64(off))
 		v.gen = max(v.gen, f.gen)
 	}
-	sort.Slice(v.trims, func(i, j int) bool { return v.trims[i].seq < v.trims[j].seq })
-	v.hasTrims.Store(len(v.trims) > 0)
-	for _, w := range writes {
-		if w.r.Block >= uint64(v.size.Load()/BlockSize) {
-			continue
-		}
-		covered := false
-		for _, t := range v.trims {
-			if t.seq > w.r.Seq && w.r.Block >= t.start && w.r.Block < t.start+t.count {
-				covered = true
-				break
-			}
-		}
-		if covered {
+	v.addSealedTrims(trims)
+	ws := make([]blockSeq, len(writes))
+	for i, w := range writes {
+		ws[i] = blockSeq{w.r.Block, w.r.Seq}
+	}
+	dead := trimmedLater(trims, ws)
+	for i, w := range writes {
+		if w.r.Block >= uint64(v.size.Load()/BlockSize) || dead != nil && dead[i] {
 			continue
 		}
 		sh := &v.shards[w.r.Block&(nShards-1)]
@@ -457,7 +454,7 @@ func (v *Volume) replay(files []segFile) error {
 	if len(files) > 0 {
 		v.log.Info("WAL replayed", "segments", len(files), "records", v.stats.replayed.Load(), "pending_bytes", v.pending.Load())
 	}
-	return nil
+	return trims, nil
 }
 
 // Close drains the volume to the backend and releases it. If the drain

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -298,25 +299,35 @@ func (v *Volume) readStoreLog(ctx context.Context) ([]wal.Record, error) {
 // adoptStoreLog takes records read from an earlier owner's store log into
 // the block store (as replay does for a local WAL): one sealed segment per
 // shard, held in memory only (they are in the store log: see
-// carryStoreLog), drained with the rest.
-func (v *Volume) adoptStoreLog(recs []wal.Record) {
+// carryStoreLog), drained with the rest. replayed are the trims replay read
+// from the local WAL.
+func (v *Volume) adoptStoreLog(recs []wal.Record, replayed []trimRange) {
 	if len(recs) == 0 {
 		return
 	}
 	var bufs [nShards][]byte
+	var adopted []trimRange
+	var ws []blockSeq
 	for _, r := range recs {
 		i := 0
 		if r.Type == wal.TypeBlock {
 			i = int(r.Block & (nShards - 1))
-		}
-		if r.Type != wal.TypeBlock {
-			v.trims = append(v.trims, trimRange{r.Block, uint64(r.Count), r.Seq})
+			ws = append(ws, blockSeq{r.Block, r.Seq})
+		} else {
+			adopted = append(adopted, trimRange{r.Block, uint64(r.Count), r.Seq})
 		}
 		bufs[i] = append(bufs[i], encodeRecord(r)...)
 		v.seq.Store(max(v.seq.Load(), r.Seq))
 	}
-	sort.Slice(v.trims, func(i, j int) bool { return v.trims[i].seq < v.trims[j].seq })
-	v.hasTrims.Store(len(v.trims) > 0)
+	v.addSealedTrims(adopted)
+	// A block record is dead if a newer trim, adopted or replayed from
+	// the local WAL, covers its block.
+	deadSeq := map[uint64]bool{}
+	for i, dead := range trimmedLater(append(slices.Clone(replayed), adopted...), ws) {
+		if dead {
+			deadSeq[ws[i].seq] = true
+		}
+	}
 	for i, buf := range bufs {
 		if len(buf) == 0 {
 			continue
@@ -328,7 +339,7 @@ func (v *Volume) adoptStoreLog(recs []wal.Record) {
 		sh := &v.shards[i]
 		for off := 0; off < len(buf); {
 			r := wal.ParseTrusted(buf[off:])
-			if r.Type == wal.TypeBlock && r.Block < uint64(v.size.Load()/BlockSize) && !v.trimmedAfter(r.Block, r.Seq) {
+			if r.Type == wal.TypeBlock && r.Block < uint64(v.size.Load()/BlockSize) && !deadSeq[r.Seq] {
 				if e, ok := sh.blocks[r.Block]; !ok || e.seq < r.Seq {
 					sh.blocks[r.Block] = entry{seq: r.Seq, sl: sl, off: off}
 				}
@@ -350,16 +361,6 @@ func encodeRecord(r wal.Record) []byte {
 		wal.PutTrim(b, r.Seq, r.Block, r.Count)
 	}
 	return b
-}
-
-// trimmedAfter reports whether a trim newer than seq covers block b.
-func (v *Volume) trimmedAfter(b, seq uint64) bool {
-	for _, t := range v.trims {
-		if t.seq > seq && b >= t.start && b < t.start+t.count {
-			return true
-		}
-	}
-	return false
 }
 
 // carryStoreLog writes the adopted records as the first object of the

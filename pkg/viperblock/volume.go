@@ -222,8 +222,8 @@ type Volume struct {
 	lastFetch atomic.Pointer[fetchPos]
 
 	trimMu   sync.RWMutex // guards trims
-	trims    []trimRange  // trims not yet drained, in sequence order
-	hasTrims atomic.Bool
+	trims    pendingTrims // blocks trimmed by records not yet committed (trim.go)
+	hasTrims atomic.Bool  // trims is not empty
 
 	drainMu   sync.Mutex // one drain at a time; guards the fields below
 	man       *manifest.Manifest
