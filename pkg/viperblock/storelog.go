@@ -328,6 +328,24 @@ func (v *Volume) adoptStoreLog(recs []wal.Record, replayed []trimRange) {
 			deadSeq[ws[i].seq] = true
 		}
 	}
+	// A write replayed from the local WAL is dead too if an adopted trim
+	// is newer: the local WAL can lack a trim that reached the store log
+	// (uploaded, then the node crashed before its local fsync). Dropping
+	// its block-store entry makes reads see the trim now, as the next
+	// drain will, rather than the old data until then.
+	if len(adopted) > 0 {
+		var old []blockSeq
+		for i := range v.shards {
+			for b, e := range v.shards[i].blocks {
+				old = append(old, blockSeq{b, e.seq})
+			}
+		}
+		for i, dead := range trimmedLater(adopted, old) {
+			if dead {
+				delete(v.shards[old[i].block&(nShards-1)].blocks, old[i].block)
+			}
+		}
+	}
 	for i, buf := range bufs {
 		if len(buf) == 0 {
 			continue

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +16,7 @@ import (
 
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/wal"
 )
 
 func storeOpts(t *testing.T) vb.Options {
@@ -257,5 +260,71 @@ func TestStoreLogCorrupt(t *testing.T) {
 	}
 	if after, _, _ := s.Get(ctx, "v/manifest"); !bytes.Equal(before, after) {
 		t.Fatal("a failed open changed the manifest")
+	}
+}
+
+// durability=store: the local WAL can lack a trim that reached the store
+// log (uploaded; the node crashed before its local copy was on disk). The
+// next open on that node replays the older write from its WAL and adopts
+// the trim from the store log: reads see the trim at once, not the old
+// data until the next drain.
+func TestStoreLogTrimNewerThanLocalWAL(t *testing.T) {
+	ctx := context.Background()
+	s := backend.NewMem()
+	if err := vb.CreateWithClass(ctx, s, "v", 1<<20, vb.DurabilityStore); err != nil {
+		t.Fatal(err)
+	}
+	o := storeOpts(t)
+	a, err := vb.Open(ctx, s, "v", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.WriteAt(fill(7, 4096), 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Trim(4096, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	vb.ForgetForTest(a)
+	// The local WAL loses its last record, the trim: only block 1's shard
+	// holds records.
+	var segs []string
+	filepath.WalkDir(o.WALDir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".wal") {
+			if fi, _ := d.Info(); fi.Size() > wal.BlockRecordLen {
+				segs = append(segs, p)
+			}
+		}
+		return nil
+	})
+	if len(segs) != 1 {
+		t.Fatalf("segments holding records: %v, want one", segs)
+	}
+	fi, err := os.Stat(segs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(segs[0], fi.Size()-wal.HeaderSize); err != nil {
+		t.Fatal(err)
+	}
+	b, err := vb.Open(ctx, s, "v", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if got := readAll(t, b)[4096:8192]; !bytes.Equal(got, make([]byte, 4096)) {
+		t.Fatal("block 1 reads its old data after the store log's newer trim was adopted")
+	}
+	if err := b.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, b)[4096:8192]; !bytes.Equal(got, make([]byte, 4096)) {
+		t.Fatal("block 1 reads its old data after a drain")
 	}
 }
