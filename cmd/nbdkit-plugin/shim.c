@@ -37,6 +37,8 @@
   "                   store: also in the object store (default: the volume's class)\n" \
   "virtual_size=<SIZE> advertise at least SIZE bytes, so an attached device can\n" \
   "                   grow with the volume; past the volume's end reads are zeros\n" \
+  "metrics=<PATH>     serve the volume's measurements on a Unix socket at PATH\n" \
+  "                   (HTTP, versioned JSON: see package volmetrics)\n" \
   "Run nbdkit in the foreground (-f): the Go runtime does not survive its fork."
 
 /* The pid that ran get_ready; a different pid in after_fork means nbdkit

@@ -35,6 +35,7 @@ const (
 //	lease_duration=DUR   ownership lease duration (vb.Options.LeaseDuration)
 //	durability=node|store  this open's durability class (default: the volume's)
 //	virtual_size=SIZE    advertise at least SIZE bytes (see Conn.Size)
+//	metrics=PATH         serve measurements on a Unix socket (see metrics.go)
 type Config struct {
 	Volume          string
 	Store           string
@@ -48,6 +49,7 @@ type Config struct {
 	LeaseDuration   time.Duration
 	Durability      vb.Durability
 	VirtualSize     int64 // advertised size when larger than the volume
+	MetricsSocket   string
 
 	seen map[string]bool
 }
@@ -121,6 +123,11 @@ func (c *Config) Set(key, value string) error {
 			return fmt.Errorf("virtual_size=%s: must be a positive multiple of 512 bytes, at most 1 PiB", value)
 		}
 		c.VirtualSize = n
+	case "metrics":
+		if !filepath.IsAbs(value) {
+			return fmt.Errorf("metrics=%s: want an absolute socket path", value)
+		}
+		c.MetricsSocket = value
 	default:
 		return fmt.Errorf("unknown parameter %q (see nbdkit <plugin> --help)", key)
 	}
