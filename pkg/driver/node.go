@@ -46,6 +46,8 @@ type NodeServer struct {
 
 	vsOnce sync.Once
 	vs     int64 // virtual_size= for nbdkit (0: not passed); see virtualSize
+	pmOnce sync.Once
+	pm     bool // the plugin takes metrics=; see pluginMetrics
 }
 
 // NewNodeServer builds the node service. Call Heal after it to re-adopt
@@ -164,6 +166,9 @@ func (n *NodeServer) spec(id volumeID, st *volState, url string) nbdkitSpec {
 	}
 	if vs := n.virtualSize(); vs > 0 {
 		params = append(params, fmt.Sprintf("virtual_size=%d", vs))
+	}
+	if n.pluginMetrics() {
+		params = append(params, "metrics="+p.Metrics)
 	}
 	return nbdkitSpec{
 		Nbdkit: n.opts.Nbdkit, Plugin: n.opts.Plugin, Socket: p.Socket, Pidfile: p.Pidfile, Status: p.Status, LogFile: p.Log,

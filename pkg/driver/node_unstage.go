@@ -91,6 +91,7 @@ func (n *NodeServer) unstage(ctx context.Context, id volumeID, st *volState) err
 	}
 	n.stores.drop(url)
 	os.Remove(p.Socket)
+	os.Remove(p.Metrics)
 	if err := os.RemoveAll(p.Dir); err != nil {
 		return err
 	}
