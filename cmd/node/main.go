@@ -15,8 +15,9 @@
 // privileged with hostPID, mount the host's /sys/fs/cgroup (e.g. at
 // /host/sys/fs/cgroup) and pass --cgroup-root /host/sys/fs/cgroup
 // --server-cgroup viperblock-servers: every nbdkit keeper and nbdfuse is
-// moved into that cgroup right after it starts. nbdkit's log lines are
-// forwarded to this process's stderr, prefixed with the volume.
+// moved into that cgroup right after it starts. nbdkit's log lines (the
+// engine's logs) are re-logged through klog with the volume's handle as
+// volume_id, in --logging-format (text or json).
 //
 //	node --endpoint unix:///csi/csi.sock --node-id $(NODE_NAME) \
 //	     --store default=s3://bucket/vols?endpoint=... --plugin /usr/lib/viperblock/nbdkit-viperblock-plugin.so
@@ -27,7 +28,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
@@ -36,12 +36,12 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/klog/v2"
 
+	"github.com/viperblock/viperblock-csi/internal/logging"
 	"github.com/viperblock/viperblock-csi/pkg/driver"
 	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3"
 )
@@ -53,6 +53,7 @@ var version = "dev"
 func main() {
 	var opts driver.Options
 	klog.InitFlags(flag.CommandLine)
+	logFormat := logging.AddFlags(flag.CommandLine)
 	opts.AddFlags(flag.CommandLine, true)
 	httpAddr := flag.String("http-address", ":8092", "address of /metrics and /healthz (\"0\" disables them)")
 	var attachWrapper []string
@@ -67,8 +68,11 @@ func main() {
 		return
 	}
 	opts.Version = version
-	// The engine logs with log/slog: send it through klog too.
-	slog.SetDefault(slog.New(logr.ToSlogHandler(klog.Background())))
+	// klog in the chosen format; the engine's log/slog through klog too.
+	if err := logging.Setup(*logFormat); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 	if err := run(&opts, *httpAddr, attachWrapper); err != nil {
 		klog.ErrorS(err, "node plugin failed")
 		klog.Flush()
