@@ -39,6 +39,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 
 	"github.com/viperblock/viperblock-csi/internal/logging"
@@ -61,6 +63,8 @@ func main() {
 		attachWrapper = strings.Fields(v)
 		return nil
 	})
+	events := flag.Bool("volume-events", true, "post Kubernetes Events on a volume's PersistentVolumeClaim when its health on this node changes (fenced, drain lagging, store unavailable); needs the in-cluster API credentials and RBAC to get and list persistentvolumes and create events")
+	healthInterval := flag.Duration("health-check-interval", time.Minute, "how often each staged volume's health is checked for --volume-events")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
 	if *showVersion {
@@ -73,14 +77,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	if err := run(&opts, *httpAddr, attachWrapper); err != nil {
+	if err := run(&opts, *httpAddr, attachWrapper, *events, *healthInterval); err != nil {
 		klog.ErrorS(err, "node plugin failed")
 		klog.Flush()
 		os.Exit(1)
 	}
 }
 
-func run(opts *driver.Options, httpAddr string, attachWrapper []string) error {
+func run(opts *driver.Options, httpAddr string, attachWrapper []string, events bool, healthInterval time.Duration) error {
 	if err := opts.ValidateNode(); err != nil {
 		return err
 	}
@@ -101,11 +105,16 @@ func run(opts *driver.Options, httpAddr string, attachWrapper []string) error {
 	if err != nil {
 		return err
 	}
-	ns, err := driver.NewNodeServer(opts, driver.NodeDeps{Attacher: att})
+	deps := driver.NodeDeps{Attacher: att}
+	if events {
+		deps.Kube = kubeClient()
+	}
+	ns, err := driver.NewNodeServer(opts, deps)
 	if err != nil {
 		return err
 	}
 	defer ns.Close()
+	go ns.WatchHealth(context.Background(), healthInterval)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	ns.Register(ctx)
 	ns.Heal(ctx)
@@ -136,4 +145,18 @@ func run(opts *driver.Options, httpAddr string, attachWrapper []string) error {
 		srv.Stop()
 	}()
 	return srv.Serve()
+}
+
+// kubeClient is the in-cluster API client for volume health events, or nil
+// (logged) outside a cluster or without a token.
+func kubeClient() kubernetes.Interface {
+	cfg, err := rest.InClusterConfig()
+	if err == nil {
+		var c *kubernetes.Clientset
+		if c, err = kubernetes.NewForConfig(cfg); err == nil {
+			return c
+		}
+	}
+	klog.InfoS("no Kubernetes API access: volume health events are not posted (--volume-events=false silences this)", "err", err)
+	return nil
 }

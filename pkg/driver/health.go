@@ -54,6 +54,9 @@ func (n *NodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVo
 		add(csi.VolumeHealthErrorType_INACCESSIBLE, "NotStaged", "staging did not complete")
 		return &csi.NodeGetVolumeHealthResponse{VolumeHealth: h}, nil
 	}
+	if n.events != nil {
+		defer func() { n.events.observe(id.String(), h) }()
+	}
 	fenced := st.Fenced != ""
 	if fenced {
 		add(csi.VolumeHealthErrorType_INACCESSIBLE, "Fenced", st.Fenced)

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
 	"github.com/viperblock/viperblock-csi/pkg/attach"
@@ -27,6 +28,9 @@ type NodeDeps struct {
 	Supervisor Supervisor
 	Mounter    Mounter
 	Open       storeOpener
+	// Kube, if set, is used to post Events on the claims of volumes
+	// whose health changes (events.go).
+	Kube kubernetes.Interface
 }
 
 // NodeServer is the CSI Node service. For each staged volume it runs one
@@ -42,7 +46,8 @@ type NodeServer struct {
 	stores  *storeSet // every store handle: the node's own and each staged volume's
 	servers servers   // the nbdkit of each staged volume (servers.go)
 	metrics *Metrics
-	locks   inflight // per volume ID
+	locks   inflight      // per volume ID
+	events  *healthEvents // nil without NodeDeps.Kube
 
 	vsOnce sync.Once
 	vs     int64 // virtual_size= for nbdkit (0: not passed); see virtualSize
@@ -80,6 +85,9 @@ func NewNodeServer(opts *Options, deps NodeDeps) (*NodeServer, error) {
 	}
 	n := &NodeServer{opts: opts, att: deps.Attacher, sup: deps.Supervisor, mnt: deps.Mounter, metrics: DefaultMetrics(),
 		stores: newStoreSet(opts, filepath.Join(opts.StateDir, "creds"), deps.Open)}
+	if deps.Kube != nil {
+		n.events = newHealthEvents(deps.Kube, opts.NodeID, opts.DriverName)
+	}
 	return n, nil
 }
 
