@@ -2,12 +2,16 @@
 # Observability scenarios: the engine's metrics and logs as an operator
 # sees them. Sourced by run.sh.
 
-# metric_value ID NAME VOLUME [LABEL=VALUE]: the value of NAME's series for
-# VOLUME (and the label) on node ID's node plugin endpoint, or nothing.
+# metric_value ID NAME VOLUME [LABEL=VALUE...]: the value of NAME's series
+# for VOLUME (and the labels) on node ID's node plugin endpoint, or nothing.
 metric_value() {
-  local id=$1 name=$2 vol=$3 label=${4:-}
-  node_metric "$id" "^$name\{" | grep -F "volume_id=\"$vol\"" |
-    { if [ -n "$label" ]; then grep -F "${label%%=*}=\"${label#*=}\""; else cat; fi; } | awk 'NR == 1 {print $2 + 0}'
+  local id=$1 name=$2 vol=$3 label lines
+  shift 3
+  lines=$(node_metric "$id" "^$name\{" | grep -F "volume_id=\"$vol\"")
+  for label in "$@"; do
+    lines=$(echo "$lines" | grep -F "${label%%=*}=\"${label#*=}\"")
+  done
+  echo "$lines" | awk 'NF == 2 {print $2 + 0; exit}'
 }
 
 # Engine metrics and logs: while a pod writes to a volume on node A, the
@@ -36,7 +40,7 @@ scenario_observe() {
     fail "viperblock_volume_bytes_total{op=write} grew by less than 4 MiB: $bytes0 -> $bytes1" || return 1
   wait_until 60 "a drain of $vol" eval 'awk -v d="$(metric_value a viperblock_volume_drains_total "$vol")" "BEGIN {exit !(d > 0)}"' ||
     fail "viperblock_volume_drains_total of $vol stays 0" || return 1
-  puts=$(metric_value a viperblock_store_requests_total "$vol" op=put_if_match)
+  puts=$(metric_value a viperblock_store_requests_total "$vol" op=put_if_match result=ok)
   awk -v p="${puts:-0}" 'BEGIN {exit !(p > 0)}' || fail "no manifest commits counted for $vol: $(node_metric a "^viperblock_store_requests_total" | grep -F "$vol" | tr '\n' ';')" || return 1
   [ "$(metric_value a viperblock_volume_fenced "$vol")" = 0 ] || fail "viperblock_volume_fenced of $vol is not 0" || return 1
   log "   $(node_metric a '^viperblock_volume_flush_seconds_count' | grep -F "$vol")"
