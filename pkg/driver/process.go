@@ -194,19 +194,27 @@ func (l volumeLog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// splitNbdkitLine splits "nbdkit: viperblock: error: text" into the text
-// and the level; other lines are returned whole, level "".
+// splitNbdkitLine splits "nbdkit: viperblock.8: error: text" (or, from
+// nbdkit itself, "nbdkit: error: text") into the text and the level; other
+// lines are returned whole, level "".
 func splitNbdkitLine(line string) (msg, level string) {
 	rest, ok := strings.CutPrefix(line, "nbdkit: ")
 	if !ok {
 		return line, ""
 	}
-	_, rest, ok = strings.Cut(rest, ": ") // the plugin's name (and thread)
-	if !ok {
-		return line, ""
+	levelOf := func(s string) (string, string, bool) {
+		for _, lv := range []string{"error", "warning", "info", "debug"} {
+			if m, ok := strings.CutPrefix(s, lv+": "); ok {
+				return m, lv, true
+			}
+		}
+		return "", "", false
 	}
-	for _, lv := range []string{"error", "warning", "info", "debug"} {
-		if m, ok := strings.CutPrefix(rest, lv+": "); ok {
+	if m, lv, ok := levelOf(rest); ok {
+		return m, lv
+	}
+	if _, rest, ok = strings.Cut(rest, ": "); ok { // the plugin's name (and thread)
+		if m, lv, ok := levelOf(rest); ok {
 			return m, lv
 		}
 	}

@@ -28,6 +28,7 @@ func TestVolumeLog(t *testing.T) {
 		"nbdkit: viperblock[1]: error: viperblock: volume fenced or released\n",
 		"(earlier) nbdkit: viperblock: warning: drain failed; retrying\n",
 		"---- 2026-12-06T23:10:19Z starting nbdkit\n",
+		"nbdkit: error: volume fenced: another owner took it over volume=v1\n",
 	} {
 		if n, err := w.Write([]byte(l)); n != len(l) || err != nil {
 			t.Fatalf("Write: %d, %v", n, err)
@@ -40,6 +41,7 @@ func TestVolumeLog(t *testing.T) {
 		`"msg"="viperblock: volume fenced or released" "error"=null`,
 		`"msg"="drain failed; retrying" "volume_id"="default/v1" "source"="nbdkit" "earlier"=true "severity"="warning"`,
 		`"msg"="---- 2026-12-06T23:10:19Z starting nbdkit"`,
+		`"msg"="volume fenced: another owner took it over volume=v1" "error"=null`,
 	}
 	if len(got) != len(want) {
 		t.Fatalf("logged %d lines, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))
