@@ -23,14 +23,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -42,6 +40,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/viperblock/viperblock-csi/internal/version"
+	"github.com/viperblock/viperblock-csi/internal/logging"
 	"github.com/viperblock/viperblock-csi/pkg/driver"
 	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3"
 )
@@ -49,6 +48,7 @@ import (
 func main() {
 	var opts driver.Options
 	klog.InitFlags(flag.CommandLine)
+	logFormat := logging.AddFlags(flag.CommandLine)
 	opts.AddFlags(flag.CommandLine, false)
 	metricsAddr := flag.String("metrics-address", ":8090", "address of the Prometheus /metrics endpoint (\"0\" disables it)")
 	healthAddr := flag.String("health-address", ":8091", "address of the /healthz and /readyz endpoints")
@@ -69,8 +69,11 @@ func main() {
 		}
 	})
 	opts.Version = version.String()
-	// The engine logs with log/slog: send it through klog too.
-	slog.SetDefault(slog.New(logr.ToSlogHandler(klog.Background())))
+	// klog in the chosen format; the engine's log/slog through klog too.
+	if err := logging.Setup(*logFormat); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 	if err := run(&opts, *metricsAddr, *healthAddr, *standalone); err != nil {
 		klog.ErrorS(err, "controller failed")
 		klog.Flush()
@@ -86,6 +89,7 @@ func run(opts *driver.Options, metricsAddr, healthAddr string, standalone bool) 
 	if err != nil {
 		return fmt.Errorf("no Kubernetes configuration (use --standalone outside a cluster): %w", err)
 	}
+	ctrl.SetLogger(klog.Background()) // controller-runtime's logs in --logging-format too
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Metrics:                metricsserver.Options{BindAddress: metricsAddr},
 		HealthProbeBindAddress: healthAddr,

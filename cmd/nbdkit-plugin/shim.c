@@ -49,6 +49,8 @@
   "pending_limit=<SIZE> pending writes before writers wait (default 512MiB)\n" \
   "slab_pool=<SIZE>   retired WAL buffers kept for reuse (default: the pending\n" \
   "                   limit and a quarter; 0: none)\n" \
+  "metrics=<PATH>     serve the volume's measurements on a Unix socket at PATH\n" \
+  "                   (HTTP, versioned JSON: see package volmetrics)\n" \
   "Run nbdkit in the foreground (-f): the Go runtime does not survive its fork."
 
 /* The pid that ran get_ready; a different pid in after_fork means nbdkit

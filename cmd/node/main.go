@@ -15,8 +15,9 @@
 // privileged with hostPID, mount the host's /sys/fs/cgroup (e.g. at
 // /host/sys/fs/cgroup) and pass --cgroup-root /host/sys/fs/cgroup
 // --server-cgroup viperblock-servers: every nbdkit keeper and nbdfuse is
-// moved into that cgroup right after it starts. nbdkit's log lines are
-// forwarded to this process's stderr, prefixed with the volume.
+// moved into that cgroup right after it starts. nbdkit's log lines (the
+// engine's logs) are re-logged through klog with the volume's handle as
+// volume_id, in --logging-format (text or json).
 //
 //	node --endpoint unix:///csi/csi.sock --node-id $(NODE_NAME) \
 //	     --store default=s3://bucket/vols?endpoint=... --plugin /usr/lib/viperblock/nbdkit-viperblock-plugin.so
@@ -27,7 +28,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
@@ -36,13 +36,15 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 
 	"github.com/viperblock/viperblock-csi/internal/version"
+	"github.com/viperblock/viperblock-csi/internal/logging"
 	"github.com/viperblock/viperblock-csi/pkg/driver"
 	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3"
 )
@@ -50,6 +52,7 @@ import (
 func main() {
 	var opts driver.Options
 	klog.InitFlags(flag.CommandLine)
+	logFormat := logging.AddFlags(flag.CommandLine)
 	opts.AddFlags(flag.CommandLine, true)
 	httpAddr := flag.String("http-address", ":8092", "address of /metrics and /healthz (\"0\" disables them)")
 	var attachWrapper []string
@@ -57,6 +60,8 @@ func main() {
 		attachWrapper = strings.Fields(v)
 		return nil
 	})
+	events := flag.Bool("volume-events", true, "post Kubernetes Events on a volume's PersistentVolumeClaim when its health on this node changes (fenced, drain lagging, store unavailable); needs the in-cluster API credentials and RBAC to get and list persistentvolumes and create events")
+	healthInterval := flag.Duration("health-check-interval", time.Minute, "how often each staged volume's health is checked for --volume-events")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
 	if *showVersion {
@@ -64,16 +69,19 @@ func main() {
 		return
 	}
 	opts.Version = version.String()
-	// The engine logs with log/slog: send it through klog too.
-	slog.SetDefault(slog.New(logr.ToSlogHandler(klog.Background())))
-	if err := run(&opts, *httpAddr, attachWrapper); err != nil {
+	// klog in the chosen format; the engine's log/slog through klog too.
+	if err := logging.Setup(*logFormat); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	if err := run(&opts, *httpAddr, attachWrapper, *events, *healthInterval); err != nil {
 		klog.ErrorS(err, "node plugin failed")
 		klog.Flush()
 		os.Exit(1)
 	}
 }
 
-func run(opts *driver.Options, httpAddr string, attachWrapper []string) error {
+func run(opts *driver.Options, httpAddr string, attachWrapper []string, events bool, healthInterval time.Duration) error {
 	if err := opts.ValidateNode(); err != nil {
 		return err
 	}
@@ -94,11 +102,16 @@ func run(opts *driver.Options, httpAddr string, attachWrapper []string) error {
 	if err != nil {
 		return err
 	}
-	ns, err := driver.NewNodeServer(opts, driver.NodeDeps{Attacher: att})
+	deps := driver.NodeDeps{Attacher: att}
+	if events {
+		deps.Kube = kubeClient()
+	}
+	ns, err := driver.NewNodeServer(opts, deps)
 	if err != nil {
 		return err
 	}
 	defer ns.Close()
+	go ns.WatchHealth(context.Background(), healthInterval)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	// Fencing depends on the store's conditional writes: refuse to start
 	// on an S3 store that ignores them (vblock store check runs the same).
@@ -135,4 +148,18 @@ func run(opts *driver.Options, httpAddr string, attachWrapper []string) error {
 		srv.Stop()
 	}()
 	return srv.Serve()
+}
+
+// kubeClient is the in-cluster API client for volume health events, or nil
+// (logged) outside a cluster or without a token.
+func kubeClient() kubernetes.Interface {
+	cfg, err := rest.InClusterConfig()
+	if err == nil {
+		var c *kubernetes.Clientset
+		if c, err = kubernetes.NewForConfig(cfg); err == nil {
+			return c
+		}
+	}
+	klog.InfoS("no Kubernetes API access: volume health events are not posted (--volume-events=false silences this)", "err", err)
+	return nil
 }

@@ -117,7 +117,7 @@ func (c *ControllerServer) ControllerGetCapabilities(context.Context, *csi.Contr
 func (c *ControllerServer) store(ctx context.Context, name string, secrets map[string]string) (backend.Store, error) {
 	st, err := c.stores.get(ctx, name, secrets)
 	if err != nil && !errors.Is(err, backend.ErrNotFound) {
-		c.metrics.BackendErrors.WithLabelValues(name).Inc()
+		c.metrics.StoreErrors.WithLabelValues(name).Inc()
 	}
 	return st, err
 }

@@ -295,7 +295,7 @@ func (c *ControllerServer) ControllerGetVolumeHealth(ctx context.Context, req *c
 	case errors.Is(err, vb.ErrCorrupt), errors.Is(err, vb.ErrBackendState):
 		add(csi.VolumeHealthErrorType_DATA_LOSS, "MetadataCorrupt", err.Error())
 	case err != nil:
-		c.metrics.BackendErrors.WithLabelValues(id.Store).Inc()
+		c.metrics.StoreErrors.WithLabelValues(id.Store).Inc()
 		add(csi.VolumeHealthErrorType_INACCESSIBLE, "StoreUnavailable", err.Error())
 	case inf.Open:
 		var rec publishRecord

@@ -148,11 +148,19 @@
 // reconnect to a restarted nbdkit.
 //
 // nbdkit writes its output to a per-volume log file (a file, so that it
-// outlives the node plugin). The node forwards the new lines of every
-// server it runs or adopts to its own stderr, prefixed with the volume (so
-// that `kubectl logs` shows them), polling every 500 ms until the server
+// outlives the node plugin). The node re-logs the new lines of every
+// server it runs or adopts through klog, with the volume's handle as
+// volume_id and nbdkit's level as the severity (so that `kubectl logs`
+// shows them, in --logging-format), polling every 500 ms until the server
 // exits, and truncates the file once it holds more than 8 MiB (nbdkit
 // appends, so truncation is safe).
+//
+// Each nbdkit also serves its volume's measurements (NBD requests, the
+// engine's counters, its store requests) on a metrics socket next to its
+// NBD socket (the plugin parameter metrics=; the format is pkg/volmetrics'),
+// which the node's collector reads at each scrape (enginemetrics.go;
+// docs/metrics.md lists every metric). With a Kubernetes client the node
+// posts Events on a volume's claim when its health changes (events.go).
 //
 // The healer restarts an nbdkit that died (or that a restarted node plugin
 // finds gone) only while the volume is still this node's, since an open
@@ -193,6 +201,8 @@
 //	node_publish.go               NodePublish/NodeUnpublish (bind mounts)
 //	node_expand_stats.go          NodeExpandVolume, NodeGetVolumeStats
 //	health.go                     NodeGetVolumeHealth, per-volume metrics (WAL state from the engine)
+//	enginemetrics.go              the engine metrics of each volume, from its plugin's metrics socket
+//	events.go                     Kubernetes Events on claims when a volume's health changes
 //	servers.go                    the registry of running nbdkit processes; start, adopt, watch, stop
 //	plugin.go                     probing nbdkit and the plugin (through the Supervisor when it can)
 //	healer.go, ownership.go       re-adopting staged volumes after a restart; whose volume it is

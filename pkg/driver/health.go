@@ -54,6 +54,9 @@ func (n *NodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVo
 		add(csi.VolumeHealthErrorType_INACCESSIBLE, "NotStaged", "staging did not complete")
 		return &csi.NodeGetVolumeHealthResponse{VolumeHealth: h}, nil
 	}
+	if n.events != nil {
+		defer func() { n.events.observe(id.String(), h) }()
+	}
 	fenced := st.Fenced != ""
 	if fenced {
 		add(csi.VolumeHealthErrorType_INACCESSIBLE, "Fenced", st.Fenced)
@@ -84,7 +87,7 @@ func (n *NodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVo
 		case errors.Is(err, vb.ErrCorrupt), errors.Is(err, vb.ErrBackendState):
 			add(csi.VolumeHealthErrorType_DATA_LOSS, "MetadataCorrupt", err.Error())
 		case err != nil:
-			n.metrics.BackendErrors.WithLabelValues(id.Store).Inc()
+			n.metrics.StoreErrors.WithLabelValues(id.Store).Inc()
 			add(csi.VolumeHealthErrorType_INACCESSIBLE, "StoreUnavailable", err.Error())
 		case !fenced && !st.ReadOnly && st.Epoch != 0 && inf.Epoch > st.Epoch:
 			add(csi.VolumeHealthErrorType_INACCESSIBLE, "Fenced",
@@ -106,10 +109,10 @@ func (n *NodeServer) Collector() prometheus.Collector { return volumeCollector{n
 
 var (
 	descWAL    = prometheus.NewDesc("viperblock_volume_wal_pending_bytes", "Bytes written on this node and not yet in the store.", []string{"volume_id"}, nil)
-	descWALAge = prometheus.NewDesc("viperblock_volume_wal_oldest_seconds", "Age of the oldest data not yet in the store.", []string{"volume_id"}, nil)
+	descWALAge = prometheus.NewDesc("viperblock_volume_wal_oldest_pending_seconds", "Age of the oldest data written on this node and not yet in the store (0: nothing pending).", []string{"volume_id"}, nil)
 	descUp     = prometheus.NewDesc("viperblock_volume_server_up", "1 while the volume's nbdkit runs.", []string{"volume_id"}, nil)
-	descIO     = prometheus.NewDesc("viperblock_volume_io_bytes_total", "Bytes read and written through the volume's block device.", []string{"volume_id", "op"}, nil)
-	descOps    = prometheus.NewDesc("viperblock_volume_io_ops_total", "Read and write requests completed by the volume's block device.", []string{"volume_id", "op"}, nil)
+	descIO     = prometheus.NewDesc("viperblock_volume_device_bytes_total", "Bytes read and written through the volume's block device on this node (the kernel's counters, /sys/class/block/DEV/stat).", []string{"volume_id", "op"}, nil)
+	descOps    = prometheus.NewDesc("viperblock_volume_device_ops_total", "Read and write requests completed by the volume's block device on this node (the kernel's counters).", []string{"volume_id", "op"}, nil)
 	descAbn    = prometheus.NewDesc("viperblock_volume_health_abnormal", "1 while the volume's health on this node (NodeGetVolumeHealth) reports a condition, else 0.", []string{"volume_id"}, nil)
 	descCond   = prometheus.NewDesc("viperblock_volume_health_condition", "1 for each condition the volume's health on this node reports: status INACCESSIBLE, DEGRADED or DATA_LOSS, and a reason such as Fenced, StoreUnavailable, DrainLagging.", []string{"volume_id", "status", "reason"}, nil)
 )
@@ -124,11 +127,14 @@ func (c volumeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descWAL, descWALAge, descUp, descIO, descOps, descAbn, descCond} {
 		ch <- d
 	}
+	describeEngine(ch)
 }
 
 func (c volumeCollector) Collect(ch chan<- prometheus.Metric) {
 	ids, _ := c.n.stagedVolumes()
 	c.collectHealth(ch, ids)
+	c.collectEngine(ch, ids)
+	c.collectNode(ch)
 	for _, id := range ids {
 		st, ok, err := c.n.loadState(id)
 		if err != nil || !ok {

@@ -14,9 +14,11 @@ type Metrics struct {
 	Operations *prometheus.CounterVec
 	// Latency observes CSI call durations by method.
 	Latency *prometheus.HistogramVec
-	// BackendErrors counts failed object store calls made by the driver
-	// itself, by store.
-	BackendErrors *prometheus.CounterVec
+	// StoreErrors counts the failures of the object store calls the
+	// driver makes itself (opening a store, reading a volume's metadata
+	// for a health check or an RPC), by store. The volume servers' own
+	// requests are viperblock_store_requests_total.
+	StoreErrors *prometheus.CounterVec
 	// NbdkitRestarts counts nbdkit servers restarted by the healer.
 	NbdkitRestarts prometheus.Counter
 }
@@ -39,9 +41,9 @@ func DefaultMetrics() *Metrics {
 				Help:    "Duration of CSI calls by method.",
 				Buckets: []float64{.001, .005, .02, .1, .5, 1, 2.5, 5, 10, 30, 60, 120},
 			}, []string{"method"}),
-			BackendErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-				Namespace: "viperblock", Subsystem: "csi", Name: "backend_errors_total",
-				Help: "Object store errors seen by the driver, by store.",
+			StoreErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Namespace: "viperblock", Subsystem: "csi", Name: "driver_store_errors_total",
+				Help: "Failed object store calls the CSI driver makes itself (opening a store, reading a volume's metadata for a health check or an RPC), by store; the volume servers' requests are viperblock_store_requests_total.",
 			}, []string{"store"}),
 			NbdkitRestarts: prometheus.NewCounter(prometheus.CounterOpts{
 				Namespace: "viperblock", Subsystem: "node", Name: "nbdkit_restarts_total",
@@ -55,7 +57,7 @@ func DefaultMetrics() *Metrics {
 // Register registers the metrics (and, for a node, the per-volume
 // collector) with reg. Registering twice is harmless.
 func (m *Metrics) Register(reg prometheus.Registerer, extra ...prometheus.Collector) {
-	for _, c := range append([]prometheus.Collector{m.Operations, m.Latency, m.BackendErrors, m.NbdkitRestarts}, extra...) {
+	for _, c := range append([]prometheus.Collector{m.Operations, m.Latency, m.StoreErrors, m.NbdkitRestarts}, extra...) {
 		if err := reg.Register(c); err != nil {
 			if _, ok := err.(prometheus.AlreadyRegisteredError); !ok {
 				panic(err)

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
 	"github.com/viperblock/viperblock-csi/pkg/attach"
@@ -28,6 +29,9 @@ type NodeDeps struct {
 	Supervisor Supervisor
 	Mounter    Mounter
 	Open       storeOpener
+	// Kube, if set, is used to post Events on the claims of volumes
+	// whose health changes (events.go).
+	Kube kubernetes.Interface
 }
 
 // NodeServer is the CSI Node service. For each staged volume it runs one
@@ -43,7 +47,8 @@ type NodeServer struct {
 	stores  *storeSet // every store handle: the node's own and each staged volume's
 	servers servers   // the nbdkit of each staged volume (servers.go)
 	metrics *Metrics
-	locks   inflight // per volume ID
+	locks   inflight      // per volume ID
+	events  *healthEvents // nil without NodeDeps.Kube
 
 	vsOnce sync.Once
 	vs     int64 // virtual_size= for nbdkit (0: not passed); see virtualSize
@@ -53,6 +58,8 @@ type NodeServer struct {
 
 	slotMu  sync.Mutex // guards staging
 	staging int        // new stages in progress (takeSlot)
+	pmOnce sync.Once
+	pm     bool // the plugin takes metrics=; see pluginMetrics
 }
 
 // NewNodeServer builds the node service. Call Heal after it to re-adopt
@@ -87,6 +94,9 @@ func NewNodeServer(opts *Options, deps NodeDeps) (*NodeServer, error) {
 		stores: newStoreSet(opts, filepath.Join(opts.StateDir, "creds"), deps.Open)}
 	klog.InfoS("memory budget", "budget", units.Format(opts.MemoryBudget), "from", opts.budgetWhy,
 		"maxVolumesPerNode", opts.MaxVolumesPerNode, "perVolume", units.Format(opts.VolumeMemory()))
+	if deps.Kube != nil {
+		n.events = newHealthEvents(deps.Kube, opts.NodeID, opts.DriverName)
+	}
 	return n, nil
 }
 
@@ -176,6 +186,9 @@ func (n *NodeServer) spec(id volumeID, st *volState, url string) nbdkitSpec {
 	}
 	if vs := n.virtualSize(); vs > 0 {
 		params = append(params, fmt.Sprintf("virtual_size=%d", vs))
+	}
+	if n.pluginMetrics() {
+		params = append(params, "metrics="+p.Metrics)
 	}
 	return nbdkitSpec{
 		Nbdkit: n.opts.Nbdkit, Plugin: n.opts.Plugin, Socket: p.Socket, Pidfile: p.Pidfile, Status: p.Status, LogFile: p.Log,

@@ -91,6 +91,10 @@ func (n *NodeServer) unstage(ctx context.Context, id volumeID, st *volState) err
 	}
 	n.stores.drop(url)
 	os.Remove(p.Socket)
+	os.Remove(p.Metrics)
+	if n.events != nil {
+		n.events.forget(id.String())
+	}
 	if err := os.RemoveAll(p.Dir); err != nil {
 		return err
 	}

@@ -24,6 +24,7 @@ var errCorruptState = errors.New("corrupt node state file")
 //	volumes/<store>.<volume>/nbdkit.status     nbdkit's exit status, written by its keeper
 //	volumes/<store>.<volume>/nbdkit.log        nbdkit's output
 //	sock/<hash>.sock                           nbdkit's socket (0600; short, for the 108-byte limit)
+//	sock/<hash>.metrics                        the plugin's metrics socket (0600; pkg/volmetrics)
 //	creds/                                     credential files for the node's own store handles
 //
 // and under --wal-dir, the engine's WAL: <wal-dir>/<store>/<volume>/...
@@ -83,7 +84,7 @@ func (s *volState) removeTarget(t string) {
 
 // paths of one volume's node-local files.
 type volPaths struct {
-	Dir, State, Creds, Pidfile, Status, Log, Socket, WALDir string
+	Dir, State, Creds, Pidfile, Status, Log, Socket, Metrics, WALDir string
 }
 
 func (n *NodeServer) paths(id volumeID) volPaths {
@@ -97,6 +98,7 @@ func (n *NodeServer) paths(id volumeID) volPaths {
 		Status:  filepath.Join(dir, "nbdkit.status"),
 		Log:     filepath.Join(dir, "nbdkit.log"),
 		Socket:  filepath.Join(n.opts.StateDir, "sock", hex.EncodeToString(sum[:8])+".sock"),
+		Metrics: filepath.Join(n.opts.StateDir, "sock", hex.EncodeToString(sum[:8])+".metrics"),
 		WALDir:  filepath.Join(n.opts.WALDir, id.Store),
 	}
 }

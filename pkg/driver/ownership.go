@@ -81,7 +81,7 @@ func (n *NodeServer) restartCheck(ctx context.Context, id volumeID, st *volState
 	}
 	recorded, err = n.checkOwner(ctx, id, st, store)
 	if err != nil && !errors.Is(err, errOwnedElsewhere) && !errors.Is(err, vb.ErrNotFound) && !errors.Is(err, vb.ErrCorrupt) {
-		n.metrics.BackendErrors.WithLabelValues(id.Store).Inc()
+		n.metrics.StoreErrors.WithLabelValues(id.Store).Inc()
 	}
 	return recorded, err
 }

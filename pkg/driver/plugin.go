@@ -33,6 +33,19 @@ func (n *NodeServer) pluginHelp() string {
 	return out
 }
 
+// pluginMetrics reports whether the plugin takes metrics= (a plugin older
+// than it would refuse the parameter and not start): the node then
+// collects the volume's engine metrics from that socket.
+func (n *NodeServer) pluginMetrics() bool {
+	n.pmOnce.Do(func() {
+		n.pm = strings.Contains(n.pluginHelp(), "metrics=")
+		if !n.pm {
+			klog.InfoS("the nbdkit plugin has no metrics= parameter: volumes' engine metrics are not collected", "plugin", n.opts.Plugin)
+		}
+	})
+	return n.pm
+}
+
 // virtualSize is the size nbdkit advertises when it is larger than the
 // volume, so a device can grow while attached (see pkg/attach: nbdfuse
 // learns the export size once). --virtual-size: -1 (auto) passes the

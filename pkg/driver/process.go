@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
+	"strings"
+
+	"k8s.io/klog/v2"
 
 	"github.com/viperblock/viperblock-csi/pkg/hostcgroup"
 	"github.com/viperblock/viperblock-csi/pkg/nbdkit"
@@ -56,8 +58,10 @@ type SupervisorOptions struct {
 	// ServerPlacement.
 	Place func(pid int) error
 	// Logs receives the lines of every server's log file, started or
-	// adopted, each prefixed with the volume (default os.Stderr, so that
-	// `kubectl logs` shows them).
+	// adopted, each prefixed with the volume. Without it each line is
+	// logged through klog with the volume's handle as volume_id (see
+	// volumeLog), so that `kubectl logs` of the node plugin shows them in
+	// its --logging-format.
 	Logs io.Writer
 }
 
@@ -70,16 +74,17 @@ const serverLogLimit = 8 << 20
 const earlierLogLines = 20
 
 // NewSupervisor returns the supervisor of real nbdkit processes, which
-// leaves them in the node plugin's cgroup and forwards their logs to
-// stderr.
+// leaves them in the node plugin's cgroup and forwards their logs through
+// klog.
 func NewSupervisor() Supervisor { return NewSupervisorWith(SupervisorOptions{}) }
 
 // NewSupervisorWith returns the supervisor of real nbdkit processes.
 func NewSupervisorWith(o SupervisorOptions) Supervisor {
-	if o.Logs == nil {
-		o.Logs = os.Stderr
+	p := &procSupervisor{place: o.Place}
+	if o.Logs != nil {
+		p.logs = &nbdkit.LineWriter{W: o.Logs}
 	}
-	return &procSupervisor{place: o.Place, logs: &nbdkit.LineWriter{W: o.Logs}}
+	return p
 }
 
 // newNodeSupervisor is the supervisor the node options ask for.
@@ -110,7 +115,7 @@ func ServerPlacement(opts *Options) (func(pid int) error, error) {
 
 type procSupervisor struct {
 	place func(pid int) error
-	logs  io.Writer
+	logs  io.Writer // nil: through klog
 }
 
 // Start starts nbdkit under its keeper, in their own process group, with
@@ -140,12 +145,80 @@ func (p *procSupervisor) Adopt(spec nbdkitSpec) (server, bool, error) {
 	return srv, true, nil
 }
 
-// forward copies the server's log lines to p.logs until it exits.
+// forward copies the server's log lines to p.logs, or klog, until it
+// exits.
 func (p *procSupervisor) forward(srv *nbdkit.Server) {
-	vol := filepath.Base(filepath.Dir(srv.LogFile()))
-	go srv.FollowLog(p.logs, nbdkit.FollowOptions{
-		Prefix: "nbdkit " + vol + ": ", Limit: serverLogLimit, Earlier: earlierLogLines,
-	})
+	key := filepath.Base(filepath.Dir(srv.LogFile()))
+	o := nbdkit.FollowOptions{Limit: serverLogLimit, Earlier: earlierLogLines}
+	w := p.logs
+	if w == nil {
+		handle := key
+		if store, vol, ok := cutKey(key); ok {
+			handle = volumeID{Store: store, Vol: vol}.String()
+		}
+		w = volumeLog{volumeID: handle}
+	} else {
+		o.Prefix = "nbdkit " + key + ": "
+	}
+	go srv.FollowLog(w, o)
+}
+
+// volumeLog logs each line written to it (one line per Write, as Follow
+// writes them) through klog, with the volume's handle as volume_id and
+// source=nbdkit. nbdkit's "nbdkit: PLUGIN: LEVEL: " prefix becomes the
+// severity (error lines are klog errors) and is stripped; other lines
+// (nbdkit's own, the keeper's) are kept whole.
+type volumeLog struct{ volumeID string }
+
+func (l volumeLog) Write(p []byte) (int, error) {
+	line := strings.TrimRight(string(p), "\r\n")
+	earlier := false
+	if rest, ok := strings.CutPrefix(line, "(earlier) "); ok {
+		line, earlier = rest, true
+	}
+	msg, level := splitNbdkitLine(line)
+	kv := []any{"volume_id", l.volumeID, "source", "nbdkit"}
+	if earlier {
+		kv = append(kv, "earlier", true) // written before this process adopted the server
+	}
+	switch level {
+	case "error":
+		klog.ErrorS(nil, msg, kv...)
+	case "debug":
+		klog.V(4).InfoS(msg, kv...)
+	case "warning":
+		klog.InfoS(msg, append(kv, "severity", "warning")...)
+	default:
+		klog.InfoS(msg, kv...)
+	}
+	return len(p), nil
+}
+
+// splitNbdkitLine splits "nbdkit: viperblock.8: error: text" (or, from
+// nbdkit itself, "nbdkit: error: text") into the text and the level; other
+// lines are returned whole, level "".
+func splitNbdkitLine(line string) (msg, level string) {
+	rest, ok := strings.CutPrefix(line, "nbdkit: ")
+	if !ok {
+		return line, ""
+	}
+	levelOf := func(s string) (string, string, bool) {
+		for _, lv := range []string{"error", "warning", "info", "debug"} {
+			if m, ok := strings.CutPrefix(s, lv+": "); ok {
+				return m, lv, true
+			}
+		}
+		return "", "", false
+	}
+	if m, lv, ok := levelOf(rest); ok {
+		return m, lv
+	}
+	if _, rest, ok = strings.Cut(rest, ": "); ok { // the plugin's name (and thread)
+		if m, lv, ok := levelOf(rest); ok {
+			return m, lv
+		}
+	}
+	return line, ""
 }
 
 // nbdkitExitNotOwner is the exit status of an nbdkit started with

@@ -263,6 +263,7 @@ func (v *Volume) drainOnce(ctx context.Context) error {
 	v.trimStoreLog(ctx, next.SeqHW)
 	v.deleteChunks(ctx, dropped)
 	v.stats.drains.Add(1)
+	v.stats.m.drain.Since(start)
 	v.lastErr.Store(nil)
 	v.log.Debug("drained", "blocks", len(blocks), "trims", len(trims), "seq", next.SeqHW, "took", time.Since(start))
 	return nil
@@ -616,6 +617,8 @@ func (v *Volume) deleteChunks(ctx context.Context, dropped []blockmap.ChunkRef) 
 		}
 		if err := v.store.Delete(ctx, chunkKey(v.name, id.ID)); err != nil {
 			v.log.Warn("could not delete unreferenced chunk; GC will retry", "chunk", chunkKey(v.name, id.ID), "err", err)
+		} else {
+			v.chunkDeleted(id)
 		}
 	}
 }

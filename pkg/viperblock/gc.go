@@ -157,6 +157,7 @@ func (v *Volume) GC(ctx context.Context) (GCReport, error) {
 	rep, err := collect(ctx, v.store, v.name, v.epoch)
 	v.drainMu.Unlock()
 	total.ChunksDeleted += rep.ChunksDeleted
+	v.stats.m.gcDone(rep, err)
 	return total, err
 }
 

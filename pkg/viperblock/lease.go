@@ -458,6 +458,7 @@ func (v *Volume) leaseLoop() {
 		ctx, cancel := context.WithTimeout(context.Background(), period)
 		err := v.renewLease(ctx)
 		cancel()
+		v.stats.m.leaseRenewed(err)
 		if errors.Is(err, ErrFenced) {
 			return
 		}

@@ -347,6 +347,7 @@ func (v *Volume) Flush() error {
 		return err
 	}
 	v.stats.flushes.Add(1)
+	defer v.stats.m.flush.Since(time.Now())
 	if !v.slog.on {
 		if err := v.flush(); err != nil {
 			return err

@@ -284,6 +284,7 @@ type counters struct {
 	replayed                              atomic.Uint64
 	resolvedCommits                       atomic.Uint64
 	storeLogPuts                          atomic.Uint64
+	m                                     engineMetrics // see metrics.go
 }
 
 // Stats is a snapshot of a volume's counters and state.
@@ -325,6 +326,8 @@ type Stats struct {
 	// store-log uploads (group commits).
 	Durability   Durability
 	StoreLogPuts uint64
+	// Metrics are the latencies and rarer counters (metrics.go).
+	Metrics Metrics
 }
 
 func manifestKey(name string) string { return name + "/manifest" }
@@ -528,6 +531,7 @@ func (v *Volume) Stats() Stats {
 		s.Durability = DurabilityStore
 	}
 	s.CacheHits, s.CacheMisses = v.cache.Stats()
+	s.Metrics = v.stats.m.snapshot()
 	m := v.bmap.Load()
 	s.Extents = m.Len()
 	s.MappedBlocks = m.Blocks()

@@ -699,8 +699,8 @@ func checkNode(t *testing.T, ds *appsv1.DaemonSet) {
 	if spec.HostNetwork && spec.DNSPolicy != corev1.DNSClusterFirstWithHostNet {
 		t.Errorf("node: dnsPolicy %q with hostNetwork, want ClusterFirstWithHostNet", spec.DNSPolicy)
 	}
-	if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
-		t.Error("node: the pod calls no API: automountServiceAccountToken must be false")
+	if spec.AutomountServiceAccountToken == nil || !*spec.AutomountServiceAccountToken {
+		t.Error("node: the node plugin posts volume health Events: automountServiceAccountToken must be true")
 	}
 	if mustArg(t, node, "--server-cgroup=") == "" {
 		t.Error("node: --server-cgroup is empty")
@@ -919,10 +919,21 @@ func checkRBAC(t *testing.T, o objects, dep *appsv1.Deployment, ds *appsv1.Daemo
 			}
 		}
 	}
-	// Least privilege: the node plugin calls no API at all.
+	// The node plugin reads PersistentVolumes and posts Events on claims
+	// (volume health), and may do nothing else.
 	nodeSA := ds.Namespace + "/" + ds.Spec.Template.Spec.ServiceAccountName
-	if len(granted[nodeSA]) != 0 {
-		t.Errorf("node: ServiceAccount %s is bound to roles, but the node plugin calls no API", nodeSA)
+	for _, r := range []rbacRule{{"", "persistentvolumes", "get", ""}, {"", "persistentvolumes", "list", ""},
+		{"", "events", "create", "app"}, {"", "events", "patch", "app"}} {
+		if !can(nodeSA, r) {
+			t.Errorf("node: ServiceAccount %s may not %s %s%s (volume health events)", nodeSA, r.verb, r.resource, inNS(r.ns))
+		}
+	}
+	for _, r := range []rbacRule{{"", "persistentvolumes", "update", ""}, {"", "persistentvolumes", "delete", ""},
+		{"", "persistentvolumeclaims", "update", ""}, {"", "secrets", "get", ""}, {"", "pods", "list", ""},
+		{"", "events", "delete", "app"}, {"", "nodes", "patch", ""}} {
+		if can(nodeSA, r) {
+			t.Errorf("node: ServiceAccount %s may %s %s%s, which the node plugin never needs", nodeSA, r.verb, r.resource, inNS(r.ns))
+		}
 	}
 }
 

@@ -386,6 +386,7 @@ DRIVER_SCENARIOS=(
   "11 node drain|scenario_node_drain"
   "12 clone on another node|scenario_clone_other_node"
   "13 node partition|scenario_node_partition"
+  "14 engine metrics and logs of a volume under load|scenario_observe"
   "7 delete everything, store empty|scenario_cleanup"
 )
 

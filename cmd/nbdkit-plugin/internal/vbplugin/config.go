@@ -48,6 +48,7 @@ const (
 //	pending_limit=SIZE   pending writes before writers wait
 //	                     (vb.Options.MaxPendingBytes)
 //	slab_pool=SIZE       retired WAL slabs kept for reuse (vb.Options.SlabPoolBytes)
+//	metrics=PATH         serve measurements on a Unix socket (see metrics.go)
 type Config struct {
 	Volume          string
 	Store           string
@@ -69,6 +70,7 @@ type Config struct {
 	// Threads is nbdkit's worker threads per connection, read from its
 	// command line (ServerThreads) before Complete; 0: DefaultThreads.
 	Threads int
+	MetricsSocket   string
 
 	seen map[string]bool
 }
@@ -178,6 +180,11 @@ func (c *Config) Set(key, value string) error {
 		if n == 0 {
 			c.SlabPool = -1
 		}
+	case "metrics":
+		if !filepath.IsAbs(value) {
+			return fmt.Errorf("metrics=%s: want an absolute socket path", value)
+		}
+		c.MetricsSocket = value
 	default:
 		return fmt.Errorf("unknown parameter %q (see nbdkit <plugin> --help)", key)
 	}

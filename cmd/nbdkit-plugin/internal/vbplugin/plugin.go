@@ -58,6 +58,10 @@ type Plugin struct {
 	store backend.Store
 	vol   *vb.Volume
 
+	storeStats *backend.RequestStats // the store's requests (backend.Count)
+	io         ioCounters            // NBD requests served
+	metrics    *metricsServer        // serving metrics= (nil without it)
+
 	profile *os.File // CPU profile being written, if any
 
 	conns      atomic.Int64 // open connections
@@ -85,6 +89,7 @@ func (p *Plugin) GetReady(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("store %s: %v", Redact(c.Store), err)
 	}
+	store, p.storeStats = backend.Count(store)
 	opts := vb.Options{
 		WALDir: c.WALDir, ReadOnly: c.ReadOnly, ResumeOnly: c.ResumeOnly,
 		CacheBlocks: c.CacheBlocks, CacheMemPercent: c.CacheMemPercent,
@@ -130,6 +135,7 @@ func (p *Plugin) GetReady(ctx context.Context) error {
 func (p *Plugin) AfterFork() {
 	if p.vol != nil {
 		p.vol.Start()
+		p.startMetrics()
 	}
 }
 
@@ -196,6 +202,7 @@ func (p *Plugin) Cleanup() error {
 	}
 	p.closed = true
 	p.stopProfile()
+	p.stopMetrics()
 	start := time.Now()
 	err := p.vol.Close()
 	st := p.vol.Stats()
@@ -279,6 +286,12 @@ func (c *Conn) Size() int64 { return max(c.p.vol.Size(), c.p.Cfg.VirtualSize) }
 // Pread fills buf from off; past the volume's end (inside the virtual
 // size) it reads zeros.
 func (c *Conn) Pread(buf []byte, off uint64) error {
+	err := c.pread(buf, off)
+	c.p.io.done(ioRead, len(buf), err)
+	return err
+}
+
+func (c *Conn) pread(buf []byte, off uint64) error {
 	if off > 1<<62 {
 		return fmt.Errorf("%w: offset %d", vb.ErrOutOfRange, off)
 	}
@@ -303,6 +316,12 @@ func (c *Conn) Pread(buf []byte, off uint64) error {
 // Pwrite writes buf at off; with fua it returns only once the write is
 // durable.
 func (c *Conn) Pwrite(buf []byte, off uint64, fua bool) error {
+	err := c.pwrite(buf, off, fua)
+	c.p.io.done(ioWrite, len(buf), err)
+	return err
+}
+
+func (c *Conn) pwrite(buf []byte, off uint64, fua bool) error {
 	if off > 1<<62 {
 		return fmt.Errorf("%w: offset %d", vb.ErrOutOfRange, off)
 	}
@@ -316,16 +335,30 @@ func (c *Conn) Pwrite(buf []byte, off uint64, fua bool) error {
 }
 
 // Flush makes every write completed before it, on any connection, durable.
-func (c *Conn) Flush() error { return c.p.noteErr(c.p.vol.Flush()) }
+func (c *Conn) Flush() error {
+	err := c.p.noteErr(c.p.vol.Flush())
+	c.p.io.done(ioFlush, 0, err)
+	return err
+}
 
 // Trim discards [off, off+n): the range reads back as zeros and its whole
 // blocks stop using space once drained.
-func (c *Conn) Trim(n uint32, off uint64, fua bool) error { return c.Zero(n, off, fua) }
+func (c *Conn) Trim(n uint32, off uint64, fua bool) error {
+	err := c.zero(n, off, fua)
+	c.p.io.done(ioTrim, int(n), err)
+	return err
+}
 
 // Zero makes [off, off+n) read as zeros. It is always fast: whole blocks are
 // a metadata operation and at most two partial blocks are written, so
 // may_trim and fast_zero need no special handling.
 func (c *Conn) Zero(n uint32, off uint64, fua bool) error {
+	err := c.zero(n, off, fua)
+	c.p.io.done(ioZero, int(n), err)
+	return err
+}
+
+func (c *Conn) zero(n uint32, off uint64, fua bool) error {
 	if off > 1<<62 {
 		return fmt.Errorf("%w: offset %d", vb.ErrOutOfRange, off)
 	}
@@ -384,7 +417,7 @@ func (c *Conn) Cache(n uint32, off uint64) error {
 	buf := *bp
 	for n > 0 {
 		k := min(uint32(len(buf)), n)
-		if err := c.Pread(buf[:k], off); err != nil {
+		if err := c.pread(buf[:k], off); err != nil {
 			return err
 		}
 		n -= k

@@ -311,6 +311,7 @@ func (s *Store) attempt(ctx context.Context, in middleware.FinalizeInput, next m
 		c.attempts++
 		if c.attempts > 1 {
 			s.noteRetry(c.op, c.attempts, c.lastErr)
+			backend.NoteRetry(ctx)
 		}
 	}
 	actx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
