@@ -121,6 +121,9 @@ type Options struct {
 	// quarantine) is kept for inspection before an open removes it
 	// (default DefaultStaleRetention; negative: forever).
 	StaleRetention time.Duration
+	// Compaction tunes the background compactor of a writable open (see
+	// compact.go).
+	Compaction CompactionOptions
 	// crash, when set by tests, is called at named crash points.
 	crash func(point string) error
 	// clock, when set by tests, replaces the lease clock (bootClock).
@@ -169,6 +172,7 @@ func (o *Options) setDefaults() {
 		o.TakeoverTimeout = 2 * time.Minute
 	}
 	o.TakeoverTimeout = max(o.TakeoverTimeout, 2*o.LeaseDuration)
+	o.Compaction.setDefaults()
 }
 
 // Volume is an open volume. All methods are safe for concurrent use.
@@ -210,7 +214,7 @@ type Volume struct {
 	chunkSize map[blockmap.ChunkRef]uint32 // block count of every chunk in man
 	closing   bool                         // the next commit is Close's: clear FlagOpen
 	request   uint64                       // newest drain request seen (see snapshot.go)
-	compact   *GCReport                    // set by GC: the next drain compacts into it
+	comp      *compactor                   // the background compactor (compact.go)
 	dirty     bool                         // metadata (size) changed since the last commit
 
 	pending   atomic.Int64 // WAL bytes not yet drained
@@ -259,6 +263,9 @@ type counters struct {
 	replayed                              atomic.Uint64
 	resolvedCommits                       atomic.Uint64
 	storeLogPuts                          atomic.Uint64
+	gcRuns, gcChunksDeleted               atomic.Uint64
+	gcBytesRead, gcBytesWritten           atomic.Uint64
+	gcBytesReclaimed                      atomic.Uint64
 }
 
 // Stats is a snapshot of a volume's counters and state.
@@ -297,6 +304,18 @@ type Stats struct {
 	// store-log uploads (group commits).
 	Durability   Durability
 	StoreLogPuts uint64
+
+	// Compaction (see compact.go). GCRuns counts compaction commits;
+	// GCBytesRead and GCBytesWritten count the chunk bytes compaction read
+	// and wrote (not in BytesDrained; its chunks are in ChunksPut);
+	// GCBytesReclaimed the bytes of the chunks compaction deleted;
+	// GCChunksDeleted the chunks compaction and its garbage sweeps
+	// deleted.
+	GCRuns           uint64
+	GCBytesRead      uint64
+	GCBytesWritten   uint64
+	GCBytesReclaimed uint64
+	GCChunksDeleted  uint64
 }
 
 func manifestKey(name string) string { return name + "/manifest" }
@@ -521,6 +540,8 @@ func (v *Volume) Stats() Stats {
 		Replayed: v.stats.replayed.Load(), Fenced: v.state.Load() == stateFenced || v.state.Load() == stateReleased,
 		CurrentSeq: v.seq.Load(), ResolvedCommits: v.stats.resolvedCommits.Load(),
 		Durability: DurabilityNode, StoreLogPuts: v.stats.storeLogPuts.Load(), CommittedSeq: v.committedSeq(),
+		GCRuns: v.stats.gcRuns.Load(), GCBytesRead: v.stats.gcBytesRead.Load(), GCBytesWritten: v.stats.gcBytesWritten.Load(),
+		GCBytesReclaimed: v.stats.gcBytesReclaimed.Load(), GCChunksDeleted: v.stats.gcChunksDeleted.Load(),
 	}
 	if v.slog.on {
 		s.Durability = DurabilityStore
