@@ -37,6 +37,13 @@
   "                   store: also in the object store (default: the volume's class)\n" \
   "virtual_size=<SIZE> advertise at least SIZE bytes, so an attached device can\n" \
   "                   grow with the volume; past the volume's end reads are zeros\n" \
+  "compact=<BOOL>     background compaction of sparse chunks (default true)\n" \
+  "compact_bandwidth=<SIZE> compaction's budget in bytes read+written per second\n" \
+  "                   (default 96MiB; 0: unlimited)\n" \
+  "compact_requests=<N> compaction's budget in store requests per second\n" \
+  "                   (default 100; 0: unlimited)\n" \
+  "compact_ratio=<R>  compact while the store holds more than R times the live\n" \
+  "                   data (default 1.15, at least 1)\n" \
   "Run nbdkit in the foreground (-f): the Go runtime does not survive its fork."
 
 /* The pid that ran get_ready; a different pid in after_fork means nbdkit

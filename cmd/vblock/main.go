@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
@@ -62,6 +63,8 @@ type opts struct {
 	drainInterval string
 	durability    string
 	leaseDuration string
+	compact       string // serve: compaction parameters, "key=value,..."
+	wait          time.Duration
 	verbose       bool
 	threads       int
 	force         bool

@@ -47,6 +47,7 @@ directory).`,
 		fs.StringVar(&o.drainInterval, "drain-interval", "", "longest time written data waits before it is drained, e.g. 5s")
 		fs.StringVar(&o.durability, "durability", "", "node or store: where a flush is durable (default: the volume's class)")
 		fs.StringVar(&o.leaseDuration, "lease-duration", "", "ownership lease, e.g. 15s (the default): another node takes over an unresponsive server after 1.2x")
+		fs.StringVar(&o.compact, "compact", "", "compaction settings, comma-separated: off, bandwidth=SIZE (bytes/s, 0 unlimited), requests=N (per second), ratio=R (stored/live target)")
 		fs.IntVar(&o.threads, "threads", 0, "nbdkit worker threads per connection (nbdkit's default if 0)")
 		fs.BoolVar(&o.verbose, "v", false, "verbose nbdkit (debug messages)")
 	},
@@ -103,6 +104,19 @@ func runServe(ctx context.Context, e *env, o *opts, args []string) error {
 			return usagef("--lease-duration %s: want a duration between %s and 1h", o.leaseDuration, vb.MinLeaseDuration)
 		}
 		params = append(params, "lease_duration="+o.leaseDuration)
+	}
+	if o.compact != "" {
+		for _, kv := range strings.Split(o.compact, ",") {
+			k, val, _ := strings.Cut(strings.TrimSpace(kv), "=")
+			switch k {
+			case "off", "on":
+				params = append(params, "compact="+map[bool]string{true: "true", false: "false"}[k == "on"])
+			case "bandwidth", "requests", "ratio":
+				params = append(params, "compact_"+k+"="+val)
+			default:
+				return usagef("--compact %s: unknown setting %q (want off, bandwidth=SIZE, requests=N or ratio=R)", o.compact, k)
+			}
+		}
 	}
 	var nbdArgs []string
 	if o.verbose {
