@@ -214,7 +214,8 @@ func (p *Plugin) Cleanup() error {
 		msg = "volume closed (read-only)"
 	}
 	p.log.Info(msg, "volume", p.Cfg.Volume, "took", time.Since(start).Round(time.Millisecond),
-		"writes", st.Writes, "reads", st.Reads, "flushes", st.Flushes, "drains", st.Drains, "bytes_drained", st.BytesDrained)
+		"writes", st.Writes, "reads", st.Reads, "flushes", st.Flushes, "drains", st.Drains, "bytes_drained", st.BytesDrained,
+		"gc_runs", st.GCRuns, "gc_bytes_read", st.GCBytesRead, "gc_bytes_written", st.GCBytesWritten, "gc_bytes_reclaimed", st.GCBytesReclaimed)
 	return nil
 }
 
