@@ -12,8 +12,9 @@
 #
 # Environment: BENCH_DIR (default /var/tmp), BENCH_SPACE_OVERWRITE (default
 # 4G), BENCH_SPACE_SETTLE (seconds to wait for the compactor, default 120),
-# BENCH_SPACE_VARIANTS (default "plain snapshot"), BENCH_KEEP=1 keeps the
-# work directory.
+# BENCH_SPACE_VARIANTS (default "plain snapshot"), BENCH_SPACE_COMPACT
+# (vblock serve --compact settings, e.g. bandwidth=0 for no budget; default
+# none: the engine's defaults), BENCH_KEEP=1 keeps the work directory.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -42,9 +43,18 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # stored BYTES of chunk objects (disk usage), live BYTES (inspect).
-stored() { du -sb --apparent-size "$1/store/$2/chunks" 2>/dev/null | cut -f1; }
-stored_du() { du -sk "$1/store/$2/chunks" 2>/dev/null | awk '{print $1*1024}'; }
-live() { VBLOCK_STORE="file://$1/store" "$vblock" inspect "$2" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["Space"]["LiveBytes"])'; }
+# (du may race with the compactor deleting chunks: its complaint is harmless.)
+stored() { { du -sb --apparent-size "$1/store/$2/chunks" 2>/dev/null || true; } | cut -f1; }
+stored_du() { { du -sk "$1/store/$2/chunks" 2>/dev/null || true; } | awk '{printf "%.0f\n", $1*1024}'; }
+live() {
+  local i
+  for i in 1 2 3 4 5; do
+    VBLOCK_STORE="file://$1/store" "$vblock" inspect "$2" --json 2>/dev/null |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["Space"]["LiveBytes"])' 2>/dev/null && return 0
+    sleep 0.5
+  done
+  echo "bench-space: vblock inspect $2 failed" >&2; return 1
+}
 ratio() { python3 -c "import sys; print(f'{int(sys.argv[1])/max(1,int(sys.argv[2])):.3f}')" "$1" "$2"; }
 
 # wait_drained DIR: until the WAL is (nearly) empty.
@@ -59,16 +69,18 @@ for variant in $variants; do
   d="$work/$variant"
   mkdir -p "$d"
   export VBLOCK_STORE="file://$d/store"
-  "$vblock" serve space --socket "$d/s.sock" --wal-dir "$d/wal" --size 1GiB --cache 64MiB 2>"$d/serve.log" &
+  compact=()
+  [ -n "${BENCH_SPACE_COMPACT:-}" ] && compact=(--compact "$BENCH_SPACE_COMPACT")
+  "$vblock" serve space --socket "$d/s.sock" --wal-dir "$d/wal" --size 1GiB --cache 64MiB "${compact[@]}" 2>"$d/serve.log" &
   pid=$!
   for _ in $(seq 600); do [ -S "$d/s.sock" ] && break; kill -0 "$pid" 2>/dev/null || { cat "$d/serve.log" >&2; exit 1; }; sleep 0.05; done
   uri="nbd+unix:///?socket=$d/s.sock"
-  echo "== $variant: fill 1 GiB, then $overwrite of 4 KiB random overwrites (repeats, FLUSH every 256)"
+  echo "== $variant${BENCH_SPACE_COMPACT:+ (compaction: $BENCH_SPACE_COMPACT)}: fill 1 GiB, then $overwrite of 4 KiB random overwrites (repeats, FLUSH every 256)"
   fio --name=fill --ioengine=nbd --uri="$uri" --rw=write --bs=1M --iodepth=16 --size=1G --output=/dev/null
   fio_over() {
     fio --name=over --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth=32 --size=1G \
       --io_size="$1" --norandommap --randrepeat=0 --fsync=256 --output-format=json --output="$d/over-$2.json" >/dev/null
-    python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]["write"]; print(f"  fio: {j[\"iops\"]:.0f} IOPS, {j[\"bw_bytes\"]/1e6:.1f} MB/s")' "$d/over-$2.json"
+    python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]["write"]; print("  fio: %.0f IOPS, %.1f MB/s" % (j["iops"], j["bw_bytes"]/1e6))' "$d/over-$2.json"
   }
   t0=$SECONDS
   if [ "$variant" = snapshot ]; then

@@ -39,7 +39,7 @@
   "                   grow with the volume; past the volume's end reads are zeros\n" \
   "compact=<BOOL>     background compaction of sparse chunks (default true)\n" \
   "compact_bandwidth=<SIZE> compaction's budget in bytes read+written per second\n" \
-  "                   (default 96MiB; 0: unlimited)\n" \
+  "                   (default 256MiB; 0: unlimited)\n" \
   "compact_requests=<N> compaction's budget in store requests per second\n" \
   "                   (default 100; 0: unlimited)\n" \
   "compact_ratio=<R>  compact while the store holds more than R times the live\n" \
