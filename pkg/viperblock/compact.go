@@ -181,14 +181,13 @@ var errCompactStopped = errors.New("viperblock: compaction stopped: the volume i
 
 // compactor is the state of a volume's background compactor.
 type compactor struct {
-	mu       sync.Mutex // one compaction at a time (and none during an owner GC's collection)
-	bytes    *budget
-	reqs     *budget
-	kick     chan struct{}
-	want     uint64 // newest compaction request id seen (guarded by drainMu)
-	lastPin  time.Time
-	pinned   map[uint64]bool
-	nextScan time.Time
+	mu      sync.Mutex // one compaction at a time (and none during an owner GC's collection)
+	bytes   *budget
+	reqs    *budget
+	kick    chan struct{}
+	want    uint64 // newest compaction request id seen (guarded by drainMu)
+	lastPin time.Time
+	pinned  map[uint64]bool
 }
 
 func (v *Volume) initCompactor() {

@@ -64,11 +64,6 @@ func encodeRequest2(id uint64, size int64, flags uint32) []byte {
 	return binary.LittleEndian.AppendUint32(b, wal.CRC(b))
 }
 
-func decodeRequest(b []byte) (id uint64, size int64, err error) {
-	id, size, _, err = decodeRequestFlags(b)
-	return id, size, err
-}
-
 // decodeRequestFlags decodes a request of either version.
 func decodeRequestFlags(b []byte) (id uint64, size int64, flags uint32, err error) {
 	switch {
