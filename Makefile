@@ -4,7 +4,7 @@ GO ?= go
 export PATH := $(shell $(GO) env GOPATH)/bin:$(PATH)
 PKGS := ./...
 
-.PHONY: all build plugin print-ldflags deps test unit check fmt vet staticcheck fuzz sanity vm-test e2e conformance nemesis nemesis-broken preflight bench bench-go bench-flush bench-nbd bench-budget demo stress clean
+.PHONY: all build plugin print-ldflags deps test unit check fmt vet staticcheck fuzz sanity vm-test e2e conformance nemesis nemesis-broken preflight bench bench-go bench-flush bench-nbd bench-budget bench-space demo stress clean
 
 all: build
 
@@ -134,7 +134,7 @@ stress: build
 preflight: fmt vet staticcheck
 	@echo "== go test -race"; $(GO) test -race -count=1 -short -timeout 30m $(PKGS)
 
-bench: deps build bench-go bench-flush bench-nbd bench-budget
+bench: deps build bench-go bench-flush bench-nbd bench-budget bench-space
 
 # Engine benchmarks. The 4 KiB write burst is sized to stay below the drain
 # threshold; the replay and S3 benchmarks run a few fixed iterations; a
@@ -160,6 +160,12 @@ bench-nbd:
 # their peak summed Pss against the budget (the go tier runs 6).
 bench-budget:
 	set -o pipefail; VB_BUDGET_VOLUMES=64 $(GO) test -count=1 -timeout 30m -run '^TestNodeMemoryBudget$$' -v ./test/nbd/ | grep -E 'budget_test|^(---|ok|FAIL|PASS)'
+
+# Store space under 4 GiB of random overwrites of an attached 1 GiB volume
+# (with and without a snapshot), against live data; online compaction's
+# share of the store traffic.
+bench-space:
+	./scripts/bench-space.sh
 
 demo: deps build
 	./scripts/demo.sh

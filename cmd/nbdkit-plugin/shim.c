@@ -51,6 +51,13 @@
   "                   limit and a quarter; 0: none)\n" \
   "metrics=<PATH>     serve the volume's measurements on a Unix socket at PATH\n" \
   "                   (HTTP, versioned JSON: see package volmetrics)\n" \
+  "compact=<BOOL>     background compaction of sparse chunks (default true)\n" \
+  "compact_bandwidth=<SIZE> compaction's budget in bytes read+written per second\n" \
+  "                   (default 256MiB; 0: unlimited)\n" \
+  "compact_requests=<N> compaction's budget in store requests per second\n" \
+  "                   (default 100; 0: unlimited)\n" \
+  "compact_ratio=<R>  compact while the store holds more than R times the live\n" \
+  "                   data (default 1.15, at least 1)\n" \
   "Run nbdkit in the foreground (-f): the Go runtime does not survive its fork."
 
 /* The pid that ran get_ready; a different pid in after_fork means nbdkit

@@ -115,7 +115,7 @@ func TestJSONOutput(t *testing.T) {
 
 	var gc gcReport
 	decode(t, vblock(t, dir, "gc", "v2", "--json"), &gc)
-	if gc.Name != "v2" || gc.Compacted || gc.ChunksAfter > gc.ChunksBefore || gc.ChunksBefore == 0 {
+	if gc.Name != "v2" || gc.By != "collect" || gc.ChunksAfter > gc.ChunksBefore || gc.ChunksBefore == 0 {
 		t.Errorf("gc --json = %+v", gc)
 	}
 

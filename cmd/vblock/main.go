@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/viperblock/viperblock-csi/internal/version"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
@@ -70,6 +71,8 @@ type opts struct {
 	drainInterval string
 	durability    string
 	leaseDuration string
+	compact       string // serve: compaction parameters, "key=value,..."
+	wait          time.Duration
 	verbose       bool
 	threads       int
 	rebuild       bool

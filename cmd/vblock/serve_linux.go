@@ -69,6 +69,19 @@ func runServe(ctx context.Context, e *env, o *opts, args []string) error {
 		}
 		params = append(params, "lease_duration="+o.leaseDuration)
 	}
+	if o.compact != "" {
+		for _, kv := range strings.Split(o.compact, ",") {
+			k, val, _ := strings.Cut(strings.TrimSpace(kv), "=")
+			switch k {
+			case "off", "on":
+				params = append(params, "compact="+map[bool]string{true: "true", false: "false"}[k == "on"])
+			case "bandwidth", "requests", "ratio":
+				params = append(params, "compact_"+k+"="+val)
+			default:
+				return usagef("--compact %s: unknown setting %q (want off, bandwidth=SIZE, requests=N or ratio=R)", o.compact, k)
+			}
+		}
+	}
 	var nbdArgs []string
 	if o.verbose {
 		nbdArgs = append(nbdArgs, "-v")

@@ -200,48 +200,78 @@ VOLUME@SNAPSHOT, or a VOLUME (its current state is snapshotted implicitly). Inst
 var cmdGC = &command{
 	name: "gc", args: "NAME", nargs: 1, json: true,
 	summary: "reclaim space: compact sparse chunks and delete unreferenced ones",
-	detail: `With --wal-dir, opens NAME for writing (taking ownership), moves the live blocks of chunks
-less than half used into new chunks, and deletes every chunk nothing references (not the volume,
-not a snapshot, not a clone). Without --wal-dir, only deletes unreferenced chunks; that is safe
-while a server has the volume open.`,
+	detail: `If a server has NAME open (its lease held), gc never takes the volume over: it asks the
+server to compact (a compaction request through the store) and waits up to --wait for the answer;
+exit status 1 if none comes. Otherwise, with --wal-dir, it opens NAME for writing (taking
+ownership), moves the live blocks of sparse chunks into new chunks, and deletes every chunk nothing
+references (not the volume, not a snapshot, not a clone). Without --wal-dir it only deletes
+unreferenced chunks of earlier owners, which is safe whoever has the volume open.
+Prints the stored and live bytes before and after.`,
+	flags: func(fs *flag.FlagSet, o *opts) {
+		fs.DurationVar(&o.wait, "wait", 5*time.Minute, "how long to wait for a serving owner to compact")
+	},
 	run: func(ctx context.Context, e *env, o *opts, args []string) error {
 		store, err := openStore(ctx, o)
 		if err != nil {
 			return err
 		}
 		defer store.Close()
-		before, err := vb.Inspect(ctx, store, args[0])
+		name := args[0]
+		before, err := vb.Space(ctx, store, name)
 		if err != nil {
-			return volErr(args[0], o, err)
+			return volErr(name, o, err)
+		}
+		live, epoch, err := vb.HasLiveOwner(ctx, store, name)
+		if err != nil {
+			return volErr(name, o, err)
 		}
 		var rep vb.GCReport
-		if o.walDir != "" {
-			v, err := vb.Open(ctx, store, args[0], vb.Options{WALDir: o.walDir})
+		how, by := "", "collect"
+		switch {
+		case live:
+			by = "owner"
+			e.note("%s is open on a node (epoch %d): asking its owner to compact (waiting up to %s)", name, epoch, o.wait)
+			if _, err := vb.AskCompact(ctx, store, name, o.wait); err != nil {
+				if errors.Is(err, vb.ErrOwnerNoAnswer) {
+					return fmt.Errorf("%v; the server may be too old to compact on request, or stuck: try again, or stop it and run gc with --wal-dir", err)
+				}
+				return volErr(name, o, err)
+			}
+			how = fmt.Sprintf("compacted by its owner (epoch %d)", epoch)
+		case o.walDir != "":
+			by = "offline"
+			v, err := vb.Open(ctx, store, name, vb.Options{WALDir: o.walDir, Compaction: vb.CompactionOptions{Disabled: true}})
 			if err != nil {
-				return volErr(args[0], o, err)
+				return volErr(name, o, err)
 			}
 			rep, err = v.GC(ctx)
 			if cerr := v.Close(); err == nil {
 				err = cerr
 			}
 			if err != nil {
-				return volErr(args[0], o, err)
+				return volErr(name, o, err)
 			}
-		} else if rep, err = vb.GC(ctx, store, args[0]); err != nil {
-			return volErr(args[0], o, err)
+			how = fmt.Sprintf("%d chunks compacted (%s of live data moved), %d unreferenced chunks deleted",
+				rep.ChunksRewritten, units.Format(int64(rep.BlocksMoved)*vb.BlockSize), rep.ChunksDeleted)
+		default:
+			if rep, err = vb.GC(ctx, store, name); err != nil {
+				return volErr(name, o, err)
+			}
+			how = fmt.Sprintf("%d unreferenced chunks deleted (compacting sparse chunks needs --wal-dir, or a server that has the volume open)", rep.ChunksDeleted)
 		}
-		after, err := vb.Inspect(ctx, store, args[0])
+		after, err := vb.Space(ctx, store, name)
 		if err != nil {
-			return volErr(args[0], o, err)
+			return volErr(name, o, err)
 		}
 		if o.json {
-			return printJSON(e, gcReport{Name: args[0], GCReport: rep, Compacted: o.walDir != "",
+			return printJSON(e, gcReport{Name: name, GCReport: rep, By: by, OwnerEpoch: epoch,
 				BytesMoved: int64(rep.BlocksMoved) * vb.BlockSize, ChunksBefore: before.Chunks, ChunksAfter: after.Chunks,
-				ChunkBytesBefore: before.ChunkBytes, ChunkBytesAfter: after.ChunkBytes})
+				StoredBytesBefore: before.StoredBytes, StoredBytesAfter: after.StoredBytes, LiveBytes: after.LiveBytes,
+				RatioBefore: before.Ratio(), RatioAfter: after.Ratio()})
 		}
-		e.printf("gc %s: %d chunks compacted (%s of live data moved), %d unreferenced chunks deleted; chunks %d -> %d (%s -> %s stored)\n",
-			args[0], rep.ChunksRewritten, units.Format(int64(rep.BlocksMoved)*vb.BlockSize), rep.ChunksDeleted,
-			before.Chunks, after.Chunks, units.Format(before.ChunkBytes), units.Format(after.ChunkBytes))
+		e.printf("gc %s: %s; chunks %d -> %d, stored %s -> %s for %s live (%.2fx -> %.2fx)\n",
+			name, how, before.Chunks, after.Chunks, units.Format(before.StoredBytes), units.Format(after.StoredBytes),
+			units.Format(after.LiveBytes), before.Ratio(), after.Ratio())
 		return nil
 	},
 }
@@ -256,8 +286,14 @@ type cloneReport struct {
 type gcReport struct {
 	Name string
 	vb.GCReport
-	Compacted                         bool // --wal-dir: sparse chunks were compacted too
-	BytesMoved                        int64
-	ChunksBefore, ChunksAfter         int
-	ChunkBytesBefore, ChunkBytesAfter int64
+	// By says who did the work: "owner" (a serving owner compacted on
+	// request; its counts are not reported here), "offline" (--wal-dir:
+	// compaction and collection) or "collect" (unreferenced chunks only).
+	By                                  string
+	OwnerEpoch                          uint64 `json:",omitempty"`
+	BytesMoved                          int64
+	ChunksBefore, ChunksAfter           int
+	StoredBytesBefore, StoredBytesAfter int64
+	LiveBytes                           int64
+	RatioBefore, RatioAfter             float64
 }

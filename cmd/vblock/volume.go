@@ -105,7 +105,8 @@ var cmdInspect = &command{
 	name: "inspect", args: "NAME", nargs: 1,
 	summary: "show a volume's committed state",
 	detail: `Shows what the store holds for NAME: size, bytes written, extents, chunks, snapshots, parent
-ownership epoch, clones and whether a writer has it open. Writes still in a server's memory or WAL are not included; with --wal-dir,
+ownership epoch, clones, whether a writer has it open, and the bytes its chunk objects take against the
+live data they hold (the volume's and its snapshots'). Writes still in a server's memory or WAL are not included; with --wal-dir,
 the local WAL of NAME is summarized as well.`,
 	json: true,
 	run: func(ctx context.Context, e *env, o *opts, args []string) error {
@@ -118,12 +119,18 @@ the local WAL of NAME is summarized as well.`,
 		if err != nil {
 			return volErr(args[0], o, err)
 		}
+		space, err := vb.Space(ctx, store, args[0])
+		if err != nil {
+			return volErr(args[0], o, err)
+		}
 		wal := localWAL(o.walDir, args[0])
 		if o.json {
 			return printJSON(e, struct {
 				vb.Info
+				Space    vb.SpaceInfo
+				Ratio    float64   `json:"StoredToLiveRatio"`
 				LocalWAL *walUsage `json:"LocalWAL,omitempty"`
-			}{inf, wal})
+			}{inf, space, space.Ratio(), wal})
 		}
 		pct := 0.0
 		if inf.Size > 0 {
@@ -140,6 +147,8 @@ the local WAL of NAME is summarized as well.`,
 		fmt.Fprintf(tw, "written:\t%s (%d bytes, %.1f%% of the volume)\n", units.Format(inf.WrittenBytes), inf.WrittenBytes, pct)
 		fmt.Fprintf(tw, "extents:\t%d\n", inf.Extents)
 		fmt.Fprintf(tw, "chunks:\t%d (%s)\n", inf.Chunks, units.Format(inf.ChunkBytes))
+		fmt.Fprintf(tw, "stored:\t%s in %d chunk object(s) for %s live (%.2fx); %d pinned only by snapshots, %d unreferenced\n",
+			units.Format(space.StoredBytes), space.Chunks, units.Format(space.LiveBytes), space.Ratio(), space.PinnedChunks, space.GarbageChunks)
 		fmt.Fprintf(tw, "snapshots:\t%s\n", listOrNone(inf.Snapshots))
 		fmt.Fprintf(tw, "parent:\t%s\n", parent)
 		fmt.Fprintf(tw, "clones:\t%s\n", listOrNone(inf.Dependants))

@@ -138,6 +138,8 @@ var crashPoints = []string{
 	"wal.before-fsync", "wal.before-dir-sync",
 	"drain.before-chunk-put", "drain.before-chunk-sync", "drain.before-commit", "drain.after-commit",
 	"open.before-epoch-commit", "open.after-epoch-commit",
+	"compact.before-chunk-put", "compact.before-chunk-sync", "compact.before-commit", "compact.after-commit",
+	"compact.before-delete",
 }
 
 // TestCrashPoints crashes at each named point in turn.
@@ -188,7 +190,8 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 		} else if rng.Intn(2) == 0 {
 			target = crashPoints[rng.Intn(len(crashPoints))]
 		}
-		o := Options{WALDir: "/wal", FS: fs, CacheBlocks: 32, DrainInterval: time.Hour, DrainBytes: 1 << 40, Logger: quietLogger()}
+		o := Options{WALDir: "/wal", FS: fs, CacheBlocks: 32, DrainInterval: time.Hour, DrainBytes: 1 << 40, Logger: quietLogger(),
+			Compaction: CompactionOptions{Disabled: true}} // compactions run as ops below
 		crashRng := rand.New(rand.NewSource(rng.Int63()))
 		o.crash = func(p string) error {
 			crashMu.Lock()
@@ -272,10 +275,20 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 				default:
 					trim(b, min(uint64(1+rng.Intn(8)), blocks-b))
 				}
-			default:
+			case r < 95:
 				err := v.Drain(ctx)
 				if err != nil && !isCrashed() {
 					t.Fatalf("seed %d: drain: %v", seed, err)
+				}
+			default:
+				// Drain first, so the compaction has chunks to work on,
+				// then compact whatever is below the live threshold.
+				err := v.Drain(ctx)
+				if err == nil {
+					_, err = v.Compact(ctx)
+				}
+				if err != nil && !isCrashed() {
+					t.Fatalf("seed %d: compact: %v", seed, err)
 				}
 			}
 		}

@@ -145,6 +145,28 @@ func TestCrashInsideOperations(t *testing.T) {
 			_, err = v.GC(ctx)
 			return err
 		}, nil},
+		{"compact-open", func(s backend.Store) error {
+			v, err := Open(ctx, s, "a", Options{WALDir: "/w", FS: vfs.NewMem(), Logger: quietLogger(),
+				Compaction: CompactionOptions{Disabled: true, ChunkLiveRatio: 1}})
+			if err != nil {
+				return err
+			}
+			defer v.Close()
+			// Two drains leave a chunk half dead that no snapshot pins.
+			v.WriteAt(img(30, 4), 12*BlockSize)
+			if err := v.Drain(ctx); err != nil {
+				return err
+			}
+			v.WriteAt(img(40, 2), 12*BlockSize)
+			if err := v.Drain(ctx); err != nil {
+				return err
+			}
+			rep, err := v.Compact(ctx)
+			if err == nil && rep.ChunksRewritten == 0 {
+				return fmt.Errorf("compaction rewrote nothing")
+			}
+			return err
+		}, []string{"a"}},
 	}
 	defer func(g time.Duration) { internalSnapshotGrace = g }(internalSnapshotGrace)
 	internalSnapshotGrace = 0 // the final cleanup's GC removes leftovers at once

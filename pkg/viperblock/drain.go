@@ -145,16 +145,10 @@ func (v *Volume) drainOnce(ctx context.Context) error {
 		}
 	}
 	maxBlock := uint64(v.size.Load() / BlockSize)
-	// The map after this drain's trims; compaction reads from it.
+	// The map after this drain's trims.
 	m := v.bmap.Load()
 	if len(trims) > 0 {
 		m = m.Overlay(clearOps(trims, maxBlock))
-	}
-	if rep := v.compact; rep != nil {
-		v.compact = nil
-		if err := v.relocations(ctx, m, writes, rep); err != nil {
-			return v.drainFailed(err)
-		}
 	}
 	blocks := make([]uint64, 0, len(writes))
 	for b := range writes {
@@ -601,15 +595,16 @@ func (v *Volume) setChunkSizes(m *manifest.Manifest) {
 // longer references, unless a snapshot still does. The snapshot list is
 // read after the commit that dropped them, which is what makes this safe
 // against a snapshot being taken concurrently (see snapshot.go). Chunks
-// kept here, or whose deletion fails, are left for GC.
-func (v *Volume) deleteChunks(ctx context.Context, dropped []blockmap.ChunkRef) {
+// kept here, or whose deletion fails, are left for GC. It returns the
+// chunks it deleted.
+func (v *Volume) deleteChunks(ctx context.Context, dropped []blockmap.ChunkRef) (deleted []blockmap.ChunkRef) {
 	if len(dropped) == 0 {
-		return
+		return nil
 	}
 	pinned, err := snapshotChunks(ctx, v.store, v.name)
 	if err != nil {
 		v.log.Warn("could not read snapshots; unreferenced chunks left for GC", "err", err)
-		return
+		return nil
 	}
 	for _, id := range dropped {
 		if pinned[id.ID] {
@@ -617,10 +612,12 @@ func (v *Volume) deleteChunks(ctx context.Context, dropped []blockmap.ChunkRef) 
 		}
 		if err := v.store.Delete(ctx, chunkKey(v.name, id.ID)); err != nil {
 			v.log.Warn("could not delete unreferenced chunk; GC will retry", "chunk", chunkKey(v.name, id.ID), "err", err)
-		} else {
-			v.chunkDeleted(id)
+			continue
 		}
+		v.chunkDeleted(id)
+		deleted = append(deleted, id)
 	}
+	return deleted
 }
 
 func (v *Volume) drainFailed(err error) error {

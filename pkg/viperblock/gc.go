@@ -2,14 +2,11 @@ package viperblock
 
 import (
 	"context"
-	"fmt"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
-	"github.com/viperblock/viperblock-csi/pkg/viperblock/blockmap"
-	"github.com/viperblock/viperblock-csi/pkg/viperblock/chunk"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/manifest"
 )
 
@@ -25,10 +22,8 @@ import (
 // unreferenced chunk only if an older epoch wrote it, or the volume is not
 // open.
 //
-// Compaction (GC on an open volume) rewrites the live blocks of chunks whose
-// live fraction is below a threshold into new chunks, as part of a drain, so
-// the switch is one manifest commit. Chunks a snapshot pins are left alone:
-// rewriting them would free nothing.
+// Compaction (the owner's, see compact.go) rewrites the live blocks of
+// sparse chunks into new chunks and commits a map without the old ones.
 
 // GCReport says what a collection did.
 type GCReport struct {
@@ -132,92 +127,29 @@ func GC(ctx context.Context, store backend.Store, vol string) (GCReport, error) 
 	return collectGarbage(ctx, store, vol)
 }
 
-// GC compacts the volume: it drains, rewrites the live blocks of chunks
-// less than half used (unless snapshots pin them) into new chunks, commits,
-// and deletes what no longer has a reference.
+// GC compacts the volume now and deletes every chunk of it that nothing
+// references: it rewrites the live blocks of every chunk below
+// CompactionOptions.ChunkLiveRatio that no snapshot pins (see compact.go),
+// then, holding the drain lock so no upload is under way, deletes the
+// volume's unreferenced chunks of every epoch, its own included.
 func (v *Volume) GC(ctx context.Context) (GCReport, error) {
-	var total GCReport
 	if err := v.checkWritable(); err != nil {
+		return GCReport{}, err
+	}
+	if err := v.drain(ctx); err != nil {
+		return GCReport{}, err
+	}
+	total, err := v.compactAll(ctx, true)
+	if err != nil {
 		return total, err
 	}
-	for {
-		v.drainMu.Lock()
-		v.compact = &total
-		v.dirty = true
-		v.drainMu.Unlock()
-		before := total.ChunksRewritten
-		if err := v.drain(ctx); err != nil {
-			return total, err
-		}
-		if total.ChunksRewritten == before {
-			break
-		}
-	}
+	v.comp.mu.Lock()
 	v.drainMu.Lock()
 	rep, err := collect(ctx, v.store, v.name, v.epoch)
 	v.drainMu.Unlock()
+	v.comp.mu.Unlock()
 	total.ChunksDeleted += rep.ChunksDeleted
-	v.stats.m.gcDone(rep, err)
+	v.stats.m.gcDone(err)
+	v.stats.gcChunksDeleted.Add(uint64(rep.ChunksDeleted))
 	return total, err
-}
-
-// gcMaxChunks bounds how many chunks one drain rewrites.
-const gcMaxChunks = 32
-
-// relocations picks sparse chunks of map m (the map after this drain's
-// trims) and reads their live blocks, skipping blocks this drain rewrites
-// anyway. drainMu must be held.
-func (v *Volume) relocations(ctx context.Context, m *blockmap.Map, writes map[uint64]drained, rep *GCReport) error {
-	pinned, err := snapshotChunks(ctx, v.store, v.name)
-	if err != nil {
-		return err
-	}
-	live := m.LiveBlocks()
-	var picked []blockmap.ChunkRef
-	for ref, n := range live {
-		if ref.Vol != 0 || pinned[ref.ID] {
-			continue
-		}
-		if size := v.chunkSize[ref]; size > 0 && n*2 < size {
-			picked = append(picked, ref)
-			if len(picked) == gcMaxChunks {
-				break
-			}
-		}
-	}
-	if len(picked) == 0 {
-		return nil
-	}
-	want := map[blockmap.ChunkRef]bool{}
-	for _, r := range picked {
-		want[r] = true
-	}
-	for _, e := range m.Extents() {
-		if !want[e.Ref()] {
-			continue
-		}
-		idx, err := v.chunkIndex(ctx, e.Ref())
-		if err != nil {
-			return err
-		}
-		data, err := v.store.GetRange(ctx, v.chunkKeyRef(e.Ref()), chunk.DataOffset(int(e.Off)), int64(e.Count)*BlockSize)
-		if err != nil {
-			return fmt.Errorf("viperblock: GC read %s: %w", v.chunkKeyRef(e.Ref()), err)
-		}
-		for i := uint32(0); i < e.Count; i++ {
-			b := e.Start + uint64(i)
-			d := data[i*BlockSize : (i+1)*BlockSize]
-			ie := idx[e.Off+i]
-			if err := verifyBlock(d, ie, b); err != nil {
-				return fmt.Errorf("%w: GC of %s: %v", ErrCorrupt, v.chunkKeyRef(e.Ref()), err)
-			}
-			if _, ok := writes[b]; ok {
-				continue
-			}
-			writes[b] = drained{seq: ie.Seq, data: d}
-			rep.BlocksMoved++
-		}
-	}
-	rep.ChunksRewritten += len(picked)
-	return nil
 }

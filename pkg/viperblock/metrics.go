@@ -18,7 +18,6 @@ type engineMetrics struct {
 	leaseRenewals, leaseRenewalErrors atomic.Uint64
 
 	gcRuns            atomic.Uint64 // completed Volume.GC passes
-	gcChunksDeleted   atomic.Uint64 // chunks deleted by GC sweeps
 	chunksReclaimed   atomic.Uint64 // superseded chunks deleted after a drain
 	bytesReclaimed    atomic.Uint64 // their data bytes
 	leaseRenewalState atomic.Bool   // the last renewal failed (for Metrics.LeaseFailing)
@@ -38,8 +37,9 @@ type Metrics struct {
 	// last renewal failed.
 	LeaseRenewals, LeaseRenewalErrors uint64
 	LeaseFailing                      bool
-	// GCRuns counts completed Volume.GC passes; GCChunksDeleted the
-	// unreferenced chunks they deleted.
+	// GCRuns counts compaction commits (Stats.GCRuns) and completed
+	// explicit Volume.GC passes; GCChunksDeleted the unreferenced chunks
+	// garbage sweeps deleted (Stats.GCChunksDeleted).
 	GCRuns, GCChunksDeleted uint64
 	// ChunksReclaimed counts this open's chunks deleted once a drain or a
 	// compaction superseded them, and BytesReclaimed their data bytes.
@@ -51,7 +51,7 @@ func (m *engineMetrics) snapshot() Metrics {
 		FlushSeconds: m.flush.Snapshot(), DrainSeconds: m.drain.Snapshot(),
 		LeaseRenewals: m.leaseRenewals.Load(), LeaseRenewalErrors: m.leaseRenewalErrors.Load(),
 		LeaseFailing: m.leaseRenewalState.Load(),
-		GCRuns:       m.gcRuns.Load(), GCChunksDeleted: m.gcChunksDeleted.Load(),
+		GCRuns:       m.gcRuns.Load(),
 		ChunksReclaimed: m.chunksReclaimed.Load(), BytesReclaimed: m.bytesReclaimed.Load(),
 	}
 }
@@ -67,11 +67,10 @@ func (m *engineMetrics) leaseRenewed(err error) {
 }
 
 // gcDone records a completed GC pass.
-func (m *engineMetrics) gcDone(rep GCReport, err error) {
+func (m *engineMetrics) gcDone(err error) {
 	if err == nil {
 		m.gcRuns.Add(1)
 	}
-	m.gcChunksDeleted.Add(uint64(max(rep.ChunksDeleted, 0)))
 }
 
 // chunkDeleted records the deletion of a superseded chunk of this volume.

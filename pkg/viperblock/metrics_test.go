@@ -45,8 +45,8 @@ func TestMetrics(t *testing.T) {
 	if m.ChunksReclaimed < 2 || m.BytesReclaimed < 2<<20 {
 		t.Errorf("reclaimed %d chunks, %d bytes: want at least 2 chunks of 1 MiB", m.ChunksReclaimed, m.BytesReclaimed)
 	}
-	if m.GCRuns != 1 {
-		t.Errorf("GC runs %d, want 1", m.GCRuns)
+	if m.GCRuns < 1 {
+		t.Errorf("GC runs %d, want at least the explicit pass", m.GCRuns)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for v.Stats().Metrics.LeaseRenewals == 0 && time.Now().Before(deadline) {

@@ -67,9 +67,10 @@ func (v *Volume) Start() {
 		if v.opts.ReadOnly {
 			return
 		}
-		v.done.Add(2)
+		v.done.Add(3)
 		go v.drainLoop()
 		go v.writebackLoop()
+		go v.compactLoop()
 		v.startLease()
 		if v.pending.Load() > 0 {
 			v.kickDrain()
@@ -104,6 +105,7 @@ func newVolume(store backend.Store, name string, m *manifest.Manifest, ver backe
 	v.seq.Store(m.SeqHW)
 	v.bmap.Store(blockmap.New(m.Extents))
 	v.setChunkSizes(m)
+	v.initCompactor()
 	for i := range v.shards {
 		v.shards[i] = shard{idx: i, blocks: map[uint64]entry{}}
 	}

@@ -26,7 +26,25 @@ import (
 //	       newest id a commit answered)
 //	16  8  size: grow the volume to at least this many bytes (0: only drain)
 //	24  4  CRC32C of bytes [0, 24)
-const requestMagic = "VBREQST1"
+//
+// Version 2 (36 bytes, little-endian) adds flags; it is written only for
+// requests that need them (a compaction request), so an owner that reads
+// only version 1 ignores it (and never answers), and version 1 requests
+// keep working:
+//
+//	0   8  magic "VBREQST2"
+//	8   8  request id, as in version 1
+//	16  8  size, as in version 1
+//	24  4  flags: bit 0 compact (compact every sparse chunk and sweep
+//	       garbage before answering; see compact.go); other bits zero
+//	28  4  reserved, zero
+//	32  4  CRC32C of bytes [0, 32)
+const (
+	requestMagic  = "VBREQST1"
+	requestMagic2 = "VBREQST2"
+
+	requestCompact uint32 = 1 << 0
+)
 
 func requestKey(vol string) string { return vol + "/request" }
 
@@ -37,11 +55,28 @@ func encodeRequest(id uint64, size int64) []byte {
 	return binary.LittleEndian.AppendUint32(b, wal.CRC(b))
 }
 
-func decodeRequest(b []byte) (id uint64, size int64, err error) {
-	if len(b) != 28 || string(b[:8]) != requestMagic || binary.LittleEndian.Uint32(b[24:]) != wal.CRC(b[:24]) {
-		return 0, 0, fmt.Errorf("%w: malformed request object", ErrCorrupt)
+// encodeRequest2 encodes a version 2 request.
+func encodeRequest2(id uint64, size int64, flags uint32) []byte {
+	b := append([]byte(requestMagic2), make([]byte, 24)...)
+	binary.LittleEndian.PutUint64(b[8:], id)
+	binary.LittleEndian.PutUint64(b[16:], uint64(size))
+	binary.LittleEndian.PutUint32(b[24:], flags)
+	return binary.LittleEndian.AppendUint32(b, wal.CRC(b))
+}
+
+// decodeRequestFlags decodes a request of either version.
+func decodeRequestFlags(b []byte) (id uint64, size int64, flags uint32, err error) {
+	switch {
+	case len(b) == 28 && string(b[:8]) == requestMagic && binary.LittleEndian.Uint32(b[24:]) == wal.CRC(b[:24]):
+	case len(b) == 36 && string(b[:8]) == requestMagic2 && binary.LittleEndian.Uint32(b[32:]) == wal.CRC(b[:32]):
+		flags = binary.LittleEndian.Uint32(b[24:])
+		if flags&^requestCompact != 0 || binary.LittleEndian.Uint32(b[28:]) != 0 {
+			return 0, 0, 0, fmt.Errorf("%w: request object has unknown flags %#x", ErrCorrupt, flags)
+		}
+	default:
+		return 0, 0, 0, fmt.Errorf("%w: malformed request object", ErrCorrupt)
 	}
-	return binary.LittleEndian.Uint64(b[8:]), int64(binary.LittleEndian.Uint64(b[16:])), nil
+	return binary.LittleEndian.Uint64(b[8:]), int64(binary.LittleEndian.Uint64(b[16:])), flags, nil
 }
 
 // askOwner asks the owner of an open volume to drain (and to grow to size,
@@ -91,7 +126,7 @@ func (v *Volume) pollRequest(ctx context.Context) bool {
 		}
 		return false
 	}
-	id, size, err := decodeRequest(b)
+	id, size, flags, err := decodeRequestFlags(b)
 	if err != nil {
 		v.log.Warn("ignoring malformed owner request", "err", err)
 		return false
@@ -99,6 +134,18 @@ func (v *Volume) pollRequest(ctx context.Context) bool {
 	v.drainMu.Lock()
 	defer v.drainMu.Unlock()
 	if id <= v.man.Request || id <= v.request {
+		return false
+	}
+	if flags&requestCompact != 0 {
+		// The compactor answers it once it has compacted (compact.go).
+		if id > v.comp.want {
+			v.log.Info("compaction requested", "request", id)
+			v.comp.want = id
+			select {
+			case v.comp.kick <- struct{}{}:
+			default:
+			}
+		}
 		return false
 	}
 	if size > v.size.Load() {

@@ -138,6 +138,9 @@ type Options struct {
 	MaxSnapshots int
 	// indexCap is the chunk index cache's size, set from MemoryBytes.
 	indexCap int
+	// Compaction tunes the background compactor of a writable open (see
+	// compact.go).
+	Compaction CompactionOptions
 	// crash, when set by tests, is called at named crash points.
 	crash func(point string) error
 	// clock, when set by tests, replaces the lease clock (bootClock).
@@ -192,6 +195,7 @@ func (o *Options) setDefaults() {
 		o.TakeoverTimeout = 2 * time.Minute
 	}
 	o.TakeoverTimeout = max(o.TakeoverTimeout, 2*o.LeaseDuration)
+	o.Compaction.setDefaults()
 }
 
 // Volume is an open volume. All methods are safe for concurrent use.
@@ -234,7 +238,7 @@ type Volume struct {
 	chunkSize map[blockmap.ChunkRef]uint32 // block count of every chunk in man
 	closing   bool                         // the next commit is Close's: clear FlagOpen
 	request   uint64                       // newest drain request seen (see snapshot.go)
-	compact   *GCReport                    // set by GC: the next drain compacts into it
+	comp      *compactor                   // the background compactor (compact.go)
 	dirty     bool                         // metadata (size) changed since the last commit
 
 	pending   atomic.Int64 // WAL bytes not yet drained
@@ -285,6 +289,9 @@ type counters struct {
 	resolvedCommits                       atomic.Uint64
 	storeLogPuts                          atomic.Uint64
 	m                                     engineMetrics // see metrics.go
+	gcRuns, gcChunksDeleted               atomic.Uint64
+	gcBytesRead, gcBytesWritten           atomic.Uint64
+	gcBytesReclaimed                      atomic.Uint64
 }
 
 // Stats is a snapshot of a volume's counters and state.
@@ -328,6 +335,19 @@ type Stats struct {
 	StoreLogPuts uint64
 	// Metrics are the latencies and rarer counters (metrics.go).
 	Metrics Metrics
+
+	// Compaction (see compact.go). GCRuns counts compaction commits;
+	// GCBytesRead and GCBytesWritten count the chunk bytes compaction read
+	// and wrote (not in BytesDrained; its chunks are in ChunksPut);
+	// GCBytesReclaimed the bytes of the chunks compaction deleted;
+	// GCChunksDeleted the unreferenced chunks garbage sweeps deleted
+	// (chunks a drain or a compaction superseded are in
+	// Metrics.ChunksReclaimed).
+	GCRuns           uint64
+	GCBytesRead      uint64
+	GCBytesWritten   uint64
+	GCBytesReclaimed uint64
+	GCChunksDeleted  uint64
 }
 
 func manifestKey(name string) string { return name + "/manifest" }
@@ -526,12 +546,16 @@ func (v *Volume) Stats() Stats {
 		Replayed: v.stats.replayed.Load(), Fenced: v.state.Load() == stateFenced || v.state.Load() == stateReleased,
 		CurrentSeq: v.seq.Load(), ResolvedCommits: v.stats.resolvedCommits.Load(),
 		Durability: DurabilityNode, StoreLogPuts: v.stats.storeLogPuts.Load(), CommittedSeq: v.committedSeq(),
+		GCRuns: v.stats.gcRuns.Load(), GCBytesRead: v.stats.gcBytesRead.Load(), GCBytesWritten: v.stats.gcBytesWritten.Load(),
+		GCBytesReclaimed: v.stats.gcBytesReclaimed.Load(), GCChunksDeleted: v.stats.gcChunksDeleted.Load(),
 	}
 	if v.slog.on {
 		s.Durability = DurabilityStore
 	}
 	s.CacheHits, s.CacheMisses = v.cache.Stats()
 	s.Metrics = v.stats.m.snapshot()
+	s.Metrics.GCRuns += s.GCRuns
+	s.Metrics.GCChunksDeleted = s.GCChunksDeleted
 	m := v.bmap.Load()
 	s.Extents = m.Len()
 	s.MappedBlocks = m.Blocks()

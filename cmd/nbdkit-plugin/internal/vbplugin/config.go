@@ -49,6 +49,10 @@ const (
 //	                     (vb.Options.MaxPendingBytes)
 //	slab_pool=SIZE       retired WAL slabs kept for reuse (vb.Options.SlabPoolBytes)
 //	metrics=PATH         serve measurements on a Unix socket (see metrics.go)
+//	compact=BOOL         background compaction (default true)
+//	compact_bandwidth=SIZE  its bytes per second (0: unlimited)
+//	compact_requests=N   its store requests per second (0: unlimited)
+//	compact_ratio=R      its stored/live target (vb.CompactionOptions.StoredRatio)
 type Config struct {
 	Volume          string
 	Store           string
@@ -71,6 +75,7 @@ type Config struct {
 	// command line (ServerThreads) before Complete; 0: DefaultThreads.
 	Threads int
 	MetricsSocket   string
+	Compaction      vb.CompactionOptions
 
 	seen map[string]bool
 }
@@ -185,6 +190,36 @@ func (c *Config) Set(key, value string) error {
 			return fmt.Errorf("metrics=%s: want an absolute socket path", value)
 		}
 		c.MetricsSocket = value
+	case "compact":
+		b, err := parseBool(value)
+		if err != nil {
+			return fmt.Errorf("compact=%s: %v", value, err)
+		}
+		c.Compaction.Disabled = !b
+	case "compact_bandwidth", "compact-bandwidth":
+		n, err := units.Parse(strings.TrimSuffix(value, "/s"))
+		if err != nil || n < 0 {
+			return fmt.Errorf("compact_bandwidth=%s: want bytes per second such as 64MiB (0: unlimited)", value)
+		}
+		c.Compaction.BytesPerSec = n
+		if n == 0 {
+			c.Compaction.BytesPerSec = -1
+		}
+	case "compact_requests", "compact-requests":
+		n, err := strconv.ParseFloat(value, 64)
+		if err != nil || n < 0 || n != n {
+			return fmt.Errorf("compact_requests=%s: want requests per second such as 100 (0: unlimited)", value)
+		}
+		c.Compaction.RequestsPerSec = n
+		if n == 0 {
+			c.Compaction.RequestsPerSec = -1
+		}
+	case "compact_ratio", "compact-ratio":
+		r, err := strconv.ParseFloat(value, 64)
+		if err != nil || r < 1 || r > 100 {
+			return fmt.Errorf("compact_ratio=%s: want a ratio of stored to live data of at least 1, such as 1.15", value)
+		}
+		c.Compaction.StoredRatio = r
 	default:
 		return fmt.Errorf("unknown parameter %q (see nbdkit <plugin> --help)", key)
 	}

@@ -95,6 +95,7 @@ func (p *Plugin) GetReady(ctx context.Context) error {
 		CacheBlocks: c.CacheBlocks, CacheMemPercent: c.CacheMemPercent,
 		DrainInterval: c.DrainInterval, Logger: p.log,
 		LeaseDuration: c.LeaseDuration, Durability: c.Durability,
+		Compaction: c.Compaction,
 		// nbdkit swaps stdin and stdout for /dev/null after get_ready,
 		// assuming no other thread opens a file meanwhile: the volume's
 		// background work starts in AfterFork.
@@ -220,7 +221,8 @@ func (p *Plugin) Cleanup() error {
 		msg = "volume closed (read-only)"
 	}
 	p.log.Info(msg, "volume", p.Cfg.Volume, "took", time.Since(start).Round(time.Millisecond),
-		"writes", st.Writes, "reads", st.Reads, "flushes", st.Flushes, "drains", st.Drains, "bytes_drained", st.BytesDrained)
+		"writes", st.Writes, "reads", st.Reads, "flushes", st.Flushes, "drains", st.Drains, "bytes_drained", st.BytesDrained,
+		"gc_runs", st.GCRuns, "gc_bytes_read", st.GCBytesRead, "gc_bytes_written", st.GCBytesWritten, "gc_bytes_reclaimed", st.GCBytesReclaimed)
 	return nil
 }
 
