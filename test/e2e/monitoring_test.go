@@ -317,8 +317,8 @@ func exported(m string) bool {
 func TestMetricNames(t *testing.T) {
 	for expr, want := range map[string]string{
 		`sum by (node, le) (rate(viperblock_volume_flush_seconds_bucket{op="a{b}", node=~"$node"}[5m]))`: "viperblock_volume_flush_seconds_bucket",
-		`a / on(x) group_left(y) b > bool 0.5 or absent(c{job="d"} == 1) unless up offset 5m`:           "a b c up",
-		`histogram_quantile(0.99, x) * 1e3 + 4.5e-2 - count(y) without (z)`:                            "x y",
+		`a / on(x) group_left(y) b > bool 0.5 or absent(c{job="d"} == 1) unless up offset 5m`:            "a b c up",
+		`histogram_quantile(0.99, x) * 1e3 + 4.5e-2 - count(y) without (z)`:                              "x y",
 	} {
 		if got := strings.Join(metricNames(expr), " "); got != want {
 			t.Errorf("metricNames(%s) = %q, want %q", expr, got, want)
