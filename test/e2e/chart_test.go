@@ -624,3 +624,109 @@ func TestHelmDiffNamesDifferences(t *testing.T) {
 		}
 	}
 }
+
+// TestChartValuesDocumented: every value of values.yaml is in the chart
+// README's table (itself or the value it is part of).
+func TestChartValuesDocumented(t *testing.T) {
+	var values map[string]any
+	readYAMLLoose(t, filepath.Join(chartDir, "values.yaml"), &values)
+	readme, err := os.ReadFile(filepath.Join(chartDir, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leaves []string
+	var flatten func(prefix string, v any)
+	flatten = func(prefix string, v any) {
+		if m, ok := v.(map[string]any); ok && len(m) > 0 {
+			for k, c := range m {
+				flatten(strings.TrimPrefix(prefix+"."+k, "."), c)
+			}
+			return
+		}
+		leaves = append(leaves, prefix)
+	}
+	flatten("", values)
+	sort.Strings(leaves)
+	for _, leaf := range leaves {
+		parts := strings.Split(leaf, ".")
+		documented := false
+		for n := len(parts); n >= 1 && !documented; n-- {
+			_, topIsMap := values[parts[0]].(map[string]any)
+			if n == 1 && topIsMap {
+				break
+			}
+			documented = bytes.Contains(readme, []byte("`"+strings.Join(parts[:n], ".")+"`"))
+		}
+		if !documented {
+			t.Errorf("value %s is not in %s/README.md's table", leaf, chartDir)
+		}
+	}
+	if len(leaves) < 20 {
+		t.Fatalf("only %d values found in values.yaml", len(leaves))
+	}
+}
+
+func readYAMLLoose(t *testing.T, path string, v any) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(data, v); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+}
+
+var versionRef = regexp.MustCompile(`external-snapshotter[^\n]*?(?:ref=| )(v[0-9]+\.[0-9]+\.[0-9]+)`)
+
+// TestSnapshotterVersion: the snapshot CRDs' install commands in the docs,
+// the docs' mentions of external-snapshotter, and scripts/snapshot-crds.sh
+// name the version the e2e installs (SNAPSHOTTER_VERSION in lib.sh).
+func TestSnapshotterVersion(t *testing.T) {
+	lib, err := os.ReadFile("lib.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^SNAPSHOTTER_VERSION=(v[0-9.]+)$`).FindSubmatch(lib)
+	if m == nil {
+		t.Fatal("lib.sh sets no SNAPSHOTTER_VERSION")
+	}
+	want := string(m[1])
+	script, err := runToolErr("bash", "../../scripts/snapshot-crds.sh", "--print")
+	if err != nil {
+		t.Fatalf("scripts/snapshot-crds.sh --print: %v\n%s", err, script)
+	}
+	cmds := strings.Split(strings.TrimSpace(string(script)), "\n")
+	if len(cmds) != 2 {
+		t.Fatalf("scripts/snapshot-crds.sh --print printed %q, want two commands", script)
+	}
+	for _, c := range cmds {
+		if !strings.HasSuffix(c, "?ref="+want) {
+			t.Errorf("scripts/snapshot-crds.sh: %q is not at %s", c, want)
+		}
+	}
+	for _, doc := range []string{"../../README.md", "../../deploy/kubernetes/README.md", chartDir + "/README.md", deployDir + "/base/kustomization.yaml"} {
+		data, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := versionRef.FindAllSubmatch(data, -1)
+		if len(found) == 0 {
+			t.Errorf("%s names no external-snapshotter version", doc)
+		}
+		for _, f := range found {
+			if string(f[1]) != want {
+				t.Errorf("%s: %q names %s, the e2e installs %s", doc, f[0], f[1], want)
+			}
+		}
+	}
+	// The two READMEs show the script's commands, word for word.
+	for _, doc := range []string{"../../README.md", "../../deploy/kubernetes/README.md"} {
+		data, _ := os.ReadFile(doc)
+		for _, c := range cmds {
+			if !bytes.Contains(data, []byte(c)) {
+				t.Errorf("%s does not show %q", doc, c)
+			}
+		}
+	}
+}
