@@ -40,6 +40,15 @@ const chartDir = "../../deploy/helm/viperblock-csi"
 // fails under VB_REQUIRE (the capability is the command's name).
 func tool(t *testing.T, name string) string {
 	t.Helper()
+	if p := findTool(name); p != "" {
+		return p
+	}
+	testutil.Skip(t, name, "%s is not installed (`make deps` installs it)", name)
+	return ""
+}
+
+// findTool returns the path of the command, or "" when it is not installed.
+func findTool(name string) string {
 	if p, err := exec.LookPath(name); err == nil {
 		return p
 	}
@@ -53,7 +62,6 @@ func tool(t *testing.T, name string) string {
 			return p
 		}
 	}
-	testutil.Skip(t, name, "%s is not installed (`make deps` installs it)", name)
 	return ""
 }
 

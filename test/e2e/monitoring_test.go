@@ -462,3 +462,110 @@ func TestDashboard(t *testing.T) {
 		t.Errorf("promtool check rules accepted a broken expression:\n%s", out)
 	}
 }
+
+// TestMonitoringTargets: in the base with the monitoring component and in
+// the chart with monitoring.enabled, each metrics Service selects the pods
+// of one workload and targets a port they declare, under the number the
+// Service names, and each ServiceMonitor selects one Service by a port
+// name it has.
+func TestMonitoringTargets(t *testing.T) {
+	dir := t.TempDir()
+	writeKustomization(t, dir, filepath.Join(deployDir, "base"), filepath.Join(deployDir, "components", "monitoring"))
+	renderings := map[string][]byte{"kustomize": render(t, dir)}
+	// The chart's too, where helm is installed (TestHelmTemplate skips or
+	// fails without it).
+	if findTool("helm") != "" {
+		renderings["helm"] = helmTemplate(t, false, "--set", "monitoring.enabled=true")
+	}
+	for name, data := range renderings {
+		objs := parseRendering(t, data)
+		var services, monitors, workloads []map[string]any
+		for _, o := range objs {
+			switch o["kind"] {
+			case "Service":
+				services = append(services, o)
+			case "ServiceMonitor":
+				monitors = append(monitors, o)
+			case "Deployment", "DaemonSet":
+				workloads = append(workloads, o)
+			}
+		}
+		if len(services) != 2 || len(monitors) != 2 {
+			t.Errorf("%s: %d Services and %d ServiceMonitors, want 2 and 2 (node, controller)", name, len(services), len(monitors))
+		}
+		for _, svc := range services {
+			sel, _ := dig(svc, "spec", "selector").(map[string]any)
+			var pods []map[string]any
+			for _, w := range workloads {
+				if subset(sel, dig(w, "spec", "template", "metadata", "labels")) {
+					pods = append(pods, w)
+				}
+			}
+			if len(pods) != 1 {
+				t.Errorf("%s: Service %v selects %d workloads, want 1", name, dig(svc, "metadata", "name"), len(pods))
+				continue
+			}
+			for _, p := range list(dig(svc, "spec", "ports")) {
+				port := p.(map[string]any)
+				found := false
+				for _, c := range list(dig(pods[0], "spec", "template", "spec", "containers")) {
+					for _, cp := range list(dig(c, "ports")) {
+						cp := cp.(map[string]any)
+						if cp["name"] == port["targetPort"] && cp["containerPort"] == port["port"] {
+							found = true
+						}
+					}
+				}
+				if !found {
+					t.Errorf("%s: Service %v port %v targets %v, which %v does not declare as port %v", name,
+						dig(svc, "metadata", "name"), port["name"], port["targetPort"], dig(pods[0], "metadata", "name"), port["port"])
+				}
+			}
+		}
+		for _, m := range monitors {
+			sel, _ := dig(m, "spec", "selector", "matchLabels").(map[string]any)
+			var match []map[string]any
+			for _, svc := range services {
+				if subset(sel, dig(svc, "metadata", "labels")) {
+					match = append(match, svc)
+				}
+			}
+			if len(match) != 1 {
+				t.Errorf("%s: ServiceMonitor %v selects %d Services, want 1", name, dig(m, "metadata", "name"), len(match))
+				continue
+			}
+			if dig(m, "metadata", "name") != dig(match[0], "metadata", "name") {
+				t.Errorf("%s: ServiceMonitor %v selects Service %v: the alerts' job labels are the Services' names", name, dig(m, "metadata", "name"), dig(match[0], "metadata", "name"))
+			}
+			for _, e := range list(dig(m, "spec", "endpoints")) {
+				found := false
+				for _, p := range list(dig(match[0], "spec", "ports")) {
+					found = found || p.(map[string]any)["name"] == e.(map[string]any)["port"]
+				}
+				if !found {
+					t.Errorf("%s: ServiceMonitor %v scrapes port %v, which its Service does not have", name, dig(m, "metadata", "name"), e.(map[string]any)["port"])
+				}
+			}
+		}
+	}
+}
+
+// subset reports whether every label of sel is in labels (and sel has some).
+func subset(sel map[string]any, labels any) bool {
+	l, _ := labels.(map[string]any)
+	if len(sel) == 0 {
+		return false
+	}
+	for k, v := range sel {
+		if l[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// list is v as a YAML sequence (nil when it is none).
+func list(v any) []any {
+	l, _ := v.([]any)
+	return l
+}
