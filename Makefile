@@ -91,16 +91,18 @@ vm-test: deps build
 # as shipped: PVCs, snapshots, clones, expansion, node-plugin restarts and
 # rollouts, volumes moved between nodes (by hand, by drain, after a
 # partition), cleanup; then a fixed subset of the upstream Kubernetes
-# External Storage suite (test/e2e/conformance-subset.txt).
+# External Storage suite (test/e2e/conformance-subset.txt). The driver is
+# installed with the Helm chart; `make conformance` installs it with
+# kustomize (both render the same objects: TestHelmMatchesKustomize).
 e2e: deps build
-	VB_E2E_REQUIRE_DRIVER=1 ./test/e2e/run.sh
+	VB_E2E_REQUIRE_DRIVER=1 VB_E2E_INSTALL=helm ./test/e2e/run.sh
 
 # The whole upstream External Storage suite for the driver (e2e.test with
 # test/e2e/testdriver.yaml) on the two-node cluster; ends with
 # "k8s storage suite: N passed, N failed, N skipped". test/e2e/CONFORMANCE.md
-# lists what it skips and why.
+# lists what it skips and why. The driver is installed with kustomize.
 conformance: deps build
-	VB_E2E_REQUIRE_DRIVER=1 VB_E2E_SCENARIOS='^$$' VB_E2E_CONFORMANCE=full ./test/e2e/run.sh
+	VB_E2E_REQUIRE_DRIVER=1 VB_E2E_INSTALL=kustomize VB_E2E_SCENARIOS='^$$' VB_E2E_CONFORMANCE=full ./test/e2e/run.sh
 
 # Every fuzz target (discovered, not listed here) for a fixed number of
 # executions from scripts/fuzz-budgets, after a self-test that a finding

@@ -47,6 +47,11 @@ fi
 # Go tools, pinned: a newer release never changes what a test run means.
 VERSITYGW_VERSION=v1.8.0
 STATICCHECK_VERSION=v0.8.2
+# helm: the chart's lint and template tests and the e2e's install; promtool:
+# the alerting rules' and the dashboard's tests (test/e2e). Both build from
+# their modules with go install (a few minutes the first time).
+HELM_VERSION=v4.3.2
+PROMTOOL_VERSION=v0.316.0
 gobin="$(go env GOPATH)/bin"
 # go_tool BIN PACKAGE VERSION: installs PACKAGE@VERSION unless $gobin/BIN is
 # already that version.
@@ -60,3 +65,5 @@ go_tool() {
 }
 go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
 go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION"
+go_tool helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"
+go_tool promtool github.com/prometheus/prometheus/cmd/promtool "$PROMTOOL_VERSION"

@@ -1,10 +1,15 @@
 # shellcheck shell=bash
 # Viperblock CSI on the e2e cluster as a user installs it: the driver's
 # image, made from the Dockerfile's recipe (image.sh), and the sidecar
-# images are imported into containerd; `kubectl apply -k` deploys an
-# overlay of deploy/kubernetes/overlays/production that changes only the
-# image reference, the store URL and the store's credentials. The store is
-# versitygw (S3) on the pod network's gateway. Sourced by run.sh.
+# images are imported into containerd; then, as VB_E2E_INSTALL says:
+#   helm       (the default) `helm install` of deploy/helm/viperblock-csi
+#              with its ci/production-values.yaml, changing only the image
+#              tag, the store URL and the store's credentials;
+#   kustomize  `kubectl apply -k` of an overlay of
+#              deploy/kubernetes/overlays/production that changes only the
+#              same three things.
+# Both render the same objects (go test ./test/e2e -run TestHelmMatchesKustomize).
+# The store is versitygw (S3) on the pod network's gateway. Sourced by run.sh.
 
 CSI_NS=viperblock-system
 DRIVER_IMAGE=ghcr.io/viperblock/viperblock-csi
@@ -97,12 +102,71 @@ patches:
 EOF
 }
 
+INSTALL=${VB_E2E_INSTALL:-helm}
+HELM_RELEASE=viperblock-csi
+
+helm_bin() { command -v helm || echo "$(go env GOPATH)/bin/helm"; }
+
+# write_values: the e2e values for the chart (image tag, store URL,
+# credentials only), beside ci/production-values.yaml.
+write_values() {
+  cat >"$R/values-e2e.yaml" <<EOF
+image:
+  tag: $DRIVER_TAG
+store:
+  url: "$STORE_URL"
+  credentials:
+    create: true
+    accessKeyID: $STORE_KEY
+    secretAccessKey: $STORE_SECRET
+EOF
+}
+
+# helm_args: the release, the chart, its production values and the e2e ones.
+helm_args() {
+  echo "$HELM_RELEASE $REPO/deploy/helm/viperblock-csi --namespace $CSI_NS -f $REPO/deploy/helm/viperblock-csi/ci/production-values.yaml -f $R/values-e2e.yaml"
+}
+
 deploy_driver() {
+  case "$INSTALL" in
+    helm) deploy_driver_helm ;;
+    kustomize) deploy_driver_kustomize ;;
+    *) log "VB_E2E_INSTALL=$INSTALL: want helm or kustomize"; return 1 ;;
+  esac
+}
+
+deploy_driver_kustomize() {
   write_overlay || return 1
   kc kustomize "$R/overlay" >"$R/deploy.yaml" || return 1
   images_up || return 1
   kc apply -k "$R/overlay" >"$R/log/apply.log" 2>&1 || { cat "$R/log/apply.log"; return 1; }
   log "applied $(grep -c '^kind:' "$R/deploy.yaml") objects (kubectl apply -k of the production overlay with the e2e image and store)"
+}
+
+# deploy_driver_helm, as the README says: the namespace, labelled for the
+# privileged node plugin, then helm install.
+deploy_driver_helm() {
+  local helm manifest
+  helm=$(helm_bin)
+  if [ ! -x "$helm" ]; then
+    "$REPO/scripts/deps.sh" go-tools || return 1
+    helm=$(helm_bin)
+  fi
+  write_values || return 1
+  # shellcheck disable=SC2046 # helm_args prints words
+  "$helm" template $(helm_args) --api-versions snapshot.storage.k8s.io/v1 >"$R/deploy.yaml" || return 1
+  images_up || return 1
+  kc create namespace "$CSI_NS" >/dev/null || return 1
+  kc label namespace "$CSI_NS" pod-security.kubernetes.io/enforce=privileged pod-security.kubernetes.io/warn=privileged >/dev/null || return 1
+  # shellcheck disable=SC2046
+  "$helm" install $(helm_args) --kubeconfig "$R/pki/admin.kubeconfig" >"$R/log/helm-install.log" 2>&1 ||
+    { cat "$R/log/helm-install.log"; return 1; }
+  manifest=$("$helm" get manifest "$HELM_RELEASE" --namespace "$CSI_NS" --kubeconfig "$R/pki/admin.kubeconfig") || return 1
+  # The chart renders the class only where the cluster serves the snapshot
+  # API, which it does here.
+  grep -q '^kind: VolumeSnapshotClass' <<<"$manifest" ||
+    { log "helm install rendered no VolumeSnapshotClass on a cluster with the snapshot CRDs"; return 1; }
+  log "installed $(grep -c '^kind:' <<<"$manifest") objects (helm install of deploy/helm/viperblock-csi with ci/production-values.yaml and the e2e image and store)"
 }
 
 driver_rollout() {
@@ -121,7 +185,7 @@ csinode_has_driver() {
 
 driver_up() {
   step "store (versitygw)" store_up || return 1
-  step "deploy (kubectl apply -k)" deploy_driver || return 1
+  step "deploy ($INSTALL)" deploy_driver || return 1
   step "driver pods Ready" driver_rollout || return 1
   step "CSINodes list driver" wait_until 120 "the CSINodes of $NODE_A and $NODE_B list $DRIVER" csinode_has_driver || return 1
   # The sidecars exit when they cannot reach the driver: give them a moment to.

@@ -430,7 +430,7 @@ func checkClasses(t *testing.T, o objects) {
 		}
 		fs[sc.Parameters["csi.storage.k8s.io/fstype"]] = true
 		for k := range sc.Parameters {
-			if !strings.HasPrefix(k, "csi.storage.k8s.io/") && !slices.Contains([]string{"store", "fsType", "mkfsOptions", "cache", "drainInterval"}, k) {
+			if !strings.HasPrefix(k, "csi.storage.k8s.io/") && !slices.Contains([]string{"store", "fsType", "mkfsOptions", "cache", "drainInterval", "durability", "leaseDuration"}, k) {
 				t.Errorf("StorageClass %s: parameter %q is not one the driver knows", sc.Name, k)
 			}
 		}

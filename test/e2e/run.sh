@@ -14,8 +14,10 @@
 # 3. when make build's outputs exist, deploys the driver as a user does:
 #    the driver's image made from the Dockerfile's recipe and the sidecar
 #    images imported into containerd, versitygw as the S3 store, and
-#    `kubectl apply -k` of the production overlay with only the image, the
-#    store URL and the credentials changed (driver.sh, image.sh); then runs
+#    `helm install` of the chart with its production values (or, with
+#    VB_E2E_INSTALL=kustomize, `kubectl apply -k` of the production
+#    overlay), with only the image, the store URL and the credentials
+#    changed (driver.sh, image.sh); then runs
 #    the driver scenarios (scenarios.sh, scenarios_shipped.sh); otherwise
 #    only the cluster smoke test;
 # 4. tears everything down, on success, failure or interrupt.
@@ -41,6 +43,8 @@
 #                         suite (conformance.sh): subset (the default: the
 #                         specs in conformance-subset.txt), full (make
 #                         conformance) or none; its specs count in the totals
+#   VB_E2E_INSTALL        how the driver is installed: helm (the default,
+#                         make e2e) or kustomize (make conformance)
 #   VB_E2E_STORE_PORT     versitygw's port on the pod network's gateway
 #   VB_E2E_LOCK_WAIT      seconds to wait for another run to end (default 0:
 #                         fail at once)
