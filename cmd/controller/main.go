@@ -39,8 +39,8 @@ import (
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/viperblock/viperblock-csi/internal/version"
 	"github.com/viperblock/viperblock-csi/internal/logging"
+	"github.com/viperblock/viperblock-csi/internal/version"
 	"github.com/viperblock/viperblock-csi/pkg/driver"
 	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3"
 )

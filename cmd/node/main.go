@@ -43,8 +43,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 
-	"github.com/viperblock/viperblock-csi/internal/version"
 	"github.com/viperblock/viperblock-csi/internal/logging"
+	"github.com/viperblock/viperblock-csi/internal/version"
 	"github.com/viperblock/viperblock-csi/pkg/driver"
 	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3"
 )

@@ -58,8 +58,8 @@ type NodeServer struct {
 
 	slotMu  sync.Mutex // guards staging
 	staging int        // new stages in progress (takeSlot)
-	pmOnce sync.Once
-	pm     bool // the plugin takes metrics=; see pluginMetrics
+	pmOnce  sync.Once
+	pm      bool // the plugin takes metrics=; see pluginMetrics
 }
 
 // NewNodeServer builds the node service. Call Heal after it to re-adopt

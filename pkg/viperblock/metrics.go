@@ -50,8 +50,8 @@ func (m *engineMetrics) snapshot() Metrics {
 	return Metrics{
 		FlushSeconds: m.flush.Snapshot(), DrainSeconds: m.drain.Snapshot(),
 		LeaseRenewals: m.leaseRenewals.Load(), LeaseRenewalErrors: m.leaseRenewalErrors.Load(),
-		LeaseFailing: m.leaseRenewalState.Load(),
-		GCRuns:       m.gcRuns.Load(),
+		LeaseFailing:    m.leaseRenewalState.Load(),
+		GCRuns:          m.gcRuns.Load(),
 		ChunksReclaimed: m.chunksReclaimed.Load(), BytesReclaimed: m.bytesReclaimed.Load(),
 	}
 }

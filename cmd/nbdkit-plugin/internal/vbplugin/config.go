@@ -73,9 +73,9 @@ type Config struct {
 	Connections     int   // connections=; Complete fills the default
 	// Threads is nbdkit's worker threads per connection, read from its
 	// command line (ServerThreads) before Complete; 0: DefaultThreads.
-	Threads int
-	MetricsSocket   string
-	Compaction      vb.CompactionOptions
+	Threads       int
+	MetricsSocket string
+	Compaction    vb.CompactionOptions
 
 	seen map[string]bool
 }
