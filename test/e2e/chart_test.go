@@ -26,11 +26,13 @@ import (
 	snapshotv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/viperblock/viperblock-csi/internal/testutil"
+	"github.com/viperblock/viperblock-csi/pkg/units"
 )
 
 const chartDir = "../../deploy/helm/viperblock-csi"
@@ -159,7 +161,7 @@ image: {repository: registry.example/vb, tag: v9.9.9, pullPolicy: Always}
 store:
   url: s3://bucket-x?region=eu-central-1&endpoint=https://s3.example&path_style=true
   attacher: nbdfuse
-  credentials: {secretName: my-keys, create: true, accessKeyID: AK, secretAccessKey: SK}
+  credentials: {secretName: my-keys, create: true, accessKeyID: AK, secretAccessKey: SK, sessionToken: ST}
 serviceAccount:
   controller: {annotations: {eks.amazonaws.com/role-arn: "arn:aws:iam::1:role/vb"}}
   node: {annotations: {eks.amazonaws.com/role-arn: "arn:aws:iam::1:role/vb"}}
@@ -178,14 +180,21 @@ controller:
   replicas: 3
   nodeSelector: {role: storage}
   resources: {limits: {memory: 1Gi}}
+  logFormat: json
+  maxSnapshotsPerVolume: -1
 node:
+  logFormat: json
+  memoryBudget: 4GiB
+  memoryOverhead: 512Mi
+  volumeEvents: false
+  healthCheckInterval: 30s
   walHostPath: /mnt/nvme/wal
   drainLagBytes: 536870912
   drainLagAge: 2m
   maxVolumesPerNode: 40
   nodeSelector: {storage: "yes"}
   tolerations: [{key: dedicated, operator: Equal, value: storage, effect: NoSchedule}]
-  resources: {requests: {cpu: 100m, memory: 128Mi}, limits: {memory: 1Gi}}
+  resources: {requests: {cpu: 100m}, limits: {memory: 6Gi}}
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -212,10 +221,14 @@ node:
 		ds.Spec.Template.Spec.Tolerations[0].Key != "dedicated" {
 		t.Errorf("node: nodeSelector %v, tolerations %v", ds.Spec.Template.Spec.NodeSelector, ds.Spec.Template.Spec.Tolerations)
 	}
-	if nd.Resources.Requests.Cpu().String() != "100m" {
-		t.Errorf("node: cpu request %s, want 100m", nd.Resources.Requests.Cpu())
+	// The memory request is derived (budget + overhead), the limit set.
+	if nd.Resources.Requests.Cpu().String() != "100m" || nd.Resources.Requests.Memory().String() != "4608Mi" ||
+		nd.Resources.Limits.Memory().String() != "6Gi" {
+		t.Errorf("node: resources %v, want requests cpu 100m, memory 4608Mi, limits memory 6Gi", nd.Resources)
 	}
-	hasArgs(t, nd, "--drain-lag-bytes=536870912", "--drain-lag-age=2m", "--max-volumes-per-node=40")
+	hasArgs(t, nd, "--drain-lag-bytes=536870912", "--drain-lag-age=2m", "--max-volumes-per-node=40",
+		"--memory-budget=4GiB", "--volume-events=false", "--health-check-interval=30s", "--logging-format=json")
+	hasArgs(t, ctl, "--max-snapshots-per-volume=-1", "--logging-format=json")
 	kubelet := "/var/snap/microk8s/common/var/lib/kubelet"
 	hasArgs(t, container(t, &ds.Spec.Template.Spec, "node-driver-registrar"),
 		"--kubelet-registration-path="+kubelet+"/plugins/csi.viperblock.io/csi.sock")
@@ -255,7 +268,8 @@ node:
 		t.Errorf("viperblock-csi-config: %v", cm)
 	}
 	sec := one[*corev1.Secret](t, o, "Secret")
-	if sec.Name != "my-keys" || sec.StringData["accessKeyID"] != "AK" || sec.StringData["secretAccessKey"] != "SK" {
+	if sec.Name != "my-keys" || !reflect.DeepEqual(sec.StringData, map[string]string{
+		"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK", "AWS_SESSION_TOKEN": "ST"}) {
 		t.Errorf("Secret %s: %v", sec.Name, sec.StringData)
 	}
 	for _, sa := range all[*corev1.ServiceAccount](o) {
@@ -314,10 +328,128 @@ func TestHelmTemplateRejects(t *testing.T) {
 	for _, c := range []struct{ set, want string }{
 		{"store.url=", "store.url is required"},
 		{"store.credentials.create=true", "store.credentials.accessKeyID is required"},
+		{"node.memoryBudget=64MiB", "node.memoryBudget=64MiB is smaller than one volume's share, 96MiB"},
+		{"node.memoryBudget=1.5GiB", `node.memoryBudget="1.5GiB": want a whole number`},
+		{"node.memoryBudget=2GiBs", `unknown unit "gibs"`},
+		{"node.memoryOverhead=lots", `node.memoryOverhead="lots": want a whole number`},
+		{"node.maxVolumesPerNode=22", "node.memoryBudget=2GiB over node.maxVolumesPerNode=22 leaves each volume less than 96MiB"},
+		{"node.logFormat=xml", `node.logFormat="xml": want text or json`},
+		{"controller.logFormat=JSON", `controller.logFormat="JSON": want text or json`},
 	} {
 		out, err := runToolErr(helm, "template", "x", chartDir, "--set", c.set)
 		if err == nil || !bytes.Contains(out, []byte(c.want)) {
 			t.Errorf("helm template --set %s: err %v, want an error with %q:\n%s", c.set, err, c.want, firstLines(out, 5))
+		}
+	}
+}
+
+// TestHelmNodeMemory: the node container's memory request and limit are
+// the budget, as the node plugin reads --memory-budget (pkg/units), plus
+// node.memoryOverhead; without a budget, the overhead alone.
+func TestHelmNodeMemory(t *testing.T) {
+	for _, c := range []struct {
+		set, budget, want string
+	}{
+		{"", "2GiB", "2304Mi"},
+		{"node.memoryBudget=1536MiB", "1536MiB", "1792Mi"},
+		{"node.memoryBudget=3G", "3G", "3328Mi"},
+		{"node.memoryBudget=4Gi,node.memoryOverhead=300Mi", "4Gi", "4396Mi"},
+		{"node.memoryBudget=1000MB", "1000MB", "1268435456"},
+		{"node.memoryBudget=0200MiB,node.memoryOverhead=1000KiB", "0200MiB", "205800Ki"},
+		{"node.memoryBudget=2147483648", "2147483648", "2304Mi"},
+		{"node.memoryBudget=", "", "256Mi"},
+	} {
+		var args []string
+		if c.set != "" {
+			args = []string{"--set", c.set}
+		}
+		o := decodeAll(t, "helm --set "+c.set, helmTemplate(t, false, args...))
+		if t.Failed() {
+			return
+		}
+		nd := container(t, &one[*appsv1.DaemonSet](t, o, "DaemonSet").Spec.Template.Spec, "node")
+		budget, ok := argPrefix(nd, "--memory-budget=")
+		if budget != c.budget || ok != (c.budget != "") {
+			t.Errorf("--set %s: --memory-budget=%q (present %v), want %q", c.set, budget, ok, c.budget)
+		}
+		req, limit := nd.Resources.Requests.Memory(), nd.Resources.Limits.Memory()
+		if req.String() != c.want || limit.String() != c.want {
+			t.Errorf("--set %s: memory request %s, limit %s, want %s", c.set, req, limit, c.want)
+		}
+		// The request is the budget and the overhead as the driver reads
+		// sizes.
+		if c.budget != "" {
+			overhead := "256Mi"
+			if v, ok := strings.CutPrefix(c.set, "node.memoryBudget="+c.budget+",node.memoryOverhead="); ok {
+				overhead = v
+			}
+			b, err := units.Parse(c.budget)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ov, err := units.Parse(overhead)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if req.Value() != b+ov {
+				t.Errorf("--set %s: memory request %d bytes, want the budget %d + the overhead %d", c.set, req.Value(), b, ov)
+			}
+		}
+	}
+}
+
+// TestHelmNodeAPIAccess: with volume events the node pod mounts its token
+// and the chart grants exactly what the events need; without them the node
+// plugin is told so and gets neither.
+func TestHelmNodeAPIAccess(t *testing.T) {
+	for _, c := range []struct {
+		set         string
+		token, rbac bool
+		saToken     string // the ServiceAccount's automountServiceAccountToken
+		noEvents    bool
+	}{
+		{"", true, true, "", false},
+		{"rbac.node.create=false", true, false, "", false},
+		{"node.volumeEvents=false", false, false, "false", true},
+		{"node.volumeEvents=false,serviceAccount.node.automountToken=true", true, false, "", true},
+	} {
+		var args []string
+		if c.set != "" {
+			args = []string{"--set", c.set}
+		}
+		o := decodeAll(t, "helm --set "+c.set, helmTemplate(t, false, args...))
+		if t.Failed() {
+			return
+		}
+		spec := &one[*appsv1.DaemonSet](t, o, "DaemonSet").Spec.Template.Spec
+		if tok := spec.AutomountServiceAccountToken; tok == nil || *tok != c.token {
+			t.Errorf("--set %s: pod automountServiceAccountToken %v, want %v", c.set, show(tok), c.token)
+		}
+		for _, sa := range all[*corev1.ServiceAccount](o) {
+			if sa.Name != "viperblock-csi-node" {
+				continue
+			}
+			got := ""
+			if sa.AutomountServiceAccountToken != nil {
+				got = fmt.Sprint(*sa.AutomountServiceAccountToken)
+			}
+			if got != c.saToken {
+				t.Errorf("--set %s: ServiceAccount automountServiceAccountToken %q, want %q", c.set, got, c.saToken)
+			}
+		}
+		var role, binding bool
+		for _, r := range all[*rbacv1.ClusterRole](o) {
+			role = role || r.Name == "viperblock-csi-node"
+		}
+		for _, b := range all[*rbacv1.ClusterRoleBinding](o) {
+			binding = binding || b.Name == "viperblock-csi-node"
+		}
+		if role != c.rbac || binding != c.rbac {
+			t.Errorf("--set %s: ClusterRole %v, ClusterRoleBinding %v viperblock-csi-node, want %v", c.set, role, binding, c.rbac)
+		}
+		_, off := argPrefix(container(t, spec, "node"), "--volume-events=")
+		if off != c.noEvents {
+			t.Errorf("--set %s: --volume-events=false %v, want %v", c.set, off, c.noEvents)
 		}
 	}
 }
