@@ -40,6 +40,9 @@ var (
 	descFenced       = engineDesc("volume_fenced", "1 while another owner has taken the volume over from this node's server (its writes fail), else 0.")
 	descGCRuns       = engineDesc("volume_gc_runs_total", "Completed garbage collection (compaction) passes of the volume's server.")
 	descGCBytes      = engineDesc("volume_gc_bytes_reclaimed_total", "Data bytes of superseded chunks the volume's server deleted from the store.")
+	descStored       = engineDesc("volume_stored_bytes", "Data bytes the volume's own chunks referenced by its map hold in the store, as its server's compactor last counted them (0 before the first count).")
+	descLive         = engineDesc("volume_live_bytes", "Live data bytes among volume_stored_bytes: stored / live is the dead space online compaction works on.")
+	descCompactBytes = engineDesc("volume_compaction_bytes_written_total", "Chunk bytes online compaction uploaded (not in volume_drain_bytes_total).")
 	descGCChunks     = engineDesc("volume_gc_chunks_deleted_total", "Chunks the volume's server deleted from the store: superseded after a drain or compaction, or unreferenced and found by a GC pass.")
 
 	descWALDiskAvail = prometheus.NewDesc("viperblock_node_wal_disk_avail_bytes", "Bytes available to the node plugin on the file system of --wal-dir.", nil, nil)
@@ -49,7 +52,7 @@ var (
 func describeEngine(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVolUp, descVolOps, descVolBytes, descVolErrors, descCacheHits, descCacheMisses,
 		descFlush, descDrains, descDrainErrors, descDrainSeconds, descDrainBytes, descEnginePend, descStoreReqs, descStoreSecs,
-		descStoreRetries, descLease, descFenced, descGCRuns, descGCBytes, descGCChunks, descWALDiskAvail, descWALDiskSize} {
+		descStoreRetries, descLease, descFenced, descGCRuns, descGCBytes, descGCChunks, descStored, descLive, descCompactBytes, descWALDiskAvail, descWALDiskSize} {
 		ch <- d
 	}
 }
@@ -134,6 +137,9 @@ func exportSnapshot(ch chan<- prometheus.Metric, v string, s *volmetrics.Snapsho
 	counter(descGCRuns, e.GCRuns)
 	counter(descGCBytes, e.BytesReclaimed)
 	counter(descGCChunks, e.ChunksReclaimed+e.GCChunksDeleted)
+	gauge(descStored, float64(e.StoredBytes))
+	gauge(descLive, float64(e.LiveBytes))
+	counter(descCompactBytes, e.CompactionBytesWritten)
 	for op, st := range s.Store {
 		counter(descStoreReqs, st.OK, op, "ok")
 		counter(descStoreReqs, st.Errors, op, "error")

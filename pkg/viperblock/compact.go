@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
@@ -188,6 +189,10 @@ type compactor struct {
 	want    uint64 // newest compaction request id seen (guarded by drainMu)
 	lastPin time.Time
 	pinned  map[uint64]bool
+	// stored and live are the blocks the volume's own chunks hold and the
+	// live blocks among them, as the last policy check counted them
+	// (Stats.ChunkBlocksStored and ChunkBlocksLive).
+	stored, live atomic.Uint64
 }
 
 func (v *Volume) initCompactor() {
@@ -333,6 +338,10 @@ func (v *Volume) compactPlan(m *blockmap.Map, sizes map[blockmap.ChunkRef]uint32
 		if f := float64(l) / float64(n); f < o.ChunkLiveRatio {
 			cands = append(cands, cand{ref, l, f})
 		}
+	}
+	if pinned == nil { // the whole own-chunk view, pinned chunks included
+		v.comp.stored.Store(stored)
+		v.comp.live.Store(used)
 	}
 	if len(cands) == 0 || (!force && float64(stored) <= o.StoredRatio*float64(used)) {
 		return nil

@@ -343,11 +343,17 @@ type Stats struct {
 	// GCChunksDeleted the unreferenced chunks garbage sweeps deleted
 	// (chunks a drain or a compaction superseded are in
 	// Metrics.ChunksReclaimed).
-	GCRuns           uint64
-	GCBytesRead      uint64
-	GCBytesWritten   uint64
-	GCBytesReclaimed uint64
-	GCChunksDeleted  uint64
+	GCRuns uint64
+	// ChunkBlocksStored and ChunkBlocksLive are the blocks the volume's
+	// own chunks that its map references hold, and the live blocks among
+	// them, as the compactor's last policy check counted them (zero on a
+	// read-only open or before the first check): their ratio is the
+	// dead space compaction works on.
+	ChunkBlocksStored, ChunkBlocksLive uint64
+	GCBytesRead                        uint64
+	GCBytesWritten                     uint64
+	GCBytesReclaimed                   uint64
+	GCChunksDeleted                    uint64
 }
 
 func manifestKey(name string) string { return name + "/manifest" }
@@ -555,6 +561,9 @@ func (v *Volume) Stats() Stats {
 	s.CacheHits, s.CacheMisses = v.cache.Stats()
 	s.Metrics = v.stats.m.snapshot()
 	s.Metrics.GCRuns += s.GCRuns
+	if v.comp != nil {
+		s.ChunkBlocksStored, s.ChunkBlocksLive = v.comp.stored.Load(), v.comp.live.Load()
+	}
 	s.Metrics.GCChunksDeleted = s.GCChunksDeleted
 	m := v.bmap.Load()
 	s.Extents = m.Len()

@@ -118,11 +118,19 @@ type Engine struct {
 	GCChunksDeleted    uint64          `json:"gc_chunks_deleted"`
 	ChunksReclaimed    uint64          `json:"chunks_reclaimed"`
 	BytesReclaimed     uint64          `json:"bytes_reclaimed"`
-	BackendReads       uint64          `json:"backend_reads"` // ranged reads of chunk data and indexes
-	StoreLogPuts       uint64          `json:"store_log_puts"`
-	Epoch              uint64          `json:"epoch"`
-	ReplayedWALRecords uint64          `json:"replayed_wal_records"`
-	ResolvedCommits    uint64          `json:"resolved_commits"`
+	// StoredBytes and LiveBytes: data bytes the volume's own referenced
+	// chunks hold and the live bytes among them (vb.Stats
+	// ChunkBlocksStored, ChunkBlocksLive); CompactionBytesWritten: chunk
+	// bytes compaction uploaded. Added within version 1: an older
+	// server's snapshot leaves them zero.
+	StoredBytes            uint64 `json:"stored_bytes,omitempty"`
+	LiveBytes              uint64 `json:"live_bytes,omitempty"`
+	CompactionBytesWritten uint64 `json:"compaction_bytes_written,omitempty"`
+	BackendReads           uint64 `json:"backend_reads"` // ranged reads of chunk data and indexes
+	StoreLogPuts           uint64 `json:"store_log_puts"`
+	Epoch                  uint64 `json:"epoch"`
+	ReplayedWALRecords     uint64 `json:"replayed_wal_records"`
+	ResolvedCommits        uint64 `json:"resolved_commits"`
 }
 
 // StoreOp counts the store requests of one operation (backend.OpStats).

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/volmetrics"
 )
 
@@ -89,7 +90,9 @@ func (p *Plugin) Snapshot() volmetrics.Snapshot {
 			LeaseRenewals: m.LeaseRenewals, LeaseRenewalErrors: m.LeaseRenewalErrors,
 			GCRuns: m.GCRuns, GCChunksDeleted: m.GCChunksDeleted,
 			ChunksReclaimed: m.ChunksReclaimed, BytesReclaimed: m.BytesReclaimed,
-			BackendReads: st.BackendReads, StoreLogPuts: st.StoreLogPuts, Epoch: st.Epoch,
+			StoredBytes: st.ChunkBlocksStored * vb.BlockSize, LiveBytes: st.ChunkBlocksLive * vb.BlockSize,
+			CompactionBytesWritten: st.GCBytesWritten,
+			BackendReads:           st.BackendReads, StoreLogPuts: st.StoreLogPuts, Epoch: st.Epoch,
 			ReplayedWALRecords: st.Replayed, ResolvedCommits: st.ResolvedCommits,
 		}
 	}
