@@ -68,7 +68,7 @@ func TestCompletionBash(t *testing.T) {
 		{[]string{"create", "v", "--durability", ""}, "node store"},
 		{[]string{"import", "--progress", "a"}, "auto always"},
 		{[]string{"create", "--size", ""}, ""},
-		{[]string{"gc", "--"}, "--store --wal-dir --json --help"},
+		{[]string{"gc", "--"}, "--store --wal-dir --json --wait --help"},
 		{[]string{"list", "-"}, "--store --wal-dir --json -l --help"},
 		{[]string{"import", "v", "di"}, "disk.img"},
 		{[]string{"serve", "--wal-dir", ""}, "wal"},

@@ -81,10 +81,13 @@ func TestJSONOutput(t *testing.T) {
 
 	var ins struct {
 		vb.Info
-		LocalWAL *walUsage
+		LocalWAL          *walUsage
+		Space             vb.SpaceInfo
+		StoredToLiveRatio float64
 	}
 	decode(t, vblock(t, dir, "inspect", "v2", "--json"), &ins)
-	if ins.Name != "v2" || len(ins.Snapshots) != 1 || ins.WrittenBytes < int64(len(data)) {
+	if ins.Name != "v2" || len(ins.Snapshots) != 1 || ins.WrittenBytes < int64(len(data)) ||
+		ins.Space.LiveBytes < int64(len(data)) || ins.Space.StoredBytes < ins.Space.LiveBytes || ins.StoredToLiveRatio < 1 {
 		t.Errorf("inspect --json = %+v", ins)
 	}
 

@@ -18,14 +18,14 @@ scenario_shipped_image() {
   pvc shipped viperblock-ext4 1Gi && wait_bound shipped || return 1
   run_pod shipped-w shipped "$write_script" >/dev/null || fail "writer pod" || return 1
   vol=$(kc get pv "$(pv_of shipped)" -o jsonpath='{.spec.csi.volumeHandle}')
-  # The volume server's own lines, forwarded by the node plugin with the
-  # prefix "nbdkit <store>.<volume>: ".
-  ENGINE_PREFIX="nbdkit ${vol/\//.}: "
+  # The volume server's own lines, re-logged by the node plugin through
+  # klog with the volume named on each: ... volume_id="<handle>" source="nbdkit".
+  ENGINE_PREFIX="volume_id=\"$vol\" source=\"nbdkit\""
   # The node plugin of the node the writer ran on.
   NPOD=$(node_pod "$(pod_node shipped-w)")
   wait_until 60 "the engine's log for $vol in kubectl logs" eval \
     'kc -n "$CSI_NS" logs "$NPOD" -c node | grep -qF "$ENGINE_PREFIX"' ||
-    fail "kubectl logs of the node plugin has no line starting '$ENGINE_PREFIX': $(kc -n "$CSI_NS" logs "$NPOD" -c node | tail -5)" || return 1
+    fail "kubectl logs of the node plugin has no line with '$ENGINE_PREFIX': $(kc -n "$CSI_NS" logs "$NPOD" -c node | tail -5)" || return 1
   log "   $(kc -n "$CSI_NS" logs "$NPOD" -c node | grep -F "$ENGINE_PREFIX" | head -1 | cut -c1-160)"
   delete_pod shipped-w
 }

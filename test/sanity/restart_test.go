@@ -505,7 +505,7 @@ func TestNodeContainer(t *testing.T) {
 	unstaged = true
 	a.stop()
 	logs, _ := os.ReadFile(filepath.Join(dir, "node-c", "node.log"))
-	if !strings.Contains(string(logs), "adopted running nbdkit") || !strings.Contains(string(logs), "nbdkit default.ctr-vol: ") {
+	if !strings.Contains(string(logs), "adopted running nbdkit") || !strings.Contains(string(logs), `volume_id="default/ctr-vol" source="nbdkit"`) {
 		t.Errorf("node log lacks the adoption or nbdkit's forwarded lines:\n%.4000s", logs)
 	}
 	if pids, _ := servers.Pids(); len(pids) != 0 {
