@@ -65,11 +65,13 @@ untimed() { # prefill or warm up, not measured
 }
 
 # quiesce: before each timed job, wait until viperblock has drained what
-# earlier jobs wrote (its WAL directory empties), so one job's background
-# upload does not run inside the next job's measurement.
+# earlier jobs wrote (its WAL segments are gone; the free files it keeps for
+# reuse, *.free, and the preallocated space of the segments it created ahead
+# of time stay), so one job's background upload does not run inside the next
+# job's measurement.
 quiesce() {
   local t0=$SECONDS
-  while [ "$(du -sk "$work/wal" 2>/dev/null | cut -f1)" -gt 1024 ]; do
+  while [ "$(du -sk --apparent-size --exclude='*.free' "$work/wal" 2>/dev/null | cut -f1)" -gt 20480 ]; do
     [ $((SECONDS - t0)) -ge 120 ] && { echo "  (viperblock still draining after 120 s; going on)"; return; }
     sleep 0.5
   done
