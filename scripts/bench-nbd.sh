@@ -65,11 +65,31 @@ untimed() { # prefill or warm up, not measured
 }
 
 # quiesce: before each timed job, wait until viperblock has drained what
-# earlier jobs wrote (its WAL directory empties), so one job's background
-# upload does not run inside the next job's measurement.
+# earlier jobs wrote (no WAL segment holds a record; the segment files it
+# creates ahead of time, preallocates and recycles stay; format in package
+# wal), so one job's background upload does not run inside the next job's
+# measurement.
+wal_pending() {
+  python3 - "$work/wal" <<'EOF'
+import glob, struct, sys
+for p in glob.glob(sys.argv[1] + "/*/[0-9][0-9]/*.wal"):
+    try:
+        b = open(p, "rb").read(4096 + 64)
+    except OSError:
+        continue
+    if len(b) < 36 or b[:8] != b"VBWALSEG":
+        continue
+    ver, n = struct.unpack_from("<H", b, 8)[0], struct.unpack_from("<H", b, 12)[0]
+    hlen = (40 if ver == 2 else 32) + n + 4
+    rec = b[hlen:hlen + 4]
+    if len(rec) == 4 and (rec == b"VBWR" if ver == 1 else rec == b[32:36]):
+        sys.exit(0)  # a record: something is pending
+sys.exit(1)
+EOF
+}
 quiesce() {
   local t0=$SECONDS
-  while [ "$(du -sk "$work/wal" 2>/dev/null | cut -f1)" -gt 1024 ]; do
+  while wal_pending; do
     [ $((SECONDS - t0)) -ge 120 ] && { echo "  (viperblock still draining after 120 s; going on)"; return; }
     sleep 0.5
   done

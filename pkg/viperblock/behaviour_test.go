@@ -15,6 +15,7 @@ import (
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/wal"
 )
 
 func fill(b byte, n int) []byte { return bytes.Repeat([]byte{b}, n) }
@@ -271,7 +272,11 @@ func TestCorruptWALRefusesOpen(t *testing.T) {
 		t.Fatalf("segments %v", segs)
 	}
 	b, _ := os.ReadFile(segs[0])
-	b[len(b)-2*4128+100] ^= 1 // inside the second record
+	_, hlen, err := wal.DecodeSegmentHeader(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[hlen+wal.BlockRecordLen+100] ^= 1 // inside the second record (the file is preallocated: not its end)
 	os.WriteFile(segs[0], b, 0o600)
 	if _, err := vb.Open(ctx, s, "v", vb.Options{WALDir: dir}); !errors.Is(err, vb.ErrCorrupt) {
 		t.Fatalf("open with corrupt WAL: %v", err)

@@ -139,7 +139,7 @@ func TestCrashRandom(t *testing.T) {
 
 // crashPoints are the engine's named crash points.
 var crashPoints = []string{
-	"wal.before-fsync", "wal.before-dir-sync",
+	"wal.before-fsync", "wal.before-dir-sync", "wal.before-recycle-sync",
 	"drain.before-chunk-put", "drain.before-chunk-sync", "drain.before-commit", "drain.after-commit",
 	"open.before-epoch-commit", "open.after-epoch-commit",
 	"compact.before-chunk-put", "compact.before-chunk-sync", "compact.before-commit", "compact.after-commit",

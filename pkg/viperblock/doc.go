@@ -64,7 +64,7 @@
 //
 //   - exactly the manifest it tried to commit: the commit applied; it is
 //     adopted (with its current version) and the drain finishes: the map is
-//     published, drained block-store entries dropped, WAL segments deleted;
+//     published, drained block-store entries dropped, WAL segments retired;
 //   - exactly the last committed manifest: the commit did not apply; it is
 //     retried against the current version (after a precondition failure),
 //     or the drain fails and is retried later (the outcome was unknown:
@@ -106,4 +106,5 @@
 //	<wal dir>/<volume>/RESERVE               64 KiB kept so OWNER stays writable on a full disk
 //	<wal dir>/<volume>/stale-<unix ns>/      a superseded WAL set aside; removed after Options.StaleRetention
 //	<wal dir>/<volume>/<shard:02d>/<generation:016x>.wal   segments (package wal)
+//	<wal dir>/<volume>/<shard:02d>/<generation:016x>.free  retired segment files kept for reuse (log.go)
 package viperblock

@@ -2,6 +2,7 @@ package viperblock
 
 import (
 	"bytes"
+	"encoding/binary"
 	"testing"
 	"time"
 
@@ -30,10 +31,17 @@ func FuzzDecodeLease(f *testing.F) {
 // it accepts encode back to exactly the object's record bytes.
 func FuzzDecodeStoreLog(f *testing.F) {
 	rec := make([]byte, wal.BlockRecordLen)
-	wal.PutBlock(rec, 5, 9, bytes.Repeat([]byte{7}, wal.BlockSize))
+	wal.PutBlock(rec, 0x1234, 5, 9, bytes.Repeat([]byte{7}, wal.BlockSize))
 	trim := make([]byte, wal.HeaderSize)
-	wal.PutTrim(trim, 6, 0, 4)
+	wal.PutTrim(trim, 0x5678, 6, 0, 4)
 	f.Add(encodeStoreLog(2, 1, 5, 6, append(append([]byte(nil), rec...), trim...)))
+	// A version 1 object (version 1 records).
+	old := encodeStoreLog(2, 1, 5, 6, nil)
+	wal.PutBlockV1(rec, 5, 9, bytes.Repeat([]byte{7}, wal.BlockSize))
+	old = append(old[:storeLogHeader], rec...)
+	binary.LittleEndian.PutUint16(old[8:], 1)
+	binary.LittleEndian.PutUint32(old[12:], uint32(len(rec)))
+	f.Add(binary.LittleEndian.AppendUint32(old, wal.CRC(old)))
 	f.Add(encodeStoreLog(1, 1, 0, 0, nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, recs, err := decodeStoreLog(b)

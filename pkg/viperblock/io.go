@@ -414,7 +414,7 @@ func (v *Volume) trim(start, count uint64) {
 			continue
 		}
 		sl, off := v.reserve(sh, wal.HeaderSize)
-		wal.PutTrim(sl.buf[off:off+wal.HeaderSize], seq, start, uint32(count))
+		wal.PutTrim(sl.buf[off:off+wal.HeaderSize], sh.seg.salt, seq, start, uint32(count))
 		logged += wal.HeaderSize
 		dropRange(sh, start, count)
 	}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -130,12 +132,153 @@ type segment struct {
 	dead    bool // retired: the file is gone, nothing more to write
 
 	uploaded int64 // record bytes in the store log (see storelog.go); guarded by Volume.slog.mu
+
+	salt  uint32 // every record's salt (wal format version 2); fixed at creation
+	alloc int64  // the file's size: records may be written below it without growing it; guarded by io
 }
 
 func (v *Volume) shardDir(i int) string { return filepath.Join(v.wdir, fmt.Sprintf("%02d", i)) }
 
 func (v *Volume) newSegment(i int, gen uint64) *segment {
-	return &segment{shard: i, gen: gen, path: filepath.Join(v.shardDir(i), fmt.Sprintf("%016x.wal", gen))}
+	return &segment{shard: i, gen: gen, path: filepath.Join(v.shardDir(i), fmt.Sprintf("%016x.wal", gen)), salt: newSalt()}
+}
+
+// newSalt returns a random segment salt (see package wal).
+func newSalt() uint32 {
+	for {
+		if s := rand.Uint32(); wal.ValidSalt(s) {
+			return s
+		}
+	}
+}
+
+// WAL segment files are preallocated and recycled, so that the write a
+// Flush syncs lands in space the file already has: an fdatasync then
+// writes the data alone, where a write that grows the file also commits
+// the filesystem's journal (its size and block map). A new file is
+// extended ahead of its writes, walPreallocMin at first and then by its
+// own size (at most walPreallocMax) whenever the records reach its end.
+// The file of a retired segment (all its records committed) is renamed
+// <generation>.free and kept, up to walFreePerShard per shard and
+// walFreeBytes in all, for the next segment of its shard: its header is
+// rewritten with a new salt and made durable before any record is
+// written after it, so the records of its previous life read as the end
+// of the log (package wal). Free files are deleted at Close and at Open.
+const (
+	walPreallocMin  = 1 << 20
+	walPreallocMax  = 16 << 20
+	walFreePerShard = 2
+	walFreeSuffix   = ".free"
+)
+
+// freeFile is a retired segment file kept for reuse.
+type freeFile struct {
+	path string
+	size int64
+	salt uint32 // the salt of its last life (never reused for the next)
+}
+
+// walFree is a volume's pool of free segment files.
+type walFree struct {
+	mu    sync.Mutex
+	files [nShards][]freeFile
+	bytes int64
+	max   int64 // most bytes kept; fixed at open
+}
+
+// take removes and returns a free file of shard i whose last salt is not
+// salt.
+func (p *walFree) take(i int, salt uint32) (freeFile, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l := p.files[i]
+	for k := len(l) - 1; k >= 0; k-- {
+		if f := l[k]; f.salt != salt {
+			p.files[i] = append(l[:k], l[k+1:]...)
+			p.bytes -= f.size
+			return f, true
+		}
+	}
+	return freeFile{}, false
+}
+
+// room reserves room for a file of size bytes in shard i's pool.
+func (p *walFree) room(i int, size int64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.files[i]) >= walFreePerShard || p.bytes+size > p.max {
+		return false
+	}
+	p.bytes += size
+	return true
+}
+
+func (p *walFree) put(i int, f freeFile) {
+	p.mu.Lock()
+	p.files[i] = append(p.files[i], f)
+	p.mu.Unlock()
+}
+
+func (p *walFree) unreserve(size int64) {
+	p.mu.Lock()
+	p.bytes -= size
+	p.mu.Unlock()
+}
+
+// drop empties the pool and returns the files it held.
+func (p *walFree) drop() []freeFile {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []freeFile
+	for i := range p.files {
+		out = append(out, p.files[i]...)
+		p.files[i] = nil
+	}
+	p.bytes = 0
+	return out
+}
+
+// recycle puts the file of a retired segment in the free pool, or deletes
+// it when the pool is full. seg.io must be held.
+func (v *Volume) recycle(seg *segment) {
+	if seg.path == "" { // held in memory only (an adopted store log)
+		return
+	}
+	size := seg.alloc
+	if size > 0 && v.wfree.room(seg.shard, size) {
+		free := strings.TrimSuffix(seg.path, ".wal") + walFreeSuffix
+		// No directory sync: should the rename be lost, the file is
+		// replayed under its old name, and its records, all committed,
+		// are skipped.
+		if err := v.fs.Rename(seg.path, free); err == nil {
+			v.wfree.put(seg.shard, freeFile{path: free, size: size, salt: seg.salt})
+			return
+		}
+		v.wfree.unreserve(size)
+	}
+	_ = v.fs.Remove(seg.path)
+}
+
+// removeFree deletes the pool's files and any free file left in the shard
+// directories.
+func (v *Volume) removeFree() {
+	for _, f := range v.wfree.drop() {
+		_ = v.fs.Remove(f.path)
+	}
+}
+
+// extend grows seg's file ahead of a write that ends at need bytes (best
+// effort: a file that cannot be preallocated grows with its writes).
+// seg.io must be held.
+func (v *Volume) extend(seg *segment, need int64) {
+	step := min(max(seg.alloc, walPreallocMin), walPreallocMax)
+	size := (need + step - 1) / step * step
+	if err := vfs.Preallocate(seg.f, size); err != nil {
+		v.log.Debug("could not preallocate a WAL segment", "file", seg.path, "err", err)
+		seg.alloc = need
+		return
+	}
+	seg.alloc = size
 }
 
 // reserve bump-allocates n bytes in the shard's active segment. sh.mu must
@@ -168,7 +311,7 @@ func (v *Volume) appendBlock(b uint64, data []byte) {
 	sh.mu.Lock()
 	seq := v.seq.Add(1)
 	sl, off := v.reserve(sh, wal.BlockRecordLen)
-	wal.PutBlock(sl.buf[off:off+wal.BlockRecordLen], seq, b, data)
+	wal.PutBlock(sl.buf[off:off+wal.BlockRecordLen], sh.seg.salt, seq, b, data)
 	sh.blocks[b] = entry{seq: seq, sl: sl, off: off}
 	sh.mu.Unlock()
 	v.pending.Add(wal.BlockRecordLen)
@@ -207,6 +350,9 @@ func (v *Volume) writeOut(sh *shard, seg *segment, target int64, sync bool) erro
 			return v.setWALErr(err)
 		}
 	}
+	if need := seg.base + end; need > seg.alloc {
+		v.extend(seg, need)
+	}
 	for _, p := range parts {
 		if _, err := seg.f.Write(p); err != nil {
 			return v.failedWrite(seg, fmt.Errorf("viperblock: write WAL %s: %w", seg.path, err))
@@ -242,6 +388,7 @@ func (v *Volume) failedWrite(seg *segment, err error) error {
 		return v.setWALErr(err)
 	}
 	good := seg.base + seg.written
+	seg.alloc = good
 	if terr := seg.f.Truncate(good); terr != nil {
 		return v.setWALErr(fmt.Errorf("%w; truncating back to the last good record failed: %v", err, terr))
 	}
@@ -252,17 +399,35 @@ func (v *Volume) failedWrite(seg *segment, err error) error {
 }
 
 func (v *Volume) createSegmentFile(sh *shard, seg *segment) error {
-	f, err := v.fs.Create(seg.path)
-	if err != nil {
-		return fmt.Errorf("viperblock: create WAL segment: %w", err)
+	hdr := wal.AppendSegmentHeader(nil, wal.SegmentHeader{Shard: uint16(sh.idx), Epoch: v.epoch, Generation: seg.gen, Salt: seg.salt, Created: uint32(time.Now().Unix()), Volume: v.name})
+	f, size, recycled := v.reuseFile(sh.idx, seg)
+	if f == nil {
+		var err error
+		if f, err = v.fs.Create(seg.path); err != nil {
+			return fmt.Errorf("viperblock: create WAL segment: %w", err)
+		}
 	}
-	hdr := wal.AppendSegmentHeader(nil, wal.SegmentHeader{Shard: uint16(sh.idx), Epoch: v.epoch, Generation: seg.gen, Volume: v.name})
 	if _, err := f.Write(hdr); err != nil {
 		// Nothing in it yet: drop the file (a torn header left by a crash
 		// is discarded at replay); a retry creates it afresh.
 		f.Close()
 		_ = v.fs.Remove(seg.path)
 		return fmt.Errorf("viperblock: write WAL segment header: %w", err)
+	}
+	if recycled {
+		// The new header (and salt) must be durable before any record
+		// goes after it: until then the file reads as its previous life,
+		// whose records are all committed, and a record of the new life
+		// must never be read against the old header.
+		if err := v.crashPoint("wal.before-recycle-sync"); err != nil {
+			f.Close()
+			return err
+		}
+		if err := vfs.DataSync(f); err != nil {
+			f.Close()
+			_ = v.fs.Remove(seg.path)
+			return fmt.Errorf("%w: viperblock: sync recycled WAL segment header: %w", errWALSync, err)
+		}
 	}
 	if err := v.crashPoint("wal.before-dir-sync"); err != nil {
 		f.Close()
@@ -274,8 +439,31 @@ func (v *Volume) createSegmentFile(sh *shard, seg *segment) error {
 	}
 	seg.f = f
 	seg.base = int64(len(hdr))
+	seg.alloc = max(size, seg.base)
 	seg.created = true
 	return nil
+}
+
+// reuseFile renames a free file of shard i to seg's name and opens it, or
+// returns nil. Its size is what records can fill without growing it.
+func (v *Volume) reuseFile(i int, seg *segment) (vfs.File, int64, bool) {
+	for {
+		ff, ok := v.wfree.take(i, seg.salt)
+		if !ok {
+			return nil, 0, false
+		}
+		if err := v.fs.Rename(ff.path, seg.path); err != nil {
+			_ = v.fs.Remove(ff.path)
+			continue
+		}
+		f, err := v.fs.OpenReadWrite(seg.path)
+		if err != nil {
+			_ = v.fs.Remove(seg.path)
+			continue
+		}
+		v.stats.walRecycled.Add(1)
+		return f, ff.size, true
+	}
 }
 
 // removeRetired deletes the file of a retired segment and reports whether
@@ -288,7 +476,7 @@ func (v *Volume) removeRetired(seg *segment) bool {
 	}
 	if !seg.removed {
 		seg.removed = true
-		_ = v.fs.Remove(seg.path)
+		v.recycle(seg)
 	}
 	return true
 }
@@ -316,12 +504,12 @@ func (v *Volume) retire(seg *segment) {
 	seg.io.Unlock()
 	if remove {
 		// Its records are all committed (replay skips them), so the file
-		// can go at leisure: off the drain's path if the writeback
-		// goroutine has room.
+		// can be recycled or go at leisure: off the drain's path if the
+		// writeback goroutine has room.
 		select {
 		case v.writeback <- seg:
 		default:
-			_ = v.fs.Remove(seg.path)
+			v.removeRetired(seg)
 		}
 	}
 	for _, sl := range seg.slabs {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -97,6 +98,7 @@ func newVolume(store backend.Store, name string, m *manifest.Manifest, ver backe
 		kick: make(chan struct{}, 1), builders: make(chan *chunk.Builder, opts.UploadConcurrency), writeback: make(chan *segment, 64), stop: make(chan struct{}),
 	}
 	v.waitCond = sync.NewCond(&v.waitMu)
+	v.wfree.max = opts.MaxPendingBytes / 2
 	v.committedHW.Store(m.SeqHW)
 	v.idx.max = opts.chunkIndexes()
 	v.cache = cache.New(opts.CacheBlocks)
@@ -323,6 +325,14 @@ func (v *Volume) listSegments() ([]segFile, error) {
 			return nil, err
 		}
 		for _, n := range names {
+			if strings.HasSuffix(n, walFreeSuffix) {
+				// A free file of an earlier open (see log.go): its
+				// records are all committed.
+				if err := v.fs.Remove(filepath.Join(dir, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return nil, err
+				}
+				continue
+			}
 			g, ok := strings.CutSuffix(n, ".wal")
 			if !ok {
 				continue
@@ -403,20 +413,24 @@ func (v *Volume) replay(files []segFile) ([]trimRange, error) {
 		}
 		body := data[hlen:]
 		sl := &slab{buf: body}
-		seg := &segment{shard: f.shard, gen: f.gen, path: f.path, recovered: true, slabs: []*slab{sl}}
-		off := 0
+		salt := h.Salt
+		if h.Version == wal.Version1 {
+			salt = binary.LittleEndian.Uint32([]byte(wal.RecordMagic)) // what its records begin with
+		}
+		seg := &segment{shard: f.shard, gen: f.gen, path: f.path, recovered: true, slabs: []*slab{sl}, salt: salt, alloc: int64(len(data))}
+		rd := wal.NewSegment(h, body)
 		for {
-			r, n, err := wal.Decode(body[off:])
+			r, _, err := rd.Next()
+			off := rd.Offset()
 			if err == nil {
 				if r.Seq > hw {
 					if r.Type == wal.TypeBlock {
-						writes = append(writes, rec{seg, sl, off, r})
+						writes = append(writes, rec{seg, sl, off - wal.BlockRecordLen, r})
 					} else {
 						trims = append(trims, trimRange{r.Block, uint64(r.Count), r.Seq})
 					}
 				}
 				v.seq.Store(max(v.seq.Load(), r.Seq))
-				off += n
 				v.stats.replayed.Add(1)
 				continue
 			}
@@ -428,6 +442,12 @@ func (v *Volume) replay(files []segFile) ([]trimRange, error) {
 				break
 			}
 			return nil, fmt.Errorf("%w: WAL %s at offset %d: %v", ErrCorrupt, f.path, hlen+off, err)
+		}
+		off := rd.Offset()
+		if len(body)-off > 1<<20 {
+			// Preallocated or recycled space behind the log: do not keep
+			// it in memory.
+			sl.buf = append([]byte(nil), body[:off]...)
 		}
 		sl.used = off
 		seg.size = int64(off)
@@ -519,6 +539,7 @@ func (v *Volume) Close() error {
 		}
 	}
 	v.removeQueued()
+	v.removeFree()
 	v.stopLease()
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), v.opts.LeaseDuration)

@@ -42,7 +42,7 @@ import (
 //
 //	offset  size  field
 //	0       8     magic "VBSTLOG1"
-//	8       2     format version (1)
+//	8       2     format version (2; version 1 is read too)
 //	10      2     reserved, zero
 //	12      4     length L of the records
 //	16      8     epoch
@@ -50,7 +50,10 @@ import (
 //	32      8     lowest sequence number of the records
 //	40      8     highest sequence number of the records
 //	48      L     WAL records back to back, exactly as in WAL segments
-//	              (package wal; each carries its own CRC32C)
+//	              (package wal; each carries its own CRC32C). Version 2
+//	              holds records of wal format version 2 (each begins
+//	              with its segment's salt) or 1; version 1 only
+//	              records of wal format version 1.
 //	48+L    4     CRC32C of bytes [0, 48+L)
 //
 // A writable Open lists the store log of the manifest's (epoch, owner
@@ -84,8 +87,9 @@ func ParseDurability(s string) (Durability, error) {
 }
 
 const (
-	storeLogMagic  = "VBSTLOG1"
-	storeLogHeader = 48
+	storeLogMagic   = "VBSTLOG1"
+	storeLogHeader  = 48
+	storeLogVersion = 2
 )
 
 func storeLogPrefix(vol string) string { return vol + "/wal/" }
@@ -97,7 +101,7 @@ func storeLogDir(vol string, epoch uint64, nonce [16]byte) string {
 func encodeStoreLog(epoch, counter, first, last uint64, recs []byte) []byte {
 	b := make([]byte, storeLogHeader, storeLogHeader+len(recs)+4)
 	copy(b, storeLogMagic)
-	binary.LittleEndian.PutUint16(b[8:], 1)
+	binary.LittleEndian.PutUint16(b[8:], storeLogVersion)
 	binary.LittleEndian.PutUint32(b[12:], uint32(len(recs)))
 	binary.LittleEndian.PutUint64(b[16:], epoch)
 	binary.LittleEndian.PutUint64(b[24:], counter)
@@ -113,7 +117,7 @@ func decodeStoreLog(b []byte) (epoch uint64, recs []wal.Record, err error) {
 	if len(b) < storeLogHeader+4 || string(b[:8]) != storeLogMagic {
 		return 0, nil, fmt.Errorf("%w: store-log object malformed (%d bytes)", ErrCorrupt, len(b))
 	}
-	if v := binary.LittleEndian.Uint16(b[8:]); v != 1 {
+	if v := binary.LittleEndian.Uint16(b[8:]); v != 1 && v != storeLogVersion {
 		return 0, nil, fmt.Errorf("%w: store-log object version %d", ErrCorrupt, v)
 	}
 	n := int(binary.LittleEndian.Uint32(b[12:]))
@@ -126,7 +130,7 @@ func decodeStoreLog(b []byte) (epoch uint64, recs []wal.Record, err error) {
 	epoch = binary.LittleEndian.Uint64(b[16:])
 	body := b[storeLogHeader : len(b)-4]
 	for off := 0; off < len(body); {
-		r, k, err := wal.Decode(body[off:])
+		r, k, err := wal.DecodeAny(body[off:])
 		if err != nil {
 			return 0, nil, fmt.Errorf("%w: store-log record at %d: %v", ErrCorrupt, off, err)
 		}
@@ -370,13 +374,16 @@ func (v *Volume) adoptStoreLog(recs []wal.Record, replayed []trimRange) {
 	v.log.Info("adopted the previous owner's store log", "records", len(recs))
 }
 
-// encodeRecord encodes a WAL record as the WAL and the store log hold it.
+// encodeRecord encodes a WAL record as the WAL and the store log hold it,
+// with the salt (or version 1 magic) it was read with. The records an open
+// adopts are held in memory and in the store log only, never written to a
+// WAL segment file, so their salts need not be their segment's.
 func encodeRecord(r wal.Record) []byte {
 	b := make([]byte, wal.RecordLen(r.Type))
 	if r.Type == wal.TypeBlock {
-		wal.PutBlock(b, r.Seq, r.Block, r.Data)
+		wal.PutBlock(b, r.Salt, r.Seq, r.Block, r.Data)
 	} else {
-		wal.PutTrim(b, r.Seq, r.Block, r.Count)
+		wal.PutTrim(b, r.Salt, r.Seq, r.Block, r.Count)
 	}
 	return b
 }

@@ -248,6 +248,7 @@ type Volume struct {
 	builders  chan *chunk.Builder // reusable chunk buffers
 	kick      chan struct{}       // asks the drain loop for a drain now
 	writeback chan *segment       // full slabs to write out
+	wfree     walFree             // retired WAL segment files kept for reuse (log.go)
 	stop      chan struct{}
 	done      sync.WaitGroup
 	started   sync.Once // Start's background goroutines; Close spends it
@@ -288,6 +289,7 @@ type counters struct {
 	replayed                              atomic.Uint64
 	resolvedCommits                       atomic.Uint64
 	storeLogPuts                          atomic.Uint64
+	walRecycled                           atomic.Uint64
 	m                                     engineMetrics // see metrics.go
 	gcRuns, gcChunksDeleted               atomic.Uint64
 	gcBytesRead, gcBytesWritten           atomic.Uint64
@@ -304,6 +306,7 @@ type Stats struct {
 	Reads         uint64
 	Flushes       uint64
 	Fsyncs        uint64
+	WALRecycled   uint64 // WAL segments written into the file of a retired one
 	Trims         uint64
 	Drains        uint64
 	DrainErrors   uint64
@@ -546,7 +549,7 @@ func (v *Volume) Stats() Stats {
 	s := Stats{
 		Name: v.name, Size: v.Size(), Epoch: v.epoch, PendingBytes: v.pending.Load(),
 		Writes: v.stats.writes.Load(), Reads: v.stats.reads.Load(), Flushes: v.stats.flushes.Load(),
-		Fsyncs: v.stats.fsyncs.Load(), Trims: v.stats.trims.Load(), Drains: v.stats.drains.Load(),
+		Fsyncs: v.stats.fsyncs.Load(), WALRecycled: v.stats.walRecycled.Load(), Trims: v.stats.trims.Load(), Drains: v.stats.drains.Load(),
 		DrainErrors: v.stats.drainErrors.Load(), ChunksPut: v.stats.chunksPut.Load(),
 		BytesDrained: v.stats.bytesDrained.Load(), BackendReads: v.stats.backendReads.Load(),
 		Replayed: v.stats.replayed.Load(), Fenced: v.state.Load() == stateFenced || v.state.Load() == stateReleased,

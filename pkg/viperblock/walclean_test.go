@@ -11,7 +11,8 @@ import (
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
 
-// After drains and a clean close, no WAL segment is left behind.
+// After drains and a clean close, no WAL segment is left behind, nor any
+// free file kept for reuse; the drains in between did reuse files.
 func TestCleanCloseLeavesNoSegments(t *testing.T) {
 	dir := t.TempDir()
 	o := vb.Options{WALDir: dir, DrainBytes: 256 << 10}
@@ -25,12 +26,15 @@ func TestCleanCloseLeavesNoSegments(t *testing.T) {
 			v.Drain(context.Background())
 		}
 	}
+	if v.Stats().WALRecycled == 0 {
+		t.Error("no WAL segment was written into a recycled file")
+	}
 	if err := v.Close(); err != nil {
 		t.Fatal(err)
 	}
 	var left []string
 	filepath.Walk(filepath.Join(dir, "v"), func(p string, fi os.FileInfo, err error) error {
-		if err == nil && strings.HasSuffix(p, ".wal") {
+		if err == nil && (strings.HasSuffix(p, ".wal") || strings.HasSuffix(p, ".free")) {
 			left = append(left, p)
 		}
 		return nil

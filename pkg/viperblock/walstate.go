@@ -9,11 +9,18 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/wal"
 )
 
 // WALState is what a volume's WAL on this node holds that the store may not
-// have yet. The engine deletes a segment once everything in it is in the
-// store, so every byte of the segments counts as pending. A stale WAL set
+// have yet. The engine deletes (or recycles) a segment once everything in
+// it is in the store, so every record of the segments counts as pending.
+// A segment of wal format version 2 counts its header and records (read
+// from the record headers) and its age from the creation time in its
+// header: its file may be preallocated or recycled. A segment without
+// records is not counted. Other files count their size and their birth
+// time. A stale WAL set
 // aside (stale-*) is not counted: it is never replayed.
 type WALState struct {
 	Segments     int
@@ -52,12 +59,19 @@ func InspectWAL(walDir, name string) (WALState, error) {
 			if _, err := strconv.ParseUint(g, 16, 64); err != nil {
 				continue
 			}
-			size, born, err := fileSizeBirth(filepath.Join(shard, e.Name()))
+			path := filepath.Join(shard, e.Name())
+			size, born, err := fileSizeBirth(path)
 			if errors.Is(err, fs.ErrNotExist) {
 				continue
 			}
 			if err != nil {
 				return ws, err
+			}
+			if n, created, ok := segmentSpan(path); ok {
+				if n == 0 {
+					continue // created ahead of its first write, or recycled and not written yet
+				}
+				size, born = n, created
 			}
 			ws.Segments++
 			ws.PendingBytes += size
@@ -67,4 +81,26 @@ func InspectWAL(walDir, name string) (WALState, error) {
 		}
 	}
 	return ws, nil
+}
+
+// segmentSpan reads the header of a version 2 segment file and returns the
+// bytes of its header and records and its creation time; ok is false for
+// any other file.
+func segmentSpan(path string) (n int64, created time.Time, ok bool) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, time.Time{}, false
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	k, _ := f.ReadAt(buf, 0)
+	h, hlen, err := wal.DecodeSegmentHeader(buf[:k])
+	if err != nil || h.Version != wal.Version {
+		return 0, time.Time{}, false
+	}
+	span := wal.Span(h, func(p []byte, off int64) (int, error) { return f.ReadAt(p, int64(hlen)+off) })
+	if span == 0 {
+		return 0, time.Time{}, true
+	}
+	return int64(hlen) + span, time.Unix(int64(h.Created), 0), true
 }

@@ -1,7 +1,6 @@
 package vfs
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"math/rand"
@@ -263,8 +262,9 @@ func (fs *MemFS) TryLock(name string) (io.Closer, error) {
 
 // CrashClone returns a new MemFS holding what a crash at this instant would
 // leave: directory entries as of their directory's last sync, file data as of
-// its last sync plus, where the file only grew since, a random prefix of the
-// unsynced tail (a torn append). rng chooses the share; nil keeps none.
+// its last sync plus a random prefix of the unsynced changes counted from the
+// first changed byte (a torn append, or a torn overwrite in place), unless
+// the file shrank since. rng chooses the share; nil keeps none.
 func (fs *MemFS) CrashClone(rng *rand.Rand) *MemFS {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
@@ -290,9 +290,21 @@ func (fs *MemFS) CrashClone(rng *rand.Rand) *MemFS {
 			return c
 		}
 		keep := append([]byte(nil), n.synced...)
-		if rng != nil && len(n.data) > len(n.synced) && bytes.HasPrefix(n.data, n.synced) {
-			extra := n.data[len(n.synced):]
-			keep = append(keep, extra[:rng.Intn(len(extra)+1)]...)
+		if rng != nil && len(n.data) >= len(n.synced) {
+			// The unsynced changes from the first changed byte on
+			// reached the disk in order, up to a random point: a torn
+			// append, or a torn overwrite of a reused file.
+			d := 0
+			for d < len(n.synced) && n.synced[d] == n.data[d] {
+				d++
+			}
+			if extra := n.data[d:]; len(extra) > 0 && (d < len(n.synced) || len(n.data) > len(n.synced)) {
+				k := rng.Intn(len(extra) + 1)
+				if d+k > len(keep) {
+					keep = append(keep, make([]byte, d+k-len(keep))...)
+				}
+				copy(keep[d:], extra[:k])
+			}
 		}
 		c := &memNode{data: keep, synced: append([]byte(nil), keep...)}
 		seen[n] = c

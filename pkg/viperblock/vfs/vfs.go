@@ -256,6 +256,21 @@ func DataSync(f File) error {
 	return f.Sync()
 }
 
+// Preallocate makes f at least size bytes long, the space past its end
+// zero filled and, where the filesystem supports it (fallocate), reserved
+// on disk, so that writes below size neither grow the file nor allocate.
+// It never shrinks f.
+func Preallocate(f File, size int64) error {
+	if a, ok := f.(interface{ allocate(int64) error }); ok {
+		return a.allocate(size)
+	}
+	cur, err := f.Size()
+	if err != nil || cur >= size {
+		return err
+	}
+	return f.Truncate(size)
+}
+
 // StartWriteback asks the operating system to begin writing f's data to
 // disk without waiting, so that a later Sync finds the work under way and
 // writes of several files overlap. It is a hint: files that cannot take it

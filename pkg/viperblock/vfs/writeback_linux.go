@@ -11,3 +11,11 @@ func (f osFile) startWriteback() {
 // dataSync is fdatasync: the data and what reading it back needs (the
 // size), without timestamps.
 func (f osFile) dataSync() error { return unix.Fdatasync(int(f.Fd())) }
+
+// allocate is fallocate (mode 0): it reserves blocks and grows the size.
+func (f osFile) allocate(size int64) error {
+	if cur, err := f.Size(); err != nil || cur >= size {
+		return err
+	}
+	return unix.Fallocate(int(f.Fd()), 0, 0, size)
+}

@@ -1,8 +1,70 @@
 // Package wal defines the write-ahead log's on-disk format: segment files made
 // of a header and a stream of records. The engine keeps 16 shards, each a
 // directory of segment files; a block's records always go to shard
-// (block & 0xF). Within a segment, records appear in increasing sequence
-// order. All integers are little-endian. CRCs are CRC32C (Castagnoli).
+// (block & 0xF). Within a segment, records appear in strictly increasing
+// sequence order. All integers are little-endian. CRCs are CRC32C
+// (Castagnoli).
+//
+// Two versions exist. Version 2 is written; both are read.
+//
+// # Segment header (version 2)
+//
+//	offset  size  field
+//	0       8     magic "VBWALSEG"
+//	8       2     format version (2)
+//	10      2     shard number (0-15)
+//	12      2     length n of the volume name
+//	14      2     reserved, zero
+//	16      8     owner epoch of the writer that created the segment
+//	24      8     generation (segment number, increasing per volume)
+//	32      4     salt: random per segment, never 0 and never "VBWR"
+//	36      4     creation time, Unix seconds (informational: the age of
+//	              the oldest data, since a recycled file's own dates are
+//	              those of its first life)
+//	40      n     volume name
+//	40+n    4     CRC32C of bytes [0, 40+n)
+//
+// # Record (version 2)
+//
+//	offset  size  field
+//	0       4     the segment's salt (as in its header)
+//	4       1     type: 1 = block write, 2 = trim (blocks read as zeros)
+//	5       3     reserved, zero
+//	8       8     sequence number (unique per volume, increasing)
+//	16      8     block number (write: the block; trim: the first block)
+//	24      4     type 1: payload length (always 4096); type 2: block count
+//	28      4     CRC32C of bytes [0, 28) followed by the payload
+//	32      ...   payload: type 1: the block's 4096 bytes; type 2: none
+//
+// A version 2 segment file may be longer than its records: the writer
+// extends files ahead of its writes (preallocation, zero filled) and
+// recycles the files of retired segments, whose old records stay behind
+// the new ones. The salt tells them apart: the header of a recycled file
+// is rewritten with a fresh salt, different from the file's previous one,
+// and made durable before any record is written after it.
+//
+// # Reading a version 2 segment
+//
+// A record position holds a live record when its salt is the segment's,
+// its type and length are valid, its CRC matches and its sequence number
+// is above the previous live record's (zero for the first). The log is the
+// run of live records from the header on; it ends at the first position
+// that does not hold one. What follows is classified by scanning the rest
+// of the file for a live record, that is one with the segment's salt, a
+// valid CRC and a sequence number above the last live one, at any byte
+// offset:
+//
+//   - if one exists, the bad position is corruption (ErrCorrupt), never
+//     served as data: a record that was once durable may be behind it;
+//   - otherwise, if the bad position carries the segment's salt but not a
+//     whole valid record (a record of this segment's own life that was
+//     torn, or runs past the end of the file), it is a torn tail (ErrTornTail): a write never acknowledged as
+//     durable, which recovery discards;
+//   - otherwise (zeros, a record of the file's previous life, or the end
+//     of the file) the log ends cleanly (io.EOF).
+//
+// A stale record whose salt happens to equal the new one still ends the
+// log, as its sequence number is below every record of the new life.
 //
 // # Segment header (version 1)
 //
@@ -17,28 +79,27 @@
 //	32      n     volume name
 //	32+n    4     CRC32C of bytes [0, 32+n)
 //
-// # Record
+// # Record (version 1)
 //
-//	offset  size  field
-//	0       4     magic "VBWR"
-//	4       1     type: 1 = block write, 2 = trim (blocks read as zeros)
-//	5       3     reserved, zero
-//	8       8     sequence number (unique per volume, increasing)
-//	16      8     block number (write: the block; trim: the first block)
-//	24      4     type 1: payload length (always 4096); type 2: block count
-//	28      4     CRC32C of bytes [0, 28) followed by the payload
-//	32      ...   payload: type 1: the block's 4096 bytes; type 2: none
+// As version 2, with the magic "VBWR" at offset 0 in place of the salt.
 //
-// # Reading
+// # Reading a version 1 segment
 //
 // A segment ends cleanly at a record boundary (io.EOF). A record that runs
 // past the end of the file, a zero-filled remainder, or a bad record that is
 // the last thing in the file is a torn tail (ErrTornTail): a write that was
 // never acknowledged as durable, which recovery discards. A bad record
 // followed by more data is corruption (ErrCorrupt), never served as data.
+//
+// # Header of a segment never written
+//
+// A header shorter than its fixed part, or whose first 8 bytes are zero (a
+// preallocated file whose header never reached the disk), is a torn
+// header (ErrTornTail): nothing in the segment was ever flushed.
 package wal
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -48,17 +109,27 @@ import (
 
 // Format constants. They are part of the on-disk format.
 const (
-	Version        = 1
+	Version        = 2 // the version written
+	Version1       = 1 // the version before salts; still read
 	SegmentMagic   = "VBWALSEG"
-	RecordMagic    = "VBWR"
-	HeaderSize     = 32   // record header bytes
-	BlockSize      = 4096 // payload of a block record
+	RecordMagic    = "VBWR" // version 1 records
+	HeaderSize     = 32     // record header bytes
+	BlockSize      = 4096   // payload of a block record
 	BlockRecordLen = HeaderSize + BlockSize
 	TypeBlock      = 1
 	TypeTrim       = 2
-	segFixed       = 32
+	segFixedV1     = 32
+	segFixedV2     = 40
 	MaxNameLen     = 1024
 )
+
+// recordMagic is RecordMagic as a salt value: no version 2 segment uses it,
+// so a record's first four bytes say which version encoded it.
+var recordMagic = binary.LittleEndian.Uint32([]byte(RecordMagic))
+
+// ValidSalt reports whether s may be a version 2 segment's salt: not zero
+// (zero fill never looks like a record) and not RecordMagic.
+func ValidSalt(s uint32) bool { return s != 0 && s != recordMagic }
 
 // Errors.
 var (
@@ -74,13 +145,17 @@ func CRC(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 
 // SegmentHeader describes a segment file.
 type SegmentHeader struct {
+	Version    uint16 // 1 or 2; AppendSegmentHeader writes 2 whatever it says
 	Shard      uint16
 	Epoch      uint64
 	Generation uint64
+	Salt       uint32 // version 2: every record's first four bytes
+	Created    uint32 // version 2: creation time, Unix seconds
 	Volume     string
 }
 
-// AppendSegmentHeader appends h's encoding to dst.
+// AppendSegmentHeader appends the version 2 encoding of h to dst. h.Salt
+// must be valid (ValidSalt).
 func AppendSegmentHeader(dst []byte, h SegmentHeader) []byte {
 	start := len(dst)
 	dst = append(dst, SegmentMagic...)
@@ -90,44 +165,76 @@ func AppendSegmentHeader(dst []byte, h SegmentHeader) []byte {
 	dst = binary.LittleEndian.AppendUint16(dst, 0)
 	dst = binary.LittleEndian.AppendUint64(dst, h.Epoch)
 	dst = binary.LittleEndian.AppendUint64(dst, h.Generation)
+	dst = binary.LittleEndian.AppendUint32(dst, h.Salt)
+	dst = binary.LittleEndian.AppendUint32(dst, h.Created)
 	dst = append(dst, h.Volume...)
 	return binary.LittleEndian.AppendUint32(dst, CRC(dst[start:]))
 }
 
-// DecodeSegmentHeader decodes the header at the start of b and returns it
-// with its encoded length.
+// AppendSegmentHeaderV1 appends the version 1 encoding of h to dst. The
+// engine no longer writes version 1; tests and tools use it to make logs
+// of the old format.
+func AppendSegmentHeaderV1(dst []byte, h SegmentHeader) []byte {
+	start := len(dst)
+	dst = append(dst, SegmentMagic...)
+	dst = binary.LittleEndian.AppendUint16(dst, Version1)
+	dst = binary.LittleEndian.AppendUint16(dst, h.Shard)
+	dst = binary.LittleEndian.AppendUint16(dst, uint16(len(h.Volume)))
+	dst = binary.LittleEndian.AppendUint16(dst, 0)
+	dst = binary.LittleEndian.AppendUint64(dst, h.Epoch)
+	dst = binary.LittleEndian.AppendUint64(dst, h.Generation)
+	dst = append(dst, h.Volume...)
+	return binary.LittleEndian.AppendUint32(dst, CRC(dst[start:]))
+}
+
+// DecodeSegmentHeader decodes the header (version 1 or 2) at the start of
+// b and returns it with its encoded length.
 func DecodeSegmentHeader(b []byte) (SegmentHeader, int, error) {
 	var h SegmentHeader
-	if len(b) < segFixed+4 {
-		return h, 0, fmt.Errorf("%w: segment header truncated (%d bytes)", ErrTornTail, len(b))
+	if len(b) < segFixedV1+4 || allZero(b[:8]) {
+		return h, 0, fmt.Errorf("%w: segment header truncated or never written (%d bytes)", ErrTornTail, len(b))
 	}
 	if string(b[:8]) != SegmentMagic {
 		return h, 0, fmt.Errorf("%w: bad segment magic %q", ErrCorrupt, b[:8])
 	}
-	if v := binary.LittleEndian.Uint16(b[8:]); v != Version {
-		return h, 0, fmt.Errorf("%w: %d (this build reads %d)", ErrVersion, v, Version)
+	fixed := segFixedV2
+	switch v := binary.LittleEndian.Uint16(b[8:]); v {
+	case Version1:
+		fixed = segFixedV1
+	case Version:
+	default:
+		return h, 0, fmt.Errorf("%w: %d (this build reads %d and %d)", ErrVersion, v, Version1, Version)
 	}
 	n := int(binary.LittleEndian.Uint16(b[12:]))
 	if n > MaxNameLen {
 		return h, 0, fmt.Errorf("%w: segment name length %d", ErrCorrupt, n)
 	}
-	end := segFixed + n
+	end := fixed + n
 	if len(b) < end+4 {
 		return h, 0, fmt.Errorf("%w: segment header truncated", ErrTornTail)
 	}
 	if got, want := binary.LittleEndian.Uint32(b[end:]), CRC(b[:end]); got != want {
 		return h, 0, fmt.Errorf("%w: segment header CRC %08x, want %08x", ErrCorrupt, got, want)
 	}
+	h.Version = binary.LittleEndian.Uint16(b[8:])
 	h.Shard = binary.LittleEndian.Uint16(b[10:])
 	h.Epoch = binary.LittleEndian.Uint64(b[16:])
 	h.Generation = binary.LittleEndian.Uint64(b[24:])
-	h.Volume = string(b[segFixed:end])
+	if h.Version == Version {
+		h.Salt = binary.LittleEndian.Uint32(b[32:])
+		h.Created = binary.LittleEndian.Uint32(b[36:])
+		if !ValidSalt(h.Salt) {
+			return h, 0, fmt.Errorf("%w: segment salt %08x", ErrCorrupt, h.Salt)
+		}
+	}
+	h.Volume = string(b[fixed:end])
 	return h, end + 4, nil
 }
 
 // Record is one decoded record. For block records Data aliases the buffer
 // that was decoded.
 type Record struct {
+	Salt  uint32 // version 2: the segment's salt; version 1: RecordMagic's bytes
 	Type  uint8
 	Seq   uint64
 	Block uint64
@@ -135,29 +242,42 @@ type Record struct {
 	Data  []byte
 }
 
-func putHeader(dst []byte, typ uint8, seq, block uint64, n uint32) {
-	copy(dst[0:4], RecordMagic)
+func putHeader(dst []byte, salt uint32, typ uint8, seq, block uint64, n uint32) {
+	binary.LittleEndian.PutUint32(dst[0:4], salt)
 	dst[4], dst[5], dst[6], dst[7] = typ, 0, 0, 0
 	binary.LittleEndian.PutUint64(dst[8:], seq)
 	binary.LittleEndian.PutUint64(dst[16:], block)
 	binary.LittleEndian.PutUint32(dst[24:], n)
 }
 
-// PutBlock encodes a block-write record into dst, which must be at least
-// BlockRecordLen bytes long. data must be exactly BlockSize bytes.
-func PutBlock(dst []byte, seq, block uint64, data []byte) {
+// PutBlock encodes a version 2 block-write record of a segment with salt
+// salt into dst, which must be at least BlockRecordLen bytes long. data
+// must be exactly BlockSize bytes.
+func PutBlock(dst []byte, salt uint32, seq, block uint64, data []byte) {
 	_ = dst[BlockRecordLen-1]
-	putHeader(dst, TypeBlock, seq, block, BlockSize)
+	putHeader(dst, salt, TypeBlock, seq, block, BlockSize)
 	copy(dst[HeaderSize:BlockRecordLen], data)
 	c := crc32.Update(CRC(dst[:28]), castagnoli, dst[HeaderSize:BlockRecordLen])
 	binary.LittleEndian.PutUint32(dst[28:], c)
 }
 
-// PutTrim encodes a trim record into dst (at least HeaderSize bytes).
-func PutTrim(dst []byte, seq, block uint64, count uint32) {
+// PutTrim encodes a version 2 trim record into dst (at least HeaderSize
+// bytes).
+func PutTrim(dst []byte, salt uint32, seq, block uint64, count uint32) {
 	_ = dst[HeaderSize-1]
-	putHeader(dst, TypeTrim, seq, block, count)
+	putHeader(dst, salt, TypeTrim, seq, block, count)
 	binary.LittleEndian.PutUint32(dst[28:], CRC(dst[:28]))
+}
+
+// PutBlockV1 and PutTrimV1 encode version 1 records (see
+// AppendSegmentHeaderV1).
+func PutBlockV1(dst []byte, seq, block uint64, data []byte) {
+	PutBlock(dst, recordMagic, seq, block, data)
+}
+
+// PutTrimV1: see PutBlockV1.
+func PutTrimV1(dst []byte, seq, block uint64, count uint32) {
+	PutTrim(dst, recordMagic, seq, block, count)
 }
 
 // RecordLen returns the encoded length of a record of type typ.
@@ -172,6 +292,7 @@ func RecordLen(typ uint8) int {
 // It is for records this process wrote itself.
 func ParseTrusted(b []byte) Record {
 	r := Record{
+		Salt:  binary.LittleEndian.Uint32(b),
 		Type:  b[4],
 		Seq:   binary.LittleEndian.Uint64(b[8:]),
 		Block: binary.LittleEndian.Uint64(b[16:]),
@@ -185,9 +306,43 @@ func ParseTrusted(b []byte) Record {
 	return r
 }
 
-// Decode decodes and verifies the record at the start of b, returning it and
-// its encoded length. At the end of b it returns io.EOF; for a torn tail
-// ErrTornTail; for anything else that is wrong ErrCorrupt.
+const zeroTrim = "trim of zero blocks"
+
+// check verifies the record at the start of b apart from its first four
+// bytes and returns its length, or a description of what is wrong and
+// whether the record runs past the end of b.
+func check(b []byte) (n int, short bool, what string) {
+	if len(b) < HeaderSize {
+		return 0, true, "record header truncated"
+	}
+	switch typ := b[4]; typ {
+	case TypeBlock:
+		if l := binary.LittleEndian.Uint32(b[24:]); l != BlockSize {
+			return 0, false, fmt.Sprintf("block record length %d", l)
+		}
+		n = BlockRecordLen
+	case TypeTrim:
+		n = HeaderSize
+	default:
+		return 0, false, fmt.Sprintf("unknown record type %d", typ)
+	}
+	if len(b) < n {
+		return 0, true, fmt.Sprintf("record needs %d bytes, %d remain", n, len(b))
+	}
+	c := crc32.Update(CRC(b[:28]), castagnoli, b[HeaderSize:n])
+	if got := binary.LittleEndian.Uint32(b[28:]); got != c {
+		return 0, false, fmt.Sprintf("record CRC %08x, want %08x", got, c)
+	}
+	if b[4] == TypeTrim && binary.LittleEndian.Uint32(b[24:]) == 0 {
+		return 0, false, zeroTrim
+	}
+	return n, false, ""
+}
+
+// Decode decodes and verifies the version 1 record at the start of b,
+// returning it and its encoded length. At the end of b it returns io.EOF;
+// for a torn tail ErrTornTail; for anything else that is wrong ErrCorrupt
+// (see "Reading a version 1 segment").
 func Decode(b []byte) (Record, int, error) {
 	if len(b) == 0 {
 		return Record{}, 0, io.EOF
@@ -198,31 +353,143 @@ func Decode(b []byte) (Record, int, error) {
 	if string(b[:4]) != RecordMagic {
 		return Record{}, 0, tornOrCorrupt(b, HeaderSize, fmt.Sprintf("bad record magic %q", b[:4]))
 	}
-	typ := b[4]
-	var n int
-	switch typ {
-	case TypeBlock:
-		if l := binary.LittleEndian.Uint32(b[24:]); l != BlockSize {
-			return Record{}, 0, tornOrCorrupt(b, HeaderSize, fmt.Sprintf("block record length %d", l))
+	n, short, what := check(b)
+	switch {
+	case short:
+		return Record{}, 0, fmt.Errorf("%w: %s", ErrTornTail, what)
+	case what == zeroTrim:
+		return Record{}, 0, fmt.Errorf("%w: %s", ErrCorrupt, what)
+	case what != "":
+		span := HeaderSize
+		if b[4] == TypeBlock && binary.LittleEndian.Uint32(b[24:]) == BlockSize {
+			span = BlockRecordLen
 		}
-		n = BlockRecordLen
-	case TypeTrim:
-		n = HeaderSize
-	default:
-		return Record{}, 0, tornOrCorrupt(b, HeaderSize, fmt.Sprintf("unknown record type %d", typ))
+		return Record{}, 0, tornOrCorrupt(b, span, what)
 	}
-	if len(b) < n {
-		return Record{}, 0, fmt.Errorf("%w: record needs %d bytes, %d remain", ErrTornTail, n, len(b))
+	return ParseTrusted(b[:n]), n, nil
+}
+
+// DecodeAny decodes and verifies one record of either version at the start
+// of b, whatever its salt: for record streams outside segments, which
+// carry records of several segments (each verified by its own CRC). Any
+// error wraps ErrCorrupt; at the end of b it returns io.EOF.
+func DecodeAny(b []byte) (Record, int, error) {
+	if len(b) == 0 {
+		return Record{}, 0, io.EOF
 	}
-	c := crc32.Update(CRC(b[:28]), castagnoli, b[HeaderSize:n])
-	if got := binary.LittleEndian.Uint32(b[28:]); got != c {
-		return Record{}, 0, tornOrCorrupt(b, n, fmt.Sprintf("record CRC %08x, want %08x", got, c))
+	if len(b) >= 4 && !ValidSalt(binary.LittleEndian.Uint32(b)) && string(b[:4]) != RecordMagic {
+		return Record{}, 0, fmt.Errorf("%w: zero salt", ErrCorrupt)
+	}
+	n, _, what := check(b)
+	if what != "" {
+		return Record{}, 0, fmt.Errorf("%w: %s", ErrCorrupt, what)
+	}
+	return ParseTrusted(b[:n]), n, nil
+}
+
+// Span returns the length of the log in a segment body from the record
+// headers alone, reading them with readAt (offsets within the body): what
+// Segment would read, but without verifying payloads. It is an estimate
+// for monitoring, which need not read the data.
+func Span(h SegmentHeader, readAt func(p []byte, off int64) (int, error)) int64 {
+	var hdr [HeaderSize]byte
+	var off int64
+	var prev uint64
+	for {
+		if n, _ := readAt(hdr[:], off); n < HeaderSize {
+			return off
+		}
+		salt := binary.LittleEndian.Uint32(hdr[:])
+		seq := binary.LittleEndian.Uint64(hdr[8:])
+		if h.Version == Version1 && salt != recordMagic || h.Version != Version1 && (salt != h.Salt || seq <= prev) {
+			return off
+		}
+		switch hdr[4] {
+		case TypeBlock:
+			off += BlockRecordLen
+		case TypeTrim:
+			off += HeaderSize
+		default:
+			return off
+		}
+		prev = seq
+	}
+}
+
+// Segment reads the records of one segment body (the bytes after its
+// header), following the rules of the header's version.
+type Segment struct {
+	h    SegmentHeader
+	b    []byte
+	off  int
+	prev uint64 // version 2: the last live record's sequence number
+}
+
+// NewSegment returns a reader of body, the bytes that follow header h.
+func NewSegment(h SegmentHeader, body []byte) *Segment { return &Segment{h: h, b: body} }
+
+// Offset returns the body offset of the next record: after the last one
+// returned, the length of the log.
+func (s *Segment) Offset() int { return s.off }
+
+// Next returns the next record and its length. At the end of the log it
+// returns io.EOF, for a torn tail ErrTornTail and for corruption
+// ErrCorrupt; Offset then says where the log stops.
+func (s *Segment) Next() (Record, int, error) {
+	if s.h.Version == Version1 {
+		r, n, err := Decode(s.b[s.off:])
+		if err == nil {
+			s.off += n
+		}
+		return r, n, err
+	}
+	if r, n, ok := s.live(s.off); ok {
+		s.off += n
+		s.prev = r.Seq
+		return r, n, nil
+	}
+	rest := s.b[s.off:]
+	for i := s.off + 1; i < len(s.b); {
+		k := bytes.Index(s.b[i:], s.saltBytes())
+		if k < 0 {
+			break
+		}
+		if _, _, ok := s.live(i + k); ok {
+			return Record{}, 0, fmt.Errorf("%w: bad record at body offset %d, live record at %d after it", ErrCorrupt, s.off, i+k)
+		}
+		i += k + 1
+	}
+	if len(rest) == 0 || len(rest) < 4 || binary.LittleEndian.Uint32(rest) != s.h.Salt {
+		return Record{}, 0, io.EOF
+	}
+	_, _, what := check(rest)
+	if what == "" {
+		// A whole record, but not above the previous one: stale.
+		return Record{}, 0, io.EOF
+	}
+	return Record{}, 0, fmt.Errorf("%w: %s", ErrTornTail, what)
+}
+
+func (s *Segment) saltBytes() []byte {
+	return binary.LittleEndian.AppendUint32(nil, s.h.Salt)
+}
+
+// live decodes the record at body offset off if it is live (see "Reading a
+// version 2 segment").
+func (s *Segment) live(off int) (Record, int, bool) {
+	b := s.b[off:]
+	if len(b) < HeaderSize || binary.LittleEndian.Uint32(b) != s.h.Salt {
+		return Record{}, 0, false
+	}
+	n, _, what := check(b)
+	if what != "" {
+		return Record{}, 0, false
 	}
 	r := ParseTrusted(b[:n])
-	if r.Type == TypeTrim && r.Count == 0 {
-		return Record{}, 0, fmt.Errorf("%w: trim of zero blocks", ErrCorrupt)
+	if r.Seq <= s.prev {
+		return Record{}, 0, false
 	}
-	return r, n, nil
+	return r, n, true
 }
 
 // tornOrCorrupt classifies a bad record that spans b[:n]: it is a torn tail
