@@ -167,7 +167,7 @@ the local WAL of NAME is summarized as well.`,
 			if wal.InUse {
 				state = "in use by a server"
 			}
-			fmt.Fprintf(tw, "local WAL:\t%s: %d segment file(s), %s, %s\n", wal.Dir, wal.Segments, units.Format(wal.Bytes), state)
+			fmt.Fprintf(tw, "local WAL:\t%s: %d segment(s) holding %s not yet in the store, %s\n", wal.Dir, wal.Segments, units.Format(wal.Bytes), state)
 		}
 		return tw.Flush()
 	},
@@ -231,8 +231,8 @@ func listOrNone(l []string) string {
 // walUsage summarizes a volume's local WAL directory.
 type walUsage struct {
 	Dir      string
-	Segments int
-	Bytes    int64
+	Segments int   // segments holding records
+	Bytes    int64 // their headers and records: data not yet in the store
 	InUse    bool
 }
 
@@ -247,12 +247,10 @@ func localWAL(walDir, name string) *walUsage {
 		return nil
 	}
 	u := &walUsage{Dir: dir}
-	segs, _ := filepath.Glob(filepath.Join(dir, "[0-9][0-9]", "*.wal"))
-	for _, s := range segs {
-		if st, err := os.Stat(s); err == nil {
-			u.Segments++
-			u.Bytes += st.Size()
-		}
+	// The records the segments hold, not their file sizes: segment files
+	// are preallocated and recycled (wal format 2).
+	if ws, err := vb.InspectWAL(walDir, name); err == nil {
+		u.Segments, u.Bytes = ws.Segments, ws.PendingBytes
 	}
 	lock, err := vfs.Default.TryLock(filepath.Join(dir, ".lock"))
 	if errors.Is(err, vfs.ErrLocked) {
