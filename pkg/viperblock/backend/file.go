@@ -23,9 +23,13 @@ import (
 // skips both fsyncs and Sync does them later for a batch. PutIf holds an
 // exclusive lock on <root>/.lock across compare and write, so it is safe
 // between processes on one machine.
+//
+// Ranged reads keep the files they read open (see fdCache), so reading a
+// block of a chunk costs one pread.
 type File struct {
 	fs   vfs.FS
 	root string
+	fds  fdCache
 }
 
 func init() {
@@ -49,7 +53,7 @@ func NewFile(fsys vfs.FS, dir string) (*File, error) {
 	if err := vfs.MkdirAllDurable(fsys, dir); err != nil {
 		return nil, fmt.Errorf("viperblock/backend: file store %s: %w", dir, err)
 	}
-	return &File{fs: fsys, root: filepath.Clean(dir)}, nil
+	return &File{fs: fsys, root: filepath.Clean(dir), fds: fdCache{limit: fdCacheSize, recheck: fdRecheck}}, nil
 }
 
 func (f *File) path(key string) string { return filepath.Join(f.root, filepath.FromSlash(key)) }
@@ -92,23 +96,16 @@ func (f *File) GetRange(_ context.Context, key string, off, n int64) ([]byte, er
 	if err := ValidateKey(key); err != nil {
 		return nil, err
 	}
-	if err := f.isObject(key); err != nil {
-		return nil, err
-	}
-	fh, err := f.fs.Open(f.path(key))
-	if err != nil {
-		return nil, notFound(err, key)
-	}
-	defer fh.Close()
-	size, err := fh.Size()
+	o, err := f.openForRange(key)
 	if err != nil {
 		return nil, err
 	}
-	if off < 0 || n < 0 || off+n > size {
-		return nil, fmt.Errorf("%w: %s [%d,+%d) of %d bytes", ErrRange, key, off, n, size)
+	defer o.release(&f.fds)
+	if off < 0 || n < 0 || off+n > o.size {
+		return nil, fmt.Errorf("%w: %s [%d,+%d) of %d bytes", ErrRange, key, off, n, o.size)
 	}
 	buf := make([]byte, n)
-	m, err := fh.ReadAt(buf, off)
+	m, err := o.fh.ReadAt(buf, off)
 	if m < len(buf) {
 		if err == nil || err == io.EOF {
 			return nil, fmt.Errorf("%w: %s [%d,+%d)", ErrRange, key, off, n)
@@ -174,6 +171,7 @@ func (f *File) write(key string, data []byte) error { return f.writeFile(key, da
 // before the rename and the directory after it.
 func (f *File) writeFile(key string, data []byte, durable bool) error {
 	p := f.path(key)
+	defer f.fds.drop(p) // after the rename: no reader caches the old file
 	dir := filepath.Dir(p)
 	if err := vfs.MkdirAllDurable(f.fs, dir); err != nil {
 		return err
@@ -244,10 +242,11 @@ func (f *File) Delete(_ context.Context, key string) error {
 	if err := ValidateKey(key); err != nil {
 		return err
 	}
+	p := f.path(key)
+	defer f.fds.drop(p)
 	if err := f.isObject(key); err != nil {
 		return nil // missing, or a directory (a prefix, not an object)
 	}
-	p := f.path(key)
 	if err := f.fs.Remove(p); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
@@ -306,4 +305,7 @@ func (f *File) List(_ context.Context, prefix string) ([]string, error) {
 	return keys, err
 }
 
-func (f *File) Close() error { return nil }
+func (f *File) Close() error {
+	f.fds.closeAll()
+	return nil
+}
