@@ -92,27 +92,47 @@ func (f *File) Get(_ context.Context, key string) ([]byte, Version, error) {
 	return d, version(d), nil
 }
 
-func (f *File) GetRange(_ context.Context, key string, off, n int64) ([]byte, error) {
-	if err := ValidateKey(key); err != nil {
-		return nil, err
-	}
-	o, err := f.openForRange(key)
-	if err != nil {
-		return nil, err
-	}
-	defer o.release(&f.fds)
-	if off < 0 || n < 0 || off+n > o.size {
-		return nil, fmt.Errorf("%w: %s [%d,+%d) of %d bytes", ErrRange, key, off, n, o.size)
+func (f *File) GetRange(ctx context.Context, key string, off, n int64) ([]byte, error) {
+	if n < 0 {
+		if err := ValidateKey(key); err != nil {
+			return nil, err
+		}
+		o, err := f.openForRange(key)
+		if err != nil {
+			return nil, err
+		}
+		o.release(&f.fds)
+		return nil, fmt.Errorf("%w: %s [%d,+%d)", ErrRange, key, off, n)
 	}
 	buf := make([]byte, n)
-	m, err := o.fh.ReadAt(buf, off)
-	if m < len(buf) {
-		if err == nil || err == io.EOF {
-			return nil, fmt.Errorf("%w: %s [%d,+%d)", ErrRange, key, off, n)
-		}
+	if err := f.ReadRange(ctx, key, off, buf); err != nil {
 		return nil, err
 	}
 	return buf, nil
+}
+
+// ReadRange implements RangeReader.
+func (f *File) ReadRange(_ context.Context, key string, off int64, p []byte) error {
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	o, err := f.openForRange(key)
+	if err != nil {
+		return err
+	}
+	defer o.release(&f.fds)
+	n := int64(len(p))
+	if off < 0 || off+n > o.size {
+		return fmt.Errorf("%w: %s [%d,+%d) of %d bytes", ErrRange, key, off, n, o.size)
+	}
+	m, err := o.fh.ReadAt(p, off)
+	if m < len(p) {
+		if err == nil || err == io.EOF {
+			return fmt.Errorf("%w: %s [%d,+%d)", ErrRange, key, off, n)
+		}
+		return err
+	}
+	return nil
 }
 
 func (f *File) Put(_ context.Context, key string, data []byte) error {
