@@ -148,3 +148,48 @@ func TestReadShapesAfterDrain(t *testing.T) {
 		v.Close()
 	}
 }
+
+// Readers that miss the same chunk at the same time read its index once.
+func TestChunkIndexReadOnce(t *testing.T) {
+	ctx := context.Background()
+	st := backend.NewMem()
+	v := mustCreate(t, st, "v", 4<<20, vb.Options{WALDir: t.TempDir(), CacheBlocks: -1})
+	data := make([]byte, 4<<20)
+	rand.New(rand.NewSource(3)).Read(data)
+	if _, err := v.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := vb.Open(ctx, st, "v", vb.Options{ReadOnly: true, CacheBlocks: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	const readers = 32
+	start := make(chan struct{})
+	errs := make(chan error, readers)
+	for g := 0; g < readers; g++ {
+		go func() {
+			<-start
+			p := make([]byte, 4096)
+			off := int64(g*31%1024) * 4096
+			_, err := r.ReadAt(p, off)
+			if err == nil && !bytes.Equal(p, data[off:off+4096]) {
+				err = errors.New("wrong data")
+			}
+			errs <- err
+		}()
+	}
+	close(start)
+	for g := 0; g < readers; g++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One index read for the chunk, one data read per reader.
+	if got := r.Stats().BackendReads; got != readers+1 {
+		t.Fatalf("%d backend reads for %d readers of one chunk, want %d", got, readers, readers+1)
+	}
+}
