@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
-# fio over NBD (--ioengine=nbd) against the viperblock plugin (file store and
-# WAL on local disk) and, in the same run, nbdkit's built-in memory and file
+# fio over NBD (--ioengine=nbd) against viperblock (file store and WAL on
+# local disk) and, in the same run, nbdkit's built-in memory and file
 # plugins. Prints IOPS, MB/s, p99 latency and the ratios ours/memory and
-# ours/file, and checks the targets from issue 3.
+# ours/file, and checks the targets.
+#
+# Viperblock is measured two ways:
+#   serve       what users run: `vblock serve` with default settings (64 MiB
+#               read cache, 1 MiB read-ahead), the targets are checked on it;
+#   viperblock  nbdkit with the plugin directly and cache=1GiB, so the whole
+#               region fits in the read cache.
+# The random-read job reads data just written (the whole region written
+# sequentially, drained, no warm-up read): with the default cache most reads
+# miss and go to a chunk file (in the page cache here); with cache=1GiB only
+# the first read of each block does. Earlier versions of this script warmed
+# the cache with a read pass over a 256 MiB working set first, which made
+# every timed read a cache hit.
 #
 # Environment: BENCH_RUNTIME (seconds per job, default 10), BENCH_DIR (where
 # the store, WAL and file image go; default /var/tmp), BENCH_KEEP=1 keeps
@@ -11,14 +23,16 @@ set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 plugin="$root/lib/nbdkit-viperblock-plugin.so"
+vblock="$root/bin/vblock"
 runtime="${BENCH_RUNTIME:-10}"
 size=1G
-hot=256M # working set of the random-read job
 
 for t in nbdkit fio python3; do
   command -v "$t" >/dev/null || { echo "bench: $t is not installed (make deps)" >&2; exit 1; }
 done
-[ -e "$plugin" ] || { echo "bench: $plugin is missing (make build)" >&2; exit 1; }
+for f in "$plugin" "$vblock"; do
+  [ -e "$f" ] || { echo "bench: $f is missing (make build)" >&2; exit 1; }
+done
 fio --enghelp=nbd >/dev/null 2>&1 || { echo "bench: this fio has no nbd engine" >&2; exit 1; }
 
 work="$(mktemp -d "${BENCH_DIR:-/var/tmp}/viperblock-bench.XXXXXX")"
@@ -44,11 +58,25 @@ start() {
   echo "bench: nbdkit $name did not start" >&2; exit 1
 }
 
+# serve: `vblock serve` with default settings, on $work/serve.sock.
+serve() {
+  "$vblock" serve bench --socket "$work/serve.sock" --plugin "$plugin" \
+    --store "file://$work/serve-store" --wal-dir "$work/serve-wal" --size "${size}iB" 2>>"$work/serve.log" &
+  pids+=($!)
+  for _ in $(seq 300); do
+    [ -S "$work/serve.sock" ] && return 0
+    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/serve.log" >&2; exit 1; }
+    sleep 0.05
+  done
+  echo "bench: vblock serve did not start" >&2; exit 1
+}
+
 truncate -s "$size" "$work/file.img"
+serve
 start viperblock "$plugin" volume=bench "store=file://$work/store" "wal_dir=$work/wal" size=$size cache=1GiB
 start memory memory size=$size
 start file file "file=$work/file.img"
-targets=(viperblock memory file)
+targets=(serve viperblock memory file)
 
 echo "fio ${runtime}s per job, nbd engine, one connection per job; disk: $(df -T "$work" | awk 'NR==2{print $2" on "$1}'); $(nproc) CPUs"
 echo "viperblock: file store + WAL in $work; nbdkit $(nbdkit --version | awk '{print $2}'); $(fio --version)"
@@ -70,9 +98,9 @@ untimed() { # prefill or warm up, not measured
 # wal), so one job's background upload does not run inside the next job's
 # measurement.
 wal_pending() {
-  python3 - "$work/wal" <<'EOF'
+  python3 - "$work/wal" "$work/serve-wal" <<'EOF'
 import glob, struct, sys
-for p in glob.glob(sys.argv[1] + "/*/[0-9][0-9]/*.wal"):
+for p in [q for d in sys.argv[1:] for q in glob.glob(d + "/*/[0-9][0-9]/*.wal")]:
     try:
         b = open(p, "rb").read(4096 + 64)
     except OSError:
@@ -100,25 +128,25 @@ quiesce() {
 common=(--time_based --runtime="$runtime" --ramp_time=1 --size=$size --randrepeat=0 --norandommap)
 for t in "${targets[@]}"; do quiesce; echo "  running: 4k randwrite QD32 on $t"; job randwrite "$t" --rw=randwrite --bs=4k --iodepth=32 "${common[@]}"; done
 for t in "${targets[@]}"; do
-  echo "  running: 4k randread QD32 (working set $hot, read once first) on $t"
-  untimed "$t" --rw=write --bs=1M --iodepth=16 --size=$hot
-  untimed "$t" --rw=read --bs=1M --iodepth=16 --size=$hot
+  echo "  running: 4k randread QD32 of data just written ($size written, no warm-up read) on $t"
+  untimed "$t" --rw=write --bs=1M --iodepth=16 --size=$size
   quiesce
-  job randread "$t" --rw=randread --bs=4k --iodepth=32 --time_based --runtime="$runtime" --ramp_time=1 --size=$hot --norandommap
+  job randread "$t" --rw=randread --bs=4k --iodepth=32 "${common[@]}"
 done
 for t in "${targets[@]}"; do quiesce; echo "  running: 4k write + fsync each, QD1 on $t"; job fsync "$t" --rw=write --bs=4k --iodepth=1 --fsync=1 "${common[@]}"; done
 for t in "${targets[@]}"; do quiesce; echo "  running: 1M seq write QD16 on $t"; job seqwrite "$t" --rw=write --bs=1M --iodepth=16 "${common[@]}"; done
 for t in "${targets[@]}"; do quiesce; echo "  running: 1M seq read QD16 on $t"; job seqread "$t" --rw=read --bs=1M --iodepth=16 "${common[@]}"; done
 
-grep -h -E 'error|warning' "$work/viperblock.log" | head -5 || true
+grep -h -E 'error|warning' "$work/viperblock.log" "$work/serve.log" | head -5 || true
 
 python3 - "$work" <<'PY'
 import json, sys
 work = sys.argv[1]
-jobs = [("randwrite", "4k randwrite QD32", "write"), ("randread", "4k randread QD32 (hot)", "read"),
+jobs = [("randwrite", "4k randwrite QD32", "write"), ("randread", "4k randread QD32 (new)", "read"),
         ("fsync", "4k write+fsync QD1", "write"), ("seqwrite", "1M seq write QD16", "write"),
         ("seqread", "1M seq read QD16", "read")]
-targets = ["viperblock", "memory", "file"]
+ours = ["serve", "viperblock"]
+targets = ours + ["memory", "file"]
 res = {}
 for j, _, d in jobs:
     for t in targets:
@@ -140,18 +168,22 @@ for j, label, _ in jobs:
 print("(p99: completion latency; for write+fsync, the fsync's p99 — write p99s: " +
       ", ".join(f"{t} {res[('fsync', t, 'wp99')]:.0f}" for t in targets) + " µs)")
 print()
-print(f"{'ratio ours/other':<24}{'/memory':>10}{'/file':>10}   (IOPS; p99 for fsync)")
-ratio = {}
-for j, label, _ in jobs:
-    k = 2 if j == "fsync" else 0
-    r = [res[(j, "viperblock")][k] / max(res[(j, t)][k], 1e-9) for t in ("memory", "file")]
-    ratio[j] = r
-    print(f"{label:<24}{r[0]:>9.2f}x{r[1]:>9.2f}x")
-print()
-checks = [("4k randwrite >= 0.9x memory", ratio["randwrite"][0] >= 0.9, f"{ratio['randwrite'][0]:.2f}x"),
-          ("4k randread >= 0.9x memory", ratio["randread"][0] >= 0.9, f"{ratio['randread'][0]:.2f}x"),
-          ("fsync p99 <= 1.5x file", ratio["fsync"][1] <= 1.5, f"{ratio['fsync'][1]:.2f}x"),
-          ("1M seq write >= 0.8x file", ratio["seqwrite"][1] >= 0.8, f"{ratio['seqwrite'][1]:.2f}x")]
-for name, ok, val in checks:
-    print(f"target {name:<30} {'met ' if ok else 'MISSED'} ({val})")
+for o in ours:
+    print(f"{'ratio ' + o + '/other':<24}{'/memory':>10}{'/file':>10}   (IOPS; p99 for fsync)")
+    ratio = {}
+    for j, label, _ in jobs:
+        k = 2 if j == "fsync" else 0
+        r = [res[(j, o)][k] / max(res[(j, t)][k], 1e-9) for t in ("memory", "file")]
+        ratio[j] = r
+        print(f"{label:<24}{r[0]:>9.2f}x{r[1]:>9.2f}x")
+    print()
+    if o != "serve":
+        continue
+    checks = [("4k randwrite >= 0.9x memory", ratio["randwrite"][0] >= 0.9, f"{ratio['randwrite'][0]:.2f}x"),
+              ("4k randread >= 0.9x file", ratio["randread"][1] >= 0.9, f"{ratio['randread'][1]:.2f}x"),
+              ("fsync p99 <= 1.0x file", ratio["fsync"][1] <= 1.0, f"{ratio['fsync'][1]:.2f}x"),
+              ("1M seq read >= 0.8x file", ratio["seqread"][1] >= 0.8, f"{ratio['seqread'][1]:.2f}x")]
+    for name, ok, val in checks:
+        print(f"target (serve) {name:<30} {'met ' if ok else 'MISSED'} ({val})")
+    print()
 PY

@@ -304,18 +304,33 @@ func (v *Volume) fetchRun(ctx context.Context, run []miss) error {
 	if prev := v.lastFetch.Load(); v.opts.ReadAheadBlocks > 0 && v.cache.Cap() > 0 && prev != nil && prev.chunk == c && prev.end == first {
 		total = min(n+v.opts.ReadAheadBlocks, len(idx)-int(first))
 	}
-	data, err := v.store.GetRange(ctx, v.chunkKeyRef(c), chunkDataOffset(first), int64(total)*BlockSize)
+	// Read straight into the caller's buffer when the run lands in one
+	// piece of it; otherwise through a pooled buffer.
+	var data []byte
+	direct := total == n && contiguous(run)
+	if direct {
+		data = run[0].dst[:n*BlockSize]
+	} else {
+		buf := getReadBuf(total * BlockSize)
+		defer putReadBuf(buf)
+		data = buf
+	}
+	err = backend.ReadRange(ctx, v.store, v.chunkKeyRef(c), chunkDataOffset(first), data)
 	v.stats.backendReads.Add(1)
 	if err != nil {
 		return fmt.Errorf("viperblock: read chunk %s: %w", v.chunkKeyRef(c), err)
 	}
+	// Each block is verified once, as it comes from the store; the cache
+	// holds only verified blocks.
 	for i, m := range run {
 		e := idx[int(m.key.Index)]
 		d := data[i*BlockSize : (i+1)*BlockSize]
 		if err := verifyBlock(d, e, m.blk); err != nil {
 			return fmt.Errorf("%w: volume %s chunk %s: %v", ErrCorrupt, v.name, v.chunkKeyRef(c), err)
 		}
-		copy(m.dst, d)
+		if !direct {
+			copy(m.dst, d)
+		}
 		v.cache.Put(m.key, d)
 	}
 	for i := n; i < total; i++ {
@@ -327,6 +342,58 @@ func (v *Volume) fetchRun(ctx context.Context, run []miss) error {
 	}
 	v.lastFetch.Store(&fetchPos{c, first + uint32(total)})
 	return nil
+}
+
+// contiguous reports whether the run's destinations follow each other in
+// one buffer, in the run's order.
+func contiguous(run []miss) bool {
+	base := run[0].dst[:cap(run[0].dst)]
+	if len(base) < len(run)*BlockSize {
+		return false
+	}
+	for i := 1; i < len(run); i++ {
+		if &run[i].dst[0] != &base[i*BlockSize] {
+			return false
+		}
+	}
+	return true
+}
+
+// Pooled buffers for backend reads that cannot go straight to the caller:
+// small ones (a few blocks) and large ones (a run plus its read-ahead).
+const (
+	smallReadBuf = 16 * BlockSize
+	largeReadBuf = 512 * BlockSize
+)
+
+var smallReadBufs, largeReadBufs sync.Pool
+
+func getReadBuf(n int) []byte {
+	var p *sync.Pool
+	switch {
+	case n <= smallReadBuf:
+		p = &smallReadBufs
+	case n <= largeReadBuf:
+		p = &largeReadBufs
+	default:
+		return make([]byte, n)
+	}
+	if b, ok := p.Get().(*[]byte); ok {
+		return (*b)[:n]
+	}
+	if n <= smallReadBuf {
+		return make([]byte, n, smallReadBuf)
+	}
+	return make([]byte, n, largeReadBuf)
+}
+
+func putReadBuf(b []byte) {
+	switch cap(b) {
+	case smallReadBuf:
+		smallReadBufs.Put(&b)
+	case largeReadBuf:
+		largeReadBufs.Put(&b)
+	}
 }
 
 // fetchPos is where the last backend read ended, for read-ahead.

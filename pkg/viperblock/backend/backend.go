@@ -76,6 +76,31 @@ type BatchPutter interface {
 	Sync(ctx context.Context, keys []string) error
 }
 
+// RangeReader is implemented by stores that can read a range of an object
+// into the caller's buffer, saving the allocation and copy of GetRange.
+type RangeReader interface {
+	// ReadRange fills p with the len(p) bytes of key starting at off,
+	// with GetRange's errors.
+	ReadRange(ctx context.Context, key string, off int64, p []byte) error
+}
+
+// ReadRange fills p from key at off: through s's RangeReader if it has one,
+// else GetRange and a copy.
+func ReadRange(ctx context.Context, s Store, key string, off int64, p []byte) error {
+	if r, ok := s.(RangeReader); ok {
+		return r.ReadRange(ctx, key, off, p)
+	}
+	b, err := s.GetRange(ctx, key, off, int64(len(p)))
+	if err != nil {
+		return err
+	}
+	if len(b) != len(p) {
+		return fmt.Errorf("%w: %s [%d,+%d): the store returned %d bytes", ErrRange, key, off, len(p), len(b))
+	}
+	copy(p, b)
+	return nil
+}
+
 // ValidateName checks one key segment (a volume or snapshot name).
 func ValidateName(s string) error {
 	if s == "" || len(s) > 128 || !isAlnum(s[0]) {
@@ -182,6 +207,9 @@ func (s prefixed) Get(ctx context.Context, key string) ([]byte, Version, error) 
 }
 func (s prefixed) GetRange(ctx context.Context, key string, off, n int64) ([]byte, error) {
 	return s.Store.GetRange(ctx, s.p+key, off, n)
+}
+func (s prefixed) ReadRange(ctx context.Context, key string, off int64, p []byte) error {
+	return ReadRange(ctx, s.Store, s.p+key, off, p)
 }
 func (s prefixed) Put(ctx context.Context, key string, data []byte) error {
 	return s.Store.Put(ctx, s.p+key, data)

@@ -120,6 +120,13 @@ func (s countingStore) GetRange(ctx context.Context, key string, off, n int64) (
 	return b, err
 }
 
+func (s countingStore) ReadRange(ctx context.Context, key string, off int64, p []byte) error {
+	ctx, done := s.begin(ctx, opGet)
+	err := ReadRange(ctx, s.Store, key, off, p)
+	done(err)
+	return err
+}
+
 func (s countingStore) Put(ctx context.Context, key string, data []byte) error {
 	ctx, done := s.begin(ctx, opPut)
 	err := s.Store.Put(ctx, key, data)

@@ -23,9 +23,13 @@ import (
 // skips both fsyncs and Sync does them later for a batch. PutIf holds an
 // exclusive lock on <root>/.lock across compare and write, so it is safe
 // between processes on one machine.
+//
+// Ranged reads keep the files they read open (see fdCache), so reading a
+// block of a chunk costs one pread.
 type File struct {
 	fs   vfs.FS
 	root string
+	fds  fdCache
 }
 
 func init() {
@@ -49,7 +53,7 @@ func NewFile(fsys vfs.FS, dir string) (*File, error) {
 	if err := vfs.MkdirAllDurable(fsys, dir); err != nil {
 		return nil, fmt.Errorf("viperblock/backend: file store %s: %w", dir, err)
 	}
-	return &File{fs: fsys, root: filepath.Clean(dir)}, nil
+	return &File{fs: fsys, root: filepath.Clean(dir), fds: fdCache{limit: fdCacheSize, recheck: fdRecheck}}, nil
 }
 
 func (f *File) path(key string) string { return filepath.Join(f.root, filepath.FromSlash(key)) }
@@ -88,34 +92,47 @@ func (f *File) Get(_ context.Context, key string) ([]byte, Version, error) {
 	return d, version(d), nil
 }
 
-func (f *File) GetRange(_ context.Context, key string, off, n int64) ([]byte, error) {
-	if err := ValidateKey(key); err != nil {
-		return nil, err
-	}
-	if err := f.isObject(key); err != nil {
-		return nil, err
-	}
-	fh, err := f.fs.Open(f.path(key))
-	if err != nil {
-		return nil, notFound(err, key)
-	}
-	defer fh.Close()
-	size, err := fh.Size()
-	if err != nil {
-		return nil, err
-	}
-	if off < 0 || n < 0 || off+n > size {
-		return nil, fmt.Errorf("%w: %s [%d,+%d) of %d bytes", ErrRange, key, off, n, size)
+func (f *File) GetRange(ctx context.Context, key string, off, n int64) ([]byte, error) {
+	if n < 0 {
+		if err := ValidateKey(key); err != nil {
+			return nil, err
+		}
+		o, err := f.openForRange(key)
+		if err != nil {
+			return nil, err
+		}
+		o.release(&f.fds)
+		return nil, fmt.Errorf("%w: %s [%d,+%d)", ErrRange, key, off, n)
 	}
 	buf := make([]byte, n)
-	m, err := fh.ReadAt(buf, off)
-	if m < len(buf) {
-		if err == nil || err == io.EOF {
-			return nil, fmt.Errorf("%w: %s [%d,+%d)", ErrRange, key, off, n)
-		}
+	if err := f.ReadRange(ctx, key, off, buf); err != nil {
 		return nil, err
 	}
 	return buf, nil
+}
+
+// ReadRange implements RangeReader.
+func (f *File) ReadRange(_ context.Context, key string, off int64, p []byte) error {
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	o, err := f.openForRange(key)
+	if err != nil {
+		return err
+	}
+	defer o.release(&f.fds)
+	n := int64(len(p))
+	if off < 0 || off+n > o.size {
+		return fmt.Errorf("%w: %s [%d,+%d) of %d bytes", ErrRange, key, off, n, o.size)
+	}
+	m, err := o.fh.ReadAt(p, off)
+	if m < len(p) {
+		if err == nil || err == io.EOF {
+			return fmt.Errorf("%w: %s [%d,+%d)", ErrRange, key, off, n)
+		}
+		return err
+	}
+	return nil
 }
 
 func (f *File) Put(_ context.Context, key string, data []byte) error {
@@ -174,6 +191,7 @@ func (f *File) write(key string, data []byte) error { return f.writeFile(key, da
 // before the rename and the directory after it.
 func (f *File) writeFile(key string, data []byte, durable bool) error {
 	p := f.path(key)
+	defer f.fds.drop(p) // after the rename: no reader caches the old file
 	dir := filepath.Dir(p)
 	if err := vfs.MkdirAllDurable(f.fs, dir); err != nil {
 		return err
@@ -244,10 +262,11 @@ func (f *File) Delete(_ context.Context, key string) error {
 	if err := ValidateKey(key); err != nil {
 		return err
 	}
+	p := f.path(key)
+	defer f.fds.drop(p)
 	if err := f.isObject(key); err != nil {
 		return nil // missing, or a directory (a prefix, not an object)
 	}
-	p := f.path(key)
 	if err := f.fs.Remove(p); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
@@ -306,4 +325,7 @@ func (f *File) List(_ context.Context, prefix string) ([]string, error) {
 	return keys, err
 }
 
-func (f *File) Close() error { return nil }
+func (f *File) Close() error {
+	f.fds.closeAll()
+	return nil
+}

@@ -63,6 +63,25 @@ func (m *Mem) Get(_ context.Context, key string) ([]byte, Version, error) {
 	return append([]byte(nil), d...), version(d), nil
 }
 
+// ReadRange implements RangeReader.
+func (m *Mem) ReadRange(_ context.Context, key string, off int64, p []byte) error {
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	d, ok := m.objs[key]
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrNotFound, key)
+	}
+	n := int64(len(p))
+	if off < 0 || off+n > int64(len(d)) {
+		return fmt.Errorf("%w: %s [%d,+%d) of %d bytes", ErrRange, key, off, n, len(d))
+	}
+	copy(p, d[off:off+n])
+	return nil
+}
+
 func (m *Mem) GetRange(_ context.Context, key string, off, n int64) ([]byte, error) {
 	if err := ValidateKey(key); err != nil {
 		return nil, err

@@ -273,6 +273,28 @@ func testGetRange(t *testing.T, ctx context.Context, s backend.Store) {
 	if _, err := s.GetRange(ctx, "r/missing", 0, 0); !errors.Is(err, backend.ErrNotFound) {
 		t.Fatalf("GetRange(missing, 0, 0) error = %v; want ErrNotFound", err)
 	}
+	// backend.ReadRange (the store's RangeReader, if it has one) reads
+	// the same bytes into the caller's buffer, with the same errors.
+	for _, c := range ok {
+		p := bytes.Repeat([]byte{0xAA}, int(c.n)+1)
+		if err := backend.ReadRange(ctx, s, "r/obj", c.off, p[:c.n]); err != nil {
+			t.Fatalf("ReadRange(%d, %d): %v", c.off, c.n, err)
+		}
+		if !bytes.Equal(p[:c.n], data[c.off:c.off+c.n]) || p[c.n] != 0xAA {
+			t.Fatalf("ReadRange(%d, %d) = %s, want %s and the byte after untouched", c.off, c.n, describe(p[:c.n]), describe(data[c.off:c.off+c.n]))
+		}
+	}
+	for _, c := range bad {
+		if c.n < 0 {
+			continue
+		}
+		if err := backend.ReadRange(ctx, s, "r/obj", c.off, make([]byte, c.n)); !errors.Is(err, backend.ErrRange) {
+			t.Fatalf("ReadRange(%d, %d) error = %v; want ErrRange", c.off, c.n, err)
+		}
+	}
+	if err := backend.ReadRange(ctx, s, "r/missing", 0, make([]byte, 10)); !errors.Is(err, backend.ErrNotFound) {
+		t.Fatalf("ReadRange(missing) error = %v; want ErrNotFound", err)
+	}
 }
 
 func testGetRangeEmptyPastEnd(t *testing.T, ctx context.Context, s backend.Store) {
