@@ -1,0 +1,411 @@
+# shellcheck shell=bash
+# Scenario 6 of test/vm/run.sh, sourced by it (it uses run.sh's check, pass,
+# fail, log, boot, console, guest_checks, wait_exit, lines, img_sums):
+# live migration of a running guest between two QEMU processes, QEMU's own
+# migration over a Unix socket.
+#
+# The guest (guest.sh's migwork step) writes files continuously, each one
+# fsynced and followed by sync, and prints "SYNCED <path> <sha256>" once
+# sync returned. The host migrates it A -> B -> A ... ($MIG_ROUNDS round
+# trips); every migration starts a fresh QEMU with -incoming on the target
+# node, runs `migrate` on the source's QMP socket, polls query-migrate until
+# completed, and quits the source. Then the failure cases, in the same
+# guest:
+#
+#   - the target QEMU is killed (kill -9) at pre-switchover (the source's
+#     vCPUs stopped, its disk flushed, the device state not sent): the
+#     migration fails, the guest runs on at the source, and a migration to
+#     a fresh target then completes;
+#   - (standby mode) the source's nbdkit is killed (kill -9) during the
+#     handoff: the guest runs on at the target, which takes the volume over
+#     once the source's lease expired.
+#
+# At the end the host writes "stop" on the console; the guest unmounts,
+# checks the filesystem (e2fsck -fn) from a cold cache and lists every file
+# with its checksum. The host checks that every file the guest reported
+# synced is there with its checksum, that the console shows no I/O error,
+# and, once nbdkit drained, the volume itself (vblock fsck, export,
+# e2fsck -fn, the files' checksums read with debugfs).
+#
+# Storage modes (VB_VM_MIG_MODE):
+#   shared   both QEMUs on one nbdkit (one WAL directory): shared storage
+#            as QEMU's migration expects it, no handoff involved.
+#   standby  node A and node B each run nbdkit with the plugin and a WAL
+#            directory of their own on one file store; the target's nbdkit
+#            opens the volume with standby=true and takes it over at the
+#            target's first I/O (the source drains, commits, releases).
+#
+# Pause measurements per migration, with median and worst at the end:
+#   downtime   QEMU's query-migrate "downtime": vCPUs stopped on the source
+#              until they run on the target;
+#   first-io   the latency of the target's first disk request after the
+#              migration began (in standby mode it waits for the handoff);
+#   io-gap     from the source's last completed disk request (its flush at
+#              stop) to the completion of the target's first one.
+# The disk request times come from nbdkit's log filter ($work/nbd-*.req).
+#
+# Env: VB_VM_MIG_MODE (shared|standby, default shared), VB_VM_MIG_ROUNDS
+# (round trips, default 5), VB_VM_MIG_LEASE (lease_duration=, default 2s),
+# VB_VM_MIG_HANDOFF (handoff_timeout=, default 30s), VB_VM_MIG_MEM (guest
+# MiB, default 512).
+
+MIG_MODE=${VB_VM_MIG_MODE:-shared}
+MIG_ROUNDS=${VB_VM_MIG_ROUNDS:-5}
+MIG_LEASE=${VB_VM_MIG_LEASE:-2s}
+MIG_HANDOFF=${VB_VM_MIG_HANDOFF:-30s}
+declare -A NBD_PID NBD_CONNS MIG_FD MIG_QPID MIG_CONN MIG_NBD
+MIG_LOGS=()
+MIG_DOWN=()
+MIG_FIRST=()
+MIG_GAP=()
+
+# mig_nbdkit NODE TAG [PARAM...]: nbdkit with the plugin for volume mig, the
+# WAL directory $work/wal-NODE, on $work/nbd-TAG.sock, each request logged
+# to $work/nbd-TAG.req (log filter); sets NBD_PID[TAG].
+mig_nbdkit() {
+  local node=$1 tag=$2 _
+  shift 2
+  mkdir -p "$work/wal-$node"
+  rm -f "$work/nbd-$tag.sock" "$work/nbd-$tag.pid"
+  nbdkit -f --unix "$work/nbd-$tag.sock" --pidfile "$work/nbd-$tag.pid" --filter=log "$PLUGIN" \
+    volume=mig "wal_dir=$work/wal-$node" "lease_duration=$MIG_LEASE" "logfile=$work/nbd-$tag.req" "$@" \
+    >>"$work/nbdkit-$tag.log" 2>&1 &
+  NBD_PID[$tag]=$!
+  NBD_CONNS[$tag]=0
+  for _ in $(seq 600); do
+    [ -s "$work/nbd-$tag.pid" ] && return 0
+    kill -0 "${NBD_PID[$tag]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -5 "$work/nbdkit-$tag.log"
+  return 1
+}
+
+# mig_qemu TAG NBD [QEMU ARGS...]: boots the guest's QEMU TAG on nbdkit NBD
+# (migwork step), QMP on $work/qmp-TAG.sock, console $work/TAG.log, stdin
+# the fifo $work/TAG.in (held open on MIG_FD[TAG]); waits for the QMP
+# socket (and, with -incoming unix:, the migration socket).
+mig_qemu() {
+  local tag=$1 nbd=$2 fd _
+  shift 2
+  mkfifo "$work/$tag.in"
+  NBD_CONNS[$nbd]=$((NBD_CONNS[$nbd] + 1))
+  MIG_CONN[$tag]=${NBD_CONNS[$nbd]}
+  MIG_NBD[$tag]=$nbd
+  VM_MEM=${VB_VM_MIG_MEM:-512} STDIN=$work/$tag.in boot "$tag" migwork \
+    -drive "file=nbd+unix:///?socket=$work/nbd-$nbd.sock,format=raw,if=virtio,cache=none" \
+    -qmp "unix:$work/qmp-$tag.sock,server=on,wait=off" "$@"
+  exec {fd}>"$work/$tag.in"
+  MIG_FD[$tag]=$fd
+  MIG_QPID[$tag]=$QPID
+  for _ in $(seq 300); do
+    if [ -S "$work/qmp-$tag.sock" ] && { [[ " $* " != *" -incoming "* ]] || [ -S "$work/mig-$tag.sock" ]; }; then
+      return 0
+    fi
+    kill -0 "$QPID" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -5 "$work/$tag.log"
+  return 1
+}
+
+# mig_stop_qemu TAG: quits QEMU TAG over QMP (kill -9 if that fails) and
+# closes its console fifo.
+mig_stop_qemu() {
+  local tag=$1
+  local fd=${MIG_FD[$tag]}
+  "$QMP" "$work/qmp-$tag.sock" run quit >/dev/null 2>&1 || kill -9 "${MIG_QPID[$tag]}" 2>/dev/null
+  wait_exit "${MIG_QPID[$tag]}" 60 >/dev/null
+  exec {fd}>&-
+}
+# status_is TAG STATE...: QEMU TAG's run state becomes STATE within 10 s.
+status_is() {
+  local tag=$1 end=$((SECONDS + 10)) st
+  shift
+  while :; do
+    st=$("$QMP" "$work/qmp-$tag.sock" status 2>&1)
+    [ "$st" = "$1" ] && return 0
+    if [ "$SECONDS" -ge "$end" ]; then
+      echo "$tag: state $st, want $1"
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
+# synced TAG: SYNCED lines in QEMU TAG's console.
+synced() { console "$1" | grep -cE '^SYNCED [^ ]+ [0-9a-f]{64}$'; }
+# progress TAG N SECS: QEMU TAG's console shows N SYNCED lines within SECS.
+progress() {
+  local end=$((SECONDS + $3))
+  until [ "$(synced "$1")" -ge "$2" ]; do
+    if [ "$SECONDS" -ge "$end" ] || ! kill -0 "${MIG_QPID[$1]}" 2>/dev/null; then
+      echo "$1: $(synced "$1") files synced, want $2; last lines:"
+      console "$1" | tail -10
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+# no_io_errors TAG...: none of the consoles shows a kernel I/O or ext4 error.
+no_io_errors() {
+  local t
+  for t in "$@"; do
+    if console "$t" | grep -E 'I/O error|EXT4-fs error|Buffer I/O|WRITE-FAILED'; then
+      return 1
+    fi
+  done
+}
+
+# req_times LOG CONN AFTER: from nbdkit's log filter file LOG, connection
+# CONN: "LAST FIRST_START FIRST_DONE" in seconds since the epoch: LAST the
+# completion of the connection's last request, FIRST_* the first request
+# issued after AFTER (0 0 when there is none).
+req_times() {
+  awk -v conn="connection=$2" -v after="$3" '
+    function t(   d, h) { split($1, d, "-"); split($2, h, ":"); return mktime(d[1] " " d[2] " " d[3] " " h[1] " " h[2] " 0") + h[3] }
+    $3 != conn { next }
+    $4 ~ /^\.\.\.(Read|Write|Flush|Trim|Zero|Cache)$/ { last = t(); if ($5 == fid) fdone = last; next }
+    $4 ~ /^(Read|Write|Flush|Trim|Zero|Cache)$/ && fid == "" && t() > after { fid = $5; fstart = t() }
+    END { printf "%.6f %.6f %.6f\n", last, fstart + 0, fdone + 0 }' "$1"
+}
+
+# stats NAME VALUES...: "NAME: median M ms, worst W ms over N".
+stats() {
+  local name=$1
+  shift
+  printf '%s\n' "$@" | sort -n | awk -v name="$name" '{ v[NR] = $1 } END {
+    if (NR == 0) { print name ": no values"; exit }
+    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    printf "%-10s median %7.1f ms, worst %7.1f ms over %d migrations\n", name, m, v[NR], NR }'
+}
+
+# migrate SRC DST LABEL [pause]: migrates QEMU SRC to QEMU DST (started with
+# -incoming unix:$work/mig-DST.sock) and records the pauses; the migrate
+# tool's output goes to $work/migrate-DST.out. With pause, the caller feeds
+# the tool's stdin (see test/vm/qmp).
+MIG_AFTER=0
+migrate() {
+  local src=$1 dst=$2 label=$3
+  MIG_AFTER=$(date +%s.%N)
+  if [ "${4:-}" = pause ]; then
+    "$QMP" "$work/qmp-$src.sock" migrate "unix:$work/mig-$dst.sock" 120s pause <"$work/pause.in" >"$work/migrate-$dst.out" 2>&1
+  else
+    "$QMP" "$work/qmp-$src.sock" migrate "unix:$work/mig-$dst.sock" 120s </dev/null >"$work/migrate-$dst.out" 2>&1
+  fi
+  local rc=$?
+  cat "$work/migrate-$dst.out"
+  return $rc
+}
+# record SRC DST: after a completed migration and some I/O on DST, the
+# pauses of this migration into MIG_DOWN, MIG_FIRST, MIG_GAP.
+record() {
+  local src=$1 dst=$2 down last fstart fdone first gap
+  down=$(sed -n 's/^migrated downtime_ms=\([0-9]*\) .*/\1/p' "$work/migrate-$dst.out")
+  read -r last _ _ < <(req_times "$work/nbd-${MIG_NBD[$src]}.req" "${MIG_CONN[$src]}" 0)
+  read -r _ fstart fdone < <(req_times "$work/nbd-${MIG_NBD[$dst]}.req" "${MIG_CONN[$dst]}" "$MIG_AFTER")
+  MIG_DOWN+=("$down")
+  first=$(awk -v a="$fstart" -v b="$fdone" 'BEGIN { printf "%.1f", (b - a) * 1000 }')
+  gap=$(awk -v a="$last" -v b="$fdone" 'BEGIN { printf "%.1f", (b - a) * 1000 }')
+  if [ "$fdone" != 0.000000 ]; then
+    MIG_FIRST+=("$first")
+    MIG_GAP+=("$gap")
+  fi
+  log "      $src -> $dst: downtime ${down} ms, target's first disk request ${first} ms, io-gap ${gap} ms ($(grep -o 'total_ms=[0-9]*' "$work/migrate-$dst.out"))"
+}
+
+scenario6() {
+  log "== 6: live migration between two QEMU processes ($MIG_MODE storage, $MIG_ROUNDS round trips)"
+  case $MIG_MODE in
+  shared | standby) ;;
+  *)
+    fail "live-migration: VB_VM_MIG_MODE=$MIG_MODE" 0 "want shared or standby"
+    return 1
+    ;;
+  esac
+  QMP=$work/qmp
+  check "live-migration: build the QMP client (test/vm/qmp)" sh -c "cd '$repo' && CGO_ENABLED=0 go build -o '$QMP' ./test/vm/qmp" || return
+  check "live-migration: vblock create mig 256MiB --durability store" "$VBLOCK" create mig --size 256MiB --durability store || return
+  check "live-migration: nbdkit on node a" mig_nbdkit a a0 || return
+  local n=0 cur=q0 curnode=a curnbd=a0 t
+  t=$(date +%s.%N)
+  check "live-migration: QEMU q0 boots on node a" mig_qemu q0 a0 || return
+  MIG_LOGS+=(q0)
+  if ! check "live-migration: the guest's workload runs (20 files synced)" progress q0 20 300; then
+    mig_stop_qemu q0
+    return 1
+  fi
+  TIMES+=("$(printf '%-48s %6ss' "live-migration: boot + first 20 files" "$(secs "$t")")")
+  # The target's nbdkit: the same server in shared mode, else a fresh one
+  # in standby on the target node.
+  local i dst dstnode dstnbd before total=$((2 * MIG_ROUNDS))
+  t=$(date +%s.%N)
+  for i in $(seq "$total"); do
+    if [ "$curnode" = a ]; then dstnode=b; else dstnode=a; fi
+    n=$((n + 1))
+    dst=q$n
+    if [ "$MIG_MODE" = shared ]; then
+      dstnbd=$curnbd
+    else
+      dstnbd=$dstnode$n
+      check "live-migration: $i/$total: standby nbdkit on node $dstnode" \
+        mig_nbdkit "$dstnode" "$dstnbd" standby=true "handoff_timeout=$MIG_HANDOFF" || break
+    fi
+    check "live-migration: $i/$total: QEMU $dst -incoming on node $dstnode" \
+      mig_qemu "$dst" "$dstnbd" -incoming "unix:$work/mig-$dst.sock" || break
+    if ! check "live-migration: $i/$total: migrate $cur (node $curnode) -> $dst (node $dstnode)" migrate "$cur" "$dst" "$i"; then
+      mig_stop_qemu "$dst"
+      break
+    fi
+    MIG_LOGS+=("$dst")
+    check "live-migration: $i/$total: $dst runs, $cur is postmigrate" status_is "$dst" running && status_is "$cur" postmigrate
+    mig_stop_qemu "$cur"
+    check "live-migration: $i/$total: the workload goes on in $dst (5 files synced there)" progress "$dst" 5 120 || break
+    record "$cur" "$dst"
+    if [ "$MIG_MODE" = standby ]; then
+      kill -TERM "${NBD_PID[$curnbd]}"
+      check "live-migration: $i/$total: node $curnode's nbdkit ($curnbd) exits cleanly after the handoff" wait_exit "${NBD_PID[$curnbd]}" 60
+    fi
+    cur=$dst curnode=$dstnode curnbd=$dstnbd
+  done
+  TIMES+=("$(printf '%-48s %6ss' "live-migration: $total migrations" "$(secs "$t")")")
+  check "live-migration: no I/O error in the consoles so far" no_io_errors "${MIG_LOGS[@]}"
+
+  mig_kill_target
+  [ "$MIG_MODE" = standby ] && mig_kill_source
+
+  # Stop the workload; the guest checks the filesystem and powers off.
+  local fd=${MIG_FD[$cur]}
+  echo stop >&"$fd"
+  t=$(date +%s.%N)
+  check "live-migration: the guest stops the workload, checks and powers off" wait_exit "${MIG_QPID[$cur]}" 300
+  TIMES+=("$(printf '%-48s %6ss' "live-migration: final guest checks" "$(secs "$t")")")
+  exec {fd}>&-
+  local l
+  : >"$work/mig-all.log"
+  for l in "${MIG_LOGS[@]}"; do cat "$work/$l.log" >>"$work/mig-all.log"; done
+  guest_checks mig-all "live-migration: guest"
+  lines SYNCED mig-all >"$work/mig-synced"
+  lines FILE mig-all >"$work/mig-found"
+  check "live-migration: every file the guest synced ($(wc -l <"$work/mig-synced")) is there with its checksum" \
+    sh -c "test -s '$work/mig-synced' && LC_ALL=C comm -23 '$work/mig-synced' '$work/mig-found' | { ! grep .; }"
+  check "live-migration: no I/O or ext4 error in any console" no_io_errors mig-all
+  kill -TERM "${NBD_PID[$curnbd]}"
+  check "live-migration: node $curnode's nbdkit stops cleanly (drain, exit 0)" wait_exit "${NBD_PID[$curnbd]}" 120
+  check "live-migration: vblock fsck mig" "$VBLOCK" fsck mig
+  check "live-migration: host: vblock export mig + e2fsck -fn" \
+    sh -c "'$VBLOCK' export mig '$work/mig.img' && e2fsck -fn '$work/mig.img'" || return
+  img_sums "$work/mig.img" m >"$work/mig-host"
+  check "live-migration: host: the volume holds every file the guest listed, same checksums" same "$work/mig-found" "$work/mig-host"
+  rm -f "$work/mig.img"
+  log "      pauses at switch-over ($MIG_MODE storage):"
+  log "      $(stats downtime "${MIG_DOWN[@]}")"
+  log "      $(stats first-io "${MIG_FIRST[@]}")"
+  log "      $(stats io-gap "${MIG_GAP[@]}")"
+}
+
+# mig_kill_target: the target QEMU is killed at pre-switchover; the guest
+# runs on at the source; then a migration to a fresh target completes.
+mig_kill_target() {
+  local dstnode dstnbd dst before k=kill-target
+  if [ "$curnode" = a ]; then dstnode=b; else dstnode=a; fi
+  n=$((n + 1))
+  dst=q$n
+  if [ "$MIG_MODE" = shared ]; then
+    dstnbd=$curnbd
+  else
+    dstnbd=$dstnode$n
+    check "live-migration: $k: standby nbdkit on node $dstnode" \
+      mig_nbdkit "$dstnode" "$dstnbd" standby=true "handoff_timeout=$MIG_HANDOFF" || return
+  fi
+  check "live-migration: $k: QEMU $dst -incoming on node $dstnode" \
+    mig_qemu "$dst" "$dstnbd" -incoming "unix:$work/mig-$dst.sock" || return
+  rm -f "$work/pause.in"
+  mkfifo "$work/pause.in"
+  migrate "$cur" "$dst" "$k" pause >/dev/null 2>&1 &
+  local mpid=$! end=$((SECONDS + 120))
+  exec {MIG_PAUSE_IN}>"$work/pause.in"
+  until grep -q '^pre-switchover' "$work/migrate-$dst.out" 2>/dev/null; do
+    if [ "$SECONDS" -ge "$end" ] || ! kill -0 "$mpid" 2>/dev/null; then break; fi
+    sleep 0.05
+  done
+  check "live-migration: $k: the migration reaches pre-switchover" grep -q '^pre-switchover' "$work/migrate-$dst.out"
+  kill -9 "${MIG_QPID[$dst]}"
+  wait "${MIG_QPID[$dst]}" 2>/dev/null
+  local fd=${MIG_FD[$dst]}
+  exec {fd}>&-
+  echo go >&"$MIG_PAUSE_IN"
+  exec {MIG_PAUSE_IN}>&-
+  local rc=0
+  wait "$mpid" || rc=$?
+  check "live-migration: $k: target QEMU killed (kill -9) at pre-switchover: the migration fails" \
+    sh -c "test $rc != 0 && grep '^failed' '$work/migrate-$dst.out'"
+  before=$(synced "$cur")
+  check "live-migration: $k: the guest runs on at the source $cur" status_is "$cur" running && check "live-migration: $k: 5 more files synced in $cur" progress "$cur" $((before + 5)) 120
+  if [ "$MIG_MODE" = standby ]; then
+    kill -TERM "${NBD_PID[$dstnbd]}"
+    check "live-migration: $k: the standby nbdkit $dstnbd exits cleanly" wait_exit "${NBD_PID[$dstnbd]}" 60
+  fi
+  # A later migration to a fresh target.
+  n=$((n + 1))
+  dst=q$n
+  if [ "$MIG_MODE" = standby ]; then
+    dstnbd=$dstnode$n
+    check "live-migration: $k: a fresh standby nbdkit on node $dstnode" \
+      mig_nbdkit "$dstnode" "$dstnbd" standby=true "handoff_timeout=$MIG_HANDOFF" || return
+  fi
+  check "live-migration: $k: a fresh QEMU $dst -incoming on node $dstnode" \
+    mig_qemu "$dst" "$dstnbd" -incoming "unix:$work/mig-$dst.sock" || return
+  check "live-migration: $k: then a migration $cur -> $dst completes" migrate "$cur" "$dst" "$k-retry" || return
+  MIG_LOGS+=("$dst")
+  mig_stop_qemu "$cur"
+  check "live-migration: $k: the workload goes on in $dst (5 files synced there)" progress "$dst" 5 120 || return
+  record "$cur" "$dst"
+  if [ "$MIG_MODE" = standby ]; then
+    kill -TERM "${NBD_PID[$curnbd]}"
+    check "live-migration: $k: node $curnode's nbdkit exits cleanly after the handoff" wait_exit "${NBD_PID[$curnbd]}" 60
+  fi
+  cur=$dst curnode=$dstnode curnbd=$dstnbd
+}
+
+# mig_kill_source (standby mode): the source's nbdkit is killed (kill -9)
+# as the migration completes, while the target's first I/O waits for the
+# handoff; the target takes the volume over once the source's lease
+# expired, and the guest runs on there.
+mig_kill_source() {
+  local dstnode dstnbd dst k=kill-source t
+  if [ "$curnode" = a ]; then dstnode=b; else dstnode=a; fi
+  n=$((n + 1))
+  dst=q$n
+  dstnbd=$dstnode$n
+  check "live-migration: $k: standby nbdkit on node $dstnode" \
+    mig_nbdkit "$dstnode" "$dstnbd" standby=true "handoff_timeout=$MIG_HANDOFF" || return
+  check "live-migration: $k: QEMU $dst -incoming on node $dstnode" \
+    mig_qemu "$dst" "$dstnbd" -incoming "unix:$work/mig-$dst.sock" || return
+  # The migrate tool prints "state ... completed" as soon as it sees it:
+  # the source's nbdkit dies then, while the target's first request waits.
+  rm -f "$work/migrate-$dst.out"
+  MIG_AFTER=$(date +%s.%N)
+  migrate "$cur" "$dst" "$k" >/dev/null 2>&1 &
+  local mpid=$! end=$((SECONDS + 120))
+  until grep -q 'completed$' "$work/migrate-$dst.out" 2>/dev/null; do
+    if [ "$SECONDS" -ge "$end" ] || ! kill -0 "$mpid" 2>/dev/null; then break; fi
+    sleep 0.01
+  done
+  kill -9 "${NBD_PID[$curnbd]}"
+  t=$(date +%s.%N)
+  wait "${NBD_PID[$curnbd]}" 2>/dev/null
+  local rc=0
+  wait "$mpid" || rc=$?
+  check "live-migration: $k: the migration $cur -> $dst completes" test $rc = 0 || return
+  log "      $k: node $curnode's nbdkit killed (kill -9) at $(grep -o 'state [0-9.]* completed' "$work/migrate-$dst.out")"
+  MIG_LOGS+=("$dst")
+  mig_stop_qemu "$cur"
+  check "live-migration: $k: the guest runs on at $dst after the source's lease expired (5 files synced there)" \
+    progress "$dst" 5 120 || return
+  log "      $k: the 5th file after the kill was synced $(secs "$t")s after it"
+  local fstart fdone
+  read -r _ fstart fdone < <(req_times "$work/nbd-$dstnbd.req" "${MIG_CONN[$dst]}" "$MIG_AFTER")
+  log "      $k: the target's first disk request took $(awk -v a="$fstart" -v b="$fdone" 'BEGIN { printf "%.1f", (b - a) * 1000 }') ms (lease_duration=$MIG_LEASE)"
+  cur=$dst curnode=$dstnode curnbd=$dstnbd
+}
