@@ -47,17 +47,31 @@
 # Env: VB_VM_MIG_MODE (shared|standby, default shared), VB_VM_MIG_ROUNDS
 # (round trips, default 5), VB_VM_MIG_LEASE (lease_duration=, default 2s),
 # VB_VM_MIG_HANDOFF (handoff_timeout=, default 30s), VB_VM_MIG_MEM (guest
-# MiB, default 512).
+# MiB, default 512), VB_VM_MIG_GEOMETRY (guess|fixed, default guess: see
+# MIG_CHS), VB_VM_MIG_LEG (files synced on each side between
+# migrations, default 15).
 
 MIG_MODE=${VB_VM_MIG_MODE:-shared}
 MIG_ROUNDS=${VB_VM_MIG_ROUNDS:-5}
 MIG_LEASE=${VB_VM_MIG_LEASE:-2s}
 MIG_HANDOFF=${VB_VM_MIG_HANDOFF:-30s}
+# QEMU guesses a disk's geometry when the device has none: it reads the
+# first sector when the device is created, which on a target is before the
+# migration even began (libvirt, so KubeVirt, gives none). "fixed" gives
+# the geometry (256 MiB: 520 cylinders of 16 heads of 63 sectors), and the
+# target QEMU sends nothing before the switch-over.
+case ${VB_VM_MIG_GEOMETRY:-guess} in
+fixed) MIG_CHS=,cyls=520,heads=16,secs=63 ;;
+*) MIG_CHS= ;;
+esac
+# Files the guest syncs on each side before it migrates again.
+MIG_LEG=${VB_VM_MIG_LEG:-15}
 declare -A NBD_PID NBD_CONNS MIG_FD MIG_QPID MIG_CONN MIG_NBD
 MIG_LOGS=()
 MIG_DOWN=()
 MIG_FIRST=()
 MIG_GAP=()
+MIG_TOOK=()
 
 # mig_nbdkit NODE TAG [PARAM...]: nbdkit with the plugin for volume mig, the
 # WAL directory $work/wal-NODE, on $work/nbd-TAG.sock, each request logged
@@ -93,7 +107,8 @@ mig_qemu() {
   MIG_CONN[$tag]=${NBD_CONNS[$nbd]}
   MIG_NBD[$tag]=$nbd
   VM_MEM=${VB_VM_MIG_MEM:-512} STDIN=$work/$tag.in boot "$tag" migwork \
-    -drive "file=nbd+unix:///?socket=$work/nbd-$nbd.sock,format=raw,if=virtio,cache=none" \
+    -drive "file=nbd+unix:///?socket=$work/nbd-$nbd.sock,format=raw,if=none,id=vd0,cache=none" \
+    -device "virtio-blk-pci,drive=vd0$MIG_CHS" \
     -qmp "unix:$work/qmp-$tag.sock,server=on,wait=off" "$@"
   exec {fd}>"$work/$tag.in"
   MIG_FD[$tag]=$fd
@@ -114,6 +129,7 @@ mig_qemu() {
 mig_stop_qemu() {
   local tag=$1
   local fd=${MIG_FD[$tag]}
+  MIG_QUIT_AT=$(date +%s.%N)
   "$QMP" "$work/qmp-$tag.sock" run quit >/dev/null 2>&1 || kill -9 "${MIG_QPID[$tag]}" 2>/dev/null
   wait_exit "${MIG_QPID[$tag]}" 60 >/dev/null
   exec {fd}>&-
@@ -132,6 +148,9 @@ status_is() {
     sleep 0.1
   done
 }
+
+# switched DST SRC: DST runs, SRC is stopped after its migration.
+switched() { status_is "$1" running && status_is "$2" postmigrate; }
 
 # synced TAG: SYNCED lines in QEMU TAG's console.
 synced() { console "$1" | grep -cE '^SYNCED [^ ]+ [0-9a-f]{64}$'; }
@@ -157,17 +176,23 @@ no_io_errors() {
   done
 }
 
-# req_times LOG CONN AFTER: from nbdkit's log filter file LOG, connection
-# CONN: "LAST FIRST_START FIRST_DONE" in seconds since the epoch: LAST the
-# completion of the connection's last request, FIRST_* the first request
-# issued after AFTER (0 0 when there is none).
-req_times() {
-  awk -v conn="connection=$2" -v after="$3" '
+# reqs LOG CONN: the requests of connection CONN in nbdkit's log filter
+# file LOG, one line each: "START DONE OP" (seconds since the epoch; DONE 0
+# when no reply was logged).
+reqs() {
+  awk -v conn="connection=$2" '
     function t(   d, h) { split($1, d, "-"); split($2, h, ":"); return mktime(d[1] " " d[2] " " d[3] " " h[1] " " h[2] " 0") + h[3] }
     $3 != conn { next }
-    $4 ~ /^\.\.\.(Read|Write|Flush|Trim|Zero|Cache)$/ { last = t(); if ($5 == fid) fdone = last; next }
-    $4 ~ /^(Read|Write|Flush|Trim|Zero|Cache)$/ && fid == "" && t() > after { fid = $5; fstart = t() }
-    END { printf "%.6f %.6f %.6f\n", last, fstart + 0, fdone + 0 }' "$1"
+    $4 ~ /^(Read|Write|Flush|Trim|Zero|Cache|Extents)$/ { n++; id[$5] = n; st[n] = t(); op[n] = $4; next }
+    $4 ~ /^\.\.\./ && ($5 in id) { dn[id[$5]] = t() }
+    END { for (i = 1; i <= n; i++) printf "%.6f %.6f %s\n", st[i], dn[i] + 0, op[i] }' "$1"
+}
+
+# handoff_ms TAG: the handoff's duration as nbdkit TAG's plugin logged it
+# ("took the volume over ... took=DUR"), in ms; nothing if not logged.
+handoff_ms() {
+  sed -n 's/.*took the volume over.* took=\([0-9.]*\)\([µunm]*s\).*/\1 \2/p' "$work/nbdkit-$1.log" | tail -1 |
+    awk '{ f = ($2 == "s") ? 1000 : ($2 == "ms") ? 1 : 0.001; printf "%.1f", $1 * f }'
 }
 
 # stats NAME VALUES...: "NAME: median M ms, worst W ms over N".
@@ -185,6 +210,7 @@ stats() {
 # tool's output goes to $work/migrate-DST.out. With pause, the caller feeds
 # the tool's stdin (see test/vm/qmp).
 MIG_AFTER=0
+MIG_QUIT_AT=0
 migrate() {
   local src=$1 dst=$2 label=$3
   MIG_AFTER=$(date +%s.%N)
@@ -198,20 +224,40 @@ migrate() {
   return $rc
 }
 # record SRC DST: after a completed migration and some I/O on DST, the
-# pauses of this migration into MIG_DOWN, MIG_FIRST, MIG_GAP.
+# pauses of this migration into MIG_DOWN, MIG_FIRST, MIG_GAP, and the order
+# of the two QEMUs' disk requests around the switch-over (relative to the
+# moment the migrate tool saw "completed", which polls every 10 ms).
 record() {
-  local src=$1 dst=$2 down last fstart fdone first gap
+  local src=$1 dst=$2 down done_at
   down=$(sed -n 's/^migrated downtime_ms=\([0-9]*\) .*/\1/p' "$work/migrate-$dst.out")
-  read -r last _ _ < <(req_times "$work/nbd-${MIG_NBD[$src]}.req" "${MIG_CONN[$src]}" 0)
-  read -r _ fstart fdone < <(req_times "$work/nbd-${MIG_NBD[$dst]}.req" "${MIG_CONN[$dst]}" "$MIG_AFTER")
+  done_at=$(sed -n 's/^migrated .*completed_at=\([0-9.]*\).*/\1/p' "$work/migrate-$dst.out")
   MIG_DOWN+=("$down")
-  first=$(awk -v a="$fstart" -v b="$fdone" 'BEGIN { printf "%.1f", (b - a) * 1000 }')
-  gap=$(awk -v a="$last" -v b="$fdone" 'BEGIN { printf "%.1f", (b - a) * 1000 }')
-  if [ "$fdone" != 0.000000 ]; then
-    MIG_FIRST+=("$first")
-    MIG_GAP+=("$gap")
+  reqs "$work/nbd-${MIG_NBD[$src]}.req" "${MIG_CONN[$src]}" >"$work/reqs-$src"
+  reqs "$work/nbd-${MIG_NBD[$dst]}.req" "${MIG_CONN[$dst]}" >"$work/reqs-$dst"
+  local out first gap order
+  # The target's first request after the migration began; the source's
+  # last request that started before it; the source's requests after it.
+  out=$(awk -v after="$MIG_AFTER" -v done_at="$done_at" -v down="$down" -v quit="$MIG_QUIT_AT" '
+    function ms(x) { return sprintf("%+.1f", (x - done_at) * 1000) }
+    FILENAME == ARGV[1] { if ($1 <= after) { early = early " " $3; next }
+      if (!fs) { fs = $1; fd = $2; fop = $3 } ; next }
+    $1 < done_at { ls = $1; ld = $2; lop = $3; next }
+    { late++; lates = lates " " $3 " at " ms($1) }
+    END {
+      printf "%.1f %.1f ", (fd - fs) * 1000, (fd - ld) * 1000
+      printf "the target before the migration:%s; downtime began ~%s ms; last source request before completion: %s at %s ms (done %s); first target request: %s at %s ms (done %s); source quit at %s ms, source requests after completion:%s\n",
+        (early == "" ? " none" : early), ms(done_at - down / 1000), lop, ms(ls), ms(ld), fop, ms(fs), ms(fd), ms(quit), (late ? lates : " none")
+    }' "$work/reqs-$dst" "$work/reqs-$src")
+  read -r first gap order <<<"$out"
+  MIG_FIRST+=("$first")
+  MIG_GAP+=("$gap")
+  local took=""
+  if [ "$MIG_MODE" = standby ]; then
+    took=$(handoff_ms "${MIG_NBD[$dst]}")
+    [ -n "$took" ] && MIG_TOOK+=("$took")
   fi
-  log "      $src -> $dst: downtime ${down} ms, target's first disk request ${first} ms, io-gap ${gap} ms ($(grep -o 'total_ms=[0-9]*' "$work/migrate-$dst.out"))"
+  log "      $src -> $dst: downtime $down ms, target's first disk request $first ms, io-gap $gap ms${took:+, handoff $took ms (the target nbdkit log)} ($(grep -o 'total_ms=[0-9]*' "$work/migrate-$dst.out"))"
+  log "        order: $order"
 }
 
 scenario6() {
@@ -258,9 +304,9 @@ scenario6() {
       break
     fi
     MIG_LOGS+=("$dst")
-    check "live-migration: $i/$total: $dst runs, $cur is postmigrate" status_is "$dst" running && status_is "$cur" postmigrate
+    check "live-migration: $i/$total: $dst runs, $cur is postmigrate" switched "$dst" "$cur"
     mig_stop_qemu "$cur"
-    check "live-migration: $i/$total: the workload goes on in $dst (5 files synced there)" progress "$dst" 5 120 || break
+    check "live-migration: $i/$total: the workload goes on in $dst ($MIG_LEG files synced there)" progress "$dst" "$MIG_LEG" 120 || break
     record "$cur" "$dst"
     if [ "$MIG_MODE" = standby ]; then
       kill -TERM "${NBD_PID[$curnbd]}"
@@ -272,7 +318,9 @@ scenario6() {
   check "live-migration: no I/O error in the consoles so far" no_io_errors "${MIG_LOGS[@]}"
 
   mig_kill_target
-  [ "$MIG_MODE" = standby ] && mig_kill_source
+  if [ "$MIG_MODE" = standby ]; then
+    mig_kill_source
+  fi
 
   # Stop the workload; the guest checks the filesystem and powers off.
   local fd=${MIG_FD[$cur]}
@@ -302,6 +350,9 @@ scenario6() {
   log "      $(stats downtime "${MIG_DOWN[@]}")"
   log "      $(stats first-io "${MIG_FIRST[@]}")"
   log "      $(stats io-gap "${MIG_GAP[@]}")"
+  if [ "$MIG_MODE" = standby ]; then
+    log "      $(stats handoff "${MIG_TOOK[@]}")"
+  fi
 }
 
 # mig_kill_target: the target QEMU is killed at pre-switchover; the guest
@@ -404,8 +455,7 @@ mig_kill_source() {
   check "live-migration: $k: the guest runs on at $dst after the source's lease expired (5 files synced there)" \
     progress "$dst" 5 120 || return
   log "      $k: the 5th file after the kill was synced $(secs "$t")s after it"
-  local fstart fdone
-  read -r _ fstart fdone < <(req_times "$work/nbd-$dstnbd.req" "${MIG_CONN[$dst]}" "$MIG_AFTER")
-  log "      $k: the target's first disk request took $(awk -v a="$fstart" -v b="$fdone" 'BEGIN { printf "%.1f", (b - a) * 1000 }') ms (lease_duration=$MIG_LEASE)"
+  log "      $k: the target's first disk request took $(reqs "$work/nbd-$dstnbd.req" "${MIG_CONN[$dst]}" |
+    awk -v after="$MIG_AFTER" '$1 > after { printf "%.1f", ($2 - $1) * 1000; exit }') ms (lease_duration=$MIG_LEASE)"
   cur=$dst curnode=$dstnode curnbd=$dstnbd
 }

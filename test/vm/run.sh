@@ -55,7 +55,7 @@ repo=$(cd "$here/../.." && pwd)
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 # shellcheck source=migration.sh
-. "$here/migration.sh"
+. "$here/migration.sh" || exit 2
 
 T0=$(date +%s.%N)
 passed=0

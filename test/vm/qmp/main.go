@@ -15,7 +15,7 @@
 //	qmp SOCKET migrate URI TIMEOUT [PAUSE]
 //
 // migrates the VM to the QEMU listening at URI (its -incoming) and polls
-// query-migrate every 20 ms until the migration completed or failed, or
+// query-migrate every 10 ms until the migration completed or failed, or
 // TIMEOUT passed. It prints the events it saw with the time since the
 // migrate command:
 //
@@ -23,8 +23,9 @@
 //
 // and at the end one line the harness parses:
 //
-//	migrated downtime_ms=N total_ms=N setup_ms=N ram_mb=N
+//	migrated downtime_ms=N total_ms=N setup_ms=N ram_mb=N completed_at=T
 //
+// (T: when the tool saw "completed", in seconds since the epoch)
 // or, when the migration failed, "failed <QEMU's error>" and exit 1. With
 // PAUSE ("pause"), the pause-before-switchover capability is set: the
 // migration waits in state pre-switchover (the source's vCPUs stopped, its
@@ -218,6 +219,7 @@ func (c *client) migrate(uri string, limit time.Duration, pause bool) error {
 		if err := c.call("query-migrate", nil, &mi); err != nil {
 			return err
 		}
+		now := time.Now()
 		if mi.Status != last {
 			fmt.Printf("state %.3f %s\n", time.Since(start).Seconds(), mi.Status)
 			last = mi.Status
@@ -228,7 +230,8 @@ func (c *client) migrate(uri string, limit time.Duration, pause bool) error {
 			if mi.RAM != nil {
 				ram = mi.RAM.Transferred >> 20
 			}
-			fmt.Printf("migrated downtime_ms=%d total_ms=%d setup_ms=%d ram_mb=%d\n", mi.Downtime, mi.TotalTime, mi.SetupTime, ram)
+			fmt.Printf("migrated downtime_ms=%d total_ms=%d setup_ms=%d ram_mb=%d completed_at=%.6f\n",
+				mi.Downtime, mi.TotalTime, mi.SetupTime, ram, float64(now.UnixNano())/1e9)
 			return nil
 		case "failed", "cancelled":
 			fmt.Printf("failed %s\n", mi.ErrorDesc)
@@ -247,6 +250,6 @@ func (c *client) migrate(uri string, limit time.Duration, pause bool) error {
 		if time.Since(start) > limit {
 			return fmt.Errorf("migration still %q after %s", mi.Status, limit)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 }
