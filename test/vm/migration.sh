@@ -12,6 +12,8 @@
 # completed, and quits the source. Then the failure cases, in the same
 # guest:
 #
+#   - a target QEMU is stopped with SIGTERM before the migration (as when a
+#     migration is cancelled): the guest runs on at the source, no error;
 #   - the target QEMU is killed (kill -9) at pre-switchover (the source's
 #     vCPUs stopped, its disk flushed, the device state not sent): the
 #     migration fails, the guest runs on at the source, and a migration to
@@ -152,6 +154,10 @@ status_is() {
 # switched DST SRC: DST runs, SRC is stopped after its migration.
 switched() { status_is "$1" running && status_is "$2" postmigrate; }
 
+# runs_on TAG N: QEMU TAG runs the guest, and its console shows N SYNCED
+# lines within 120 s.
+runs_on() { status_is "$1" running && progress "$1" "$2" 120; }
+
 # synced TAG: SYNCED lines in QEMU TAG's console.
 synced() { console "$1" | grep -cE '^SYNCED [^ ]+ [0-9a-f]{64}$'; }
 # progress TAG N SECS: QEMU TAG's console shows N SYNCED lines within SECS.
@@ -188,10 +194,12 @@ reqs() {
     END { for (i = 1; i <= n; i++) printf "%.6f %.6f %s\n", st[i], dn[i] + 0, op[i] }' "$1"
 }
 
-# handoff_ms TAG: the handoff's duration as nbdkit TAG's plugin logged it
-# ("took the volume over ... took=DUR"), in ms; nothing if not logged.
+# handoff_ms TAG: the handoff's pause as nbdkit TAG's plugin logged it
+# ("volume handed over ... pause=DUR", else the engine's "took the volume
+# over ... took=DUR"), in ms; nothing if neither was logged.
 handoff_ms() {
-  sed -n 's/.*took the volume over.* took=\([0-9.]*\)\([µunm]*s\).*/\1 \2/p' "$work/nbdkit-$1.log" | tail -1 |
+  sed -n -e 's/.*volume handed over.* pause=\([0-9.]*\)\([µunm]*s\).*/\1 \2/p' \
+    -e 's/.*took the volume over.* took=\([0-9.]*\)\([µunm]*s\).*/\1 \2/p' "$work/nbdkit-$1.log" | head -1 |
     awk '{ f = ($2 == "s") ? 1000 : ($2 == "ms") ? 1 : 0.001; printf "%.1f", $1 * f }'
 }
 
@@ -262,6 +270,7 @@ record() {
 
 scenario6() {
   log "== 6: live migration between two QEMU processes ($MIG_MODE storage, $MIG_ROUNDS round trips)"
+  local f0=$failed
   case $MIG_MODE in
   shared | standby) ;;
   *)
@@ -316,10 +325,18 @@ scenario6() {
   done
   TIMES+=("$(printf '%-48s %6ss' "live-migration: $total migrations" "$(secs "$t")")")
   check "live-migration: no I/O error in the consoles so far" no_io_errors "${MIG_LOGS[@]}"
+  if [ "$i" != "$total" ] || [ "$failed" != "$f0" ]; then
+    mig_abort
+    return 1
+  fi
 
-  mig_kill_target
-  if [ "$MIG_MODE" = standby ]; then
-    mig_kill_source
+  if ! mig_cancel_target || ! mig_kill_target; then
+    mig_abort
+    return 1
+  fi
+  if [ "$MIG_MODE" = standby ] && ! mig_kill_source; then
+    mig_abort
+    return 1
   fi
 
   # Stop the workload; the guest checks the filesystem and powers off.
@@ -355,10 +372,21 @@ scenario6() {
   fi
 }
 
+# mig_abort: after a failure, kills what the scenario still runs (kill -9;
+# its logs stay for the report).
+mig_abort() {
+  local p
+  log "      live-migration: stopped after a failure; logs in $work"
+  for p in "${MIG_QPID[@]}" "${NBD_PID[@]}"; do
+    kill -9 "$p" 2>/dev/null && wait "$p" 2>/dev/null
+  done
+  return 0
+}
+
 # mig_kill_target: the target QEMU is killed at pre-switchover; the guest
 # runs on at the source; then a migration to a fresh target completes.
 mig_kill_target() {
-  local dstnode dstnbd dst before k=kill-target
+  local dstnode dstnbd dst before k=kill-target f0=$failed
   if [ "$curnode" = a ]; then dstnode=b; else dstnode=a; fi
   n=$((n + 1))
   dst=q$n
@@ -417,14 +445,50 @@ mig_kill_target() {
     check "live-migration: $k: node $curnode's nbdkit exits cleanly after the handoff" wait_exit "${NBD_PID[$curnbd]}" 60
   fi
   cur=$dst curnode=$dstnode curnbd=$dstnbd
+  [ "$failed" = "$f0" ]
+}
+
+# mig_cancel_target: a target QEMU stopped (SIGTERM, a clean exit, as when
+# a migration is cancelled and its target pod deleted) before the
+# migration began; QEMU flushes its disks as it exits, so the target's
+# nbdkit sees a FLUSH. The guest runs on at the source without an error.
+mig_cancel_target() {
+  local dstnode dstnbd dst before k=cancel-target f0=$failed fd
+  if [ "$curnode" = a ]; then dstnode=b; else dstnode=a; fi
+  n=$((n + 1))
+  dst=q$n
+  if [ "$MIG_MODE" = shared ]; then
+    dstnbd=$curnbd
+  else
+    dstnbd=$dstnode$n
+    check "live-migration: $k: standby nbdkit on node $dstnode" \
+      mig_nbdkit "$dstnode" "$dstnbd" standby=true "handoff_timeout=$MIG_HANDOFF" || return
+  fi
+  check "live-migration: $k: QEMU $dst -incoming on node $dstnode" \
+    mig_qemu "$dst" "$dstnbd" -incoming "unix:$work/mig-$dst.sock" || return
+  before=$(synced "$cur")
+  kill -TERM "${MIG_QPID[$dst]}"
+  check "live-migration: $k: the target QEMU exits on SIGTERM before the migration" wait_exit "${MIG_QPID[$dst]}" 60
+  fd=${MIG_FD[$dst]}
+  exec {fd}>&-
+  log "      $k: the target's requests: $(reqs "$work/nbd-$dstnbd.req" "${MIG_CONN[$dst]}" | awk '{ printf "%s ", $3 }')"
+  check "live-migration: $k: the guest runs on at the source $cur (running, 10 more files synced)" \
+    runs_on "$cur" $((before + 10))
+  check "live-migration: $k: no I/O error in $cur's console" no_io_errors "$cur"
+  if [ "$MIG_MODE" = standby ]; then
+    kill -TERM "${NBD_PID[$dstnbd]}"
+    check "live-migration: $k: the standby nbdkit $dstnbd exits cleanly" wait_exit "${NBD_PID[$dstnbd]}" 60
+  fi
+  [ "$failed" = "$f0" ]
 }
 
 # mig_kill_source (standby mode): the source's nbdkit is killed (kill -9)
-# as the migration completes, while the target's first I/O waits for the
-# handoff; the target takes the volume over once the source's lease
-# expired, and the guest runs on there.
+# as the target's first request after the switch-over arrives, so during
+# the handoff that request starts; the target takes the volume over, once
+# the source's lease expired if the source had not released it yet, and
+# the guest runs on there.
 mig_kill_source() {
-  local dstnode dstnbd dst k=kill-source t
+  local dstnode dstnbd dst k=kill-source t f0=$failed
   if [ "$curnode" = a ]; then dstnode=b; else dstnode=a; fi
   n=$((n + 1))
   dst=q$n
@@ -433,8 +497,12 @@ mig_kill_source() {
     mig_nbdkit "$dstnode" "$dstnbd" standby=true "handoff_timeout=$MIG_HANDOFF" || return
   check "live-migration: $k: QEMU $dst -incoming on node $dstnode" \
     mig_qemu "$dst" "$dstnbd" -incoming "unix:$work/mig-$dst.sock" || return
-  # The migrate tool prints "state ... completed" as soon as it sees it:
-  # the source's nbdkit dies then, while the target's first request waits.
+  # The target's first request after the switch-over starts the handoff:
+  # nbdkit's log filter logs a request as it arrives, before the plugin
+  # sees it. The source's nbdkit dies as soon as that line is there (or,
+  # should it not come, 10 s after the migration completed).
+  local seen
+  seen=$(grep -cE '^[^ ]+ [^ ]+ connection=[0-9]+ (Read|Write|Flush|Trim|Zero|Cache|Extents) ' "$work/nbd-$dstnbd.req" 2>/dev/null)
   rm -f "$work/migrate-$dst.out"
   MIG_AFTER=$(date +%s.%N)
   migrate "$cur" "$dst" "$k" >/dev/null 2>&1 &
@@ -443,19 +511,25 @@ mig_kill_source() {
     if [ "$SECONDS" -ge "$end" ] || ! kill -0 "$mpid" 2>/dev/null; then break; fi
     sleep 0.01
   done
+  end=$((SECONDS + 10))
+  while [ "$(grep -cE '^[^ ]+ [^ ]+ connection=[0-9]+ (Read|Write|Flush|Trim|Zero|Cache|Extents) ' "$work/nbd-$dstnbd.req" 2>/dev/null)" -le "${seen:-0}" ]; do
+    [ "$SECONDS" -ge "$end" ] && break
+    sleep 0.005
+  done
   kill -9 "${NBD_PID[$curnbd]}"
   t=$(date +%s.%N)
   wait "${NBD_PID[$curnbd]}" 2>/dev/null
+  log "      $k: node $curnode's nbdkit killed (kill -9) $(awk -v a="$MIG_AFTER" -v b="$t" 'BEGIN { printf "%.3f", b - a }')s after the migrate command; $(grep -o 'state [0-9.]* completed$' "$work/migrate-$dst.out" || echo 'the migration had not completed')"
   local rc=0
   wait "$mpid" || rc=$?
   check "live-migration: $k: the migration $cur -> $dst completes" test $rc = 0 || return
-  log "      $k: node $curnode's nbdkit killed (kill -9) at $(grep -o 'state [0-9.]* completed' "$work/migrate-$dst.out")"
   MIG_LOGS+=("$dst")
   mig_stop_qemu "$cur"
-  check "live-migration: $k: the guest runs on at $dst after the source's lease expired (5 files synced there)" \
+  check "live-migration: $k: the guest runs on at $dst (5 files synced there)" \
     progress "$dst" 5 120 || return
-  log "      $k: the 5th file after the kill was synced $(secs "$t")s after it"
+  log "      $k: the 5th file after the kill was synced $(secs "$t")s after it; the target took the volume: $(sed -n 's/.*took the ownership lease.* how=//p' "$work/nbdkit-$dstnbd.log" | head -1)"
   log "      $k: the target's first disk request took $(reqs "$work/nbd-$dstnbd.req" "${MIG_CONN[$dst]}" |
     awk -v after="$MIG_AFTER" '$1 > after { printf "%.1f", ($2 - $1) * 1000; exit }') ms (lease_duration=$MIG_LEASE)"
   cur=$dst curnode=$dstnode curnbd=$dstnbd
+  [ "$failed" = "$f0" ]
 }
