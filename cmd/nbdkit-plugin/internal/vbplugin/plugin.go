@@ -27,6 +27,7 @@
 // tries again. The NBD handshake and size queries are not I/O and do not
 // hand over. A server whose volume was handed over to another fails every
 // request from then on (EIO).
+//
 //	cleanup                   after the last connection ended (also on
 //	                          SIGTERM/SIGINT): Close, which flushes and drains
 //	                          to the backend; if that fails the data stays in
