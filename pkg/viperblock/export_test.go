@@ -51,7 +51,7 @@ func AbandonStandbyForTest(s *Standby, take bool) {
 	defer s.mu.Unlock()
 	s.stopWriter()
 	if take {
-		_ = s.write(context.Background(), handoffTake)
+		_, _ = s.write(context.Background(), handoffTake)
 	}
 	s.state = standbyClosed
 }

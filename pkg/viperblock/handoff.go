@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/manifest"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/wal"
 )
 
@@ -20,7 +21,8 @@ import (
 // switch-over the source stops and the target goes on. The volume keeps a
 // single owner throughout. The target opens it as a Standby (OpenStandby):
 // it reads the manifest but takes no lease, no epoch and no WAL, and serves
-// no I/O. Its first I/O calls Handoff, which takes the volume over:
+// no writes. A write (or trim, or zero) on it calls Handoff first, which
+// takes the volume over:
 //
 //  1. The standby writes the handoff object (below) in state "take", and
 //     rewrites it every handoffRefresh while it waits, so the owner can
@@ -55,11 +57,23 @@ import (
 // While it watches a standby, the owner also drains what it has pending
 // every handoffKick, so that little is left to drain at switch-over.
 //
-// The rule for I/O on a standby is the caller's: the nbdkit plugin hands
-// off at the first I/O of any kind (read, write, flush, trim, zero, block
-// status, cache), which waits for the handoff, so a standby never returns
-// data the owner may since have overwritten. The engine serves nothing
-// from a Standby.
+// Reads on a standby (ReadAt, Extents) do not hand over: a node reads a
+// block device as soon as it appears (the kernel's partition scan, udev's
+// probes), long before a migration switches over, and taking the volume
+// then would fail the source's writes. Instead a read asks the owner to
+// commit: the standby writes the handoff object in state "sync" with a
+// request id (its counter) and waits until the manifest's request field
+// reaches that id (or the volume is no longer open anywhere); the owner,
+// watching, answers a "sync" it sees by draining everything it holds and
+// committing with that id, as it answers a drain request (request.go).
+// The read is then served from that committed state. So a read on a
+// standby returns every write the owner had acknowledged when the read
+// began, flushed or not: never stale data. (A read before switch-over may
+// be overtaken by the source's later writes, as any read of a disk in use
+// is; the guest does no I/O on the target before switch-over.) An owner
+// that does not answer within HandoffTimeout is taken over by a handoff
+// instead (it may be dead), and the read is served by the new owner.
+// Flush on a standby has nothing of its own to make durable.
 //
 // <volume>/handoff (version 1, 64 bytes, little-endian), written by the
 // standby only (plain Put; one standby at a time):
@@ -68,7 +82,8 @@ import (
 //	0       8     magic "VBHANDO1"
 //	8       2     format version (1)
 //	10      2     state: 1 standby (waiting: the owner watches), 2 take
-//	              (hand the volume over now)
+//	              (hand the volume over now), 3 sync (commit everything
+//	              with the counter as the request id)
 //	12      4     reserved, zero
 //	16      16    the standby's nonce (random per OpenStandby)
 //	32      8     time of the write (Unix ns, the standby's wall clock;
@@ -76,7 +91,8 @@ import (
 //	40      8     validity in nanoseconds: the owner stops watching an
 //	              object it has seen unchanged this long by its own clock
 //	48      8     counter: increases with every write, so no two writes
-//	              encode alike
+//	              encode alike; at least the write's Unix ns time, so in
+//	              state sync it is a request id above any earlier one
 //	56      4     reserved, zero
 //	60      4     CRC32C of bytes [0, 60)
 const (
@@ -88,6 +104,7 @@ const (
 
 	handoffStandby uint16 = 1
 	handoffTake    uint16 = 2
+	handoffSync    uint16 = 3
 
 	// handoffPoll is how often a watching owner reads the handoff object,
 	// and how often a taker reads the lease.
@@ -134,7 +151,7 @@ func decodeHandoff(b []byte) (handoffRecord, error) {
 		return h, fmt.Errorf("%w: handoff object version %d", ErrCorrupt, v)
 	}
 	h.state = binary.LittleEndian.Uint16(b[10:])
-	if h.state != handoffStandby && h.state != handoffTake {
+	if h.state < handoffStandby || h.state > handoffSync {
 		return h, fmt.Errorf("%w: handoff object state %d", ErrCorrupt, h.state)
 	}
 	copy(h.nonce[:], b[16:32])
@@ -162,6 +179,11 @@ type Standby struct {
 
 	wmu     sync.Mutex // serializes writes of the handoff object
 	counter uint64
+	st      uint16 // the state the writer goroutine writes
+
+	rmu     sync.Mutex // serializes syncs; guards view
+	view    *Volume    // read-only view of the last committed state synced to
+	viewVer backend.Version
 
 	stop chan struct{} // stops the writer goroutine
 	wg   sync.WaitGroup
@@ -228,6 +250,9 @@ func (s *Standby) Start() {
 // run starts the writer goroutine: it writes the handoff object in state
 // st at once and then every period, until stopWriter. s.mu is held.
 func (s *Standby) run(st uint16, period time.Duration) {
+	s.wmu.Lock()
+	s.st = st
+	s.wmu.Unlock()
 	s.stop = make(chan struct{})
 	stop := s.stop
 	first := make(chan struct{})
@@ -238,7 +263,7 @@ func (s *Standby) run(st uint16, period time.Duration) {
 		defer t.Stop()
 		for {
 			ctx, cancel := context.WithTimeout(context.Background(), max(period, time.Second))
-			err := s.write(ctx, st)
+			_, err := s.write(ctx, 0)
 			cancel()
 			if err != nil {
 				s.log.Warn("could not write the handoff object", "err", err)
@@ -266,12 +291,18 @@ func (s *Standby) stopWriter() {
 	}
 }
 
-func (s *Standby) write(ctx context.Context, st uint16) error {
+// write writes the handoff object in state st (0: the writer's state)
+// and returns the counter it wrote.
+func (s *Standby) write(ctx context.Context, st uint16) (uint64, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	s.counter++
-	h := handoffRecord{state: st, nonce: s.nonce, at: time.Now().UnixNano(), validity: s.opts.LeaseDuration, counter: s.counter}
-	return s.store.Put(ctx, handoffKey(s.name), h.encode())
+	if st == 0 {
+		st = s.st
+	}
+	now := time.Now().UnixNano()
+	s.counter = max(s.counter+1, uint64(now))
+	h := handoffRecord{state: st, nonce: s.nonce, at: now, validity: s.opts.LeaseDuration, counter: s.counter}
+	return s.counter, s.store.Put(ctx, handoffKey(s.name), h.encode())
 }
 
 // removeObject deletes the handoff object if it is still this standby's.
@@ -320,6 +351,7 @@ func (s *Standby) Handoff(ctx context.Context) (*Volume, error) {
 		return nil, fmt.Errorf("viperblock: hand %s over to this standby: %w", s.name, err)
 	}
 	s.state = standbyDone
+	s.dropView()
 	s.removeObject(context.WithoutCancel(ctx))
 	s.log.Info("took the volume over from its owner (handoff)", "epoch", v.Epoch(), "took", time.Since(start).Round(time.Millisecond))
 	return v, nil
@@ -336,6 +368,7 @@ func (s *Standby) Close() error {
 	}
 	s.state = standbyClosed
 	s.stopWriter()
+	s.dropView()
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.LeaseDuration)
 	defer cancel()
 	s.removeObject(ctx)
@@ -382,6 +415,9 @@ func (v *Volume) watchHandoff(ver backend.Version, h handoffRecord) {
 	defer l.watching.Store(false)
 	v.log.Info("a standby waits to take this volume over (live migration); watching for its handoff",
 		"standby", fmt.Sprintf("%x", h.nonce[:4]))
+	if h.state == handoffSync {
+		v.answerSync(h.counter)
+	}
 	seenAt, kicked := v.now(), v.now()
 	t := time.NewTicker(handoffPoll)
 	defer t.Stop()
@@ -410,11 +446,14 @@ func (v *Volume) watchHandoff(ver backend.Version, h handoffRecord) {
 				return
 			}
 			ver, h, seenAt = nver, nh, v.now()
-			if h.state == handoffTake {
+			switch h.state {
+			case handoffTake:
 				rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Minute)
 				v.release(rctx, h.nonce)
 				rcancel()
 				return
+			case handoffSync:
+				v.answerSync(h.counter)
 			}
 		}
 		if v.now()-seenAt >= h.validity {
@@ -429,4 +468,120 @@ func (v *Volume) watchHandoff(ver backend.Version, h handoffRecord) {
 			}
 		}
 	}
+}
+
+// answerSync drains everything and commits with request id at least id
+// (see above). A failure is logged; the standby asks again or hands over.
+func (v *Volume) answerSync(id uint64) {
+	v.drainMu.Lock()
+	if id > v.man.Request && id > v.request {
+		v.request = id
+		v.dirty = true
+	}
+	v.drainMu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := v.drain(ctx); err != nil {
+		v.log.Warn("could not commit for the standby's read", "err", err)
+	}
+}
+
+// ReadAt reads from the state the owner committed for this read (see
+// above), or, if the owner does not answer, from this standby's own
+// handoff: then the returned Volume is not nil and owns the volume, and
+// the caller uses it from now on.
+func (s *Standby) ReadAt(ctx context.Context, p []byte, off int64) (int, *Volume, error) {
+	view, err := s.sync(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	if view != nil {
+		n, err := view.ReadAt(p, off)
+		return n, nil, err
+	}
+	v, err := s.Handoff(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	n, err := v.ReadAt(p, off)
+	return n, v, err
+}
+
+// Extents is Volume.Extents on the state ReadAt would read.
+func (s *Standby) Extents(ctx context.Context, off, length int64) ([]Extent, *Volume, error) {
+	view, err := s.sync(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if view != nil {
+		ext, err := view.Extents(off, length)
+		return ext, nil, err
+	}
+	v, err := s.Handoff(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	ext, err := v.Extents(off, length)
+	return ext, v, err
+}
+
+// sync asks the owner to commit and returns a read-only view of the
+// committed state that answers it; nil (and no error) when the owner did
+// not answer within HandoffTimeout.
+func (s *Standby) sync(ctx context.Context) (*Volume, error) {
+	s.mu.Lock()
+	st := s.state
+	s.mu.Unlock()
+	switch st {
+	case standbyClosed:
+		return nil, ErrClosed
+	case standbyDone:
+		return nil, ErrHandedOff
+	}
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	deadline := time.Now().Add(s.opts.HandoffTimeout)
+	var id uint64
+	var asked time.Time
+	for {
+		m, ver, err := readLiveManifest(ctx, s.store, s.name)
+		if err != nil {
+			return nil, err
+		}
+		if m.Flags&manifest.FlagOpen == 0 || (id != 0 && m.Request >= id) {
+			if s.view == nil || ver != s.viewVer {
+				o := s.opts
+				o.ReadOnly = true
+				s.view, s.viewVer = newVolume(s.store, s.name, m, ver, o), ver
+			}
+			return s.view, nil
+		}
+		if time.Since(asked) >= handoffRefresh {
+			n, err := s.write(ctx, handoffSync)
+			if err != nil {
+				return nil, fmt.Errorf("viperblock: ask the owner of %s to commit: %w", s.name, err)
+			}
+			if id == 0 {
+				id = n
+			}
+			asked = time.Now()
+		}
+		if time.Now().After(deadline) {
+			s.log.Warn("the owner did not commit for a read on the standby in time; taking the volume over", "wait", s.opts.HandoffTimeout)
+			return nil, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(handoffPoll):
+		}
+	}
+}
+
+// dropView forgets the read-only view (not closed: a read may still be
+// using it; a read-only view holds nothing to release). s.mu is held.
+func (s *Standby) dropView() {
+	s.rmu.Lock()
+	s.view = nil
+	s.rmu.Unlock()
 }

@@ -369,3 +369,53 @@ func TestHandoffTimeout(t *testing.T) {
 		t.Fatal("data lost")
 	}
 }
+
+// Reads on a standby (a node probing the new device) do not take the
+// volume: the owner commits for each, so they return every write it had
+// acknowledged, flushed or not, and it serves on.
+func TestStandbyReadsFresh(t *testing.T) {
+	ctx := context.Background()
+	const d = time.Second
+	store := backend.NewMem()
+	a := mustCreate(t, store, "v", 1<<20, leaseOpts(t, d))
+	defer a.Close()
+	os := leaseOpts(t, d)
+	os.HandoffTimeout = time.Second
+	s, err := vb.OpenStandby(ctx, store, "v", os)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	buf := make([]byte, 2*vb.BlockSize)
+	for i := 1; i <= 5; i++ {
+		mustWrite(t, a, byte(i), 0, false)
+		mustWrite(t, a, byte(i+100), 1, i%2 == 0)
+		n, v, err := s.ReadAt(ctx, buf, 0)
+		if err != nil || n != len(buf) || v != nil {
+			t.Fatalf("read %d on the standby: %d bytes, handed over %v, %v", i, n, v != nil, err)
+		}
+		if !bytes.Equal(buf[:vb.BlockSize], fill(byte(i), vb.BlockSize)) || !bytes.Equal(buf[vb.BlockSize:], fill(byte(i+100), vb.BlockSize)) {
+			t.Fatalf("read %d on the standby returned stale data", i)
+		}
+		ext, v, err := s.Extents(ctx, 0, 1<<20)
+		if err != nil || v != nil || len(ext) == 0 || ext[0].Zero || ext[0].Length != 2*vb.BlockSize {
+			t.Fatalf("extents on the standby: %+v, %v", ext, err)
+		}
+	}
+	mustWrite(t, a, 9, 2, true)
+	if st := a.Stats(); st.Fenced {
+		t.Fatal("reads on the standby took the volume")
+	}
+	// A dead owner does not answer: the read hands over (after the
+	// lease expires) and is served by the new owner.
+	mustWrite(t, a, 10, 3, true)
+	vb.PauseLeaseForTest(a)
+	n, v, err := s.ReadAt(ctx, buf, 0)
+	if err != nil || n != len(buf) || v == nil {
+		t.Fatalf("read with a dead owner: %d bytes, handed over %v, %v", n, v != nil, err)
+	}
+	defer v.Close()
+	if !bytes.Equal(buf[:vb.BlockSize], fill(5, vb.BlockSize)) {
+		t.Fatal("read after a takeover from a dead owner returned the wrong data")
+	}
+}

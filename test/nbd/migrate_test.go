@@ -38,6 +38,21 @@ func TestLiveMigrationHandoff(t *testing.T) {
 		if err := a.WriteAt(blk(byte(50+trip)), 100*bs, false); err != nil { // unflushed at switch-over
 			t.Fatal(err)
 		}
+		// Reads on the standby (a node probing its new device) hand
+		// nothing over and see the source's unflushed writes.
+		probe := make([]byte, bs)
+		if err := b.ReadAt(probe, 100*bs); err != nil {
+			t.Fatalf("trip %d: read on the standby: %v", trip, err)
+		}
+		if !bytes.Equal(probe, blk(byte(50+trip))) {
+			t.Fatalf("trip %d: a read on the standby returned stale data", trip)
+		}
+		if err := b.Flush(); err != nil {
+			t.Fatalf("trip %d: flush on the standby: %v", trip, err)
+		}
+		if err := a.WriteAt(blk(byte(10+trip)), uint64(trip)*bs, true); err != nil {
+			t.Fatalf("trip %d: a read on the standby stopped the source: %v", trip, err)
+		}
 		time.Sleep(700 * time.Millisecond) // the source notices the standby (every lease/4)
 		start := time.Now()
 		if err := b.WriteAt(blk(byte(100+trip)), 200*bs, false); err != nil {

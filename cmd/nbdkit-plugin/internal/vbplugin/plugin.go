@@ -17,16 +17,20 @@
 //
 // With standby=true (the target of a live migration) get_ready opens the
 // volume as a vb.Standby: the current owner keeps it, and this server
-// announces itself. The first I/O request of any kind (read, write, flush,
-// trim, zero, block status, cache) hands the volume over (vb.Standby.Handoff:
-// the owner drains, commits and releases, and this server takes ownership
-// with the next epoch) and waits for that, up to handoff_timeout for a live
-// owner or until a dead owner's lease expires; so no request is ever served
-// from a state the owner may since have changed. A handoff that fails fails
-// that request (EIO) and leaves the volume with its owner; the next request
-// tries again. The NBD handshake and size queries are not I/O and do not
-// hand over. A server whose volume was handed over to another fails every
-// request from then on (EIO).
+// announces itself. The first request that modifies data (write, trim,
+// zero) hands the volume over (vb.Standby.Handoff: the owner drains,
+// commits and releases, and this server takes ownership with the next
+// epoch) and waits for that, up to handoff_timeout for a live owner or
+// until a dead owner's lease expires. A handoff that fails fails that
+// request (EIO) and leaves the volume with its owner; the next request
+// tries again. Reads (read, block status, cache) do not hand over: the
+// owner commits everything it holds for each, and the read is served from
+// that committed state, so it is never stale (vb.Standby.ReadAt; the
+// kernel and udev read a block device as soon as it is attached, long
+// before a migration switches over). A flush before the handoff succeeds
+// at once: nothing was written here. The NBD handshake and size queries
+// touch nothing. A server whose volume was handed over to another fails
+// every request from then on (EIO).
 //
 //	cleanup                   after the last connection ended (also on
 //	                          SIGTERM/SIGINT): Close, which flushes and drains
@@ -115,6 +119,19 @@ func (p *Plugin) volume() (*vb.Volume, error) {
 	start := time.Now()
 	p.log.Info("first I/O on the standby: asking the owner to hand the volume over", "volume", p.Cfg.Volume)
 	v, err := p.standby.Handoff(context.Background())
+	if errors.Is(err, vb.ErrHandedOff) {
+		// A read on the standby handed over (its owner did not answer)
+		// and is about to adopt the volume.
+		p.handMu.Unlock()
+		defer p.handMu.Lock()
+		for i := 0; i < 500; i++ {
+			if v := p.cur.Load(); v != nil {
+				return v, nil
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return nil, err
+	}
 	if err != nil {
 		p.log.Error("handoff failed: the owner keeps the volume; this request fails and the next one tries again",
 			"volume", p.Cfg.Volume, "took", time.Since(start).Round(time.Millisecond), "err", err)
@@ -377,6 +394,76 @@ func (p *Plugin) size() int64 {
 	return 0
 }
 
+// adopt makes v, handed over by a read on the standby, the open volume.
+func (p *Plugin) adopt(v *vb.Volume) {
+	p.handMu.Lock()
+	defer p.handMu.Unlock()
+	if p.cur.Load() == nil {
+		p.cur.Store(v)
+		p.log.Info("volume handed over on a read (the owner did not answer): this server owns it now", "volume", p.Cfg.Volume, "epoch", v.Epoch())
+	}
+}
+
+// reader is what reads go to: the open volume, or the standby's view.
+type reader struct {
+	vol *vb.Volume
+	sb  *vb.Standby
+	p   *Plugin
+}
+
+func (p *Plugin) reader() (reader, error) {
+	if v := p.cur.Load(); v != nil {
+		return reader{vol: v}, nil
+	}
+	if p.standby == nil {
+		return reader{}, fmt.Errorf("volume not open")
+	}
+	return reader{sb: p.standby, p: p}, nil
+}
+
+func (r reader) size() int64 {
+	if r.vol != nil {
+		return r.vol.Size()
+	}
+	return r.sb.Size()
+}
+
+func (r reader) ReadAt(buf []byte, off int64) (int, error) {
+	if r.vol != nil {
+		return r.vol.ReadAt(buf, off)
+	}
+	n, v, err := r.sb.ReadAt(context.Background(), buf, off)
+	if v != nil {
+		r.p.adopt(v)
+	}
+	if errors.Is(err, vb.ErrHandedOff) {
+		vol, verr := r.p.volume()
+		if verr != nil {
+			return 0, verr
+		}
+		return vol.ReadAt(buf, off)
+	}
+	return n, err
+}
+
+func (r reader) Extents(off, length int64) ([]vb.Extent, error) {
+	if r.vol != nil {
+		return r.vol.Extents(off, length)
+	}
+	ext, v, err := r.sb.Extents(context.Background(), off, length)
+	if v != nil {
+		r.p.adopt(v)
+	}
+	if errors.Is(err, vb.ErrHandedOff) {
+		vol, verr := r.p.volume()
+		if verr != nil {
+			return nil, verr
+		}
+		return vol.Extents(off, length)
+	}
+	return ext, err
+}
+
 // Pread fills buf from off; past the volume's end (inside the virtual
 // size) it reads zeros.
 func (c *Conn) Pread(buf []byte, off uint64) error {
@@ -389,12 +476,12 @@ func (c *Conn) pread(buf []byte, off uint64) error {
 	if off > 1<<62 {
 		return fmt.Errorf("%w: offset %d", vb.ErrOutOfRange, off)
 	}
-	vol, err := c.p.volume()
+	vol, err := c.p.reader()
 	if err != nil {
 		return c.p.noteErr(err)
 	}
 	if c.p.Cfg.VirtualSize > 0 {
-		size := uint64(vol.Size())
+		size := uint64(vol.size())
 		if off+uint64(len(buf)) > size && off+uint64(len(buf)) <= uint64(c.Size()) {
 			in := uint64(0)
 			if off < size {
@@ -438,11 +525,12 @@ func (c *Conn) pwrite(buf []byte, off uint64, fua bool) error {
 
 // Flush makes every write completed before it, on any connection, durable.
 func (c *Conn) Flush() error {
-	vol, err := c.p.volume()
-	if err == nil {
-		err = vol.Flush()
-	}
-	err = c.p.noteErr(err)
+	var err error
+	if vol := c.p.cur.Load(); vol != nil {
+		err = c.p.noteErr(vol.Flush())
+	} else if c.p.standby == nil {
+		err = fmt.Errorf("volume not open")
+	} // else a standby: nothing written here to make durable
 	c.p.io.done(ioFlush, 0, err)
 	return err
 }
@@ -495,11 +583,11 @@ const extentWindow = 1 << 30
 // Extents reports data and hole runs from off, for at most n bytes, calling
 // add for each in order. With reqOne, one extent is enough.
 func (c *Conn) Extents(n uint32, off uint64, reqOne bool, add func(off, length uint64, hole bool) error) error {
-	vol, err := c.p.volume()
+	vol, err := c.p.reader()
 	if err != nil {
 		return c.p.noteErr(err)
 	}
-	size := uint64(vol.Size())
+	size := uint64(vol.size())
 	if virt := uint64(c.Size()); off >= size && off < virt {
 		return add(off, min(uint64(n), virt-off), true) // past the volume's end: a hole
 	}
