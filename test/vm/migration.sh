@@ -30,12 +30,15 @@
 # e2fsck -fn, the files' checksums read with debugfs).
 #
 # Storage modes (VB_VM_MIG_MODE):
-#   shared   both QEMUs on one nbdkit (one WAL directory): shared storage
-#            as QEMU's migration expects it, no handoff involved.
 #   standby  node A and node B each run nbdkit with the plugin and a WAL
 #            directory of their own on one file store; the target's nbdkit
 #            opens the volume with standby=true and takes it over at the
-#            target's first I/O (the source drains, commits, releases).
+#            target's first write (the source drains, commits, releases);
+#            the volume has store durability, so a source that dies
+#            mid-handoff loses no flushed write.
+#   shared   both QEMUs on one nbdkit (one WAL directory): shared storage
+#            as QEMU's migration expects it, no handoff involved; the
+#            baseline for the pauses.
 #
 # Pause measurements per migration, with median and worst at the end:
 #   downtime   QEMU's query-migrate "downtime": vCPUs stopped on the source
@@ -46,16 +49,16 @@
 #              stop) to the completion of the target's first one.
 # The disk request times come from nbdkit's log filter ($work/nbd-*.req).
 #
-# Env: VB_VM_MIG_MODE (shared|standby, default shared), VB_VM_MIG_ROUNDS
-# (round trips, default 5), VB_VM_MIG_LEASE (lease_duration=, default 2s),
+# Env: VB_VM_MIG_MODE (standby|shared, default standby), VB_VM_MIG_ROUNDS
+# (round trips, default 5), VB_VM_MIG_LEASE (lease_duration=, default 3s),
 # VB_VM_MIG_HANDOFF (handoff_timeout=, default 30s), VB_VM_MIG_MEM (guest
 # MiB, default 512), VB_VM_MIG_GEOMETRY (guess|fixed, default guess: see
 # MIG_CHS), VB_VM_MIG_LEG (files synced on each side between
 # migrations, default 15).
 
-MIG_MODE=${VB_VM_MIG_MODE:-shared}
+MIG_MODE=${VB_VM_MIG_MODE:-standby}
 MIG_ROUNDS=${VB_VM_MIG_ROUNDS:-5}
-MIG_LEASE=${VB_VM_MIG_LEASE:-2s}
+MIG_LEASE=${VB_VM_MIG_LEASE:-3s}
 MIG_HANDOFF=${VB_VM_MIG_HANDOFF:-30s}
 # QEMU guesses a disk's geometry when the device has none: it reads the
 # first sector when the device is created, which on a target is before the
@@ -483,10 +486,11 @@ mig_cancel_target() {
 }
 
 # mig_kill_source (standby mode): the source's nbdkit is killed (kill -9)
-# as the target's first request after the switch-over arrives, so during
-# the handoff that request starts; the target takes the volume over, once
-# the source's lease expired if the source had not released it yet, and
-# the guest runs on there.
+# as the target's first request after the switch-over arrives (a write
+# starts the handoff, a read has the owner commit first), so while the
+# source works for the target; the target takes the volume over, once the
+# source's lease expired if the source had not released it yet, and the
+# guest runs on there.
 mig_kill_source() {
   local dstnode dstnbd dst k=kill-source t f0=$failed
   if [ "$curnode" = a ]; then dstnode=b; else dstnode=a; fi
@@ -497,7 +501,6 @@ mig_kill_source() {
     mig_nbdkit "$dstnode" "$dstnbd" standby=true "handoff_timeout=$MIG_HANDOFF" || return
   check "live-migration: $k: QEMU $dst -incoming on node $dstnode" \
     mig_qemu "$dst" "$dstnbd" -incoming "unix:$work/mig-$dst.sock" || return
-  # The target's first request after the switch-over starts the handoff:
   # nbdkit's log filter logs a request as it arrives, before the plugin
   # sees it. The source's nbdkit dies as soon as that line is there (or,
   # should it not come, 10 s after the migration completed).

@@ -37,8 +37,9 @@
 #    mode, the source's nbdkit during the handoff. Every synced file is
 #    there with its checksum, e2fsck -fn passes in the guest and on the
 #    host, no I/O error; the pause at each switch-over is measured.
-#    VB_VM_MIG_MODE=shared (default: one nbdkit for both QEMUs) or standby
-#    (an nbdkit per node, the target's with standby=true). See migration.sh.
+#    VB_VM_MIG_MODE=standby (default: an nbdkit per node, the target's
+#    with standby=true) or shared (one nbdkit for both QEMUs). See
+#    migration.sh.
 #
 # Prints a line per check with timings, the timing of each host step, and
 # ends with "N passed, N failed"; exits 1 if any check failed.
