@@ -18,9 +18,11 @@
 #     vCPUs stopped, its disk flushed, the device state not sent): the
 #     migration fails, the guest runs on at the source, and a migration to
 #     a fresh target then completes;
-#   - (standby mode) the source's nbdkit is killed (kill -9) during the
-#     handoff: the guest runs on at the target, which takes the volume over
-#     once the source's lease expired.
+#   - (standby mode) the source's nbdkit is killed (kill -9) as the
+#     target's first request after the switch-over arrives, while the
+#     source drains for the target: the guest runs on at the target, which
+#     takes the volume over once the source's lease expired (short:
+#     VB_VM_MIG_LEASE), with every flushed write.
 #
 # At the end the host writes "stop" on the console; the guest unmounts,
 # checks the filesystem (e2fsck -fn) from a cold cache and lists every file
@@ -45,9 +47,14 @@
 #              until they run on the target;
 #   first-io   the latency of the target's first disk request after the
 #              migration began (in standby mode it waits for the handoff);
-#   io-gap     from the source's last completed disk request (its flush at
-#              stop) to the completion of the target's first one.
-# The disk request times come from nbdkit's log filter ($work/nbd-*.req).
+#   io-gap     from the source's last completed disk request before the
+#              migration completed (its flush as its vCPUs stopped) to the
+#              completion of the target's first one;
+#   handoff    (standby mode) the handoff's pause as the target's plugin
+#              logged it.
+# The disk request times come from nbdkit's log filter ($work/nbd-*.req);
+# an "order:" line per migration shows both QEMUs' requests around the
+# switch-over, in ms from the moment the migrate tool saw "completed".
 #
 # Env: VB_VM_MIG_MODE (standby|shared, default standby), VB_VM_MIG_ROUNDS
 # (round trips, default 5), VB_VM_MIG_LEASE (lease_duration=, default 3s),

@@ -213,6 +213,7 @@ func (c *client) migrate(uri string, limit time.Duration, pause bool) error {
 		return err
 	}
 	last := ""
+	continued := false
 	stdin := bufio.NewReader(os.Stdin)
 	for {
 		var mi migrateInfo
@@ -237,6 +238,11 @@ func (c *client) migrate(uri string, limit time.Duration, pause bool) error {
 			fmt.Printf("failed %s\n", mi.ErrorDesc)
 			return fmt.Errorf("migration %s: %s", mi.Status, mi.ErrorDesc)
 		case "pre-switchover":
+			// query-migrate may still say so just after migrate-continue.
+			if continued {
+				break
+			}
+			continued = true
 			fmt.Println("pre-switchover")
 			// The harness may kill the target before it answers; the
 			// source then fails to send the device state.
