@@ -56,6 +56,17 @@
 # an "order:" line per migration shows both QEMUs' requests around the
 # switch-over, in ms from the moment the migrate tool saw "completed".
 #
+# What QEMU (7.2) sends around a migration, as these lines show it:
+#   - a target QEMU reads the first sector (512 bytes) when it creates the
+#     disk device, before the migration begins (geometry guess; none with
+#     VB_VM_MIG_GEOMETRY=fixed), and nothing else until the guest runs;
+#   - the source flushes when its vCPUs stop (the downtime's start), before
+#     it sends the last state, and sends nothing more until it quits;
+#   - the target's first request comes from the guest once it runs there;
+#   - a QEMU flushes as it exits: the source when quit after the migration
+#     (its disk inactive, the target possibly writing by then), and a
+#     target stopped before any migration.
+#
 # Env: VB_VM_MIG_MODE (standby|shared, default standby), VB_VM_MIG_ROUNDS
 # (round trips, default 5), VB_VM_MIG_LEASE (lease_duration=, default 3s),
 # VB_VM_MIG_HANDOFF (handoff_timeout=, default 30s), VB_VM_MIG_MEM (guest
