@@ -81,7 +81,8 @@ sanity: build
 	GO=$(GO) ./scripts/sanity-deployed.sh
 
 # QEMU guests (TCG) on Viperblock volumes: NBD URI, snapshot/clone, kill -9,
-# kernel NBD + CSI node service in a guest, pkg/attach's suite in a guest.
+# kernel NBD + CSI node service in a guest, pkg/attach's suite in a guest,
+# live migration between two QEMU processes on two nbdkit servers.
 # The guest is cached in $(VB_VM_CACHE) (default /var/cache/viperblock-vm).
 vm-test: deps build
 	./test/vm/run.sh

@@ -30,6 +30,14 @@
   "resume_only=<BOOL> take ownership only back from this wal_dir's own earlier\n" \
   "                   open (a restart after a crash); if another owner has the\n" \
   "                   volume, exit with status 77 and change nothing (default false)\n" \
+  "standby=<BOOL>     live migration target: the volume's owner keeps it and\n" \
+  "                   this server waits; the first I/O request (read, write,\n" \
+  "                   flush, ...) asks the owner to drain and hand it over and\n" \
+  "                   waits for that (default false)\n" \
+  "handoff_timeout=<D> how long that handoff waits for a live owner; past it\n" \
+  "                   the request fails with EIO and the owner keeps the volume\n" \
+  "                   (default 10s; a dead owner is waited for until its lease\n" \
+  "                   expires)\n" \
   "drain_interval=<D> longest wait before written data is drained (default 5s)\n" \
   "lease_duration=<D> ownership lease (default 15s): a flush is confirmed only\n" \
   "                   while it is valid; another node takes over an owner that\n" \

@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -15,7 +16,11 @@ import (
 // ControllerPublishVolume records that a volume is published to a node.
 // A volume is published to one node at a time (single-node access modes);
 // the node that opens it takes ownership in the store, which fences any
-// node that still had it.
+// node that still had it. A MULTI_NODE_MULTI_WRITER block volume (a VM disk
+// that live-migrates) may be published to a second node while it is
+// published to a first: the second stages it in standby and takes it over
+// at the migration's switch-over (NodeStageVolume); then the first is
+// unpublished. Never to a third.
 func (c *ControllerServer) ControllerPublishVolume(ctx context.Context, req *csi.ControllerPublishVolumeRequest) (*csi.ControllerPublishVolumeResponse, error) {
 	op, _, err := volumeCall{verb: "publish volume", volumeID: req.GetVolumeId(), fields: []string{"node_id", req.GetNodeId()},
 		capability: req.GetVolumeCapability(), needCap: true, locks: &c.locks}.begin()
@@ -49,20 +54,32 @@ func (c *ControllerServer) ControllerPublishVolume(ctx context.Context, req *csi
 		if err != nil {
 			return nil, op.fail(err)
 		}
+		next := want
 		if found {
-			if rec.Node != want.Node {
-				return nil, status.Errorf(codes.FailedPrecondition, "volume %s is published to node %s; a volume is served by one node at a time", id, rec.Node)
+			if rec.Node == want.Node || rec.Also == want.Node {
+				if rec.ReadOnly != want.ReadOnly || rec.Block != want.Block {
+					return nil, status.Errorf(codes.AlreadyExists, "volume %s is published to node %s with other options (readonly %v, block %v)", id, want.Node, rec.ReadOnly, rec.Block)
+				}
+				return &csi.ControllerPublishVolumeResponse{PublishContext: pctx}, nil
 			}
-			if rec.ReadOnly != want.ReadOnly || rec.Block != want.Block {
-				return nil, status.Errorf(codes.AlreadyExists, "volume %s is published to node %s with other options (readonly %v, block %v)", id, rec.Node, rec.ReadOnly, rec.Block)
+			migrating := acc.migratable() && rec.Mode == want.Mode && rec.Block && !rec.ReadOnly && !want.ReadOnly
+			switch {
+			case !migrating:
+				return nil, status.Errorf(codes.FailedPrecondition, "volume %s is published to node %s; a volume is served by one node at a time (only a MULTI_NODE_MULTI_WRITER block volume may be published to a second node, to live-migrate)", id, rec.Node)
+			case rec.Also != "":
+				return nil, status.Errorf(codes.FailedPrecondition, "volume %s is published to nodes %s and %s (a live migration); a third node must wait until one is unpublished", id, rec.Node, rec.Also)
 			}
-			return &csi.ControllerPublishVolumeResponse{PublishContext: pctx}, nil
+			next = rec
+			next.Also = want.Node
 		}
-		ok, err := putRecord(ctx, st, publishKey(id.Vol), want, ver)
+		ok, err := putRecord(ctx, st, publishKey(id.Vol), next, ver)
 		if err != nil {
 			return nil, op.fail(err)
 		}
 		if ok {
+			if next.Also != "" {
+				klog.InfoS("published volume to a second node (live migration)", "volume", id, "node", want.Node, "from", next.Node)
+			}
 			klog.InfoS("published volume", "volume", id, "node", want.Node, "readonly", want.ReadOnly)
 			return &csi.ControllerPublishVolumeResponse{PublishContext: pctx}, nil
 		}
@@ -89,17 +106,37 @@ func (c *ControllerServer) ControllerUnpublishVolume(ctx context.Context, req *c
 	if err != nil {
 		return nil, op.fail(err)
 	}
-	var rec publishRecord
-	_, found, err := getRecord(ctx, st, publishKey(id.Vol), &rec)
-	if err != nil {
-		return nil, op.fail(err)
+	node := req.GetNodeId()
+	for attempt := 0; attempt < 5; attempt++ {
+		var rec publishRecord
+		ver, found, err := getRecord(ctx, st, publishKey(id.Vol), &rec)
+		if err != nil {
+			return nil, op.fail(err)
+		}
+		if !found || (node != "" && rec.Node != node && rec.Also != node) {
+			return &csi.ControllerUnpublishVolumeResponse{}, nil
+		}
+		if node == "" || rec.Also == "" {
+			if err := st.Delete(ctx, publishKey(id.Vol)); err != nil {
+				return nil, op.fail(err)
+			}
+			klog.InfoS("unpublished volume", "volume", id, "node", strings.Join(rec.nodes(), ","))
+			return &csi.ControllerUnpublishVolumeResponse{}, nil
+		}
+		// Published to two nodes (a live migration): keep the other.
+		next := rec
+		if rec.Node == node {
+			next.Node = rec.Also
+		}
+		next.Also = ""
+		ok, err := putRecord(ctx, st, publishKey(id.Vol), next, ver)
+		if err != nil {
+			return nil, op.fail(err)
+		}
+		if ok {
+			klog.InfoS("unpublished volume from one of its two nodes", "volume", id, "node", node, "remaining", next.Node)
+			return &csi.ControllerUnpublishVolumeResponse{}, nil
+		}
 	}
-	if !found || (req.GetNodeId() != "" && rec.Node != req.GetNodeId()) {
-		return &csi.ControllerUnpublishVolumeResponse{}, nil
-	}
-	if err := st.Delete(ctx, publishKey(id.Vol)); err != nil {
-		return nil, op.fail(err)
-	}
-	klog.InfoS("unpublished volume", "volume", id, "node", rec.Node)
-	return &csi.ControllerUnpublishVolumeResponse{}, nil
+	return nil, status.Errorf(codes.Aborted, "volume %s: publication changed concurrently; retry", id)
 }

@@ -581,3 +581,91 @@ func TestTokenIn(t *testing.T) {
 		}
 	}
 }
+
+func blockCapability(mode csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapability {
+	return &csi.VolumeCapability{
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: mode},
+		AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
+	}
+}
+
+// MULTI_NODE_MULTI_WRITER is accepted for block volumes only; such a
+// volume may be published to a second node (a live migration's target),
+// never a third, and unpublishing one of two keeps the other.
+func TestPublishMigratable(t *testing.T) {
+	r := newCtrlRig(t)
+	const mnmw = csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER
+	_, err := r.cs.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "fs", VolumeCapabilities: []*csi.VolumeCapability{mountCapability(mnmw)},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 20}})
+	wantCode(t, err, codes.InvalidArgument, "a filesystem cannot be mounted on two nodes")
+	_, err = r.cs.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "ro", VolumeCapabilities: []*csi.VolumeCapability{
+		blockCapability(csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY)}, CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 20}})
+	wantCode(t, err, codes.InvalidArgument, "not supported")
+	resp, err := r.cs.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "vm", VolumeCapabilities: []*csi.VolumeCapability{blockCapability(mnmw)},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 20}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetVolume().GetVolumeId()
+	v, err := r.cs.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: id, VolumeCapabilities: []*csi.VolumeCapability{blockCapability(mnmw)}})
+	if err != nil || v.GetConfirmed() == nil {
+		t.Fatalf("validate RWX block: %v %v", v, err)
+	}
+	for _, n := range []string{"n1", "n2", "n3"} {
+		registerNode(ctx, r.store, n)
+	}
+	pub := func(node string, c *csi.VolumeCapability) error {
+		_, err := r.cs.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{VolumeId: id, NodeId: node, VolumeCapability: c})
+		return err
+	}
+	unpub := func(node string) {
+		t.Helper()
+		if _, err := r.cs.ControllerUnpublishVolume(ctx, &csi.ControllerUnpublishVolumeRequest{VolumeId: id, NodeId: node}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	published := func() string {
+		t.Helper()
+		g, err := r.cs.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprint(g.GetStatus().GetPublishedNodeIds())
+	}
+	if err := pub("n1", blockCapability(mnmw)); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, pub("n2", blockCapability(snw)), codes.FailedPrecondition, "published to node n1")
+	if err := pub("n2", blockCapability(mnmw)); err != nil {
+		t.Fatalf("publish to a second node (migration): %v", err)
+	}
+	if err := pub("n2", blockCapability(mnmw)); err != nil {
+		t.Fatalf("republish to the second node: %v", err)
+	}
+	wantCode(t, pub("n3", blockCapability(mnmw)), codes.FailedPrecondition, "third node")
+	if got := published(); got != "[n1 n2]" {
+		t.Fatalf("published to %s", got)
+	}
+	l, err := r.cs.ListVolumes(ctx, &csi.ListVolumesRequest{})
+	if err != nil || len(l.GetEntries()) != 1 || fmt.Sprint(l.GetEntries()[0].GetStatus().GetPublishedNodeIds()) != "[n1 n2]" {
+		t.Fatalf("list: %v %v", l, err)
+	}
+	_, err = r.cs.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+	wantCode(t, err, codes.FailedPrecondition, "n1 and n2")
+	unpub("n1") // the migration's source, once it is done
+	if got := published(); got != "[n2]" {
+		t.Fatalf("after unpublishing the source: published to %s", got)
+	}
+	unpub("n1")
+	if err := pub("n3", blockCapability(mnmw)); err != nil {
+		t.Fatalf("migrate on to n3: %v", err)
+	}
+	unpub("n3") // the target failed: the source keeps it
+	if got := published(); got != "[n2]" {
+		t.Fatalf("after unpublishing a failed target: published to %s", got)
+	}
+	unpub("n2")
+	if got := published(); got != "[]" {
+		t.Fatalf("after unpublishing all: published to %s", got)
+	}
+}

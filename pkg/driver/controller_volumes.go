@@ -47,7 +47,7 @@ func (c *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 	if _, ok, err := getRecord(ctx, st, publishKey(id.Vol), &rec); err != nil {
 		return nil, op.fail(err)
 	} else if ok {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is published to node %s; unpublish it first", id, rec.Node)
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is published to node %s; unpublish it first", id, strings.Join(rec.nodes(), " and "))
 	}
 	err = vb.Delete(ctx, st, id.Vol)
 	if errors.Is(err, vb.ErrInUse) {
@@ -189,7 +189,7 @@ func (c *ControllerServer) ListVolumes(ctx context.Context, req *csi.ListVolumes
 			}
 			e := &csi.ListVolumesResponse_Entry{Volume: vol, Status: &csi.ListVolumesResponse_VolumeStatus{}}
 			if n, ok := pub[v.Name]; ok {
-				e.Status.PublishedNodeIds = []string{n}
+				e.Status.PublishedNodeIds = n
 			}
 			entries = append(entries, e)
 		}
@@ -256,7 +256,7 @@ func (c *ControllerServer) ControllerGetVolume(ctx context.Context, req *csi.Con
 	}
 	vs := &csi.ControllerGetVolumeResponse_VolumeStatus{}
 	if found {
-		vs.PublishedNodeIds = []string{rec.Node}
+		vs.PublishedNodeIds = rec.nodes()
 	}
 	return &csi.ControllerGetVolumeResponse{
 		Volume: &csi.Volume{VolumeId: id.String(), CapacityBytes: inf.Size, ContentSource: contentSource(id.Store, inf.Parent),

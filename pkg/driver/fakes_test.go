@@ -160,6 +160,17 @@ func (f *fakeSup) Start(ctx context.Context, spec nbdkitSpec) (server, error) {
 	if f.beforeOpen != nil {
 		f.beforeOpen(spec.Params)
 	}
+	if param(spec.Params, "standby") == "true" {
+		// The plugin's standby: it takes the volume at its first write
+		// (here: handoff, called by the test).
+		sb, err := vb.OpenStandby(ctx, ps, param(spec.Params, "volume"), opts)
+		if err != nil {
+			return nil, fmt.Errorf("nbdkit exited before serving: %v", err)
+		}
+		s := &fakeServer{sup: f, sb: sb, done: make(chan struct{}), socket: spec.Socket, store: ps}
+		f.running[spec.Socket] = s
+		return s, nil
+	}
 	v, err := vb.Open(ctx, ps, param(spec.Params, "volume"), opts)
 	if errors.Is(err, vb.ErrNotOwner) {
 		// As the real supervisor reports the plugin's exit status 77.
@@ -227,6 +238,7 @@ func (f *fakeSup) Adopt(spec nbdkitSpec) (server, bool, error) {
 type fakeServer struct {
 	sup    *fakeSup
 	v      *vb.Volume
+	sb     *vb.Standby    // a standby=true server before its handoff
 	store  *pausableStore // the volume's view of the store
 	socket string
 	once   sync.Once
@@ -240,7 +252,12 @@ func (s *fakeServer) Adopted() bool         { return false }
 func (s *fakeServer) exit() error {
 	var err error
 	s.once.Do(func() {
-		err = s.v.Close()
+		if s.sb != nil {
+			s.sb.Close()
+		}
+		if s.v != nil {
+			err = s.v.Close()
+		}
 		s.sup.mu.Lock()
 		delete(s.sup.running, s.socket)
 		s.sup.mu.Unlock()
@@ -250,6 +267,24 @@ func (s *fakeServer) exit() error {
 }
 
 func (s *fakeServer) Kill() error { return s.exit() }
+
+// handoff does what the plugin's first write on a standby does.
+func (s *fakeServer) handoff(t *testing.T) {
+	t.Helper()
+	v, err := s.sb.Handoff(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.v = v
+}
+
+// name is the served volume's name.
+func (s *fakeServer) name() string {
+	if s.v != nil {
+		return s.v.Name()
+	}
+	return s.sb.Name()
+}
 
 func (s *fakeServer) Stop(ctx context.Context) error {
 	s.sup.mu.Lock()

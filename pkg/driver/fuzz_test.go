@@ -370,7 +370,7 @@ func FuzzVolumeContext(f *testing.F) {
 
 // FuzzCheckCapability checks checkCapability on capabilities built from the
 // input: it accepts exactly the single-node access modes with a block or a
-// mount access type, a mount only with ext4, xfs (any case) or no
+// mount access type, and MULTI_NODE_MULTI_WRITER with block, a mount only with ext4, xfs (any case) or no
 // filesystem and without volume_mount_group; what it accepts says block or
 // mount, the mode, and read-only exactly for SINGLE_NODE_READER_ONLY.
 func FuzzCheckCapability(f *testing.F) {
@@ -409,7 +409,8 @@ func FuzzCheckCapability(f *testing.F) {
 		singleNode := m == csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER || m == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER ||
 			m == csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER || m == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
 		fsOK := fsType == "" || strings.ToLower(fsType) == "ext4" || strings.ToLower(fsType) == "xfs"
-		valid := singleNode && (kind%5 == 1 || kind%5 == 2 && fsOK && group == "")
+		migratable := m == csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER && kind%5 == 1
+		valid := singleNode && (kind%5 == 1 || kind%5 == 2 && fsOK && group == "") || migratable
 		if valid != (err == nil) {
 			t.Fatalf("capability %v: %+v %v, want valid=%v", c, a, err, valid)
 		}

@@ -15,7 +15,8 @@ import (
 // (which no volume can take: see validObjectName). Each is a small JSON
 // object; the engine never reads them.
 //
-//	csi.meta/publish/<volume>     which node a volume is published to (ControllerPublishVolume)
+//	csi.meta/publish/<volume>     which node a volume is published to (ControllerPublishVolume;
+//	                              two nodes for a migratable block volume while it migrates)
 //	csi.meta/snapshots/<snapshot> which volume a CSI snapshot name belongs to (CSI snapshot
 //	                              names are unique across volumes; the engine's are per volume)
 //	csi.meta/nodes/<node>         a node plugin that registered itself (--node-check=store)
@@ -27,9 +28,12 @@ func publishKey(vol string) string    { return metaPrefix + "/publish/" + vol }
 func snapClaimKey(snap string) string { return metaPrefix + "/snapshots/" + snap }
 func nodeKey(node string) string      { return metaPrefix + "/nodes/" + node }
 
-// publishRecord says a volume is published to a node.
+// publishRecord says a volume is published to a node, and, for a
+// MULTI_NODE_MULTI_WRITER block volume during a live migration, to a
+// second node (Also; absent in records of other volumes).
 type publishRecord struct {
 	Node     string    `json:"node"`
+	Also     string    `json:"also,omitempty"`
 	ReadOnly bool      `json:"readonly"`
 	Mode     string    `json:"mode"`
 	Block    bool      `json:"block"`
@@ -93,13 +97,21 @@ func listRecords(ctx context.Context, st backend.Store, prefix string) ([]string
 	return names, nil
 }
 
-// publishedNodes maps each published volume of a store to its node.
-func publishedNodes(ctx context.Context, st backend.Store) (map[string]string, error) {
+// nodes lists the nodes the record publishes the volume to.
+func (r publishRecord) nodes() []string {
+	if r.Also != "" {
+		return []string{r.Node, r.Also}
+	}
+	return []string{r.Node}
+}
+
+// publishedNodes maps each published volume of a store to its nodes.
+func publishedNodes(ctx context.Context, st backend.Store) (map[string][]string, error) {
 	vols, err := listRecords(ctx, st, metaPrefix+"/publish/")
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]string{}
+	out := map[string][]string{}
 	for _, v := range vols {
 		var rec publishRecord
 		_, ok, err := getRecord(ctx, st, publishKey(v), &rec)
@@ -107,7 +119,7 @@ func publishedNodes(ctx context.Context, st backend.Store) (map[string]string, e
 			return nil, err
 		}
 		if ok {
-			out[v] = rec.Node
+			out[v] = rec.nodes()
 		}
 	}
 	return out, nil

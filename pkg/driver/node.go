@@ -169,6 +169,9 @@ func (n *NodeServer) spec(id volumeID, st *volState, url string) nbdkitSpec {
 	} else {
 		params = append(params, "wal_dir="+p.WALDir)
 	}
+	if st.Standby {
+		params = append(params, "standby=true")
+	}
 	if st.Cache != "" {
 		params = append(params, "cache="+st.Cache)
 	}

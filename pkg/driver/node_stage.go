@@ -132,11 +132,30 @@ func (n *NodeServer) stage(ctx context.Context, id volumeID, st *volState, secre
 		klog.InfoS("could not register this node in the store", "store", id.Store, "err", err)
 	}
 	fresh := n.running(id) == nil
-	// NodeStage takes ownership: the CO published the volume to this node.
+	if fresh && !st.ReadOnly && st.Mode == csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER.String() {
+		// A migratable block volume open on another node: this node is
+		// the target of a live migration. Stage it in standby; the
+		// first write here takes it over (the guest runs here then).
+		standby, err := n.openElsewhere(ctx, id, store)
+		if err != nil {
+			return err
+		}
+		if standby != st.Standby {
+			st.Standby = standby
+			if err := n.saveState(id, st); err != nil {
+				return err
+			}
+		}
+		if standby {
+			klog.InfoS("volume is open on another node: staging it in standby (live migration target)", "volume", id, "epoch", inf.Epoch)
+		}
+	}
+	// NodeStage takes ownership: the CO published the volume to this node
+	// (in standby: at the first write).
 	if _, err := n.ensureServer(ctx, id, st, url, false); err != nil {
 		return err
 	}
-	if fresh && !st.ReadOnly {
+	if fresh && !st.ReadOnly && !st.Standby {
 		if err := n.recordOwner(ctx, id, st, store); err != nil {
 			return err
 		}

@@ -128,7 +128,7 @@ func (r *nodeRig) server(vol string) *fakeServer {
 	r.sup.mu.Lock()
 	defer r.sup.mu.Unlock()
 	for _, s := range r.sup.running {
-		if s.v.Name() == vol {
+		if s.name() == vol {
 			return s
 		}
 	}

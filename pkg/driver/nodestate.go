@@ -54,7 +54,12 @@ type volState struct {
 	Size        int64    `json:"size,omitempty"`  // the size the device shows
 	Epoch       uint64   `json:"epoch,omitempty"` // ownership epoch of our nbdkit's open (from the WAL's OWNER file)
 	Staged      bool     `json:"staged"`          // every NodeStage step completed
-	Targets     []string `json:"targets,omitempty"`
+	// Standby: staged as the target of a live migration (a
+	// MULTI_NODE_MULTI_WRITER block volume another node owned): nbdkit
+	// runs with standby=true and takes the volume over at the first write
+	// (see handedOver).
+	Standby bool     `json:"standby,omitempty"`
+	Targets []string `json:"targets,omitempty"`
 	// Fenced says why the volume is left closed: its nbdkit had exited and
 	// another owner had taken the volume over, so the healer did not start
 	// it again. Set by the healer; the state stays until NodeUnstageVolume

@@ -58,7 +58,10 @@ func (n *NodeServer) checkOwner(ctx context.Context, id volumeID, st *volState, 
 		return false, fmt.Errorf("read this node's record of the volume's ownership: %w", err)
 	}
 	var ours bool
-	if found {
+	if st.Standby {
+		// Staged in standby: ours once nbdkit's handoff took it over.
+		ours = found && ownsByOpen(own, epoch, nonce)
+	} else if found {
 		ours = own.Owns(epoch, nonce) && st.Epoch != 0 && epoch >= st.Epoch
 	} else {
 		// No OWNER file (the WAL directory was lost): the epoch recorded
@@ -70,6 +73,35 @@ func (n *NodeServer) checkOwner(ctx context.Context, id volumeID, st *volState, 
 		return found, fmt.Errorf("%w (the store's owner has epoch %d, this node's open had epoch %d)", errOwnedElsewhere, epoch, st.Epoch)
 	}
 	return found, nil
+}
+
+// ownsByOpen reports whether an open in this WAL directory made (or was
+// making) (epoch, nonce) the store's owner: not merely the owner it was
+// taking the volume over from, whose pair an unfinished open's OWNER file
+// also names.
+func ownsByOpen(own vb.WALOwnership, epoch uint64, nonce [16]byte) bool {
+	if own.PendingEpoch != 0 {
+		return own.PendingEpoch == epoch && own.PendingNonce == nonce
+	}
+	return own.Epoch == epoch && own.Nonce == nonce
+}
+
+// openElsewhere reports whether the volume is open for writing by an
+// owner other than an open in this node's WAL directory.
+func (n *NodeServer) openElsewhere(ctx context.Context, id volumeID, store backend.Store) (bool, error) {
+	inf, err := vb.Stat(ctx, store, id.Vol)
+	if err != nil || !inf.Open {
+		return false, err
+	}
+	epoch, nonce, err := vb.Owner(ctx, store, id.Vol)
+	if err != nil {
+		return false, err
+	}
+	own, found, err := vb.WALOwner(nil, n.paths(id).WALDir, id.Vol)
+	if err != nil {
+		return false, fmt.Errorf("read this node's record of the volume's ownership: %w", err)
+	}
+	return !found || !ownsByOpen(own, epoch, nonce), nil
 }
 
 // restartCheck is checkOwner for ensureServer: it runs just before a new

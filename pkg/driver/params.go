@@ -245,12 +245,21 @@ type access struct {
 	Mode       csi.VolumeCapability_AccessMode_Mode
 }
 
+// migratable reports the access mode of a block volume that two nodes
+// may have at once while a live migration hands it over.
+func (a access) migratable() bool {
+	return a.Mode == csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER
+}
+
 // readOnly reports a read-only access mode.
 func (a access) readOnly() bool {
 	return a.Mode == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
 }
 
-// checkCapability validates one capability: single-node access modes,
+// checkCapability validates one capability: single-node access modes, and
+// MULTI_NODE_MULTI_WRITER for block volumes (a VM disk during a live
+// migration: two nodes have it, one owns it at a time; see
+// ControllerPublishVolume and NodeStageVolume),
 // block or mount with ext4/xfs.
 func checkCapability(c *csi.VolumeCapability) (access, error) {
 	var a access
@@ -264,8 +273,12 @@ func checkCapability(c *csi.VolumeCapability) (access, error) {
 	switch a.Mode {
 	case csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER,
 		csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER, csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY:
+	case csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER:
+		if c.GetBlock() == nil {
+			return a, fmt.Errorf("access mode %s is supported for block volumes only (to live-migrate a VM disk): a filesystem cannot be mounted on two nodes at once", a.Mode)
+		}
 	default:
-		return a, fmt.Errorf("access mode %s is not supported: a volume is served by one node at a time", a.Mode)
+		return a, fmt.Errorf("access mode %s is not supported: a volume is served by one node at a time (MULTI_NODE_MULTI_WRITER block volumes: handed from node to node, for live migration)", a.Mode)
 	}
 	switch t := c.GetAccessType().(type) {
 	case *csi.VolumeCapability_Block:

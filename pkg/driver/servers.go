@@ -12,6 +12,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/viperblock/viperblock-csi/pkg/nbdkit"
+	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 )
 
 // servers is the registry of the nbdkit processes that serve staged
@@ -210,7 +211,26 @@ func (n *NodeServer) ensureServer(ctx context.Context, id volumeID, st *volState
 	if ok {
 		klog.InfoS("adopted running nbdkit", "volume", id, "pid", srv.Pid())
 	} else {
-		if resume && !st.ReadOnly {
+		if resume && !st.ReadOnly && st.Standby {
+			// A standby's nbdkit exited: if it had taken the volume
+			// over, reopen it as its owner (resume_only, below);
+			// otherwise start the standby again (it takes nothing).
+			if _, err := n.restartCheck(ctx, id, st, url); err == nil {
+				st.Standby = false
+				own, _, err := vb.WALOwner(nil, p.WALDir, id.Vol)
+				if err != nil {
+					return nil, err
+				}
+				st.Epoch = max(own.Epoch, own.PendingEpoch)
+				if err := n.saveState(id, st); err != nil {
+					return nil, err
+				}
+				spec = n.spec(id, st, url)
+			} else if !errors.Is(err, errOwnedElsewhere) {
+				return nil, err
+			}
+		}
+		if resume && !st.ReadOnly && !st.Standby {
 			recorded, err := n.restartCheck(ctx, id, st, url)
 			if err != nil {
 				return nil, err

@@ -87,6 +87,7 @@
 //	<volume>/lease               the ownership lease (lease.go)
 //	<volume>/release             a request to the lease holder to release (lease.go)
 //	<volume>/request             a request to the owner to drain or grow (request.go)
+//	<volume>/handoff             a standby open waiting to take the volume over (handoff.go)
 //	<volume>/wal/<epoch:016x>-<nonce>/<counter:016x>  the store log (storelog.go)
 //	<volume>/snapshots/<name>    a snapshot: a frozen manifest (snapshot.go)
 //	<volume>/deps/<snapshot>/<clone>  a clone's dependency on a snapshot (snapshot.go)

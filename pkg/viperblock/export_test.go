@@ -28,3 +28,30 @@ func HoldLeaseForTest(ctx context.Context, store backend.Store, vol string, d ti
 	}
 	return store.Put(ctx, leaseKey(vol), leaseRecord{nonce: nonce, duration: d, counter: 1}.encode())
 }
+
+// WriteHandoffForTest writes vol's handoff object as a standby nobody
+// knows would, in state "take" or "standby", valid for d.
+func WriteHandoffForTest(ctx context.Context, store backend.Store, vol string, take bool, d time.Duration) error {
+	nonce, err := newNonce()
+	if err != nil {
+		return err
+	}
+	h := handoffRecord{state: handoffStandby, nonce: nonce, at: time.Now().UnixNano(), validity: d, counter: 1}
+	if take {
+		h.state = handoffTake
+	}
+	return store.Put(ctx, handoffKey(vol), h.encode())
+}
+
+// AbandonStandbyForTest stops a standby as a process crash would: it stops
+// announcing itself and leaves its handoff object behind. With take, its
+// last write is a "take", as if it died waiting for a handoff.
+func AbandonStandbyForTest(s *Standby, take bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopWriter()
+	if take {
+		_, _ = s.write(context.Background(), handoffTake)
+	}
+	s.state = standbyClosed
+}

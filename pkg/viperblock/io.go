@@ -156,8 +156,8 @@ func (v *Volume) wakeWaiters() {
 func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
 	v.ops.RLock()
 	defer v.ops.RUnlock()
-	if v.state.Load() == stateClosed {
-		return 0, ErrClosed
+	if err := v.checkReadable(); err != nil {
+		return 0, err
 	}
 	if err := v.checkRange(len(p), off); err != nil {
 		return 0, err
@@ -527,8 +527,8 @@ type Extent struct {
 
 // Extents describes [off, off+length) as a list of data and hole runs.
 func (v *Volume) Extents(off, length int64) ([]Extent, error) {
-	if v.state.Load() == stateClosed {
-		return nil, ErrClosed
+	if err := v.checkReadable(); err != nil {
+		return nil, err
 	}
 	if err := v.checkRange(0, off); err != nil {
 		return nil, err
@@ -605,4 +605,17 @@ func (v *Volume) Extents(off, length int64) ([]Extent, error) {
 		}
 	}
 	return out, nil
+}
+
+// checkReadable fails reads of a closed volume, and of one released to
+// another open: that open may have written since, so what this one holds
+// is stale.
+func (v *Volume) checkReadable() error {
+	switch v.state.Load() {
+	case stateClosed:
+		return ErrClosed
+	case stateReleased:
+		return fmt.Errorf("%w: %s: released to another open", ErrFenced, v.name)
+	}
+	return nil
 }

@@ -190,6 +190,8 @@ type leaseState struct {
 	ver      backend.Version
 	sent     map[uint64]time.Duration // clock at send, of renewals whose outcome is unknown, by counter
 	answered [16]byte                 // the last release request answered
+	watching atomic.Bool              // a handoff watcher runs (handoff.go)
+	deadHand backend.Version          // a handoff object version found dead or unreadable
 	valid    atomic.Int64             // clock value until which the lease is valid
 	stop     chan struct{}            // stops the renewal loop
 	done     sync.WaitGroup
@@ -218,6 +220,11 @@ func (v *Volume) leaseValid() bool {
 func (v *Volume) acquireLease(ctx context.Context, own ownerRecord, nonce [16]byte) error {
 	d := v.opts.LeaseDuration
 	poll := min(max(d/10, 20*time.Millisecond), time.Second)
+	limit := v.opts.TakeoverTimeout
+	if v.opts.handoff {
+		// A handoff (handoff.go): the guest is paused while this waits.
+		poll, limit = handoffPoll, v.opts.HandoffTimeout
+	}
 	start := v.now()
 	var (
 		seenVer  backend.Version
@@ -226,6 +233,7 @@ func (v *Volume) acquireLease(ctx context.Context, own ownerRecord, nonce [16]by
 		askedAt  time.Duration
 		asked    bool
 		lastHeld leaseRecord
+		live     bool // the holder renewed while this open watched
 	)
 	for {
 		b, ver, err := v.store.Get(ctx, leaseKey(v.name))
@@ -257,6 +265,7 @@ func (v *Volume) acquireLease(ctx context.Context, own ownerRecord, nonce [16]by
 				return fmt.Errorf("%w: %s: the lease is held by another open (nonce %x, epoch %d)", ErrNotOwner, v.name, cur.nonce[:4], cur.epoch)
 			}
 			if !seen || ver != seenVer {
+				live = live || seen
 				seen, seenVer, seenAt, lastHeld = true, ver, v.now(), cur
 			} else if v.now()-seenAt >= lastHeld.duration+leaseMargin(lastHeld.duration) {
 				free, why = true, fmt.Sprintf("expired (unchanged for %s)", (v.now()-seenAt).Round(time.Millisecond))
@@ -303,9 +312,11 @@ func (v *Volume) acquireLease(ctx context.Context, own ownerRecord, nonce [16]by
 				asked, askedAt = true, v.now()
 			}
 		}
-		if v.now()-start > v.opts.TakeoverTimeout {
+		if v.now()-start > limit && (live || !v.opts.handoff) {
+			// A handoff waits on for a holder that stopped renewing: its
+			// lease expires within 1.2 durations.
 			return fmt.Errorf("%w: %s: another open holds its lease and kept renewing it for %s without releasing it",
-				ErrInUse, v.name, v.opts.TakeoverTimeout)
+				ErrInUse, v.name, limit)
 		}
 		select {
 		case <-ctx.Done():
@@ -466,6 +477,7 @@ func (v *Volume) leaseLoop() {
 			v.log.Warn("lease renewal failed; retrying", "err", err, "valid_for", (time.Duration(l.valid.Load()) - v.now()).Round(time.Millisecond))
 		} else {
 			v.pollRelease()
+			v.pollHandoff()
 		}
 		t.Reset(period)
 	}

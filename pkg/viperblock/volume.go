@@ -129,6 +129,13 @@ type Options struct {
 	// does not drain and release, as when its drains fail. Then Open fails
 	// with ErrInUse.
 	TakeoverTimeout time.Duration
+	// HandoffTimeout bounds how long Standby.Handoff waits for a live
+	// owner to drain, commit and release the volume (default
+	// DefaultHandoffTimeout): the pause a live migration's guest sees at
+	// switch-over is at most about this. An owner that stopped renewing
+	// its lease (its node died) is waited for until the lease expires,
+	// even past this bound. See handoff.go.
+	HandoffTimeout time.Duration
 	// StaleRetention is how long a stale WAL set aside at open (see
 	// quarantine) is kept for inspection before an open removes it
 	// (default DefaultStaleRetention; negative: forever).
@@ -145,6 +152,10 @@ type Options struct {
 	crash func(point string) error
 	// clock, when set by tests, replaces the lease clock (bootClock).
 	clock func() time.Duration
+	// handoff: this writable open is a Standby's handoff (see
+	// handoff.go): it polls the lease fast and gives up on a live holder
+	// after HandoffTimeout.
+	handoff bool
 }
 
 func (o *Options) setDefaults() {
@@ -195,6 +206,9 @@ func (o *Options) setDefaults() {
 		o.TakeoverTimeout = 2 * time.Minute
 	}
 	o.TakeoverTimeout = max(o.TakeoverTimeout, 2*o.LeaseDuration)
+	if o.HandoffTimeout <= 0 {
+		o.HandoffTimeout = DefaultHandoffTimeout
+	}
 	o.Compaction.setDefaults()
 }
 

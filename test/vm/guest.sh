@@ -7,7 +7,9 @@
 #   NEWSUM <path> <sha256>     a file's checksum after the clone's writes
 #   WRITING <batch>            crashwrite: a batch of writes starts
 #   SYNCED <path> <sha256>     crashwrite: the file is on disk (sync returned)
-#   FILE <path> <sha256>       crashcheck: a file found after the crash
+#   FILE <path> <sha256>       crashcheck, migwork: a file found at the end
+#   MIGWORK <n>                migwork: the workload runs; n files synced so far
+# migwork reads the host's "stop" on the console (stdin).
 # /dev/vda is the volume (QEMU's NBD client, virtio-blk, cache=none).
 step=$1
 dev=/dev/vda
@@ -109,6 +111,42 @@ crashcheck)
   [ $failed = 0 ] && sums FILE w
   check "umount" umount $mnt
   check "e2fsck -fn after recovery" fsck_clean
+  ;;
+migwork)
+  # Scenario 6 (live migration): write, fsync and sync files while the host
+  # migrates the VM back and forth between two QEMU processes, until the
+  # host writes "stop" on the console; then check the filesystem from a
+  # cold cache and list every file with its checksum.
+  check "mkfs.ext4 /dev/vda" mkfs.ext4 -q -F $dev
+  check "mount" mount -t ext4 $dev $mnt
+  [ $failed = 0 ] || exit 1
+  mkdir -p $mnt/m
+  exec 3<&0
+  (read -r _ <&3; touch /tmp/stop) &
+  n=0
+  errs=0
+  echo "MIGWORK 0"
+  while [ ! -e /tmp/stop ]; do
+    n=$((n + 1))
+    if dd if=/dev/urandom of=$mnt/m/f$n bs=4k count=$((1 + n % 16)) conv=fsync 2>/dev/null; then
+      s=$(sha256sum $mnt/m/f$n | cut -d' ' -f1)
+      sync
+      echo "SYNCED m/f$n $s"
+    else
+      errs=$((errs + 1))
+      echo "WRITE-FAILED m/f$n"
+    fi
+    [ $((n % 10)) = 0 ] && echo "MIGWORK $n"
+  done
+  echo "MIGWORK stopped after $n files"
+  check "the workload's writes all succeeded" test $errs = 0
+  check "umount" umount $mnt
+  echo 3 >/proc/sys/vm/drop_caches
+  check "e2fsck -fn after the migrations" fsck_clean
+  check "mount again (cold cache)" mount -t ext4 -o ro $dev $mnt
+  [ $failed = 0 ] && sums FILE m
+  check "umount" umount $mnt
+  check "the kernel logged no I/O or ext4 error" sh -c "! dmesg | grep -E 'I/O error|EXT4-fs error|Buffer I/O'"
   ;;
 knbd)
   # Scenario 4: the kernel NBD client against the host's nbdkit, then the

@@ -139,57 +139,91 @@ func driverClasses(t *testing.T) (storage, snapshot map[string]bool) {
 func TestKubeVirtStorageProfile(t *testing.T) {
 	storage, snapshot := driverClasses(t)
 	objs := readObjects(t, filepath.Join(kubevirtDir, "storageprofile.yaml"))["storageprofile.yaml"]
-	if len(objs) != 1 {
-		t.Fatalf("storageprofile.yaml: %d objects, want 1", len(objs))
+	if len(objs) == 0 {
+		t.Fatal("storageprofile.yaml: no objects")
 	}
-	p := objs[0]
-	if str(p, "apiVersion") != "cdi.kubevirt.io/v1beta1" || str(p, "kind") != "StorageProfile" {
-		t.Fatalf("not a cdi.kubevirt.io/v1beta1 StorageProfile: %s %s", str(p, "apiVersion"), str(p, "kind"))
+	rwx := false
+	for _, p := range objs {
+		if str(p, "apiVersion") != "cdi.kubevirt.io/v1beta1" || str(p, "kind") != "StorageProfile" {
+			t.Fatalf("not a cdi.kubevirt.io/v1beta1 StorageProfile: %s %s", str(p, "apiVersion"), str(p, "kind"))
+		}
+		// CDI matches a StorageProfile to the StorageClass of the same name.
+		name := str(p, "metadata", "name")
+		if !storage[name] {
+			t.Errorf("StorageProfile %q names no StorageClass of %s (have %v)", name, driverName, storage)
+		}
+		// The fields of CDI's StorageProfileSpec and ClaimPropertySet.
+		keysIn(t, name+" spec", get(p, "spec"), "cloneStrategy", "claimPropertySets", "dataImportCronSourceFormat", "snapshotClass")
+		keysIn(t, name+" spec.claimPropertySets[0]", get(p, "spec", "claimPropertySets", 0), "accessModes", "volumeMode")
+		// Raw block; ReadWriteMany (block only: live migration) or
+		// ReadWriteOnce.
+		got := get(p, "spec", "claimPropertySets")
+		switch {
+		case reflect.DeepEqual(got, []any{obj{"accessModes": []any{"ReadWriteMany"}, "volumeMode": "Block"}}):
+			rwx = true
+		case reflect.DeepEqual(got, []any{obj{"accessModes": []any{"ReadWriteOnce"}, "volumeMode": "Block"}}):
+		default:
+			t.Errorf("%s: claimPropertySets %v, want one of Block with [ReadWriteMany] or [ReadWriteOnce]", name, got)
+		}
+		if s := str(p, "spec", "cloneStrategy"); s != "csi-clone" {
+			t.Errorf("%s: cloneStrategy %q, want csi-clone", name, s)
+		}
+		if s := str(p, "spec", "dataImportCronSourceFormat"); s != "snapshot" && s != "pvc" && s != "" {
+			t.Errorf("%s: dataImportCronSourceFormat %q", name, s)
+		}
+		if s := str(p, "spec", "snapshotClass"); s != "" && !snapshot[s] {
+			t.Errorf("%s: snapshotClass %q is not a VolumeSnapshotClass of %s (have %v)", name, s, driverName, snapshot)
+		}
 	}
-	// CDI matches a StorageProfile to the StorageClass of the same name.
-	if name := str(p, "metadata", "name"); !storage[name] {
-		t.Errorf("StorageProfile %q names no StorageClass of %s (have %v)", name, driverName, storage)
-	}
-	// The fields of CDI's StorageProfileSpec and ClaimPropertySet.
-	keysIn(t, "spec", get(p, "spec"), "cloneStrategy", "claimPropertySets", "dataImportCronSourceFormat", "snapshotClass")
-	keysIn(t, "spec.claimPropertySets[0]", get(p, "spec", "claimPropertySets", 0), "accessModes", "volumeMode")
-	want := []any{obj{"accessModes": []any{"ReadWriteOnce"}, "volumeMode": "Block"}}
-	if got := get(p, "spec", "claimPropertySets"); !reflect.DeepEqual(got, want) {
-		t.Errorf("claimPropertySets %v, want %v", got, want)
-	}
-	if s := str(p, "spec", "cloneStrategy"); s != "csi-clone" {
-		t.Errorf("cloneStrategy %q, want csi-clone", s)
-	}
-	if s := str(p, "spec", "dataImportCronSourceFormat"); s != "snapshot" && s != "pvc" && s != "" {
-		t.Errorf("dataImportCronSourceFormat %q", s)
-	}
-	if s := str(p, "spec", "snapshotClass"); s != "" && !snapshot[s] {
-		t.Errorf("snapshotClass %q is not a VolumeSnapshotClass of %s (have %v)", s, driverName, snapshot)
+	if !rwx {
+		t.Error("no StorageProfile offers ReadWriteMany block volumes: KubeVirt would not live-migrate VMs")
 	}
 }
 
 // TestKubeVirtVMs checks the VirtualMachines: each disk has a volume and
 // each volume a disk; every PVC and DataVolume template is a raw block
-// ReadWriteOnce volume of one of the driver's StorageClasses (explicitly, or
-// through the StorageProfile); every PVC a VM or a clone source names is
-// defined in these files.
+// ReadWriteOnce or ReadWriteMany volume of one of the driver's
+// StorageClasses (explicitly, or through the StorageProfile); every PVC a VM
+// or a clone source names is defined in these files; a VM with
+// evictionStrategy LiveMigrate has only ReadWriteMany disks.
 func TestKubeVirtVMs(t *testing.T) {
 	storage, _ := driverClasses(t)
 	all := readObjects(t, filepath.Join(kubevirtDir, "*.yaml"))
+	// The access mode each StorageProfile supplies, by StorageClass.
+	profileMode := map[string]string{}
+	for _, o := range all["storageprofile.yaml"] {
+		if m, ok := get(o, "spec", "claimPropertySets", 0, "accessModes", 0).(string); ok {
+			profileMode[str(o, "metadata", "name")] = m
+		}
+	}
+	mode := map[string]string{} // access mode of each PVC and DataVolume template
+	type mig struct {
+		where, file string
+		claims      []string
+	}
+	var migrating []mig
 	claims := map[string]bool{} // PVCs and DataVolume templates, by name
 	type ref struct{ file, name string }
 	var refs []ref
 	vms := 0
-	checkClaim := func(where string, spec any, viaProfile bool) {
-		if sc := str(spec, "storageClassName"); !storage[sc] {
+	checkClaim := func(where, name string, spec any, viaProfile bool) {
+		sc := str(spec, "storageClassName")
+		if !storage[sc] {
 			t.Errorf("%s: storageClassName %q is not a StorageClass of %s", where, sc, driverName)
 		}
 		vm, am := str(spec, "volumeMode"), get(spec, "accessModes")
 		if viaProfile && vm == "" && am == nil {
-			return // the StorageProfile supplies Block and ReadWriteOnce
+			mode[name] = profileMode[sc] // the StorageProfile supplies Block and the access mode
+			if mode[name] == "" {
+				t.Errorf("%s: no StorageProfile for StorageClass %q supplies the access mode", where, sc)
+			}
+			return
 		}
-		if vm != "Block" || !reflect.DeepEqual(am, []any{"ReadWriteOnce"}) {
-			t.Errorf("%s: volumeMode %q accessModes %v, want Block [ReadWriteOnce]", where, vm, am)
+		if vm != "Block" || !reflect.DeepEqual(am, []any{"ReadWriteOnce"}) && !reflect.DeepEqual(am, []any{"ReadWriteMany"}) {
+			t.Errorf("%s: volumeMode %q accessModes %v, want Block [ReadWriteOnce] or [ReadWriteMany]", where, vm, am)
+		}
+		if l, ok := am.([]any); ok && len(l) == 1 {
+			mode[name], _ = l[0].(string)
 		}
 		if get(spec, "resources", "requests", "storage") == nil {
 			t.Errorf("%s: no storage request", where)
@@ -207,7 +241,7 @@ func TestKubeVirtVMs(t *testing.T) {
 			switch str(o, "apiVersion") + " " + str(o, "kind") {
 			case "v1 PersistentVolumeClaim":
 				claims[name] = true
-				checkClaim(where, get(o, "spec"), false)
+				checkClaim(where, name, get(o, "spec"), false)
 				// Kubernetes' own types: decode strictly.
 				b, _ := json.Marshal(o)
 				strict := serializer.NewCodecFactory(scheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
@@ -227,9 +261,9 @@ func TestKubeVirtVMs(t *testing.T) {
 					w := fmt.Sprintf("%s dataVolumeTemplates[%d] %s", where, i, dvName)
 					keysIn(t, w+" spec", get(dv, "spec"), "source", "sourceRef", "storage", "pvc", "contentType", "preallocation", "priorityClassName", "checkpoints", "finalCheckpoint")
 					if s := get(dv, "spec", "storage"); s != nil {
-						checkClaim(w, s, true)
+						checkClaim(w, dvName, s, true)
 					} else {
-						checkClaim(w, get(dv, "spec", "pvc"), false)
+						checkClaim(w, dvName, get(dv, "spec", "pvc"), false)
 					}
 					if src := get(dv, "spec", "source", "pvc"); src != nil {
 						refs = append(refs, ref{f, str(src, "name")})
@@ -245,7 +279,13 @@ func TestKubeVirtVMs(t *testing.T) {
 					disks[str(d, "name")] = true
 				}
 				vols := map[string]bool{}
+				var vmClaims []string
 				for _, v := range asList(get(spec, "volumes")) {
+					for _, n := range []string{str(v, "dataVolume", "name"), str(v, "persistentVolumeClaim", "claimName")} {
+						if n != "" {
+							vmClaims = append(vmClaims, n)
+						}
+					}
 					vn := str(v, "name")
 					vols[vn] = true
 					if !disks[vn] {
@@ -264,7 +304,7 @@ func TestKubeVirtVMs(t *testing.T) {
 					}
 				}
 				if s := str(spec, "evictionStrategy"); s == "LiveMigrate" {
-					t.Errorf("%s: evictionStrategy LiveMigrate needs ReadWriteMany volumes, which the driver does not offer", where)
+					migrating = append(migrating, mig{where, f, vmClaims})
 				}
 			case "cdi.kubevirt.io/v1beta1 StorageProfile":
 			default:
@@ -274,6 +314,14 @@ func TestKubeVirtVMs(t *testing.T) {
 	}
 	if vms == 0 {
 		t.Fatal("no VirtualMachine in " + kubevirtDir)
+	}
+	// KubeVirt live-migrates a VM only if every disk is ReadWriteMany.
+	for _, m := range migrating {
+		for _, c := range m.claims {
+			if mode[c] != "ReadWriteMany" {
+				t.Errorf("%s: evictionStrategy LiveMigrate, but its disk %q is %q, not ReadWriteMany", m.where, c, mode[c])
+			}
+		}
 	}
 	for _, r := range refs {
 		if !claims[r.name] {

@@ -30,6 +30,16 @@
 #    nbdfuse + loop with every capability; VB_KERNEL_NBD=1 and
 #    VB_REQUIRE=all, so no test skips for a missing capability); each test
 #    is a check.
+# 6. live-migration: a guest writes, fsyncs and syncs checksummed files
+#    while the host migrates it between two QEMU processes (node A and
+#    node B) with QEMU's own migration, VB_VM_MIG_ROUNDS round trips (5);
+#    then the target QEMU is killed at pre-switchover and, in standby
+#    mode, the source's nbdkit during the handoff. Every synced file is
+#    there with its checksum, e2fsck -fn passes in the guest and on the
+#    host, no I/O error; the pause at each switch-over is measured.
+#    VB_VM_MIG_MODE=standby (default: an nbdkit per node, the target's
+#    with standby=true) or shared (one nbdkit for both QEMUs). See
+#    migration.sh.
 #
 # Prints a line per check with timings, the timing of each host step, and
 # ends with "N passed, N failed"; exits 1 if any check failed.
@@ -45,6 +55,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 # shellcheck source=lib.sh
 . "$here/lib.sh"
+# shellcheck source=migration.sh
+. "$here/migration.sh" || exit 2
 
 T0=$(date +%s.%N)
 passed=0
@@ -216,7 +228,7 @@ img_absent() { debugfs -R "stat /$2" "$1" 2>&1 | grep -q 'File not found'; }
 
 # ---- the guest -------------------------------------------------------------
 
-# Two initramfs: the base plus guest.sh for scenarios 1-3, and for 4 also
+# Two initramfs: the base plus guest.sh for scenarios 1-3 and 6, and for 4 also
 # the static vmguest and node binaries and the plugin (22 MiB more to unpack
 # at each boot).
 build_guest() {
@@ -238,7 +250,7 @@ if ! check "guest: kernel + initramfs (cached) + vmguest, node binaries" timed "
   echo "$passed passed, $failed failed"
   exit 1
 fi
-log "guest: $(basename "$VM_KERNEL"), initramfs $(du -h "$work/initrd-disk.gz" | cut -f1) (scenarios 1-3), $(du -h "$work/initrd-knbd.gz" | cut -f1) (4)"
+log "guest: $(basename "$VM_KERNEL"), initramfs $(du -h "$work/initrd-disk.gz" | cut -f1) (scenarios 1-3, 6), $(du -h "$work/initrd-knbd.gz" | cut -f1) (4)"
 INITRD=$work/initrd-disk.gz
 
 # ---- 1: QEMU on a served volume through an NBD URI -------------------------
@@ -430,6 +442,7 @@ want 2 && timed "scenario 2 (total)" scenario2
 want 3 && timed "scenario 3 (total)" scenario3
 want 4 && timed "scenario 4 (total)" scenario4
 want 5 && timed "scenario 5 (total)" scenario5
+want 6 && timed "scenario 6 (total)" scenario6
 
 echo "---- timings ----"
 for l in "${TIMES[@]}"; do echo "$l"; done

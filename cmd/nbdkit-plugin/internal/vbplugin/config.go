@@ -31,6 +31,11 @@ const (
 //	readonly=BOOL        open without ownership
 //	resume_only=BOOL     take ownership only back from wal_dir's own open
 //	                     (vb.Options.ResumeOnly); refused: exit status 77
+//	standby=BOOL         open in standby, the target of a live migration:
+//	                     the owner keeps the volume until the first I/O
+//	                     here hands it over (see plugin.go, vb.Standby)
+//	handoff_timeout=DUR  how long that handoff waits for a live owner
+//	                     (vb.Options.HandoffTimeout, default 10s)
 //	drain_interval=DUR   engine drain interval
 //	lease_duration=DUR   ownership lease duration (vb.Options.LeaseDuration)
 //	durability=node|store  this open's durability class (default: the volume's)
@@ -62,6 +67,8 @@ type Config struct {
 	Size            int64 // create if missing when > 0
 	ReadOnly        bool
 	ResumeOnly      bool // see vb.Options.ResumeOnly and ExitNotOwner
+	Standby         bool // open as a vb.Standby; the first I/O hands over
+	HandoffTimeout  time.Duration
 	DrainInterval   time.Duration
 	LeaseDuration   time.Duration
 	Durability      vb.Durability
@@ -122,6 +129,18 @@ func (c *Config) Set(key, value string) error {
 			return fmt.Errorf("resume_only=%s: %v", value, err)
 		}
 		c.ResumeOnly = b
+	case "standby":
+		b, err := parseBool(value)
+		if err != nil {
+			return fmt.Errorf("standby=%s: %v", value, err)
+		}
+		c.Standby = b
+	case "handoff_timeout", "handoff-timeout":
+		d, err := time.ParseDuration(value)
+		if err != nil || d <= 0 || d > time.Hour {
+			return fmt.Errorf("handoff_timeout=%s: want a positive duration up to 1h, such as 10s", value)
+		}
+		c.HandoffTimeout = d
 	case "drain_interval", "drain-interval":
 		d, err := time.ParseDuration(value)
 		if err != nil || d <= 0 {
@@ -273,6 +292,9 @@ func (c *Config) Complete(getenv func(string) string) error {
 	}
 	if c.WALDir == "" && !c.ReadOnly {
 		return fmt.Errorf("missing wal_dir=<DIR> (or %s in the environment); a writable volume needs one", EnvWALDir)
+	}
+	if c.Standby && (c.ReadOnly || c.ResumeOnly || c.Size > 0) {
+		return fmt.Errorf("standby=true takes an existing volume over from its owner: it excludes readonly=, resume_only= and size=")
 	}
 	if c.ResumeOnly && c.Size > 0 {
 		return fmt.Errorf("resume_only=true reopens an existing volume: it excludes size=")

@@ -79,8 +79,8 @@ func (p *Plugin) Snapshot() volmetrics.Snapshot {
 			s.Store[op] = volmetrics.StoreOp{OK: st.OK, Errors: st.Errors, Retries: st.Retries, Seconds: st.Seconds}
 		}
 	}
-	if p.vol != nil {
-		st := p.vol.Stats()
+	if v := p.cur.Load(); v != nil {
+		st := v.Stats()
 		m := st.Metrics
 		s.Engine = volmetrics.Engine{
 			CacheHits: st.CacheHits, CacheMisses: st.CacheMisses,

@@ -14,6 +14,24 @@
 //	open/close                one Conn per NBD connection, all sharing the
 //	                          Volume; when the last connection closes the
 //	                          volume is drained to the backend (best effort)
+//
+// With standby=true (the target of a live migration) get_ready opens the
+// volume as a vb.Standby: the current owner keeps it, and this server
+// announces itself. The first request that modifies data (write, trim,
+// zero) hands the volume over (vb.Standby.Handoff: the owner drains,
+// commits and releases, and this server takes ownership with the next
+// epoch) and waits for that, up to handoff_timeout for a live owner or
+// until a dead owner's lease expires. A handoff that fails fails that
+// request (EIO) and leaves the volume with its owner; the next request
+// tries again. Reads (read, block status, cache) do not hand over: the
+// owner commits everything it holds for each, and the read is served from
+// that committed state, so it is never stale (vb.Standby.ReadAt; the
+// kernel and udev read a block device as soon as it is attached, long
+// before a migration switches over). A flush before the handoff succeeds
+// at once: nothing was written here. The NBD handshake and size queries
+// touch nothing. A server whose volume was handed over to another fails
+// every request from then on (EIO).
+//
 //	cleanup                   after the last connection ended (also on
 //	                          SIGTERM/SIGINT): Close, which flushes and drains
 //	                          to the backend; if that fails the data stays in
@@ -55,8 +73,10 @@ type Plugin struct {
 	Cfg Config
 	log *slog.Logger
 
-	store backend.Store
-	vol   *vb.Volume
+	store   backend.Store
+	cur     atomic.Pointer[vb.Volume] // the open volume (nil while a standby waits)
+	standby *vb.Standby               // standby=true: until the handoff
+	handMu  sync.Mutex                // serializes handoffs
 
 	storeStats *backend.RequestStats // the store's requests (backend.Count)
 	io         ioCounters            // NBD requests served
@@ -78,8 +98,50 @@ func New(log *slog.Logger) *Plugin {
 	return &Plugin{log: log}
 }
 
-// Volume returns the open volume (nil before GetReady).
-func (p *Plugin) Volume() *vb.Volume { return p.vol }
+// Volume returns the open volume (nil before GetReady, and while a
+// standby has not handed over).
+func (p *Plugin) Volume() *vb.Volume { return p.cur.Load() }
+
+// volume returns the open volume, handing a standby over first (see the
+// package comment).
+func (p *Plugin) volume() (*vb.Volume, error) {
+	if v := p.cur.Load(); v != nil {
+		return v, nil
+	}
+	p.handMu.Lock()
+	defer p.handMu.Unlock()
+	if v := p.cur.Load(); v != nil {
+		return v, nil
+	}
+	if p.standby == nil {
+		return nil, fmt.Errorf("volume not open")
+	}
+	start := time.Now()
+	p.log.Info("first I/O on the standby: asking the owner to hand the volume over", "volume", p.Cfg.Volume)
+	v, err := p.standby.Handoff(context.Background())
+	if errors.Is(err, vb.ErrHandedOff) {
+		// A read on the standby handed over (its owner did not answer)
+		// and is about to adopt the volume.
+		p.handMu.Unlock()
+		defer p.handMu.Lock()
+		for i := 0; i < 500; i++ {
+			if v := p.cur.Load(); v != nil {
+				return v, nil
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return nil, err
+	}
+	if err != nil {
+		p.log.Error("handoff failed: the owner keeps the volume; this request fails and the next one tries again",
+			"volume", p.Cfg.Volume, "took", time.Since(start).Round(time.Millisecond), "err", err)
+		return nil, err
+	}
+	p.cur.Store(v)
+	p.log.Info("volume handed over: this server owns it now", "volume", p.Cfg.Volume, "epoch", v.Epoch(),
+		"pause", time.Since(start).Round(time.Millisecond))
+	return v, nil
+}
 
 // GetReady opens the store and the volume, creating the volume first when
 // size= was given and it does not exist.
@@ -102,6 +164,18 @@ func (p *Plugin) GetReady(ctx context.Context) error {
 		DeferBackground: true,
 	}
 	c.memoryOptions(&opts)
+	if c.Standby {
+		opts.HandoffTimeout = c.HandoffTimeout
+		sb, err := vb.OpenStandby(ctx, store, c.Volume, opts)
+		if err != nil {
+			store.Close()
+			return openError(c, err)
+		}
+		p.store, p.standby = store, sb
+		p.log.Info("volume open in standby: the owner keeps it until the first I/O here hands it over",
+			"volume", c.Volume, "size", sb.Size(), "store", Redact(c.Store), "wal_dir", c.WALDir)
+		return nil
+	}
 	vol, err := vb.Open(ctx, store, c.Volume, opts)
 	if errors.Is(err, vb.ErrNotFound) && c.Size > 0 && !c.ReadOnly {
 		err = vb.CreateWithClass(ctx, store, c.Volume, c.Size, c.Durability)
@@ -120,7 +194,8 @@ func (p *Plugin) GetReady(ctx context.Context) error {
 	if c.Size > 0 && (c.Size+vb.BlockSize-1)/vb.BlockSize*vb.BlockSize != vol.Size() {
 		p.log.Warn("volume exists with another size; size= ignored", "volume", c.Volume, "size", vol.Size(), "requested", c.Size)
 	}
-	p.store, p.vol = store, vol
+	p.store = store
+	p.cur.Store(vol)
 	if path := os.Getenv(EnvCPUProfile); path != "" {
 		p.startProfile(path)
 	}
@@ -134,8 +209,11 @@ func (p *Plugin) GetReady(ctx context.Context) error {
 // nbdkit calls it once it has set up its file descriptors and written its
 // pidfile, before it accepts connections.
 func (p *Plugin) AfterFork() {
-	if p.vol != nil {
-		p.vol.Start()
+	if v := p.cur.Load(); v != nil {
+		v.Start()
+		p.startMetrics()
+	} else if p.standby != nil {
+		p.standby.Start()
 		p.startMetrics()
 	}
 }
@@ -198,15 +276,28 @@ func openError(c *Config, err error) error {
 func (p *Plugin) Cleanup() error {
 	p.drainMu.Lock()
 	defer p.drainMu.Unlock()
-	if p.closed || p.vol == nil {
+	if p.closed || (p.cur.Load() == nil && p.standby == nil) {
 		return nil
 	}
 	p.closed = true
 	p.stopProfile()
 	p.stopMetrics()
+	p.handMu.Lock() // no handoff under way (there is no I/O left)
+	defer p.handMu.Unlock()
+	if p.standby != nil {
+		p.standby.Close()
+	}
+	vol := p.cur.Load()
+	if vol == nil {
+		if p.store != nil {
+			p.store.Close()
+		}
+		p.log.Info("standby closed without a handoff: the owner keeps the volume", "volume", p.Cfg.Volume)
+		return nil
+	}
 	start := time.Now()
-	err := p.vol.Close()
-	st := p.vol.Stats()
+	err := vol.Close()
+	st := vol.Stats()
 	if p.store != nil {
 		p.store.Close()
 	}
@@ -235,10 +326,13 @@ type Conn struct {
 // Open starts a connection. readonly is nbdkit's view (-r or a read-only
 // export); a readonly= volume is read-only for every connection.
 func (p *Plugin) Open(readonly bool) (*Conn, error) {
-	if p.vol == nil {
+	if v := p.cur.Load(); v != nil {
+		v.Start() // normally done by AfterFork already
+	} else if p.standby != nil {
+		p.standby.Start()
+	} else {
 		return nil, fmt.Errorf("volume not open")
 	}
-	p.vol.Start() // normally done by AfterFork already
 	if n := p.conns.Add(1); p.Cfg.Memory > 0 && n > int64(p.Cfg.Connections) {
 		// Served all the same (refusing could break a device's
 		// reconnection), but each connection's nbdkit threads hold
@@ -262,9 +356,13 @@ func (c *Conn) Close() {
 	if p.closed || p.conns.Load() != 0 {
 		return
 	}
+	vol := p.cur.Load()
+	if vol == nil {
+		return // a standby: nothing of its own to drain
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()
-	if err := p.vol.Drain(ctx); err != nil {
+	if err := vol.Drain(ctx); err != nil {
 		p.noteErr(err)
 		p.log.Warn("drain after the last connection closed failed; will retry", "volume", p.Cfg.Volume, "err", err)
 	}
@@ -283,7 +381,88 @@ func (c *Conn) CanWrite() bool { return !c.readonly }
 // device itself is limited to the volume's size). Between the volume's end
 // and the virtual size, reads return zeros, zero and trim do nothing and
 // writes fail with ENOSPC.
-func (c *Conn) Size() int64 { return max(c.p.vol.Size(), c.p.Cfg.VirtualSize) }
+func (c *Conn) Size() int64 { return max(c.p.size(), c.p.Cfg.VirtualSize) }
+
+// size is the volume's size (the standby's view before a handoff).
+func (p *Plugin) size() int64 {
+	if v := p.cur.Load(); v != nil {
+		return v.Size()
+	}
+	if p.standby != nil {
+		return p.standby.Size()
+	}
+	return 0
+}
+
+// adopt makes v, handed over by a read on the standby, the open volume.
+func (p *Plugin) adopt(v *vb.Volume) {
+	p.handMu.Lock()
+	defer p.handMu.Unlock()
+	if p.cur.Load() == nil {
+		p.cur.Store(v)
+		p.log.Info("volume handed over on a read (the owner did not answer): this server owns it now", "volume", p.Cfg.Volume, "epoch", v.Epoch())
+	}
+}
+
+// reader is what reads go to: the open volume, or the standby's view.
+type reader struct {
+	vol *vb.Volume
+	sb  *vb.Standby
+	p   *Plugin
+}
+
+func (p *Plugin) reader() (reader, error) {
+	if v := p.cur.Load(); v != nil {
+		return reader{vol: v}, nil
+	}
+	if p.standby == nil {
+		return reader{}, fmt.Errorf("volume not open")
+	}
+	return reader{sb: p.standby, p: p}, nil
+}
+
+func (r reader) size() int64 {
+	if r.vol != nil {
+		return r.vol.Size()
+	}
+	return r.sb.Size()
+}
+
+func (r reader) ReadAt(buf []byte, off int64) (int, error) {
+	if r.vol != nil {
+		return r.vol.ReadAt(buf, off)
+	}
+	n, v, err := r.sb.ReadAt(context.Background(), buf, off)
+	if v != nil {
+		r.p.adopt(v)
+	}
+	if errors.Is(err, vb.ErrHandedOff) {
+		vol, verr := r.p.volume()
+		if verr != nil {
+			return 0, verr
+		}
+		return vol.ReadAt(buf, off)
+	}
+	return n, err
+}
+
+func (r reader) Extents(off, length int64) ([]vb.Extent, error) {
+	if r.vol != nil {
+		return r.vol.Extents(off, length)
+	}
+	ext, v, err := r.sb.Extents(context.Background(), off, length)
+	if v != nil {
+		r.p.adopt(v)
+	}
+	if errors.Is(err, vb.ErrHandedOff) {
+		vol, verr := r.p.volume()
+		if verr != nil {
+			return nil, verr
+		}
+		return vol.Extents(off, length)
+	}
+	return ext, err
+}
 
 // Pread fills buf from off; past the volume's end (inside the virtual
 // size) it reads zeros.
@@ -297,8 +476,12 @@ func (c *Conn) pread(buf []byte, off uint64) error {
 	if off > 1<<62 {
 		return fmt.Errorf("%w: offset %d", vb.ErrOutOfRange, off)
 	}
+	vol, err := c.p.reader()
+	if err != nil {
+		return c.p.noteErr(err)
+	}
 	if c.p.Cfg.VirtualSize > 0 {
-		size := uint64(c.p.vol.Size())
+		size := uint64(vol.size())
 		if off+uint64(len(buf)) > size && off+uint64(len(buf)) <= uint64(c.Size()) {
 			in := uint64(0)
 			if off < size {
@@ -311,7 +494,7 @@ func (c *Conn) pread(buf []byte, off uint64) error {
 			buf = buf[:in]
 		}
 	}
-	_, err := c.p.vol.ReadAt(buf, int64(off))
+	_, err = vol.ReadAt(buf, int64(off))
 	return c.p.noteErr(err)
 }
 
@@ -327,18 +510,27 @@ func (c *Conn) pwrite(buf []byte, off uint64, fua bool) error {
 	if off > 1<<62 {
 		return fmt.Errorf("%w: offset %d", vb.ErrOutOfRange, off)
 	}
-	if _, err := c.p.vol.WriteAt(buf, int64(off)); err != nil {
+	vol, err := c.p.volume()
+	if err != nil {
+		return c.p.noteErr(err)
+	}
+	if _, err := vol.WriteAt(buf, int64(off)); err != nil {
 		return c.p.noteErr(err)
 	}
 	if fua {
-		return c.p.noteErr(c.p.vol.Flush())
+		return c.p.noteErr(vol.Flush())
 	}
 	return nil
 }
 
 // Flush makes every write completed before it, on any connection, durable.
 func (c *Conn) Flush() error {
-	err := c.p.noteErr(c.p.vol.Flush())
+	var err error
+	if vol := c.p.cur.Load(); vol != nil {
+		err = c.p.noteErr(vol.Flush())
+	} else if c.p.standby == nil {
+		err = fmt.Errorf("volume not open")
+	} // else a standby: nothing written here to make durable
 	c.p.io.done(ioFlush, 0, err)
 	return err
 }
@@ -364,17 +556,21 @@ func (c *Conn) zero(n uint32, off uint64, fua bool) error {
 	if off > 1<<62 {
 		return fmt.Errorf("%w: offset %d", vb.ErrOutOfRange, off)
 	}
-	if size := uint64(c.p.vol.Size()); c.p.Cfg.VirtualSize > 0 && off+uint64(n) > size && off+uint64(n) <= uint64(c.Size()) {
+	vol, err := c.p.volume()
+	if err != nil {
+		return c.p.noteErr(err)
+	}
+	if size := uint64(vol.Size()); c.p.Cfg.VirtualSize > 0 && off+uint64(n) > size && off+uint64(n) <= uint64(c.Size()) {
 		if off >= size {
 			return nil // past the volume's end: already zeros
 		}
 		n = uint32(size - off)
 	}
-	if err := c.p.vol.Zero(int64(off), int64(n)); err != nil {
+	if err := vol.Zero(int64(off), int64(n)); err != nil {
 		return c.p.noteErr(err)
 	}
 	if fua {
-		return c.p.noteErr(c.p.vol.Flush())
+		return c.p.noteErr(vol.Flush())
 	}
 	return nil
 }
@@ -387,7 +583,11 @@ const extentWindow = 1 << 30
 // Extents reports data and hole runs from off, for at most n bytes, calling
 // add for each in order. With reqOne, one extent is enough.
 func (c *Conn) Extents(n uint32, off uint64, reqOne bool, add func(off, length uint64, hole bool) error) error {
-	size := uint64(c.p.vol.Size())
+	vol, err := c.p.reader()
+	if err != nil {
+		return c.p.noteErr(err)
+	}
+	size := uint64(vol.size())
 	if virt := uint64(c.Size()); off >= size && off < virt {
 		return add(off, min(uint64(n), virt-off), true) // past the volume's end: a hole
 	}
@@ -395,7 +595,7 @@ func (c *Conn) Extents(n uint32, off uint64, reqOne bool, add func(off, length u
 		return fmt.Errorf("%w: extents at %d of %d bytes", vb.ErrOutOfRange, off, size)
 	}
 	length := min(uint64(n), size-off, extentWindow)
-	ext, err := c.p.vol.Extents(int64(off), int64(length))
+	ext, err := vol.Extents(int64(off), int64(length))
 	if err != nil {
 		return c.p.noteErr(err)
 	}

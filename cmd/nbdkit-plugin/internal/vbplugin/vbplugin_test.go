@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
@@ -346,4 +347,101 @@ func TestResumeOnly(t *testing.T) {
 	if inf, err := vb.Inspect(ctx, st, "vol"); err != nil || inf.Epoch != other.Epoch() {
 		t.Fatalf("store epoch %d (%v), want the new owner's %d", inf.Epoch, err, other.Epoch())
 	}
+}
+
+// standby= and handoff_timeout= parse, and standby excludes the options of
+// an open that creates or only resumes.
+func TestConfigStandby(t *testing.T) {
+	var c Config
+	for k, v := range map[string]string{"volume": "v", "store": "mem://x", "wal_dir": "/tmp/w", "standby": "true", "handoff_timeout": "3s"} {
+		if err := c.Set(k, v); err != nil {
+			t.Fatalf("%s=%s: %v", k, v, err)
+		}
+	}
+	if err := c.Complete(func(string) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+	if !c.Standby || c.HandoffTimeout != 3*time.Second {
+		t.Fatalf("config %+v", c)
+	}
+	for _, kv := range [][2]string{{"standby", "maybe"}, {"handoff_timeout", "0s"}, {"handoff_timeout", "soon"}, {"handoff_timeout", "2h"}} {
+		var c Config
+		if err := c.Set(kv[0], kv[1]); err == nil {
+			t.Errorf("%s=%s accepted", kv[0], kv[1])
+		}
+	}
+	for _, other := range [][2]string{{"readonly", "true"}, {"resume_only", "true"}, {"size", "1GiB"}} {
+		var c Config
+		for k, v := range map[string]string{"volume": "v", "store": "mem://x", "wal_dir": "/tmp/w", "standby": "true", other[0]: other[1]} {
+			if err := c.Set(k, v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := c.Complete(func(string) string { return "" }); err == nil || !strings.Contains(err.Error(), "standby") {
+			t.Errorf("standby with %s=%s: %v", other[0], other[1], err)
+		}
+	}
+}
+
+// A standby plugin serves reads from what the owner commits for them,
+// takes nothing at a flush, and takes the volume at its first write; the
+// old owner's writes fail then.
+func TestPluginStandby(t *testing.T) {
+	store := memStore(t)
+	a := newPlugin(t, store, "1MiB")
+	defer a.Cleanup()
+	a.AfterFork()
+	ca, err := a.Open(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk := func(b byte) []byte { return bytes.Repeat([]byte{b}, 4096) }
+	if err := ca.Pwrite(blk(1), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	b := New(nil)
+	for k, v := range map[string]string{"volume": "vol", "store": store, "wal_dir": t.TempDir(), "standby": "true", "lease_duration": "1s"} {
+		if err := b.Cfg.Set(k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Cfg.Complete(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.GetReady(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Cleanup()
+	b.AfterFork()
+	cb, err := b.Open(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cb.Size() != 1<<20 || b.Volume() != nil {
+		t.Fatalf("standby: size %d, volume %v", cb.Size(), b.Volume())
+	}
+	got := make([]byte, 4096)
+	if err := cb.Pread(got, 0); err != nil || !bytes.Equal(got, blk(1)) {
+		t.Fatalf("read on the standby: %v (stale: %v)", err, !bytes.Equal(got, blk(1)))
+	}
+	if err := cb.Flush(); err != nil || b.Volume() != nil {
+		t.Fatalf("flush on the standby: %v, handed over %v", err, b.Volume() != nil)
+	}
+	if err := ca.Pwrite(blk(2), 0, true); err != nil {
+		t.Fatalf("the owner stopped serving: %v", err)
+	}
+	if err := cb.Pwrite(blk(3), 4096, false); err != nil {
+		t.Fatalf("first write on the standby: %v", err)
+	}
+	if b.Volume() == nil {
+		t.Fatal("the first write did not hand over")
+	}
+	if err := ca.Pwrite(blk(4), 0, false); Errno(err, true) != syscall.EIO {
+		t.Fatalf("the old owner's write after the handoff: %v", err)
+	}
+	if err := cb.Pread(got, 0); err != nil || !bytes.Equal(got, blk(2)) {
+		t.Fatalf("the new owner lost the old owner's last write: %v", err)
+	}
+	ca.Close()
+	cb.Close()
 }
