@@ -14,11 +14,14 @@ import (
 //
 //   - pending writes: every record not yet drained sits in a WAL slab. The
 //     throttle (io.go) keeps pending bytes within MaxPendingBytes plus one
-//     admission step (at most 1/16 of the limit); each live segment (16
-//     active, 16 sealed while a drain is in flight) wastes at most one
-//     partly filled slab, and slabs are 1/128 of the limit (slabSizeFor,
-//     at least 64 KiB), so the slabs in use stay within 21/16 of the
-//     limit, or the limit, a step and 2 MiB for small limits. Retired slabs go
+//     admission step (at most 1/16 of the limit); each live segment
+//     wastes at most one partly filled slab: 16 active, 16 sealed while a
+//     drain is in flight, and 16 more when that drain failed and the next
+//     seal came on top of it (wasteSlabs in all; a store outage under
+//     writers stalled at the limit reached 40 in tests). Slabs are 1/128
+//     of the limit (slabSizeFor, at least 64 KiB), so the slabs in use stay
+//     within 23/16 of the limit, or the limit, a step and 3 MiB for small
+//     limits. Retired slabs go
 //     to the volume's pool and are taken from it before any new one is
 //     allocated, so slabs in use and pooled together never exceed the
 //     most ever in use at once.
@@ -63,6 +66,10 @@ type MemoryPlan struct {
 
 // PlanMemory divides a share of memory among a volume's holdings, as
 // Options.MemoryBytes does when the other options are left zero.
+// wasteSlabs is how many partly filled slabs the plan allows for (see
+// above).
+const wasteSlabs = 48
+
 func PlanMemory(share int64) MemoryPlan {
 	share = max(share, MinMemoryBytes)
 	var p MemoryPlan
@@ -70,8 +77,8 @@ func PlanMemory(share int64) MemoryPlan {
 	rest := share - int64(p.UploadConcurrency)*chunkBufBytes
 	slabs := rest * 5 / 8
 	// Pending data may pass the limit by one admission step (1/16 of it)
-	// and 32 live segments may each waste a partly filled slab.
-	p.MaxPendingBytes = (slabs - 32*int64(slabSizeFor(slabs*16/21))) * 16 / 17
+	// and wasteSlabs live segments may each waste a partly filled slab.
+	p.MaxPendingBytes = (slabs - wasteSlabs*int64(slabSizeFor(slabs*16/17))) * 16 / 17 // slabs*16/17 bounds the limit: the slab size is not underestimated
 	p.DrainBytes = p.MaxPendingBytes / 4
 	p.SlabPoolBytes = p.MaxPendingBytes + p.MaxPendingBytes/4
 	caches := rest - slabs

@@ -11,7 +11,7 @@ import (
 // one admission step, cache blocks and chunk indexes.
 func planBound(p MemoryPlan) int64 {
 	step := max(min(p.MaxPendingBytes/16, 1<<20), wal.BlockRecordLen)
-	slack := 32 * int64(slabSizeFor(p.MaxPendingBytes))
+	slack := wasteSlabs * int64(slabSizeFor(p.MaxPendingBytes))
 	return int64(p.UploadConcurrency)*chunkBufBytes + p.MaxPendingBytes + step + slack +
 		int64(p.CacheBlocks)*cacheEntryBytes + int64(p.ChunkIndexes)*chunkIndexBytes
 }
