@@ -72,14 +72,10 @@ func (m *Mem) ListDirs(_ context.Context, prefix string) ([]string, error) {
 	if err := validDirPrefix(prefix); err != nil {
 		return nil, err
 	}
-	m.mu.RLock()
-	var keys []string
-	for k := range m.objs {
-		if strings.HasPrefix(k, prefix) {
-			keys = append(keys, k)
-		}
+	keys, err := m.List(context.Background(), prefix)
+	if err != nil {
+		return nil, err
 	}
-	m.mu.RUnlock()
 	return dirsOf(keys, prefix), nil
 }
 
