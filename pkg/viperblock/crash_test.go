@@ -139,7 +139,7 @@ func TestCrashRandom(t *testing.T) {
 
 // crashPoints are the engine's named crash points.
 var crashPoints = []string{
-	"wal.before-fsync", "wal.before-dir-sync", "wal.before-recycle-sync",
+	"wal.before-fsync", "wal.before-dir-sync", "wal.before-recycle-sync", "wal.before-recycle-rename",
 	"drain.before-chunk-put", "drain.before-chunk-sync", "drain.before-commit", "drain.after-commit",
 	"open.before-epoch-commit", "open.after-epoch-commit",
 	"compact.before-chunk-put", "compact.before-chunk-sync", "compact.before-commit", "compact.after-commit",
@@ -184,6 +184,7 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 		t.Fatal(err)
 	}
 	model := newCrashModel()
+	hits := 0 // crashes at the forced point
 	for iter := 0; iter < iters; iter++ {
 		var crashMu sync.Mutex // guards crashed: the drain loop may crash too
 		var crashed *vfs.MemFS
@@ -204,6 +205,7 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 				return errCrash // the machine is down: nothing more happens
 			}
 			if p == target && crashRng.Intn(2) == 0 {
+				hits++
 				crashed = fs.CrashClone(crashRng)
 				return errCrash
 			}
@@ -301,6 +303,9 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 			crashed = fs.CrashClone(rng)
 		}
 		fs = crashed
+	}
+	if force != "" && hits == 0 {
+		t.Errorf("seed %d: crash point %s was never reached in %d iterations", seed, force, iters)
 	}
 	v, err := Open(ctx, store(), "vol", Options{WALDir: "/wal", FS: fs, Logger: quietLogger()})
 	if err != nil {

@@ -161,9 +161,11 @@ func newSalt() uint32 {
 // The file of a retired segment (all its records committed) is renamed
 // <generation>.free and kept, up to walFreePerShard per shard and
 // walFreeBytes in all, for the next segment of its shard: its header is
-// rewritten with a new salt and made durable before any record is
-// written after it, so the records of its previous life read as the end
-// of the log (package wal). Free files are deleted at Close and at Open.
+// rewritten with a new salt and made durable under its free name, and only
+// then renamed to the new segment's name, so the records of its previous
+// life read as the end of the log (package wal) and a crash never leaves a
+// segment file with a torn header (reuseFile). Free files are deleted at
+// Close and at Open.
 const (
 	walPreallocMin  = 1 << 20
 	walPreallocMax  = 16 << 20
@@ -400,33 +402,20 @@ func (v *Volume) failedWrite(seg *segment, err error) error {
 
 func (v *Volume) createSegmentFile(sh *shard, seg *segment) error {
 	hdr := wal.AppendSegmentHeader(nil, wal.SegmentHeader{Shard: uint16(sh.idx), Epoch: v.epoch, Generation: seg.gen, Salt: seg.salt, Created: uint32(time.Now().Unix()), Volume: v.name})
-	f, size, recycled := v.reuseFile(sh.idx, seg)
+	f, size, err := v.reuseFile(sh.idx, seg, hdr)
+	if err != nil {
+		return err
+	}
 	if f == nil {
-		var err error
 		if f, err = v.fs.Create(seg.path); err != nil {
 			return fmt.Errorf("viperblock: create WAL segment: %w", err)
 		}
-	}
-	if _, err := f.Write(hdr); err != nil {
-		// Nothing in it yet: drop the file (a torn header left by a crash
-		// is discarded at replay); a retry creates it afresh.
-		f.Close()
-		_ = v.fs.Remove(seg.path)
-		return fmt.Errorf("viperblock: write WAL segment header: %w", err)
-	}
-	if recycled {
-		// The new header (and salt) must be durable before any record
-		// goes after it: until then the file reads as its previous life,
-		// whose records are all committed, and a record of the new life
-		// must never be read against the old header.
-		if err := v.crashPoint("wal.before-recycle-sync"); err != nil {
-			f.Close()
-			return err
-		}
-		if err := vfs.DataSync(f); err != nil {
+		if _, err := f.Write(hdr); err != nil {
+			// Nothing in it yet: drop the file (a torn header left by a
+			// crash is discarded at replay); a retry creates it afresh.
 			f.Close()
 			_ = v.fs.Remove(seg.path)
-			return fmt.Errorf("%w: viperblock: sync recycled WAL segment header: %w", errWALSync, err)
+			return fmt.Errorf("viperblock: write WAL segment header: %w", err)
 		}
 	}
 	if err := v.crashPoint("wal.before-dir-sync"); err != nil {
@@ -444,25 +433,61 @@ func (v *Volume) createSegmentFile(sh *shard, seg *segment) error {
 	return nil
 }
 
-// reuseFile renames a free file of shard i to seg's name and opens it, or
-// returns nil. Its size is what records can fill without growing it.
-func (v *Volume) reuseFile(i int, seg *segment) (vfs.File, int64, bool) {
+// reuseFile turns a free file of shard i into seg's file, with hdr written
+// at its start and durable, or returns a nil file when none is free. Its
+// size is what records can fill without growing it.
+//
+// The header is rewritten while the file still has its free name, and that
+// name is made durable first: a crash at any step then leaves either a free
+// file (deleted at open) or a segment file whose new header is whole and
+// durable, never a segment file with a torn header, which would read as
+// corruption. Only the crash points' errors are returned; a file that
+// fails any step is deleted and the next one tried.
+func (v *Volume) reuseFile(i int, seg *segment, hdr []byte) (vfs.File, int64, error) {
+	synced := false
 	for {
 		ff, ok := v.wfree.take(i, seg.salt)
 		if !ok {
-			return nil, 0, false
+			return nil, 0, nil
 		}
-		if err := v.fs.Rename(ff.path, seg.path); err != nil {
+		if !synced {
+			// The rename that retired the file was not synced.
+			if err := vfs.SyncDir(v.fs, v.shardDir(i)); err != nil {
+				_ = v.fs.Remove(ff.path)
+				continue
+			}
+			synced = true
+		}
+		f, err := v.fs.OpenReadWrite(ff.path)
+		if err != nil {
 			_ = v.fs.Remove(ff.path)
 			continue
 		}
-		f, err := v.fs.OpenReadWrite(seg.path)
-		if err != nil {
-			_ = v.fs.Remove(seg.path)
+		if _, err := f.Write(hdr); err != nil {
+			f.Close()
+			_ = v.fs.Remove(ff.path)
+			continue
+		}
+		if err := v.crashPoint("wal.before-recycle-sync"); err != nil {
+			f.Close()
+			return nil, 0, err
+		}
+		if err := vfs.DataSync(f); err != nil {
+			f.Close()
+			_ = v.fs.Remove(ff.path)
+			continue
+		}
+		if err := v.crashPoint("wal.before-recycle-rename"); err != nil {
+			f.Close()
+			return nil, 0, err
+		}
+		if err := v.fs.Rename(ff.path, seg.path); err != nil {
+			f.Close()
+			_ = v.fs.Remove(ff.path)
 			continue
 		}
 		v.stats.walRecycled.Add(1)
-		return f, ff.size, true
+		return f, ff.size, nil
 	}
 }
 
