@@ -67,6 +67,7 @@ type opts struct {
 	plugin        string
 	nbdkit        string
 	cache         string
+	readCache     string
 	readonly      bool
 	drainInterval string
 	durability    string

@@ -27,6 +27,7 @@ directory).`,
 		fs.StringVar(&o.plugin, "plugin", "", "path of "+pluginFile+" (default $"+envPlugin+" or found next to vblock)")
 		fs.StringVar(&o.nbdkit, "nbdkit", "nbdkit", "nbdkit binary")
 		fs.StringVar(&o.cache, "cache", "", "read cache: blocks, N% of memory, or a size such as 256MiB")
+		fs.StringVar(&o.readCache, "read-cache", "", "node-local disk cache of whole chunks under the WAL directory, e.g. 1GiB (0: none; default 1GiB for an s3:// store, none otherwise)")
 		fs.BoolVar(&o.readonly, "readonly", false, "serve read-only without taking ownership (no WAL needed)")
 		fs.StringVar(&o.size, "size", "", "create the volume with this size if it does not exist")
 		fs.StringVar(&o.drainInterval, "drain-interval", "", "longest time written data waits before it is drained, e.g. 5s")

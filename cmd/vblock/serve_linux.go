@@ -45,6 +45,9 @@ func runServe(ctx context.Context, e *env, o *opts, args []string) error {
 	if o.cache != "" {
 		params = append(params, "cache="+o.cache)
 	}
+	if o.readCache != "" {
+		params = append(params, "read_cache="+o.readCache)
+	}
 	if o.size != "" {
 		if _, err := parseSize(o.size); err != nil {
 			return err

@@ -93,9 +93,9 @@ func (v *Volume) chunkIndex(ctx context.Context, id blockmap.ChunkRef) ([]chunk.
 	return l.e, l.err
 }
 
-// readChunkIndex reads and verifies the index of chunk id, of n blocks.
-func (v *Volume) readChunkIndex(ctx context.Context, id blockmap.ChunkRef, n uint32) ([]chunk.Entry, error) {
-	b, err := v.store.GetRange(ctx, v.chunkKeyRef(id), chunk.IndexOffset(int(n)), chunk.IndexLen(int(n)))
+// readChunkIndexOnce reads and verifies the index of chunk id, of n blocks.
+func (v *Volume) readChunkIndexOnce(ctx context.Context, id blockmap.ChunkRef, n uint32) ([]chunk.Entry, error) {
+	b, err := v.getChunkRange(ctx, v.chunkKeyRef(id), chunk.IndexOffset(int(n)), chunk.IndexLen(int(n)))
 	v.stats.backendReads.Add(1)
 	if err != nil {
 		return nil, fmt.Errorf("viperblock: read index of chunk %s: %w", v.chunkKeyRef(id), err)

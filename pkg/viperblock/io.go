@@ -288,7 +288,7 @@ func (v *Volume) fetch(ctx context.Context, misses []miss) error {
 	return errors.Join(errs...)
 }
 
-func (v *Volume) fetchRun(ctx context.Context, run []miss) error {
+func (v *Volume) fetchRunOnce(ctx context.Context, run []miss) error {
 	c := blockmap.ChunkRef{Vol: run[0].key.Vol, ID: run[0].key.Chunk}
 	idx, err := v.chunkIndex(ctx, c)
 	if err != nil {
@@ -315,7 +315,7 @@ func (v *Volume) fetchRun(ctx context.Context, run []miss) error {
 		defer putReadBuf(buf)
 		data = buf
 	}
-	err = backend.ReadRange(ctx, v.store, v.chunkKeyRef(c), chunkDataOffset(first), data)
+	err = v.readChunkRange(ctx, v.chunkKeyRef(c), chunkDataOffset(first), data)
 	v.stats.backendReads.Add(1)
 	if err != nil {
 		return fmt.Errorf("viperblock: read chunk %s: %w", v.chunkKeyRef(c), err)

@@ -80,4 +80,5 @@ func (v *Volume) chunkDeleted(id blockmap.ChunkRef) {
 	v.idx.mu.Unlock()
 	v.stats.m.chunksReclaimed.Add(1)
 	v.stats.m.bytesReclaimed.Add(uint64(n) * BlockSize)
+	v.forgetChunk(v.chunkKeyRef(id))
 }

@@ -68,6 +68,7 @@ func (v *Volume) Start() {
 		if v.opts.ReadOnly {
 			return
 		}
+		v.startReadCache()
 		v.done.Add(3)
 		go v.drainLoop()
 		go v.writebackLoop()
@@ -540,6 +541,7 @@ func (v *Volume) Close() error {
 	}
 	v.removeQueued()
 	v.removeFree()
+	v.stopReadCache()
 	v.stopLease()
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), v.opts.LeaseDuration)
@@ -626,6 +628,7 @@ func (v *Volume) abandon() {
 	v.started.Do(func() {})
 	close(v.stop)
 	v.done.Wait()
+	v.stopReadCache()
 	v.stopLease()
 	if v.lock != nil {
 		v.lock.Close()

@@ -16,6 +16,7 @@ import (
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/blockmap"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/cache"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/chunk"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/diskcache"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/manifest"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
 )
@@ -100,6 +101,14 @@ type Options struct {
 	// UploadConcurrency is how many chunks a drain uploads at once
 	// (default 4).
 	UploadConcurrency int
+	// ReadCacheBytes, when positive, keeps whole copies of the chunks a
+	// writable open reads on node-local disk, up to this many bytes, so a
+	// remote store is asked once per chunk instead of once per read miss
+	// (see readcache.go). Off by default: a file store needs none.
+	ReadCacheBytes int64
+	// ReadCacheDir is the read cache's directory (default
+	// WALDir/<name>/readcache). It is emptied at Start and removed at Close.
+	ReadCacheDir string
 	// ReadAheadBlocks is how far a sequential read that misses the cache
 	// reads ahead in the same chunk (default 256 blocks, 1 MiB; negative:
 	// none).
@@ -259,10 +268,11 @@ type Volume struct {
 	admitted  atomic.Int64 // WAL bytes admitted by throttle, not yet in pending
 	waitMu    sync.Mutex   // guards waitCond's condition (pending, state)
 	waitCond  *sync.Cond
-	builders  chan *chunk.Builder // reusable chunk buffers
-	kick      chan struct{}       // asks the drain loop for a drain now
-	writeback chan *segment       // full slabs to write out
-	wfree     walFree             // retired WAL segment files kept for reuse (log.go)
+	builders  chan *chunk.Builder             // reusable chunk buffers
+	kick      chan struct{}                   // asks the drain loop for a drain now
+	writeback chan *segment                   // full slabs to write out
+	wfree     walFree                         // retired WAL segment files kept for reuse (log.go)
+	rc        atomic.Pointer[diskcache.Cache] // chunk read cache, when configured (readcache.go)
 	stop      chan struct{}
 	done      sync.WaitGroup
 	started   sync.Once // Start's background goroutines; Close spends it
@@ -371,6 +381,8 @@ type Stats struct {
 	GCBytesWritten                     uint64
 	GCBytesReclaimed                   uint64
 	GCChunksDeleted                    uint64
+	// ReadCache counts the chunk read cache's work (zero without one).
+	ReadCache diskcache.Stats
 }
 
 func manifestKey(name string) string { return name + "/manifest" }
@@ -595,6 +607,7 @@ func (v *Volume) Stats() Stats {
 		sh.mu.Unlock()
 	}
 	s.SlabBytes = v.slabs.live.Load()
+	s.ReadCache = v.readCacheStats()
 	return s
 }
 

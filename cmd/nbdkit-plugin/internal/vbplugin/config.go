@@ -27,6 +27,10 @@ const (
 //	store=URL            object store; default $VBLOCK_STORE
 //	wal_dir=DIR          WAL directory; default $VBLOCK_WAL_DIR
 //	cache=N|N%|SIZE      read cache in blocks, % of memory, or bytes
+//	read_cache=SIZE      node-local disk cache of whole chunks, under
+//	                     wal_dir (vb.Options.ReadCacheBytes; 0: none);
+//	                     default DefaultReadCache for an s3:// store, none
+//	                     for a file or memory store
 //	size=SIZE            create the volume if it is missing
 //	readonly=BOOL        open without ownership
 //	resume_only=BOOL     take ownership only back from wal_dir's own open
@@ -83,9 +87,16 @@ type Config struct {
 	Threads       int
 	MetricsSocket string
 	Compaction    vb.CompactionOptions
+	// ReadCache is read_cache=: 0 unset (Complete fills the default),
+	// negative none.
+	ReadCache int64
 
 	seen map[string]bool
 }
+
+// DefaultReadCache is the chunk read cache of a volume on an s3:// store
+// when read_cache= is not given: 256 chunks on the node's WAL disk.
+const DefaultReadCache = 1 << 30
 
 // Set applies one key=value parameter.
 func (c *Config) Set(key, value string) error {
@@ -204,6 +215,18 @@ func (c *Config) Set(key, value string) error {
 		if n == 0 {
 			c.SlabPool = -1
 		}
+	case "read_cache", "read-cache":
+		n, err := units.Parse(value)
+		if err != nil || n < 0 {
+			return fmt.Errorf("read_cache=%s: want a size such as 1GiB (0: none)", value)
+		}
+		if n > 0 && n < 64<<20 {
+			return fmt.Errorf("read_cache=%s: at least 64MiB (16 chunks), or 0 for none", value)
+		}
+		c.ReadCache = n
+		if n == 0 {
+			c.ReadCache = -1
+		}
 	case "metrics":
 		if !filepath.IsAbs(value) {
 			return fmt.Errorf("metrics=%s: want an absolute socket path", value)
@@ -292,6 +315,9 @@ func (c *Config) Complete(getenv func(string) string) error {
 	}
 	if c.WALDir == "" && !c.ReadOnly {
 		return fmt.Errorf("missing wal_dir=<DIR> (or %s in the environment); a writable volume needs one", EnvWALDir)
+	}
+	if c.ReadCache == 0 && strings.HasPrefix(c.Store, "s3://") {
+		c.ReadCache = DefaultReadCache
 	}
 	if c.Standby && (c.ReadOnly || c.ResumeOnly || c.Size > 0) {
 		return fmt.Errorf("standby=true takes an existing volume over from its owner: it excludes readonly=, resume_only= and size=")
