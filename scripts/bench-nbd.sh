@@ -2,7 +2,10 @@
 # fio over NBD (--ioengine=nbd) against viperblock (file store and WAL on
 # local disk) and, in the same run, nbdkit's built-in memory and file
 # plugins. Prints IOPS, MB/s, p99 latency and the ratios ours/memory and
-# ours/file, and checks the targets.
+# ours/file, and checks the targets. Jobs: 4k randwrite QD32, 4k randread
+# QD32 of data just written, 4k write+fsync QD1, 1M seq write and read QD16,
+# and a durable 2 GiB seq write (1M QD16 then fsync, wall clock); then the
+# peak RSS of the viperblock servers.
 #
 # Viperblock is measured two ways:
 #   serve       what users run: `vblock serve` with default settings (64 MiB
@@ -136,6 +139,22 @@ done
 for t in "${targets[@]}"; do quiesce; echo "  running: 4k write + fsync each, QD1 on $t"; job fsync "$t" --rw=write --bs=4k --iodepth=1 --fsync=1 "${common[@]}"; done
 for t in "${targets[@]}"; do quiesce; echo "  running: 1M seq write QD16 on $t"; job seqwrite "$t" --rw=write --bs=1M --iodepth=16 "${common[@]}"; done
 for t in "${targets[@]}"; do quiesce; echo "  running: 1M seq read QD16 on $t"; job seqread "$t" --rw=read --bs=1M --iodepth=16 "${common[@]}"; done
+# Job f, durable sequential write: 2 GiB (the region twice) in 1 MiB
+# requests at QD16, then one fsync, timed by the wall clock, so every
+# server has to put the data on disk (job d mostly measures page caches).
+for t in "${targets[@]}"; do
+  quiesce
+  echo "  running: durable 2 GiB seq write (1M QD16 + fsync, wall clock) on $t"
+  t0=$(date +%s.%N)
+  job durable "$t" --rw=write --bs=1M --iodepth=16 --size=$size --io_size=2G --end_fsync=1
+  echo "$t0 $(date +%s.%N)" >"$work/durable.$t.wall"
+done
+
+# Peak resident memory of the viperblock servers over the whole run.
+rss() { awk '/^VmHWM/{print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+serve_pid=$(pgrep -f "nbdkit.*$work/serve.sock" | head -1 || true)
+echo "serve $(rss "${serve_pid:-0}")" >"$work/rss"
+echo "viperblock $(rss "$(cat "$work/viperblock.pid")")" >>"$work/rss"
 
 grep -h -E 'error|warning' "$work/viperblock.log" "$work/serve.log" | head -5 || true
 
@@ -144,7 +163,7 @@ import json, sys
 work = sys.argv[1]
 jobs = [("randwrite", "4k randwrite QD32", "write"), ("randread", "4k randread QD32 (new)", "read"),
         ("fsync", "4k write+fsync QD1", "write"), ("seqwrite", "1M seq write QD16", "write"),
-        ("seqread", "1M seq read QD16", "read")]
+        ("seqread", "1M seq read QD16", "read"), ("durable", "durable 2GiB write", "write")]
 ours = ["serve", "viperblock"]
 targets = ours + ["memory", "file"]
 res = {}
@@ -157,6 +176,11 @@ for j, _, d in jobs:
             sync = x.get("sync", {}).get("lat_ns", {}).get("percentile", {}).get("99.000000", 0) / 1000
             res[(j, t, "wp99")] = p99
             p99 = sync
+        if j == "durable":  # wall clock, the final fsync included
+            t0, t1 = map(float, open(f"{work}/durable.{t}.wall").read().split())
+            mbs = io["io_bytes"] / 1e6 / (t1 - t0)
+            res[(j, t)] = (mbs * 1e6 / (1 << 20), mbs, p99)
+            continue
         res[(j, t)] = (io["iops"], io["bw_bytes"] / 1e6, p99)
 
 print()
@@ -182,8 +206,13 @@ for o in ours:
     checks = [("4k randwrite >= 0.9x memory", ratio["randwrite"][0] >= 0.9, f"{ratio['randwrite'][0]:.2f}x"),
               ("4k randread >= 0.9x file", ratio["randread"][1] >= 0.9, f"{ratio['randread'][1]:.2f}x"),
               ("fsync p99 <= 1.0x file", ratio["fsync"][1] <= 1.0, f"{ratio['fsync'][1]:.2f}x"),
-              ("1M seq read >= 0.8x file", ratio["seqread"][1] >= 0.8, f"{ratio['seqread'][1]:.2f}x")]
+              ("1M seq read >= 0.8x file", ratio["seqread"][1] >= 0.8, f"{ratio['seqread'][1]:.2f}x"),
+              ("durable write >= 0.8x file", ratio["durable"][1] >= 0.8, f"{ratio['durable'][1]:.2f}x")]
     for name, ok, val in checks:
         print(f"target (serve) {name:<30} {'met ' if ok else 'MISSED'} ({val})")
     print()
+for line in open(f"{work}/rss"):
+    t, kb = line.split()
+    print(f"peak RSS {t:<12}{int(kb) / 1024:>8.0f} MiB")
+print("(serve: default settings: 512 MiB pending limit, 64 MiB read cache; viperblock: cache=1GiB)")
 PY
