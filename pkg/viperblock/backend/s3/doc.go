@@ -104,8 +104,11 @@
 //	Get       GetObject; the Version is the ETag, verbatim (quotes included)
 //	GetRange  GetObject with "Range: bytes=off-(off+n-1)"; HeadObject when n == 0;
 //	          416 InvalidRange or a short range is backend.ErrRange
-//	Put       PutObject with Content-MD5 (the server rejects a corrupted body)
-//	PutIf     PutObject with If-Match: <version>, or If-None-Match: * for "";
+//	Put       PutObject with x-amz-checksum-crc32c (the server rejects a
+//	          corrupted body; servers without flexible checksums ignore it,
+//	          and the engine verifies every block it reads in any case)
+//	PutIf     PutObject with If-Match: <version>, or If-None-Match: * for "",
+//	          with x-amz-checksum-crc32c and Content-MD5;
 //	          412 PreconditionFailed, 409 ConditionalRequestConflict and, for
 //	          If-Match, 404 NoSuchKey are backend.ErrPrecondition
 //	Delete    DeleteObject; a missing object is not an error

@@ -5,10 +5,11 @@ import (
 	"context"
 	"crypto/md5"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
+	"hash/crc32"
 	"io"
 	"math"
 	"math/rand/v2"
@@ -27,7 +28,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/logging"
 	"github.com/aws/smithy-go/middleware"
@@ -591,23 +594,36 @@ func rangeStart(cr string) (int64, error) {
 	return strconv.ParseInt(start, 10, 64)
 }
 
-func putInput(bucket string, key *string, data []byte) (*s3.PutObjectInput, [md5.Size]byte) {
-	sum := md5.Sum(data)
-	return &s3.PutObjectInput{
-		Bucket:        &bucket,
-		Key:           key,
-		Body:          bytes.NewReader(data),
-		ContentLength: aws.Int64(int64(len(data))),
-		ContentMD5:    aws.String(base64.StdEncoding.EncodeToString(sum[:])),
-	}, sum
+// putInput is the PutObject request of data at key. It carries a checksum
+// the server verifies before storing anything, so a body damaged on the
+// way is refused: the CRC32C of the data (computed in hardware, and given
+// to the SDK so it computes none of its own) and, for a conditional put,
+// the MD5 as well, which appliedEarlier compares with the ETag.
+func putInput(bucket string, key *string, data []byte, withMD5 bool) (*s3.PutObjectInput, [md5.Size]byte) {
+	var sum [md5.Size]byte
+	in := &s3.PutObjectInput{
+		Bucket:            &bucket,
+		Key:               key,
+		Body:              bytes.NewReader(data),
+		ContentLength:     aws.Int64(int64(len(data))),
+		ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
+		ChecksumCRC32C:    aws.String(base64.StdEncoding.EncodeToString(binary.BigEndian.AppendUint32(nil, crc32.Checksum(data, castagnoli)))),
+	}
+	if withMD5 {
+		sum = md5.Sum(data)
+		in.ContentMD5 = aws.String(base64.StdEncoding.EncodeToString(sum[:]))
+	}
+	return in, sum
 }
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Put implements backend.Store.
 func (s *Store) Put(ctx context.Context, key string, data []byte) error {
 	if err := backend.ValidateKey(key); err != nil {
 		return err
 	}
-	in, _ := putInput(s.bucket, s.key(key), data)
+	in, _ := putInput(s.bucket, s.key(key), data, false)
 	cctx, _ := withCall(ctx, "PutObject")
 	if _, err := s.client.PutObject(cctx, in); err != nil {
 		return s.wrap("PutObject", key, err)
@@ -621,7 +637,7 @@ func (s *Store) PutIf(ctx context.Context, key string, data []byte, ifMatch back
 	if err := backend.ValidateKey(key); err != nil {
 		return "", err
 	}
-	in, sum := putInput(s.bucket, s.key(key), data)
+	in, sum := putInput(s.bucket, s.key(key), data, true)
 	if ifMatch == "" {
 		in.IfNoneMatch = aws.String("*")
 	} else {
