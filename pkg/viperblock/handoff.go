@@ -203,7 +203,7 @@ var ErrHandedOff = errors.New("viperblock: the standby has already taken the vol
 // starts announcing the standby to the owner unless
 // Options.DeferBackground is set (then Start does).
 func OpenStandby(ctx context.Context, store backend.Store, name string, opts Options) (*Standby, error) {
-	opts.setDefaults()
+	opts.setDefaults(store)
 	if opts.ReadOnly || opts.ResumeOnly {
 		return nil, fmt.Errorf("%w: a standby open is writable once handed over: not read-only nor resume-only", ErrInvalidArg)
 	}

@@ -61,7 +61,7 @@ func TestFitMemoryCapsTheCache(t *testing.T) {
 		{0, 90, p.CacheBlocks},                 // a percentage of memory, capped
 	} {
 		o := Options{MemoryBytes: share, CacheBlocks: c.blocks, CacheMemPercent: c.pct, Logger: quietLogger()}
-		o.setDefaults()
+		o.setDefaults(nil)
 		if o.CacheBlocks != c.want {
 			t.Errorf("cache %d blocks / %v%%: got %d blocks, want %d", c.blocks, c.pct, o.CacheBlocks, c.want)
 		}
@@ -71,13 +71,13 @@ func TestFitMemoryCapsTheCache(t *testing.T) {
 	}
 	// Explicit limits win over the share's (the caller owns them).
 	o := Options{MemoryBytes: share, MaxPendingBytes: 8 << 20, Logger: quietLogger()}
-	o.setDefaults()
+	o.setDefaults(nil)
 	if o.MaxPendingBytes != 8<<20 || o.DrainBytes > o.MaxPendingBytes {
 		t.Errorf("explicit MaxPendingBytes: got %d (drain at %d)", o.MaxPendingBytes, o.DrainBytes)
 	}
 	// Without a share nothing changes.
 	o = Options{}
-	o.setDefaults()
+	o.setDefaults(nil)
 	if o.MaxPendingBytes != 512<<20 || o.CacheBlocks != 16384 || o.chunkIndexes() != maxChunkIndexes || o.SlabPoolBytes != 640<<20 {
 		t.Errorf("defaults changed: %+v", o)
 	}

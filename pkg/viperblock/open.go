@@ -29,7 +29,7 @@ import (
 // volume by bumping its epoch in the backend, and replays the WAL this node
 // left if no other owner has committed since.
 func Open(ctx context.Context, store backend.Store, name string, opts Options) (*Volume, error) {
-	opts.setDefaults()
+	opts.setDefaults(store)
 	m, ver, err := readLiveManifest(ctx, store, name)
 	if err != nil {
 		return nil, err
@@ -82,7 +82,7 @@ func (v *Volume) Start() {
 
 // OpenSnapshot opens a snapshot read-only.
 func OpenSnapshot(ctx context.Context, store backend.Store, vol, snap string, opts Options) (*Volume, error) {
-	opts.setDefaults()
+	opts.setDefaults(store)
 	opts.ReadOnly = true
 	m, ver, err := readSnapshot(ctx, store, vol, snap)
 	if err != nil {

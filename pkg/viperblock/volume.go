@@ -73,7 +73,10 @@ type Options struct {
 	// owner that took it over meanwhile. A volume never opened in WALDir
 	// (no OWNER file) is refused.
 	ResumeOnly bool
-	// CacheBlocks sizes the read cache in blocks. If zero, CacheMemPercent
+	// CacheBlocks sizes the read cache in blocks. On a store whose reads
+	// the node's page cache serves (backend.IsLocal: the file store) there
+	// is no read cache nor read-ahead unless CacheBlocks or
+	// CacheMemPercent asks for one. Otherwise, if zero, CacheMemPercent
 	// of system memory is used; if both are zero, 64 MiB. Negative: no cache.
 	CacheBlocks     int
 	CacheMemPercent float64
@@ -167,9 +170,18 @@ type Options struct {
 	handoff bool
 }
 
-func (o *Options) setDefaults() {
+func (o *Options) setDefaults(store backend.Store) {
 	if o.FS == nil {
 		o.FS = vfs.Default
+	}
+	if backend.IsLocal(store) && o.CacheBlocks == 0 && o.CacheMemPercent <= 0 {
+		// The node's page cache keeps a local store's chunk files: a
+		// second copy in the read cache, and read-ahead into it, cost
+		// more than they save (a copy and an index update per block).
+		o.CacheBlocks = -1
+		if o.ReadAheadBlocks == 0 {
+			o.ReadAheadBlocks = -1
+		}
 	}
 	if o.MemoryBytes > 0 {
 		o.fitMemory()

@@ -84,6 +84,22 @@ type RangeReader interface {
 	ReadRange(ctx context.Context, key string, off int64, p []byte) error
 }
 
+// Local is implemented by stores whose objects are files of the node's own
+// filesystem (the file store), so that the kernel's page cache already
+// caches what they read.
+type Local interface {
+	// IsLocal reports whether the store's reads are served by the node's
+	// filesystem.
+	IsLocal() bool
+}
+
+// IsLocal reports whether s is a Local store whose reads the node's
+// filesystem serves.
+func IsLocal(s Store) bool {
+	l, ok := s.(Local)
+	return ok && l.IsLocal()
+}
+
 // ReadRange fills p from key at off: through s's RangeReader if it has one,
 // else GetRange and a copy.
 func ReadRange(ctx context.Context, s Store, key string, off int64, p []byte) error {
@@ -201,6 +217,8 @@ type prefixed struct {
 	Store
 	p string
 }
+
+func (s prefixed) IsLocal() bool { return IsLocal(s.Store) }
 
 func (s prefixed) Get(ctx context.Context, key string) ([]byte, Version, error) {
 	return s.Store.Get(ctx, s.p+key)

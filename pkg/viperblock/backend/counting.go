@@ -92,6 +92,8 @@ type countingStore struct {
 	st *RequestStats
 }
 
+func (s countingStore) IsLocal() bool { return IsLocal(s.Store) }
+
 // begin starts counting a request of operation op.
 func (s countingStore) begin(ctx context.Context, op int) (context.Context, func(error)) {
 	c := &s.st.ops[op]

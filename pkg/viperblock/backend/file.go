@@ -56,6 +56,10 @@ func NewFile(fsys vfs.FS, dir string) (*File, error) {
 	return &File{fs: fsys, root: filepath.Clean(dir), fds: fdCache{limit: fdCacheSize, recheck: fdRecheck}}, nil
 }
 
+// IsLocal implements Local: the kernel's page cache serves a file store's
+// reads.
+func (f *File) IsLocal() bool { return true }
+
 func (f *File) path(key string) string { return filepath.Join(f.root, filepath.FromSlash(key)) }
 
 func notFound(err error, key string) error {

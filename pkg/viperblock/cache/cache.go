@@ -102,9 +102,12 @@ func (s *shard) pushFront(i int32) {
 }
 
 // Get copies the cached block into dst (4096 bytes) and reports whether it
-// was present.
+// was present. A cache of no capacity counts nothing.
 func (c *LRU) Get(k Key, dst []byte) bool {
 	s := c.shard(k)
+	if s.cap == 0 {
+		return false
+	}
 	s.mu.Lock()
 	i, ok := s.index[k]
 	if ok {
