@@ -45,6 +45,10 @@ var (
 	descCompactBytes = engineDesc("volume_compaction_bytes_written_total", "Chunk bytes online compaction uploaded (not in volume_drain_bytes_total).")
 	descGCChunks     = engineDesc("volume_gc_chunks_deleted_total", "Chunks the volume's server deleted from the store: superseded after a drain or compaction, or unreferenced and found by a GC pass.")
 
+	descChunkCache = engineDesc("volume_chunk_cache_reads_total", "Chunk reads of the volume's server through its node-local chunk read cache, by result (hit: a cached chunk served it; miss: the store did).", "result")
+	descChunkFills = engineDesc("volume_chunk_cache_fills_total", "Whole chunks the volume's server fetched into its node-local chunk read cache.")
+	descChunkBytes = engineDesc("volume_chunk_cache_bytes", "Bytes the volume's node-local chunk read cache holds on the node's WAL disk.")
+
 	descWALDiskAvail = prometheus.NewDesc("viperblock_node_wal_disk_avail_bytes", "Bytes available to the node plugin on the file system of --wal-dir.", nil, nil)
 	descWALDiskSize  = prometheus.NewDesc("viperblock_node_wal_disk_size_bytes", "Size of the file system of --wal-dir.", nil, nil)
 )
@@ -52,7 +56,8 @@ var (
 func describeEngine(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVolUp, descVolOps, descVolBytes, descVolErrors, descCacheHits, descCacheMisses,
 		descFlush, descDrains, descDrainErrors, descDrainSeconds, descDrainBytes, descEnginePend, descStoreReqs, descStoreSecs,
-		descStoreRetries, descLease, descFenced, descGCRuns, descGCBytes, descGCChunks, descStored, descLive, descCompactBytes, descWALDiskAvail, descWALDiskSize} {
+		descStoreRetries, descLease, descFenced, descGCRuns, descGCBytes, descGCChunks, descStored, descLive, descCompactBytes,
+		descChunkCache, descChunkFills, descChunkBytes, descWALDiskAvail, descWALDiskSize} {
 		ch <- d
 	}
 }
@@ -140,6 +145,10 @@ func exportSnapshot(ch chan<- prometheus.Metric, v string, s *volmetrics.Snapsho
 	gauge(descStored, float64(e.StoredBytes))
 	gauge(descLive, float64(e.LiveBytes))
 	counter(descCompactBytes, e.CompactionBytesWritten)
+	counter(descChunkCache, e.ChunkCacheHits, "hit")
+	counter(descChunkCache, e.ChunkCacheMisses, "miss")
+	counter(descChunkFills, e.ChunkCacheFills)
+	gauge(descChunkBytes, float64(e.ChunkCacheBytes))
 	for op, st := range s.Store {
 		counter(descStoreReqs, st.OK, op, "ok")
 		counter(descStoreReqs, st.Errors, op, "error")

@@ -126,11 +126,19 @@ type Engine struct {
 	StoredBytes            uint64 `json:"stored_bytes,omitempty"`
 	LiveBytes              uint64 `json:"live_bytes,omitempty"`
 	CompactionBytesWritten uint64 `json:"compaction_bytes_written,omitempty"`
-	BackendReads           uint64 `json:"backend_reads"` // ranged reads of chunk data and indexes
-	StoreLogPuts           uint64 `json:"store_log_puts"`
-	Epoch                  uint64 `json:"epoch"`
-	ReplayedWALRecords     uint64 `json:"replayed_wal_records"`
-	ResolvedCommits        uint64 `json:"resolved_commits"`
+	// ChunkCache*: the node-local chunk read cache (vb.Stats ReadCache):
+	// reads served by a cached chunk, reads of chunks not cached, whole
+	// chunks fetched into it, and the bytes it holds. Added within
+	// version 1: an older server's snapshot leaves them zero.
+	ChunkCacheHits     uint64 `json:"chunk_cache_hits,omitempty"`
+	ChunkCacheMisses   uint64 `json:"chunk_cache_misses,omitempty"`
+	ChunkCacheFills    uint64 `json:"chunk_cache_fills,omitempty"`
+	ChunkCacheBytes    int64  `json:"chunk_cache_bytes,omitempty"`
+	BackendReads       uint64 `json:"backend_reads"` // ranged reads of chunk data and indexes
+	StoreLogPuts       uint64 `json:"store_log_puts"`
+	Epoch              uint64 `json:"epoch"`
+	ReplayedWALRecords uint64 `json:"replayed_wal_records"`
+	ResolvedCommits    uint64 `json:"resolved_commits"`
 }
 
 // StoreOp counts the store requests of one operation (backend.OpStats).

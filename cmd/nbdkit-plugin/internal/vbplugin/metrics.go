@@ -92,7 +92,9 @@ func (p *Plugin) Snapshot() volmetrics.Snapshot {
 			ChunksReclaimed: m.ChunksReclaimed, BytesReclaimed: m.BytesReclaimed,
 			StoredBytes: st.ChunkBlocksStored * vb.BlockSize, LiveBytes: st.ChunkBlocksLive * vb.BlockSize,
 			CompactionBytesWritten: st.GCBytesWritten,
-			BackendReads:           st.BackendReads, StoreLogPuts: st.StoreLogPuts, Epoch: st.Epoch,
+			ChunkCacheHits:         st.ReadCache.Hits, ChunkCacheMisses: st.ReadCache.Misses,
+			ChunkCacheFills: st.ReadCache.Fills, ChunkCacheBytes: st.ReadCache.Bytes,
+			BackendReads: st.BackendReads, StoreLogPuts: st.StoreLogPuts, Epoch: st.Epoch,
 			ReplayedWALRecords: st.Replayed, ResolvedCommits: st.ResolvedCommits,
 		}
 	}
