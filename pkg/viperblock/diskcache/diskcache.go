@@ -3,11 +3,13 @@
 // first miss are served by the local filesystem instead of one store
 // request each.
 //
-// A read of a cacheable object that is not cached starts a background
-// fetch of the whole object (at most Fills fetches at a time) and goes to
-// the store for the range asked, unless a fetch of that object is in
-// flight already: then it waits for the copy, which spares the store a
-// request per read while a hot object is on its way. The fetched copy is written to a temporary file, renamed into the
+// A read of a cacheable object that is not cached goes to the store for the
+// range asked, unless a fetch of that object is in flight: then it waits
+// for the copy, which spares the store a request per read while a hot
+// object is on its way. A second miss of an object within the last few
+// thousand misses starts a background fetch of all of it, if one of the
+// Fills fetch slots is free; one read alone never does, so reads scattered
+// over a large volume are not each multiplied into a whole fetch. The fetched copy is written to a temporary file, renamed into the
 // cache directory and served from then on with positioned reads. Copies are
 // evicted least recently used first to keep the cache under its size.
 //
@@ -53,6 +55,11 @@ type Options struct {
 	Cacheable func(key string) bool
 	// Fills is how many whole-object fetches run at once (default 4).
 	Fills int
+	// Misses is how many reads of an uncached object, lately, start the
+	// fetch of all of it (default 2: one read alone never fetches an
+	// object, so scattered reads over a large volume are not each
+	// multiplied into an object fetch; 1: the first miss).
+	Misses int
 	// MaxOpen bounds the cached files kept open (default 256).
 	MaxOpen int
 	// Logger receives fetch failures at debug level (default slog.Default()).
@@ -83,28 +90,30 @@ type Cache struct {
 	maxOpen   int
 	tmpSeq    atomic.Uint64
 
-	mu      sync.Mutex
-	entries map[string]*entry
-	lru     list.List // of *entry, most recently used at the front
-	used    int64
-	open    int
-	filling map[string]*fillState
-	closed  bool
-	fills   sync.WaitGroup
-	ctx     context.Context
-	cancel  context.CancelFunc
-	hits    atomic.Uint64
-	misses  atomic.Uint64
-	nfill   atomic.Uint64
-	fillB   atomic.Uint64
-	fillErr atomic.Uint64
-	evicted atomic.Uint64
+	mu           sync.Mutex
+	entries      map[string]*entry
+	lru          list.List // of *entry, most recently used at the front
+	used         int64
+	open         int
+	filling      map[string]*fillState
+	ghost        map[string]int // recent misses of uncached keys (noteMissLocked)
+	ghostQ       []string       // ghost's keys, oldest first
+	missesToFill int
+	closed       bool
+	fills        sync.WaitGroup
+	ctx          context.Context
+	cancel       context.CancelFunc
+	hits         atomic.Uint64
+	misses       atomic.Uint64
+	nfill        atomic.Uint64
+	fillB        atomic.Uint64
+	fillErr      atomic.Uint64
+	evicted      atomic.Uint64
 }
 
-// fillState is a whole-object fetch, queued or under way.
+// fillState is a whole-object fetch under way.
 type fillState struct {
-	running bool          // it holds a fill slot: the fetch is in flight
-	done    chan struct{} // closed when it ends, cached or not
+	done chan struct{} // closed when it ends, cached or not
 }
 
 // entry is one cached copy.
@@ -129,6 +138,9 @@ func New(store backend.Store, opts Options) (*Cache, error) {
 	if opts.Fills <= 0 {
 		opts.Fills = 4
 	}
+	if opts.Misses <= 0 {
+		opts.Misses = 2
+	}
 	if opts.MaxOpen <= 0 {
 		opts.MaxOpen = 256
 	}
@@ -145,7 +157,7 @@ func New(store backend.Store, opts Options) (*Cache, error) {
 	return &Cache{
 		store: store, dir: opts.Dir, max: opts.MaxBytes, cacheable: opts.Cacheable,
 		log: opts.Logger, sem: make(chan struct{}, opts.Fills), maxOpen: opts.MaxOpen,
-		entries: map[string]*entry{}, filling: map[string]*fillState{}, ctx: ctx, cancel: cancel,
+		entries: map[string]*entry{}, filling: map[string]*fillState{}, ghost: map[string]int{}, missesToFill: opts.Misses, ctx: ctx, cancel: cancel,
 	}, nil
 }
 
@@ -306,34 +318,45 @@ func (c *Cache) drop(key string) {
 // Forget drops key's copy, if any (the object was deleted).
 func (c *Cache) Forget(key string) { c.drop(key) }
 
-// startFill fetches key whole in the background unless a fetch of it is
-// queued or runs already or the cache is closed. It returns the fetch when
-// one is in flight already (its result is worth waiting for), else nil.
+// startFill starts a background fetch of key, whole, when the admission
+// policy lets it: the object missed often enough lately (Options.Misses)
+// and a fill slot is free (fills never queue: a miss that finds every slot
+// busy is served by the store alone, and a later miss tries again). It
+// returns the fetch of key already under way, if any: its result is worth
+// waiting for.
 func (c *Cache) startFill(key string) *fillState {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.closed {
-		c.mu.Unlock()
 		return nil
 	}
 	if fs, ok := c.filling[key]; ok {
-		running := fs.running
-		c.mu.Unlock()
-		if running {
-			return fs
-		}
-		return nil
+		return fs
 	}
 	if _, ok := c.entries[key]; ok {
-		c.mu.Unlock()
 		return nil
 	}
+	if c.missesToFill > 1 {
+		n := c.ghost[key] + 1
+		if n < c.missesToFill {
+			c.noteMissLocked(key, n)
+			return nil
+		}
+	}
+	select {
+	case c.sem <- struct{}{}:
+	default:
+		c.noteMissLocked(key, c.missesToFill-1) // fill at the next miss
+		return nil
+	}
+	delete(c.ghost, key)
 	fs := &fillState{done: make(chan struct{})}
 	c.filling[key] = fs
 	c.fills.Add(1)
-	c.mu.Unlock()
 	go func() {
 		defer c.fills.Done()
-		err := c.fill(key, fs)
+		err := c.fill(key)
+		<-c.sem
 		c.mu.Lock()
 		delete(c.filling, key)
 		c.mu.Unlock()
@@ -346,16 +369,24 @@ func (c *Cache) startFill(key string) *fillState {
 	return nil
 }
 
-func (c *Cache) fill(key string, fs *fillState) error {
-	select {
-	case c.sem <- struct{}{}:
-	case <-c.ctx.Done():
-		return c.ctx.Err()
+// noteMissLocked records that key has missed n times lately. The record
+// keeps the last ghostCap keys that missed without being cached.
+func (c *Cache) noteMissLocked(key string, n int) {
+	if _, ok := c.ghost[key]; !ok {
+		if len(c.ghostQ) >= ghostCap {
+			delete(c.ghost, c.ghostQ[0])
+			c.ghostQ = c.ghostQ[1:]
+		}
+		c.ghostQ = append(c.ghostQ, key)
 	}
-	defer func() { <-c.sem }()
-	c.mu.Lock()
-	fs.running = true
-	c.mu.Unlock()
+	c.ghost[key] = n
+}
+
+// ghostCap is how many recently missed, uncached keys the admission policy
+// remembers.
+const ghostCap = 4096
+
+func (c *Cache) fill(key string) error {
 	data, _, err := c.store.Get(c.ctx, key)
 	if err != nil {
 		return err

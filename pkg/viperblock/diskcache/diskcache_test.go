@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
@@ -41,7 +42,7 @@ func setup(t *testing.T, n, size int, max int64) (*Cache, *backend.RequestStats,
 		t.Fatal(err)
 	}
 	st, stats := backend.Count(mem)
-	c, err := New(st, Options{Dir: filepath.Join(t.TempDir(), "cache"), MaxBytes: max, Cacheable: chunks})
+	c, err := New(st, Options{Dir: filepath.Join(t.TempDir(), "cache"), MaxBytes: max, Cacheable: chunks, Misses: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +149,7 @@ func TestEvictsLeastRecentlyUsed(t *testing.T) {
 		t.Fatalf("%d files in the cache directory, want 3: %v", len(files), files)
 	}
 	// An object larger than the whole cache is never cached.
-	big, _ := New(backend.NewMem(), Options{Dir: t.TempDir() + "/big", MaxBytes: 10, Cacheable: chunks})
+	big, _ := New(backend.NewMem(), Options{Dir: t.TempDir() + "/big", MaxBytes: 10, Cacheable: chunks, Misses: 1})
 	defer big.Close()
 	_ = big.store.Put(ctx, "v/chunks/x", make([]byte, 11))
 	read(t, big, "v/chunks/x", 0, 11)
@@ -247,5 +248,86 @@ func TestConcurrentReads(t *testing.T) {
 	c.Wait()
 	if st := c.Stats(); st.Hits == 0 || st.Bytes > 4*size {
 		t.Fatalf("%+v", st)
+	}
+}
+
+// gatedStore blocks whole-object Gets until gate is closed; ranged reads
+// pass.
+type gatedStore struct {
+	backend.Store
+	gate chan struct{}
+}
+
+func (g gatedStore) Get(ctx context.Context, key string) ([]byte, backend.Version, error) {
+	select {
+	case <-g.gate:
+	case <-ctx.Done():
+		return nil, "", ctx.Err()
+	}
+	return g.Store.Get(ctx, key)
+}
+
+func (g gatedStore) ReadRange(ctx context.Context, key string, off int64, p []byte) error {
+	return backend.ReadRange(ctx, g.Store, key, off, p)
+}
+
+// TestAdmission: an object is fetched at its second miss by default, fills
+// never queue when every slot is busy, and a read of an object whose fill
+// is under way waits for it.
+func TestAdmission(t *testing.T) {
+	mem := backend.NewMem()
+	for i := 0; i < 3; i++ {
+		if err := mem.Put(ctx, fmt.Sprintf("v/chunks/%d", i), bytes.Repeat([]byte{byte(i)}, 8192)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := gatedStore{mem, make(chan struct{})}
+	c, err := New(g, Options{Dir: filepath.Join(t.TempDir(), "c"), MaxBytes: 1 << 20, Cacheable: chunks, Fills: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	read(t, c, "v/chunks/0", 0, 10) // first miss: no fill
+	c.mu.Lock()
+	n := len(c.filling)
+	c.mu.Unlock()
+	if n != 0 {
+		t.Fatal("a single miss started a fill")
+	}
+	read(t, c, "v/chunks/0", 0, 10) // second miss: fill (blocked at the gate)
+	read(t, c, "v/chunks/1", 0, 10)
+	read(t, c, "v/chunks/1", 0, 10) // second miss, but the one slot is busy
+	c.mu.Lock()
+	_, f0 := c.filling["v/chunks/0"]
+	_, f1 := c.filling["v/chunks/1"]
+	c.mu.Unlock()
+	if !f0 || f1 {
+		t.Fatalf("filling 0: %v (want true), 1: %v (want false: no free slot, no queue)", f0, f1)
+	}
+	// A read of chunk 0 now waits for its fill, and is then a hit.
+	done := make(chan []byte)
+	go func() {
+		p := make([]byte, 10)
+		if err := c.ReadRange(ctx, "v/chunks/0", 100, p); err != nil {
+			t.Error(err)
+		}
+		done <- p
+	}()
+	select {
+	case <-done:
+		t.Fatal("a read of a chunk being fetched did not wait for the fetch")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(g.gate)
+	if p := <-done; !bytes.Equal(p, bytes.Repeat([]byte{0}, 10)) {
+		t.Fatalf("got %v", p)
+	}
+	if st := c.Stats(); st.Hits != 1 || st.Fills != 1 {
+		t.Fatalf("after the wait: %+v", st)
+	}
+	read(t, c, "v/chunks/1", 0, 10) // a later miss fills it
+	c.Wait()
+	if st := c.Stats(); st.Fills != 2 || st.Objects != 2 {
+		t.Fatalf("chunk 1 was not fetched at its next miss: %+v", st)
 	}
 }
