@@ -40,6 +40,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
@@ -60,6 +61,11 @@ type Options struct {
 	// object, so scattered reads over a large volume are not each
 	// multiplied into an object fetch; 1: the first miss).
 	Misses int
+	// MinFree is the space a fill leaves free on the cache's filesystem
+	// (default: 10% of it, at least 256 MiB): a fill that would go below
+	// is skipped, so the cache never takes the room a WAL on the same
+	// disk needs.
+	MinFree int64
 	// MaxOpen bounds the cached files kept open (default 256).
 	MaxOpen int
 	// Logger receives fetch failures at debug level (default slog.Default()).
@@ -99,6 +105,7 @@ type Cache struct {
 	ghost        map[string]int // recent misses of uncached keys (noteMissLocked)
 	ghostQ       []string       // ghost's keys, oldest first
 	missesToFill int
+	minFree      int64
 	closed       bool
 	fills        sync.WaitGroup
 	ctx          context.Context
@@ -153,11 +160,18 @@ func New(store backend.Store, opts Options) (*Cache, error) {
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("diskcache: %w", err)
 	}
+	if opts.MinFree <= 0 {
+		opts.MinFree = 256 << 20
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(opts.Dir, &st); err == nil {
+			opts.MinFree = max(opts.MinFree, int64(st.Blocks)*int64(st.Bsize)/10)
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Cache{
 		store: store, dir: opts.Dir, max: opts.MaxBytes, cacheable: opts.Cacheable,
 		log: opts.Logger, sem: make(chan struct{}, opts.Fills), maxOpen: opts.MaxOpen,
-		entries: map[string]*entry{}, filling: map[string]*fillState{}, ghost: map[string]int{}, missesToFill: opts.Misses, ctx: ctx, cancel: cancel,
+		entries: map[string]*entry{}, filling: map[string]*fillState{}, ghost: map[string]int{}, missesToFill: opts.Misses, minFree: opts.MinFree, ctx: ctx, cancel: cancel,
 	}, nil
 }
 
@@ -382,6 +396,19 @@ func (c *Cache) noteMissLocked(key string, n int) {
 	c.ghost[key] = n
 }
 
+// errDiskFull: a fill was skipped to leave the filesystem its headroom.
+var errDiskFull = errors.New("diskcache: filesystem too full to cache")
+
+// freeBytes is the space available to unprivileged writers on dir's
+// filesystem.
+func freeBytes(dir string) (int64, bool) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, false
+	}
+	return int64(st.Bavail) * int64(st.Bsize), true
+}
+
 // ghostCap is how many recently missed, uncached keys the admission policy
 // remembers.
 const ghostCap = 4096
@@ -394,6 +421,11 @@ func (c *Cache) fill(key string) error {
 	size := int64(len(data))
 	if size > c.max {
 		return fmt.Errorf("object of %d bytes is larger than the cache", size)
+	}
+	if free, ok := freeBytes(c.dir); ok && free-size < c.minFree {
+		// The disk is shared with the WAL, which must never run out of
+		// room for a cache.
+		return fmt.Errorf("%w: %d bytes free on the cache's filesystem, keeping %d", errDiskFull, free, c.minFree)
 	}
 	sum := sha256.Sum256([]byte(key))
 	path := filepath.Join(c.dir, hex.EncodeToString(sum[:]))

@@ -331,3 +331,26 @@ func TestAdmission(t *testing.T) {
 		t.Fatalf("chunk 1 was not fetched at its next miss: %+v", st)
 	}
 }
+
+// TestMinFree: a fill that would leave the filesystem less than MinFree
+// free is skipped; reads still work.
+func TestMinFree(t *testing.T) {
+	mem := backend.NewMem()
+	if err := mem.Put(ctx, "v/chunks/0", bytes.Repeat([]byte{1}, 8192)); err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(mem, Options{Dir: filepath.Join(t.TempDir(), "c"), MaxBytes: 1 << 20, Cacheable: chunks, Misses: 1, MinFree: 1 << 62})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := 0; i < 3; i++ {
+		if got := read(t, c, "v/chunks/0", 0, 4); !bytes.Equal(got, []byte{1, 1, 1, 1}) {
+			t.Fatalf("got %v", got)
+		}
+		c.Wait()
+	}
+	if st := c.Stats(); st.Objects != 0 || st.FillErrors != 3 {
+		t.Fatalf("fills on a full filesystem: %+v", st)
+	}
+}
