@@ -68,6 +68,7 @@ type opts struct {
 	nbdkit        string
 	cache         string
 	readCache     string
+	metrics       string
 	readonly      bool
 	drainInterval string
 	durability    string

@@ -28,6 +28,7 @@ directory).`,
 		fs.StringVar(&o.nbdkit, "nbdkit", "nbdkit", "nbdkit binary")
 		fs.StringVar(&o.cache, "cache", "", "read cache: blocks, N% of memory, or a size such as 256MiB")
 		fs.StringVar(&o.readCache, "read-cache", "", "node-local disk cache of whole chunks under the WAL directory, e.g. 1GiB (0: none; default 1GiB for an s3:// store, none otherwise)")
+		fs.StringVar(&o.metrics, "metrics", "", "serve the volume's measurements on this Unix socket (JSON over HTTP, GET /v1/snapshot; see pkg/volmetrics)")
 		fs.BoolVar(&o.readonly, "readonly", false, "serve read-only without taking ownership (no WAL needed)")
 		fs.StringVar(&o.size, "size", "", "create the volume with this size if it does not exist")
 		fs.StringVar(&o.drainInterval, "drain-interval", "", "longest time written data waits before it is drained, e.g. 5s")

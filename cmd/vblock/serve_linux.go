@@ -48,6 +48,13 @@ func runServe(ctx context.Context, e *env, o *opts, args []string) error {
 	if o.readCache != "" {
 		params = append(params, "read_cache="+o.readCache)
 	}
+	if o.metrics != "" {
+		m, err := filepath.Abs(o.metrics)
+		if err != nil {
+			return err
+		}
+		params = append(params, "metrics="+m)
+	}
 	if o.size != "" {
 		if _, err := parseSize(o.size); err != nil {
 			return err
