@@ -16,6 +16,7 @@ import (
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3" // registers s3://
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/wal"
 )
 
 // crashModel tracks, per block, the content that must survive a crash (as of
@@ -140,7 +141,9 @@ func TestCrashRandom(t *testing.T) {
 // crashPoints are the engine's named crash points.
 var crashPoints = []string{
 	"wal.before-fsync", "wal.before-dir-sync", "wal.before-recycle-sync", "wal.before-recycle-rename",
+	"wal.before-write-ahead",
 	"drain.before-chunk-put", "drain.before-chunk-sync", "drain.before-commit", "drain.after-commit",
+	"drain.before-skip-wal",
 	"open.before-epoch-commit", "open.after-epoch-commit",
 	"compact.before-chunk-put", "compact.before-chunk-sync", "compact.before-commit", "compact.after-commit",
 	"compact.before-delete",
@@ -195,7 +198,14 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 		} else if rng.Intn(2) == 0 {
 			target = crashPoints[rng.Intn(len(crashPoints))]
 		}
-		o := Options{WALDir: "/wal", FS: fs, CacheBlocks: 32, DrainInterval: time.Hour, DrainBytes: 1 << 40, Logger: quietLogger(),
+		// Small slabs (64 KiB: a pending limit of 8 MiB) so that a few
+		// writes fill some, and a WAL deferral bound at random: none
+		// deferred (every filled slab written at once), a few records
+		// (the writeback writes ahead nearly every write, oldest first),
+		// or all of them (only a Flush writes; drains commit most data
+		// without any WAL write).
+		o := Options{WALDir: "/wal", FS: fs, CacheBlocks: 32, DrainInterval: time.Hour, DrainBytes: 8 << 20, MaxPendingBytes: 8 << 20,
+			WALDeferBytes: []int64{-1, 1, 3 * wal.BlockRecordLen, 0}[rng.Intn(4)], Logger: quietLogger(),
 			Compaction: CompactionOptions{Disabled: true}} // compactions run as ops below
 		crashRng := rand.New(rand.NewSource(rng.Int63()))
 		o.crash = func(p string) error {
