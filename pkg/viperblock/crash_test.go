@@ -208,7 +208,21 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 			WALDeferBytes: []int64{-1, 1, 3 * wal.BlockRecordLen, 0}[rng.Intn(4)], Logger: quietLogger(),
 			Compaction: CompactionOptions{Disabled: true}} // compactions run as ops below
 		crashRng := rand.New(rand.NewSource(rng.Int63()))
+		// midDrain, when set, is run once by the next drain as it uploads
+		// its first chunk: writes and a Flush while a drain is under way
+		// (the Flush must make the sealed records the drain is taking
+		// durable too, as the drain may never commit).
+		var midDrain func()
 		o.crash = func(p string) error {
+			if p == "drain.before-chunk-put" {
+				crashMu.Lock()
+				f := midDrain
+				midDrain = nil
+				crashMu.Unlock()
+				if f != nil {
+					f()
+				}
+			}
 			crashMu.Lock()
 			defer crashMu.Unlock()
 			if crashed != nil {
@@ -292,10 +306,42 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 					trim(b, min(uint64(1+rng.Intn(8)), blocks-b))
 				}
 			case r < 95:
+				var midErr error
+				if rng.Intn(2) == 0 {
+					crashMu.Lock()
+					midDrain = func() {
+						for k := rng.Intn(3); k >= 0 && !isCrashed(); k-- {
+							b := uint64(rng.Intn(blocks))
+							d := make([]byte, BlockSize)
+							rng.Read(d)
+							if _, err := v.WriteAt(d, int64(b)*BlockSize); err != nil && !isCrashed() {
+								midErr = fmt.Errorf("write during a drain: %w", err)
+								return
+							}
+							model.write(b, d)
+						}
+						err := v.Flush()
+						if isCrashed() {
+							return
+						}
+						if err != nil {
+							midErr = fmt.Errorf("flush during a drain: %w", err)
+							return
+						}
+						model.flush()
+					}
+					crashMu.Unlock()
+				}
 				err := v.Drain(ctx)
+				if midErr != nil {
+					t.Fatalf("seed %d: %v", seed, midErr)
+				}
 				if err != nil && !isCrashed() {
 					t.Fatalf("seed %d: drain: %v", seed, err)
 				}
+				crashMu.Lock()
+				midDrain = nil // the drain had nothing to upload
+				crashMu.Unlock()
 			default:
 				// Drain first, so the compaction has chunks to work on,
 				// then compact whatever is below the live threshold.
