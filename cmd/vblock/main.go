@@ -69,6 +69,7 @@ type opts struct {
 	cache         string
 	readonly      bool
 	drainInterval string
+	walDefer      string
 	durability    string
 	leaseDuration string
 	compact       string // serve: compaction parameters, "key=value,..."

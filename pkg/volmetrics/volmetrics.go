@@ -126,11 +126,17 @@ type Engine struct {
 	StoredBytes            uint64 `json:"stored_bytes,omitempty"`
 	LiveBytes              uint64 `json:"live_bytes,omitempty"`
 	CompactionBytesWritten uint64 `json:"compaction_bytes_written,omitempty"`
-	BackendReads           uint64 `json:"backend_reads"` // ranged reads of chunk data and indexes
-	StoreLogPuts           uint64 `json:"store_log_puts"`
-	Epoch                  uint64 `json:"epoch"`
-	ReplayedWALRecords     uint64 `json:"replayed_wal_records"`
-	ResolvedCommits        uint64 `json:"resolved_commits"`
+	// WALBytesWritten: WAL record bytes written to segment files;
+	// WALBytesSkipped: record bytes a drain committed before anything
+	// asked for them to be durable, never written to the WAL (vb.Stats).
+	// Added within version 1: an older server's snapshot leaves them zero.
+	WALBytesWritten    uint64 `json:"wal_bytes_written,omitempty"`
+	WALBytesSkipped    uint64 `json:"wal_bytes_skipped,omitempty"`
+	BackendReads       uint64 `json:"backend_reads"` // ranged reads of chunk data and indexes
+	StoreLogPuts       uint64 `json:"store_log_puts"`
+	Epoch              uint64 `json:"epoch"`
+	ReplayedWALRecords uint64 `json:"replayed_wal_records"`
+	ResolvedCommits    uint64 `json:"resolved_commits"`
 }
 
 // StoreOp counts the store requests of one operation (backend.OpStats).

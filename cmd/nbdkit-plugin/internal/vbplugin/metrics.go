@@ -92,7 +92,8 @@ func (p *Plugin) Snapshot() volmetrics.Snapshot {
 			ChunksReclaimed: m.ChunksReclaimed, BytesReclaimed: m.BytesReclaimed,
 			StoredBytes: st.ChunkBlocksStored * vb.BlockSize, LiveBytes: st.ChunkBlocksLive * vb.BlockSize,
 			CompactionBytesWritten: st.GCBytesWritten,
-			BackendReads:           st.BackendReads, StoreLogPuts: st.StoreLogPuts, Epoch: st.Epoch,
+			WALBytesWritten:        st.WALBytesWritten, WALBytesSkipped: st.WALBytesSkipped,
+			BackendReads: st.BackendReads, StoreLogPuts: st.StoreLogPuts, Epoch: st.Epoch,
 			ReplayedWALRecords: st.Replayed, ResolvedCommits: st.ResolvedCommits,
 		}
 	}

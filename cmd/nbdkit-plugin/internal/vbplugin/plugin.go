@@ -157,7 +157,7 @@ func (p *Plugin) GetReady(ctx context.Context) error {
 		CacheBlocks: c.CacheBlocks, CacheMemPercent: c.CacheMemPercent,
 		DrainInterval: c.DrainInterval, Logger: p.log,
 		LeaseDuration: c.LeaseDuration, Durability: c.Durability,
-		Compaction: c.Compaction,
+		Compaction: c.Compaction, WALDeferBytes: c.WALDefer,
 		// nbdkit swaps stdin and stdout for /dev/null after get_ready,
 		// assuming no other thread opens a file meanwhile: the volume's
 		// background work starts in AfterFork.
