@@ -27,7 +27,8 @@
 # the fio JSON output, BENCH_JOBS (the jobs to run, e.g. "c f"; default
 # all; the targets are checked only when all run), BENCH_TARGETS (default
 # "serve viperblock memory file"), BENCH_VBLOCK and BENCH_PLUGIN (the
-# binaries to measure; default bin/vblock and lib/ of this tree).
+# binaries to measure; default bin/vblock and lib/ of this tree),
+# BENCH_SERVE_ARGS (more `vblock serve` flags, e.g. "--wal-defer 0").
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -73,7 +74,7 @@ start() {
 # serve: `vblock serve` with default settings, on $work/serve.sock.
 serve() {
   "$vblock" serve bench --socket "$work/serve.sock" --plugin "$plugin" \
-    --store "file://$work/serve-store" --wal-dir "$work/serve-wal" --size "${vsize}iB" 2>>"$work/serve.log" &
+    --store "file://$work/serve-store" --wal-dir "$work/serve-wal" --size "${vsize}iB" ${BENCH_SERVE_ARGS:-} 2>>"$work/serve.log" &
   pids+=($!)
   for _ in $(seq 300); do
     [ -S "$work/serve.sock" ] && return 0

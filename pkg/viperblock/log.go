@@ -297,8 +297,13 @@ func (v *Volume) extend(seg *segment, need int64) {
 //     Waiting for a drain's commit instead would tie the Flush's latency
 //     to the store's; the write is bounded by Options.WALDeferBytes;
 //   - the writeback goroutine writes ahead whatever exceeds
-//     Options.WALDeferBytes, oldest segments first (writeAhead), so that a
-//     Flush finds at most about that much to write;
+//     Options.WALDeferBytes, newest segments first (writeAhead), so that a
+//     Flush finds at most about that much to write. Newest first: the
+//     sealed segments a drain is taking are the records most likely to be
+//     committed before anything asks for them, so they are left unwritten
+//     longest. (Oldest first, a writer faster than the drains, which keeps
+//     the pending data above the bound, would have nearly every record
+//     written ahead, the drain's included.)
 //   - a drain that commits a sealed segment retires it: records of it not
 //     yet written are then never written (retire counts them as skipped).
 //
@@ -797,7 +802,7 @@ func (v *Volume) writebackLoop() {
 	}
 }
 
-// writeAhead writes records of the oldest segments with unwritten records
+// writeAhead writes records of the newest segments with unwritten records
 // until no more than Options.WALDeferBytes, less some slack (up to a slab,
 // so that it runs about once a slab rather than once a write), are left
 // unwritten. It stops at the first failure: the next Flush reports it.
@@ -812,7 +817,7 @@ func (v *Volume) writeAhead() {
 		if excess <= 0 {
 			return
 		}
-		sh, seg := v.oldestUnwritten()
+		sh, seg := v.newestUnwritten()
 		if seg == nil {
 			return
 		}
@@ -825,24 +830,22 @@ func (v *Volume) writeAhead() {
 	}
 }
 
-// oldestUnwritten returns the segment of the lowest generation that holds
-// records not yet written, and its shard.
-func (v *Volume) oldestUnwritten() (*shard, *segment) {
+// newestUnwritten returns the segment of the highest generation that holds
+// records not yet written (the one with the most of them among those), and
+// its shard.
+func (v *Volume) newestUnwritten() (*shard, *segment) {
 	var best *segment
 	var bsh *shard
+	var most int64
 	for i := range v.shards {
 		sh := &v.shards[i]
 		sh.mu.Lock()
-		for _, seg := range sh.sealed {
-			if seg.size > seg.wrote.Load() {
-				if best == nil || seg.gen < best.gen {
-					best, bsh = seg, sh
-				}
-				break // the shard's older sealed segments come first
-			}
+		seg := sh.seg
+		for k := len(sh.sealed) - 1; seg.size <= seg.wrote.Load() && k >= 0; k-- {
+			seg = sh.sealed[k] // the shard's newer sealed segments come last
 		}
-		if seg := sh.seg; seg.size > seg.wrote.Load() && (best == nil || seg.gen < best.gen) {
-			best, bsh = seg, sh
+		if n := seg.size - seg.wrote.Load(); n > 0 && (best == nil || seg.gen > best.gen || seg.gen == best.gen && n > most) {
+			best, bsh, most = seg, sh, n
 		}
 		sh.mu.Unlock()
 	}

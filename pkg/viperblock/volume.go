@@ -88,11 +88,11 @@ type Options struct {
 	// still goes through, a step at a time.
 	MaxPendingBytes int64
 	// WALDeferBytes bounds the written data whose WAL write waits (default
-	// twice DrainBytes, at most MaxPendingBytes; negative: none waits).
+	// half of MaxPendingBytes; negative: none waits).
 	// Written data stays in memory until a Flush (or FUA) asks for it to
 	// be durable or a drain commits it; data a drain commits first is
 	// never written to the WAL. The background writeback writes ahead of
-	// time only what exceeds this bound, oldest first, so a Flush has at
+	// time only what exceeds this bound, newest first, so a Flush has at
 	// most about this much to write besides what the writeback has not
 	// caught up with (see log.go, "Deferred WAL writes").
 	WALDeferBytes int64
@@ -194,7 +194,7 @@ func (o *Options) setDefaults() {
 		o.MaxPendingBytes = o.DrainBytes
 	}
 	if o.WALDeferBytes == 0 {
-		o.WALDeferBytes = min(2*o.DrainBytes, o.MaxPendingBytes)
+		o.WALDeferBytes = o.MaxPendingBytes / 2
 	}
 	if o.SlabPoolBytes == 0 {
 		o.SlabPoolBytes = o.MaxPendingBytes + o.MaxPendingBytes/4

@@ -313,6 +313,7 @@ func (p *Plugin) Cleanup() error {
 	}
 	p.log.Info(msg, "volume", p.Cfg.Volume, "took", time.Since(start).Round(time.Millisecond),
 		"writes", st.Writes, "reads", st.Reads, "flushes", st.Flushes, "drains", st.Drains, "bytes_drained", st.BytesDrained,
+		"wal_bytes_written", st.WALBytesWritten, "wal_bytes_skipped", st.WALBytesSkipped,
 		"gc_runs", st.GCRuns, "gc_bytes_read", st.GCBytesRead, "gc_bytes_written", st.GCBytesWritten, "gc_bytes_reclaimed", st.GCBytesReclaimed)
 	return nil
 }
