@@ -209,9 +209,9 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 			Compaction: CompactionOptions{Disabled: true}} // compactions run as ops below
 		crashRng := rand.New(rand.NewSource(rng.Int63()))
 		// midDrain, when set, is run once by the next drain as it uploads
-		// its first chunk: writes and a Flush while a drain is under way
-		// (the Flush must make the sealed records the drain is taking
-		// durable too, as the drain may never commit).
+		// its first chunk: writes, perhaps a trim, and a Flush while a
+		// drain is under way (the Flush must make the sealed records the
+		// drain is taking durable too, as the drain may never commit).
 		var midDrain func()
 		o.crash = func(p string) error {
 			if p == "drain.before-chunk-put" {
@@ -319,6 +319,18 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 								return
 							}
 							model.write(b, d)
+						}
+						if rng.Intn(3) == 0 && !isCrashed() { // a trim the drain does not hold
+							b := uint64(rng.Intn(blocks))
+							n := min(uint64(1+rng.Intn(4)), blocks-b)
+							if err := v.Trim(int64(b)*BlockSize, int64(n)*BlockSize); err != nil && !isCrashed() {
+								midErr = fmt.Errorf("trim during a drain: %w", err)
+								return
+							}
+							for x := b; x < b+n; x++ {
+								model.write(x, nil)
+								delete(model.cur, x)
+							}
 						}
 						err := v.Flush()
 						if isCrashed() {
