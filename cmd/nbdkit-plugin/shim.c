@@ -57,6 +57,8 @@
   "pending_limit=<SIZE> pending writes before writers wait (default 512MiB)\n" \
   "slab_pool=<SIZE>   retired WAL buffers kept for reuse (default: the pending\n" \
   "                   limit and a quarter; 0: none)\n" \
+  "wal_defer=<SIZE>   written data whose WAL write waits for a flush or a drain\n" \
+  "                   (default: half the pending limit, 256MiB; 0: none)\n" \
   "metrics=<PATH>     serve the volume's measurements on a Unix socket at PATH\n" \
   "                   (HTTP, versioned JSON: see package volmetrics)\n" \
   "compact=<BOOL>     background compaction of sparse chunks (default true)\n" \

@@ -71,6 +71,7 @@ type opts struct {
 	metrics       string
 	readonly      bool
 	drainInterval string
+	walDefer      string
 	durability    string
 	leaseDuration string
 	compact       string // serve: compaction parameters, "key=value,..."

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/viperblock/viperblock-csi/pkg/nbdkit"
+	"github.com/viperblock/viperblock-csi/pkg/units"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 )
 
@@ -78,6 +79,12 @@ func runServe(ctx context.Context, e *env, o *opts, args []string) error {
 			return usagef("--lease-duration %s: want a duration between %s and 1h", o.leaseDuration, vb.MinLeaseDuration)
 		}
 		params = append(params, "lease_duration="+o.leaseDuration)
+	}
+	if o.walDefer != "" {
+		if n, err := units.Parse(o.walDefer); err != nil || n < 0 {
+			return usagef("--wal-defer %s: want a size such as 64MiB (0: none)", o.walDefer)
+		}
+		params = append(params, "wal_defer="+o.walDefer)
 	}
 	if o.compact != "" {
 		for _, kv := range strings.Split(o.compact, ",") {

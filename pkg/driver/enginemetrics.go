@@ -43,6 +43,8 @@ var (
 	descStored       = engineDesc("volume_stored_bytes", "Data bytes the volume's own chunks referenced by its map hold in the store, as its server's compactor last counted them (0 before the first count).")
 	descLive         = engineDesc("volume_live_bytes", "Live data bytes among volume_stored_bytes: stored / live is the dead space online compaction works on.")
 	descCompactBytes = engineDesc("volume_compaction_bytes_written_total", "Chunk bytes online compaction uploaded (not in volume_drain_bytes_total).")
+	descWALWritten   = engineDesc("volume_wal_bytes_written_total", "WAL record bytes the volume's server wrote to its WAL segment files.")
+	descWALSkipped   = engineDesc("volume_wal_bytes_skipped_total", "WAL record bytes a drain committed to the store before any FLUSH or FUA asked for them to be durable, so never written to the WAL.")
 	descGCChunks     = engineDesc("volume_gc_chunks_deleted_total", "Chunks the volume's server deleted from the store: superseded after a drain or compaction, or unreferenced and found by a GC pass.")
 
 	descChunkCache = engineDesc("volume_chunk_cache_reads_total", "Chunk reads of the volume's server through its node-local chunk read cache, by result (hit: a cached chunk served it; miss: the store did).", "result")
@@ -57,7 +59,7 @@ func describeEngine(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVolUp, descVolOps, descVolBytes, descVolErrors, descCacheHits, descCacheMisses,
 		descFlush, descDrains, descDrainErrors, descDrainSeconds, descDrainBytes, descEnginePend, descStoreReqs, descStoreSecs,
 		descStoreRetries, descLease, descFenced, descGCRuns, descGCBytes, descGCChunks, descStored, descLive, descCompactBytes,
-		descChunkCache, descChunkFills, descChunkBytes, descWALDiskAvail, descWALDiskSize} {
+		descWALWritten, descWALSkipped, descChunkCache, descChunkFills, descChunkBytes, descWALDiskAvail, descWALDiskSize} {
 		ch <- d
 	}
 }
@@ -149,6 +151,8 @@ func exportSnapshot(ch chan<- prometheus.Metric, v string, s *volmetrics.Snapsho
 	counter(descChunkCache, e.ChunkCacheMisses, "miss")
 	counter(descChunkFills, e.ChunkCacheFills)
 	gauge(descChunkBytes, float64(e.ChunkCacheBytes))
+	counter(descWALWritten, e.WALBytesWritten)
+	counter(descWALSkipped, e.WALBytesSkipped)
 	for op, st := range s.Store {
 		counter(descStoreReqs, st.OK, op, "ok")
 		counter(descStoreReqs, st.Errors, op, "error")

@@ -16,6 +16,7 @@ import (
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 	_ "github.com/viperblock/viperblock-csi/pkg/viperblock/backend/s3" // registers s3://
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/wal"
 )
 
 // crashModel tracks, per block, the content that must survive a crash (as of
@@ -140,7 +141,9 @@ func TestCrashRandom(t *testing.T) {
 // crashPoints are the engine's named crash points.
 var crashPoints = []string{
 	"wal.before-fsync", "wal.before-dir-sync", "wal.before-recycle-sync", "wal.before-recycle-rename",
+	"wal.before-write-ahead",
 	"drain.before-chunk-put", "drain.before-chunk-sync", "drain.before-commit", "drain.after-commit",
+	"drain.before-skip-wal",
 	"open.before-epoch-commit", "open.after-epoch-commit",
 	"compact.before-chunk-put", "compact.before-chunk-sync", "compact.before-commit", "compact.after-commit",
 	"compact.before-delete",
@@ -195,10 +198,31 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 		} else if rng.Intn(2) == 0 {
 			target = crashPoints[rng.Intn(len(crashPoints))]
 		}
-		o := Options{WALDir: "/wal", FS: fs, CacheBlocks: 32, DrainInterval: time.Hour, DrainBytes: 1 << 40, Logger: quietLogger(),
+		// Small slabs (64 KiB: a pending limit of 8 MiB) so that a few
+		// writes fill some, and a WAL deferral bound at random: none
+		// deferred (every filled slab written at once), a few records
+		// (the writeback writes ahead nearly every write, oldest first),
+		// or all of them (only a Flush writes; drains commit most data
+		// without any WAL write).
+		o := Options{WALDir: "/wal", FS: fs, CacheBlocks: 32, DrainInterval: time.Hour, DrainBytes: 8 << 20, MaxPendingBytes: 8 << 20,
+			WALDeferBytes: []int64{-1, 1, 3 * wal.BlockRecordLen, 0}[rng.Intn(4)], Logger: quietLogger(),
 			Compaction: CompactionOptions{Disabled: true}} // compactions run as ops below
 		crashRng := rand.New(rand.NewSource(rng.Int63()))
+		// midDrain, when set, is run once by the next drain as it uploads
+		// its first chunk: writes, perhaps a trim, and a Flush while a
+		// drain is under way (the Flush must make the sealed records the
+		// drain is taking durable too, as the drain may never commit).
+		var midDrain func()
 		o.crash = func(p string) error {
+			if p == "drain.before-chunk-put" {
+				crashMu.Lock()
+				f := midDrain
+				midDrain = nil
+				crashMu.Unlock()
+				if f != nil {
+					f()
+				}
+			}
 			crashMu.Lock()
 			defer crashMu.Unlock()
 			if crashed != nil {
@@ -282,10 +306,54 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 					trim(b, min(uint64(1+rng.Intn(8)), blocks-b))
 				}
 			case r < 95:
+				var midErr error
+				if rng.Intn(2) == 0 {
+					crashMu.Lock()
+					midDrain = func() {
+						for k := rng.Intn(3); k >= 0 && !isCrashed(); k-- {
+							b := uint64(rng.Intn(blocks))
+							d := make([]byte, BlockSize)
+							rng.Read(d)
+							if _, err := v.WriteAt(d, int64(b)*BlockSize); err != nil && !isCrashed() {
+								midErr = fmt.Errorf("write during a drain: %w", err)
+								return
+							}
+							model.write(b, d)
+						}
+						if rng.Intn(3) == 0 && !isCrashed() { // a trim the drain does not hold
+							b := uint64(rng.Intn(blocks))
+							n := min(uint64(1+rng.Intn(4)), blocks-b)
+							if err := v.Trim(int64(b)*BlockSize, int64(n)*BlockSize); err != nil && !isCrashed() {
+								midErr = fmt.Errorf("trim during a drain: %w", err)
+								return
+							}
+							for x := b; x < b+n; x++ {
+								model.write(x, nil)
+								delete(model.cur, x)
+							}
+						}
+						err := v.Flush()
+						if isCrashed() {
+							return
+						}
+						if err != nil {
+							midErr = fmt.Errorf("flush during a drain: %w", err)
+							return
+						}
+						model.flush()
+					}
+					crashMu.Unlock()
+				}
 				err := v.Drain(ctx)
+				if midErr != nil {
+					t.Fatalf("seed %d: %v", seed, midErr)
+				}
 				if err != nil && !isCrashed() {
 					t.Fatalf("seed %d: drain: %v", seed, err)
 				}
+				crashMu.Lock()
+				midDrain = nil // the drain had nothing to upload
+				crashMu.Unlock()
 			default:
 				// Drain first, so the compaction has chunks to work on,
 				// then compact whatever is below the live threshold.

@@ -124,10 +124,11 @@ type segment struct {
 
 	io      sync.Mutex // serializes file I/O; guards f, written, dead
 	f       vfs.File
-	written int64 // record bytes written to the file
-	base    int64 // the file's header length: records start here
-	created bool  // the file exists
-	removed bool  // the file of a retired segment is deleted
+	written int64        // record bytes written to the file
+	wrote   atomic.Int64 // written, for readers without io (the writeback's choice)
+	base    int64        // the file's header length: records start here
+	created bool         // the file exists
+	removed bool         // the file of a retired segment is deleted
 	synced  atomic.Int64
 	dead    bool // retired: the file is gone, nothing more to write
 
@@ -283,6 +284,38 @@ func (v *Volume) extend(seg *segment, need int64) {
 	seg.alloc = size
 }
 
+// Deferred WAL writes.
+//
+// A write is acknowledged once its record is in a slab; the WAL write of
+// the record waits until something needs it:
+//
+//   - a Flush (or a FUA write, which the server turns into a write and a
+//     Flush) writes and syncs every record not yet synced, of the active
+//     segments and of the sealed ones, a drain in flight or not: it
+//     returns only once everything it covers is in the WAL, synced, or in
+//     a committed manifest (a segment retired meanwhile: see writeOut).
+//     Waiting for a drain's commit instead would tie the Flush's latency
+//     to the store's; the write is bounded by Options.WALDeferBytes;
+//   - the writeback goroutine writes ahead whatever exceeds
+//     Options.WALDeferBytes, newest segments first (writeAhead), so that a
+//     Flush finds at most about that much to write. Newest first: the
+//     sealed segments a drain is taking are the records most likely to be
+//     committed before anything asks for them, so they are left unwritten
+//     longest. (Oldest first, a writer faster than the drains, which keeps
+//     the pending data above the bound, would have nearly every record
+//     written ahead, the drain's included.)
+//   - a drain that commits a sealed segment retires it: records of it not
+//     yet written are then never written (retire counts them as skipped).
+//
+// Replay is unchanged: a segment file holds a prefix of its segment's
+// records (possibly none), and whatever a commit holds is skipped anyway.
+// Unflushed writes may be lost in a crash, in any order: a newer segment
+// may reach its file before an older one of the same shard does, which the
+// durability contract allows (only what a Flush returned for must
+// survive). Volume.unwritten counts the record bytes of live segments not
+// yet written; a negative WALDeferBytes defers nothing (each filled slab is
+// written at once).
+
 // reserve bump-allocates n bytes in the shard's active segment. sh.mu must
 // be held.
 func (v *Volume) reserve(sh *shard, n int) (*slab, int) {
@@ -292,7 +325,7 @@ func (v *Volume) reserve(sh *shard, n int) (*slab, int) {
 		sl = seg.slabs[k-1]
 	}
 	if sl == nil || sl.used+n > len(sl.buf) {
-		if sl != nil {
+		if sl != nil && v.opts.WALDeferBytes < 0 {
 			select { // a slab filled: let the writeback goroutine start on it
 			case v.writeback <- seg:
 			default:
@@ -304,6 +337,13 @@ func (v *Volume) reserve(sh *shard, n int) (*slab, int) {
 	off := sl.used
 	sl.used += n
 	seg.size += int64(n)
+	u := v.unwritten.Add(int64(n))
+	if b := v.opts.WALDeferBytes; b >= 0 && u > b && u-int64(n) <= b {
+		select { // over the bound: let the writeback goroutine write ahead
+		case v.writeback <- seg:
+		default:
+		}
+	}
 	return sl, off
 }
 
@@ -319,9 +359,11 @@ func (v *Volume) appendBlock(b uint64, data []byte) {
 	v.pending.Add(wal.BlockRecordLen)
 }
 
-// writeOut writes a segment's unwritten records to its file and, if sync,
-// fsyncs it. Concurrent callers serialize on seg.io; a caller that finds its
-// target already synced returns at once (group commit).
+// writeOut writes a segment's unwritten records, at least up to target
+// (to the end of the slab that holds it), to its file and, if sync, fsyncs
+// it. Concurrent callers serialize on seg.io; a caller that finds its
+// target already synced returns at once (group commit). A retired segment
+// (dead) is committed: there is nothing to write.
 func (v *Volume) writeOut(sh *shard, seg *segment, target int64, sync bool) error {
 	seg.io.Lock()
 	defer seg.io.Unlock()
@@ -332,10 +374,12 @@ func (v *Volume) writeOut(sh *shard, seg *segment, target int64, sync bool) erro
 		return err
 	}
 	sh.mu.Lock()
-	end := seg.size
 	var parts [][]byte
 	var pos int64
 	for _, sl := range seg.slabs {
+		if pos >= target {
+			break
+		}
 		next := pos + int64(sl.used)
 		if next > seg.written {
 			from := max(seg.written-pos, 0)
@@ -343,6 +387,7 @@ func (v *Volume) writeOut(sh *shard, seg *segment, target int64, sync bool) erro
 		}
 		pos = next
 	}
+	end := max(pos, seg.written)
 	sh.mu.Unlock()
 	if seg.f == nil {
 		if err := v.createSegmentFile(sh, seg); err != nil {
@@ -360,7 +405,12 @@ func (v *Volume) writeOut(sh *shard, seg *segment, target int64, sync bool) erro
 			return v.failedWrite(seg, fmt.Errorf("viperblock: write WAL %s: %w", seg.path, err))
 		}
 	}
+	if n := end - seg.written; n > 0 {
+		v.unwritten.Add(-n)
+		v.stats.walWritten.Add(uint64(n))
+	}
 	seg.written = end
+	seg.wrote.Store(end)
 	if sync {
 		if err := v.crashPoint("wal.before-fsync"); err != nil {
 			return err
@@ -524,6 +574,12 @@ func (v *Volume) retire(seg *segment) {
 	if seg.f != nil {
 		seg.f.Close()
 		seg.f = nil
+	}
+	if n := seg.size - seg.written; n > 0 {
+		// Committed before anything asked for them to be durable: never
+		// written.
+		v.unwritten.Add(-n)
+		v.stats.walSkipped.Add(uint64(n))
 	}
 	remove := seg.recovered || seg.written > 0 || seg.created
 	seg.io.Unlock()
@@ -717,8 +773,11 @@ func (v *Volume) retryWAL() error {
 	return v.flush()
 }
 
-// writebackLoop writes full slabs to their segment files in the background
-// so a later Flush has less to write.
+// writebackLoop works in the background so that a later Flush has less to
+// do: it creates segment files ahead of their first write, deletes or
+// recycles the files of retired segments, and writes records ahead: what
+// exceeds Options.WALDeferBytes (writeAhead), or with a negative bound
+// each segment whose slab filled.
 func (v *Volume) writebackLoop() {
 	defer v.done.Done()
 	for {
@@ -726,15 +785,69 @@ func (v *Volume) writebackLoop() {
 		case <-v.stop:
 			return
 		case seg := <-v.writeback:
-			if v.removeRetired(seg) {
-				continue
+			if !v.removeRetired(seg) {
+				sh := &v.shards[seg.shard]
+				v.prepare(sh, seg)
+				if v.opts.WALDeferBytes < 0 {
+					sh.mu.Lock()
+					target := seg.size
+					sh.mu.Unlock()
+					_ = v.writeOut(sh, seg, target, false)
+				}
 			}
-			sh := &v.shards[seg.shard]
-			v.prepare(sh, seg)
-			sh.mu.Lock()
-			target := seg.size
-			sh.mu.Unlock()
-			_ = v.writeOut(sh, seg, target, false)
+			if v.opts.WALDeferBytes >= 0 {
+				v.writeAhead()
+			}
 		}
 	}
+}
+
+// writeAhead writes records of the newest segments with unwritten records
+// until no more than Options.WALDeferBytes, less some slack (up to a slab,
+// so that it runs about once a slab rather than once a write), are left
+// unwritten. It stops at the first failure: the next Flush reports it.
+func (v *Volume) writeAhead() {
+	bound := v.opts.WALDeferBytes
+	goal := bound - min(int64(v.slabs.size), bound/2)
+	if v.unwritten.Load() <= bound {
+		return
+	}
+	for range 8 * nShards { // a bound on the passes; each one writes or finds a retired segment
+		excess := v.unwritten.Load() - goal
+		if excess <= 0 {
+			return
+		}
+		sh, seg := v.newestUnwritten()
+		if seg == nil {
+			return
+		}
+		if err := v.crashPoint("wal.before-write-ahead"); err != nil {
+			return
+		}
+		if err := v.writeOut(sh, seg, seg.wrote.Load()+excess, false); err != nil {
+			return
+		}
+	}
+}
+
+// newestUnwritten returns the segment of the highest generation that holds
+// records not yet written (the one with the most of them among those), and
+// its shard.
+func (v *Volume) newestUnwritten() (*shard, *segment) {
+	var best *segment
+	var bsh *shard
+	var most int64
+	for i := range v.shards {
+		sh := &v.shards[i]
+		sh.mu.Lock()
+		seg := sh.seg
+		for k := len(sh.sealed) - 1; seg.size <= seg.wrote.Load() && k >= 0; k-- {
+			seg = sh.sealed[k] // the shard's newer sealed segments come last
+		}
+		if n := seg.size - seg.wrote.Load(); n > 0 && (best == nil || seg.gen > best.gen || seg.gen == best.gen && n > most) {
+			best, bsh, most = seg, sh, n
+		}
+		sh.mu.Unlock()
+	}
+	return bsh, best
 }

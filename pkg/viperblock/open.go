@@ -453,6 +453,7 @@ func (v *Volume) replay(files []segFile) ([]trimRange, error) {
 		sl.used = off
 		seg.size = int64(off)
 		seg.written = int64(off)
+		seg.wrote.Store(int64(off))
 		seg.synced.Store(int64(off))
 		sh := &v.shards[f.shard]
 		sh.sealed = append(sh.sealed, seg)

@@ -358,6 +358,7 @@ func (v *Volume) adoptStoreLog(recs []wal.Record, replayed []trimRange) {
 		n := int64(len(buf))
 		seg := &segment{shard: i, slabs: []*slab{sl}, size: n, written: n, uploaded: n}
 		seg.synced.Store(n)
+		seg.wrote.Store(n)
 		sh := &v.shards[i]
 		for off := 0; off < len(buf); {
 			r := wal.ParseTrusted(buf[off:])

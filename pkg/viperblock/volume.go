@@ -91,6 +91,15 @@ type Options struct {
 	// admission step (see throttle), so a request larger than the limit
 	// still goes through, a step at a time.
 	MaxPendingBytes int64
+	// WALDeferBytes bounds the written data whose WAL write waits (default
+	// half of MaxPendingBytes; negative: none waits).
+	// Written data stays in memory until a Flush (or FUA) asks for it to
+	// be durable or a drain commits it; data a drain commits first is
+	// never written to the WAL. The background writeback writes ahead of
+	// time only what exceeds this bound, newest first, so a Flush has at
+	// most about this much to write besides what the writeback has not
+	// caught up with (see log.go, "Deferred WAL writes").
+	WALDeferBytes int64
 	// SlabPoolBytes bounds the retired WAL slabs the volume keeps for
 	// reuse (default: MaxPendingBytes plus a quarter; negative: none).
 	SlabPoolBytes int64
@@ -205,6 +214,9 @@ func (o *Options) setDefaults(store backend.Store) {
 	if o.MaxPendingBytes < o.DrainBytes {
 		o.MaxPendingBytes = o.DrainBytes
 	}
+	if o.WALDeferBytes == 0 {
+		o.WALDeferBytes = o.MaxPendingBytes / 2
+	}
 	if o.SlabPoolBytes == 0 {
 		o.SlabPoolBytes = o.MaxPendingBytes + o.MaxPendingBytes/4
 	}
@@ -277,6 +289,7 @@ type Volume struct {
 	dirty     bool                         // metadata (size) changed since the last commit
 
 	pending   atomic.Int64 // WAL bytes not yet drained
+	unwritten atomic.Int64 // WAL bytes of live segments not yet written to their files (log.go)
 	admitted  atomic.Int64 // WAL bytes admitted by throttle, not yet in pending
 	waitMu    sync.Mutex   // guards waitCond's condition (pending, state)
 	waitCond  *sync.Cond
@@ -326,6 +339,7 @@ type counters struct {
 	resolvedCommits                       atomic.Uint64
 	storeLogPuts                          atomic.Uint64
 	walRecycled                           atomic.Uint64
+	walWritten, walSkipped                atomic.Uint64 // record bytes written to WAL files; committed by a drain unwritten
 	m                                     engineMetrics // see metrics.go
 	gcRuns, gcChunksDeleted               atomic.Uint64
 	gcBytesRead, gcBytesWritten           atomic.Uint64
@@ -363,6 +377,15 @@ type Stats struct {
 	// SlabBytes is the memory of the WAL arena's slabs, in use and pooled
 	// (records replayed at open are held apart from it until drained).
 	SlabBytes int64
+	// WALBytesWritten: record bytes written to WAL segment files.
+	// WALBytesSkipped: record bytes a drain committed before anything
+	// asked for them to be durable, never written to the WAL.
+	// WALUnwrittenBytes: record bytes held in memory only, not yet
+	// written to the WAL nor committed (Options.WALDeferBytes bounds what
+	// the writeback leaves of them).
+	WALBytesWritten   uint64
+	WALBytesSkipped   uint64
+	WALUnwrittenBytes int64
 
 	// ResolvedCommits counts manifest commits that failed (their answer
 	// lost, their outcome unknown) and that reading the manifest back
@@ -587,7 +610,8 @@ func (v *Volume) Stats() Stats {
 	s := Stats{
 		Name: v.name, Size: v.Size(), Epoch: v.epoch, PendingBytes: v.pending.Load(),
 		Writes: v.stats.writes.Load(), Reads: v.stats.reads.Load(), Flushes: v.stats.flushes.Load(),
-		Fsyncs: v.stats.fsyncs.Load(), WALRecycled: v.stats.walRecycled.Load(), Trims: v.stats.trims.Load(), Drains: v.stats.drains.Load(),
+		Fsyncs: v.stats.fsyncs.Load(), WALRecycled: v.stats.walRecycled.Load(),
+		WALBytesWritten: v.stats.walWritten.Load(), WALBytesSkipped: v.stats.walSkipped.Load(), WALUnwrittenBytes: v.unwritten.Load(), Trims: v.stats.trims.Load(), Drains: v.stats.drains.Load(),
 		DrainErrors: v.stats.drainErrors.Load(), ChunksPut: v.stats.chunksPut.Load(),
 		BytesDrained: v.stats.bytesDrained.Load(), BackendReads: v.stats.backendReads.Load(),
 		Replayed: v.stats.replayed.Load(), Fenced: v.state.Load() == stateFenced || v.state.Load() == stateReleased,

@@ -130,10 +130,16 @@ type Engine struct {
 	// reads served by a cached chunk, reads of chunks not cached, whole
 	// chunks fetched into it, and the bytes it holds. Added within
 	// version 1: an older server's snapshot leaves them zero.
-	ChunkCacheHits     uint64 `json:"chunk_cache_hits,omitempty"`
-	ChunkCacheMisses   uint64 `json:"chunk_cache_misses,omitempty"`
-	ChunkCacheFills    uint64 `json:"chunk_cache_fills,omitempty"`
-	ChunkCacheBytes    int64  `json:"chunk_cache_bytes,omitempty"`
+	ChunkCacheHits   uint64 `json:"chunk_cache_hits,omitempty"`
+	ChunkCacheMisses uint64 `json:"chunk_cache_misses,omitempty"`
+	ChunkCacheFills  uint64 `json:"chunk_cache_fills,omitempty"`
+	ChunkCacheBytes  int64  `json:"chunk_cache_bytes,omitempty"`
+	// WALBytesWritten: WAL record bytes written to segment files;
+	// WALBytesSkipped: record bytes a drain committed before anything
+	// asked for them to be durable, never written to the WAL (vb.Stats).
+	// Added within version 1: an older server's snapshot leaves them zero.
+	WALBytesWritten    uint64 `json:"wal_bytes_written,omitempty"`
+	WALBytesSkipped    uint64 `json:"wal_bytes_skipped,omitempty"`
 	BackendReads       uint64 `json:"backend_reads"` // ranged reads of chunk data and indexes
 	StoreLogPuts       uint64 `json:"store_log_puts"`
 	Epoch              uint64 `json:"epoch"`

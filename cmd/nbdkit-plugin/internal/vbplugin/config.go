@@ -57,6 +57,8 @@ const (
 //	pending_limit=SIZE   pending writes before writers wait
 //	                     (vb.Options.MaxPendingBytes)
 //	slab_pool=SIZE       retired WAL slabs kept for reuse (vb.Options.SlabPoolBytes)
+//	wal_defer=SIZE       written data whose WAL write may wait for a flush or
+//	                     a drain (vb.Options.WALDeferBytes; 0: none waits)
 //	metrics=PATH         serve measurements on a Unix socket (see metrics.go)
 //	compact=BOOL         background compaction (default true)
 //	compact_bandwidth=SIZE  its bytes per second (0: unlimited)
@@ -80,6 +82,7 @@ type Config struct {
 	Memory          int64 // memory=: the server's share of the node's budget
 	PendingLimit    int64
 	SlabPool        int64
+	WALDefer        int64 // wal_defer=: vb.Options.WALDeferBytes (0: the default)
 	MaxRequest      int64 // max_request=; Complete fills the default
 	Connections     int   // connections=; Complete fills the default
 	// Threads is nbdkit's worker threads per connection, read from its
@@ -226,6 +229,15 @@ func (c *Config) Set(key, value string) error {
 		c.ReadCache = n
 		if n == 0 {
 			c.ReadCache = -1
+		}
+	case "wal_defer", "wal-defer":
+		n, err := units.Parse(value)
+		if err != nil || n < 0 {
+			return fmt.Errorf("wal_defer=%s: want a size (0: defer no WAL write)", value)
+		}
+		c.WALDefer = n
+		if n == 0 {
+			c.WALDefer = -1
 		}
 	case "metrics":
 		if !filepath.IsAbs(value) {

@@ -94,6 +94,7 @@ func (p *Plugin) Snapshot() volmetrics.Snapshot {
 			CompactionBytesWritten: st.GCBytesWritten,
 			ChunkCacheHits:         st.ReadCache.Hits, ChunkCacheMisses: st.ReadCache.Misses,
 			ChunkCacheFills: st.ReadCache.Fills, ChunkCacheBytes: st.ReadCache.Bytes,
+			WALBytesWritten: st.WALBytesWritten, WALBytesSkipped: st.WALBytesSkipped,
 			BackendReads: st.BackendReads, StoreLogPuts: st.StoreLogPuts, Epoch: st.Epoch,
 			ReplayedWALRecords: st.Replayed, ResolvedCommits: st.ResolvedCommits,
 		}

@@ -157,7 +157,7 @@ func (p *Plugin) GetReady(ctx context.Context) error {
 		CacheBlocks: c.CacheBlocks, CacheMemPercent: c.CacheMemPercent,
 		DrainInterval: c.DrainInterval, Logger: p.log,
 		LeaseDuration: c.LeaseDuration, Durability: c.Durability,
-		Compaction: c.Compaction, ReadCacheBytes: max(c.ReadCache, 0),
+		Compaction: c.Compaction, ReadCacheBytes: max(c.ReadCache, 0), WALDeferBytes: c.WALDefer,
 		// nbdkit swaps stdin and stdout for /dev/null after get_ready,
 		// assuming no other thread opens a file meanwhile: the volume's
 		// background work starts in AfterFork.
@@ -313,6 +313,7 @@ func (p *Plugin) Cleanup() error {
 	}
 	p.log.Info(msg, "volume", p.Cfg.Volume, "took", time.Since(start).Round(time.Millisecond),
 		"writes", st.Writes, "reads", st.Reads, "flushes", st.Flushes, "drains", st.Drains, "bytes_drained", st.BytesDrained,
+		"wal_bytes_written", st.WALBytesWritten, "wal_bytes_skipped", st.WALBytesSkipped,
 		"gc_runs", st.GCRuns, "gc_bytes_read", st.GCBytesRead, "gc_bytes_written", st.GCBytesWritten, "gc_bytes_reclaimed", st.GCBytesReclaimed)
 	return nil
 }

@@ -118,6 +118,16 @@ func TestConfig(t *testing.T) {
 			t.Errorf("%s=%s accepted", k, v)
 		}
 	}
+	for v, want := range map[string]int64{"64MiB": 64 << 20, "0": -1} {
+		var w Config
+		if err := w.Set("wal_defer", v); err != nil || w.WALDefer != want {
+			t.Errorf("wal_defer=%s: %d, %v; want %d", v, w.WALDefer, err, want)
+		}
+	}
+	var wb Config
+	if err := wb.Set("wal_defer", "-1MiB"); err == nil {
+		t.Error("wal_defer=-1MiB accepted")
+	}
 	var d Config
 	d.Set("cache", "256MiB")
 	if d.CacheBlocks != 65536 {
