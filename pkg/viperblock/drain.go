@@ -290,7 +290,7 @@ func (v *Volume) upload(ctx context.Context, parts [][]uint64, ids []uint64, wri
 				for _, b := range parts[i] {
 					bld.Add(b, writes[b].seq, writes[b].data)
 				}
-				obj := bld.Finish(v.name, ids[i])
+				obj := v.finishChunk(bld, ids[i])
 				if err := v.crashPoint("drain.before-chunk-put"); err != nil {
 					errs <- err
 					cancel()

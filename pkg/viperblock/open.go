@@ -34,7 +34,14 @@ func Open(ctx context.Context, store backend.Store, name string, opts Options) (
 	if err != nil {
 		return nil, err
 	}
+	// The key first: a missing or wrong one fails here, before the lease
+	// or the epoch change anything.
+	kr, err := unlock(ctx, m, opts.Keys)
+	if err != nil {
+		return nil, err
+	}
 	v := newVolume(store, name, m, ver, opts)
+	v.keys = kr
 	if opts.ReadOnly {
 		return v, nil
 	}
@@ -87,7 +94,13 @@ func OpenSnapshot(ctx context.Context, store backend.Store, vol, snap string, op
 	if err != nil {
 		return nil, err
 	}
-	return newVolume(store, vol, m, ver, opts), nil
+	kr, err := unlock(ctx, m, opts.Keys)
+	if err != nil {
+		return nil, err
+	}
+	v := newVolume(store, vol, m, ver, opts)
+	v.keys = kr
+	return v, nil
 }
 
 // newVolume builds the in-memory volume for manifest m (without a WAL).
@@ -106,6 +119,7 @@ func newVolume(store backend.Store, name string, m *manifest.Manifest, ver backe
 	v.size.Store(m.Size)
 	v.seq.Store(m.SeqHW)
 	v.bmap.Store(blockmap.New(m.Extents))
+	v.compression = m.Compression
 	v.setChunkSizes(m)
 	v.initCompactor()
 	for i := range v.shards {
@@ -157,7 +171,13 @@ func (v *Volume) openWAL(ctx context.Context) error {
 		return err
 	}
 	if ver != v.manVer {
+		// Re-keyed meanwhile? Unwrap again (nothing is written yet).
+		kr, err := unlock(ctx, m, v.opts.Keys)
+		if err != nil {
+			return err
+		}
 		v.resetTo(m, ver)
+		v.keys = kr
 	}
 	if v.opts.ResumeOnly && !own.owns(m.Epoch, m.Owner) {
 		return v.notOwner(own, found)
@@ -213,6 +233,9 @@ func (v *Volume) openWAL(ctx context.Context) error {
 		return err
 	}
 	next := *m
+	if err := ownKey(ctx, &next, v.keys, v.opts.Keys); err != nil {
+		return err
+	}
 	next.Epoch, next.Owner = newEpoch, nonce
 	next.Flags |= manifest.FlagOpen
 	next.Committed = time.Now().UnixNano()
@@ -304,6 +327,7 @@ func (v *Volume) resetTo(m *manifest.Manifest, ver backend.Version) {
 	v.size.Store(m.Size)
 	v.seq.Store(max(v.seq.Load(), m.SeqHW))
 	v.bmap.Store(blockmap.New(m.Extents))
+	v.compression = m.Compression
 	v.setChunkSizes(m)
 }
 
