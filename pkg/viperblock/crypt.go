@@ -4,13 +4,17 @@ import (
 	"context"
 	"crypto/cipher"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/chunk"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/manifest"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/seal"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/wal"
 )
 
 // ErrKey reports a key problem: an encrypted volume opened without a key,
@@ -190,4 +194,171 @@ func (v *Volume) finishChunk(b *chunk.Builder, id uint64) []byte {
 		return b.Finish2(v.name, id, p)
 	}
 	return b.Finish(v.name, id)
+}
+
+// blockRecLen and trimRecLen are the lengths of the WAL records v writes.
+func (v *Volume) blockRecLen() int {
+	if v.keys != nil {
+		return wal.SealedBlockLen
+	}
+	return wal.BlockRecordLen
+}
+
+func (v *Volume) trimRecLen() int {
+	if v.keys != nil {
+		return wal.SealedTrimLen
+	}
+	return wal.HeaderSize
+}
+
+// putBlockRecord and putTrimRecord encode a record of the active epoch.
+func (v *Volume) putBlockRecord(dst []byte, salt uint32, seq, b uint64, data []byte) {
+	if v.keys != nil {
+		wal.PutSealedBlock(dst, salt, seq, b, v.epoch, v.keys.write, v.walAEAD, data)
+		return
+	}
+	wal.PutBlock(dst, salt, seq, b, data)
+}
+
+func (v *Volume) putTrimRecord(dst []byte, salt uint32, seq, b uint64, count uint32) {
+	if v.keys != nil {
+		wal.PutSealedTrim(dst, salt, seq, b, count, v.epoch, v.keys.write, v.walAEAD)
+		return
+	}
+	wal.PutTrim(dst, salt, seq, b, count)
+}
+
+// recordBlock returns the block data of block record r, decrypting a
+// sealed one into dst (BlockSize bytes); a plain one's data aliases r.
+func (v *Volume) recordBlock(r wal.Record, dst []byte) ([]byte, error) {
+	if !r.Sealed() {
+		return r.Data, nil
+	}
+	a, err := v.keys.walKey(r.KeyID, r.Epoch)
+	if err != nil {
+		return nil, err
+	}
+	return wal.Open(r, a, dst)
+}
+
+// checkRecord verifies a record read back from the disk or the store: an
+// encrypted volume accepts only sealed records that authenticate (a plain
+// record there was not written by the engine), a plain volume only plain
+// ones. scratch holds a decrypted block (BlockSize bytes).
+func (v *Volume) checkRecord(r wal.Record, scratch []byte) error {
+	if (v.keys != nil) != r.Sealed() {
+		if v.keys != nil {
+			return fmt.Errorf("%w: an unsealed record (seq %d) in the WAL of encrypted volume %s", ErrCorrupt, r.Seq, v.name)
+		}
+		return fmt.Errorf("%w: a sealed record (seq %d) in the WAL of plain volume %s", ErrCorrupt, r.Seq, v.name)
+	}
+	if !r.Sealed() {
+		return nil
+	}
+	a, err := v.keys.walKey(r.KeyID, r.Epoch)
+	if err != nil {
+		return err
+	}
+	if _, err := wal.Open(r, a, scratch); err != nil {
+		return fmt.Errorf("%w: volume %s: %v", ErrCorrupt, v.name, err)
+	}
+	return nil
+}
+
+// copyEntry copies the block of block-store entry e into dst. The records
+// in memory were written by this process or verified when read back, so
+// a failure is a bug.
+func (v *Volume) copyEntry(e entry, dst []byte) {
+	r := wal.ParseTrusted(e.sl.buf[e.off:])
+	d, err := v.recordBlock(r, dst)
+	if err != nil {
+		panic(fmt.Sprintf("viperblock: a WAL record in memory does not open: %v", err))
+	}
+	if len(d) > 0 && &d[0] != &dst[0] {
+		copy(dst, d)
+	}
+}
+
+// Rekey rewraps every data key of volume name, in its manifest and in each
+// of its snapshots, from the KEK of oldKeys to the KEK of newKeys. No data
+// is rewritten: the data keys stay, only their wrapping changes, one
+// compare-and-swap per manifest object.
+//
+// It checks oldKeys first (ErrKey, nothing written, if it does not unwrap
+// every key) and refuses with ErrInUse while a writer holds the volume's
+// lease: a rekey never fences a serving owner. Keys already wrapped by
+// newKeys' KEK are kept, so a rekey cut short is finished by running it
+// again. A clone holds its own copy of its parent's wrapped keys: it is
+// re-keyed on its own, and a parent's rekey leaves it alone.
+func Rekey(ctx context.Context, store backend.Store, name string, oldKeys, newKeys KeySource) error {
+	if oldKeys == nil || newKeys == nil {
+		return fmt.Errorf("%w: rekey needs the old and the new key", ErrKey)
+	}
+	m, ver, err := readLiveManifest(ctx, store, name)
+	if err != nil {
+		return err
+	}
+	if len(m.Keys) == 0 {
+		return fmt.Errorf("%w: volume %s is not encrypted", ErrInvalidArg, name)
+	}
+	type object struct {
+		key string
+		m   *manifest.Manifest
+		ver backend.Version
+	}
+	objs := []object{{manifestKey(name), m, ver}}
+	snapKeys, err := store.List(ctx, name+"/snapshots/")
+	if err != nil {
+		return err
+	}
+	for _, k := range snapKeys {
+		s, sv, err := readSnapshot(ctx, store, name, strings.TrimPrefix(k, name+"/snapshots/"))
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		objs = append(objs, object{k, s, sv})
+	}
+	// Unwrap everything first: a wrong old key changes nothing.
+	next := make([][]manifest.WrappedKey, len(objs))
+	for i, o := range objs {
+		for _, wk := range o.m.Keys {
+			aad := seal.WrapAAD(wk.Origin, wk.ID)
+			if wk.KEKID == newKeys.KEKID() {
+				if _, err := newKeys.Unwrap(ctx, wk.KEKID, wk.Wrapped, aad); err == nil {
+					next[i] = append(next[i], wk) // re-keyed already
+					continue
+				}
+			}
+			dk, err := oldKeys.Unwrap(ctx, wk.KEKID, wk.Wrapped, aad)
+			if err != nil {
+				return fmt.Errorf("rekey %s (%s), data key %016x: %w", name, o.key, wk.ID, err)
+			}
+			w, err := newKeys.Wrap(ctx, dk, aad)
+			if err != nil {
+				return fmt.Errorf("%w: rekey %s: wrap under the new key: %v", ErrKey, name, err)
+			}
+			next[i] = append(next[i], manifest.WrappedKey{ID: wk.ID, Origin: wk.Origin, KEKID: newKeys.KEKID(), Wrapped: w})
+		}
+	}
+	live, epoch, err := HasLiveOwner(ctx, store, name)
+	if err != nil {
+		return err
+	}
+	if live {
+		return fmt.Errorf("%w: %s is open for writing (epoch %d) and its lease is held: close it, then rekey (a rekey never takes a volume from its owner)", ErrInUse, name, epoch)
+	}
+	for i, o := range objs {
+		c := *o.m
+		c.Keys = next[i]
+		if _, err := store.PutIf(ctx, o.key, manifest.Encode(&c), o.ver); err != nil {
+			if errors.Is(err, backend.ErrPrecondition) {
+				return fmt.Errorf("%w: %s changed during the rekey (opened or snapshotted meanwhile); run it again", ErrInUse, o.key)
+			}
+			return fmt.Errorf("viperblock: rekey %s: %w", o.key, err)
+		}
+	}
+	return nil
 }

@@ -281,6 +281,13 @@ func (v *Volume) openWAL(ctx context.Context) error {
 	v.slog.dir = storeLogDir(v.name, newEpoch, nonce)
 	v.slog.upTo = m.SeqHW
 	v.cleanStoreLog(ctx)
+	if v.keys != nil {
+		a, err := v.keys.walKey(v.keys.write, newEpoch)
+		if err != nil {
+			return err
+		}
+		v.walAEAD = a
+	}
 	v.gen++
 	for i := range v.shards {
 		v.shards[i].seg = v.newSegment(i, v.gen)
@@ -414,6 +421,7 @@ func (v *Volume) replay(files []segFile) ([]trimRange, error) {
 	}
 	var writes []rec
 	var trims []trimRange
+	var scratch [BlockSize]byte
 	hw := v.man.SeqHW
 	for _, f := range files {
 		data, err := vfs.ReadFile(v.fs, f.path)
@@ -444,12 +452,15 @@ func (v *Volume) replay(files []segFile) ([]trimRange, error) {
 		seg := &segment{shard: f.shard, gen: f.gen, path: f.path, recovered: true, slabs: []*slab{sl}, salt: salt, alloc: int64(len(data))}
 		rd := wal.NewSegment(h, body)
 		for {
-			r, _, err := rd.Next()
+			r, n, err := rd.Next()
 			off := rd.Offset()
 			if err == nil {
+				if err := v.checkRecord(r, scratch[:]); err != nil {
+					return nil, fmt.Errorf("WAL %s at offset %d: %w", f.path, hlen+off-n, err)
+				}
 				if r.Seq > hw {
-					if r.Type == wal.TypeBlock {
-						writes = append(writes, rec{seg, sl, off - wal.BlockRecordLen, r})
+					if r.IsBlock() {
+						writes = append(writes, rec{seg, sl, off - n, r})
 					} else {
 						trims = append(trims, trimRange{r.Block, uint64(r.Count), r.Seq})
 					}

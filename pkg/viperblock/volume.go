@@ -2,6 +2,7 @@ package viperblock
 
 import (
 	"context"
+	"crypto/cipher"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -246,6 +247,7 @@ type Volume struct {
 	// volume with either writes version 2 chunks and sealed WAL records.
 	keys        *keyring
 	compression uint8
+	walAEAD     cipher.AEAD // seals this open's WAL records (keys.walKey)
 	// lastFetch is where the last backend read ended (read-ahead).
 	lastFetch atomic.Pointer[fetchPos]
 
