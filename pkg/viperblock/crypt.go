@@ -323,6 +323,7 @@ func Rekey(ctx context.Context, store backend.Store, name string, oldKeys, newKe
 	}
 	// Unwrap everything first: a wrong old key changes nothing.
 	next := make([][]manifest.WrappedKey, len(objs))
+	changed := false
 	for i, o := range objs {
 		for _, wk := range o.m.Keys {
 			aad := seal.WrapAAD(wk.Origin, wk.ID)
@@ -341,7 +342,11 @@ func Rekey(ctx context.Context, store backend.Store, name string, oldKeys, newKe
 				return fmt.Errorf("%w: rekey %s: wrap under the new key: %v", ErrKey, name, err)
 			}
 			next[i] = append(next[i], manifest.WrappedKey{ID: wk.ID, Origin: wk.Origin, KEKID: newKeys.KEKID(), Wrapped: w})
+			changed = true
 		}
+	}
+	if !changed {
+		return nil // every key is under the new KEK already
 	}
 	live, epoch, err := HasLiveOwner(ctx, store, name)
 	if err != nil {
