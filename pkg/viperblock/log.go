@@ -99,7 +99,6 @@ type entry struct {
 	off int // record offset in sl.buf
 }
 
-
 // shard is one of the 16 lock domains: the block store for blocks with
 // (block & 0xF) == index and that shard's WAL segments.
 type shard struct {
