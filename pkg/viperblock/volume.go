@@ -514,6 +514,11 @@ type Info struct {
 	Committed    time.Time  // time of the last commit
 	Snapshots    []string
 	Dependants   []string // clones made from this volume's snapshots
+	// Encrypted: the volume seals its data; KEKID names the KEK that
+	// wraps the data key it writes with (what Options.Keys must hold).
+	Encrypted   bool
+	KEKID       string `json:",omitempty"`
+	Compression Compression
 }
 
 // Inspect reads a volume's committed state from the backend, with its
