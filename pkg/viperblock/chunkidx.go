@@ -134,7 +134,7 @@ func (v *Volume) readChunkIndex(ctx context.Context, id blockmap.ChunkRef, n uin
 // chunk's first bytes if already read).
 func (v *Volume) readChunkHead2(ctx context.Context, id blockmap.ChunkRef, n uint32, head []byte) (*chunkIdx, error) {
 	key := v.chunkKeyRef(id)
-	want := chunk.HeadLen2(int(n))
+	want := chunk.HeadLen2(int(n), v.extentBlocks())
 	b := head
 	if int64(len(b)) < want {
 		var err error

@@ -181,11 +181,20 @@ const walPurpose = "viperblock wal v2"
 // chunkParams says how v writes chunks: version 1 (ok false) or version 2
 // with these parameters.
 func (v *Volume) chunkParams() (chunk.Params, bool) {
-	p := chunk.Params{Compression: v.compression}
+	p := chunk.Params{Compression: v.compression, ExtentBlocks: v.extentBlocks()}
 	if v.keys != nil {
 		p.Sealed, p.KeyID, p.Key = true, v.keys.write, v.keys.keys[v.keys.write]
 	}
 	return p, p.Sealed || p.Compression != chunk.CompressNone
+}
+
+// extentBlocks is the extent size of the version 2 chunks v writes (see
+// package chunk): several blocks when compressing, one otherwise.
+func (v *Volume) extentBlocks() int {
+	if v.compression != chunk.CompressNone {
+		return chunk.ExtentBlocks
+	}
+	return 1
 }
 
 // finishChunk completes a chunk in the volume's format.

@@ -362,9 +362,17 @@ func (v *Volume) fetchRun2(ctx context.Context, run []miss, c blockmap.ChunkRef,
 		total = min(n+v.opts.ReadAheadBlocks, count-first)
 	}
 	e := ci.v2.Header.ExtentBlocks
-	span := ((first+total-1)/e - first/e + 1) * e * BlockSize
-	buf := getReadBuf(span)
-	defer putReadBuf(buf)
+	// Decode straight into the caller's buffer when the run lands in one
+	// piece of it and covers whole extents; otherwise through a pooled
+	// buffer.
+	var buf []byte
+	direct := total == n && first%e == 0 && ((first+n)%e == 0 || first+n == count) && contiguous(run)
+	if direct {
+		buf = run[0].dst[:n*BlockSize]
+	} else {
+		buf = getReadBuf(((first+total-1)/e - first/e + 1) * e * BlockSize)
+		defer putReadBuf(buf)
+	}
 	dec, k0, err := v.readExtents(ctx, c, ci, first, first+total, buf)
 	if err != nil {
 		return err
@@ -375,7 +383,9 @@ func (v *Volume) fetchRun2(ctx context.Context, run []miss, c blockmap.ChunkRef,
 		if ent := ci.e[s]; ent.Block != m.blk {
 			return fmt.Errorf("%w: volume %s chunk %s: index holds block %d where the map expects block %d", ErrCorrupt, v.name, v.chunkKeyRef(c), ent.Block, m.blk)
 		}
-		copy(m.dst, dec[(s-base)*BlockSize:(s-base+1)*BlockSize])
+		if !direct {
+			copy(m.dst, dec[(s-base)*BlockSize:(s-base+1)*BlockSize])
+		}
 	}
 	for i := 0; i < len(dec)/BlockSize; i++ {
 		v.cache.Put(cache.Key{Vol: c.Vol, Chunk: c.ID, Index: uint32(base + i)}, dec[i*BlockSize:(i+1)*BlockSize])

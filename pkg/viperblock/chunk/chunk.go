@@ -50,10 +50,11 @@
 // # Layout (version 2), for a chunk of c blocks in x extents of E blocks
 //
 // The blocks, in slot order, are cut into x = ceil(c/E) extents of E
-// consecutive slots (the last may be shorter); E is 16 in the chunks this
-// build writes, so a 4 KiB read decodes at most 64 KiB. The index comes
-// first, so that one ranged read of the chunk's first HeadLen2(c) bytes
-// yields header and index together.
+// consecutive slots (the last may be shorter). This build writes E = 16
+// for compressed chunks (a 4 KiB read decodes at most 64 KiB) and E = 1
+// for sealed, uncompressed ones (a 4 KiB read opens just its block). The
+// index comes first, so that one ranged read of the chunk's first
+// HeadLen2(c, E) bytes yields header and index together.
 //
 //	offset              size      part
 //	0                   4096      header

@@ -15,7 +15,7 @@ import (
 // Version 2 constants.
 const (
 	Version2      = 2
-	ExtentBlocks  = 16 // blocks per extent in the chunks this build writes
+	ExtentBlocks  = 16 // blocks per extent of compressed chunks (Params.ExtentBlocks' default)
 	BlockEntry2   = 16
 	ExtentEntry2  = 24
 	SaltSize      = 32
@@ -61,13 +61,18 @@ func IndexLen2(count, e int) int64 {
 	return int64(count)*BlockEntry2 + int64(x)*ExtentEntry2 + FooterSize
 }
 
-// HeadLen2 is the length of a version 2 chunk's header and index: one
-// ranged read of this many bytes from offset 0 yields both.
-func HeadLen2(count int) int64 { return HeaderSize + IndexLen2(count, ExtentBlocks) }
+// HeadLen2 is the length of a version 2 chunk's header and index, for a
+// chunk of count blocks in extents of e blocks: one ranged read of this
+// many bytes from offset 0 yields both.
+func HeadLen2(count, e int) int64 { return HeaderSize + IndexLen2(count, e) }
 
 // Params choose how Finish2 stores a chunk.
 type Params struct {
-	Compression uint8
+	// ExtentBlocks is the extent size (default ExtentBlocks). Compression
+	// wants extents of several blocks; a sealed, uncompressed chunk is
+	// best with one block per extent (a 4 KiB read opens 4 KiB).
+	ExtentBlocks int
+	Compression  uint8
 	// Sealed, with KeyID and Key: seal every extent under a subkey of Key.
 	Sealed bool
 	KeyID  uint64
@@ -162,8 +167,12 @@ func (b *Builder) Finish2(volume string, id uint64, p Params) []byte {
 	if c == 0 || c > MaxBlocks {
 		panic(fmt.Sprintf("chunk: %d blocks", c))
 	}
-	x := (c + ExtentBlocks - 1) / ExtentBlocks
-	il := int(IndexLen2(c, ExtentBlocks))
+	eb := p.ExtentBlocks
+	if eb <= 0 || eb > MaxBlocks {
+		eb = ExtentBlocks
+	}
+	x := (c + eb - 1) / eb
+	il := int(IndexLen2(c, eb))
 	want := HeaderSize + il + c*BlockSize + x*seal.Overhead
 	if cap(b.out) < want {
 		b.out = make([]byte, 0, want)
@@ -179,7 +188,7 @@ func (b *Builder) Finish2(volume string, id uint64, p Params) []byte {
 	data := b.buf[HeaderSize:]
 	ext := make([]ExtentEntry, x)
 	for k := range x {
-		lo, hi := k*ExtentBlocks, min((k+1)*ExtentBlocks, c)
+		lo, hi := k*eb, min((k+1)*eb, c)
 		raw := data[lo*BlockSize : hi*BlockSize]
 		payload := raw
 		var flags uint16
@@ -217,7 +226,7 @@ func (b *Builder) Finish2(volume string, id uint64, p Params) []byte {
 		le.PutUint64(h[32:], p.KeyID)
 		copy(h[40:72], salt[:])
 	}
-	le.PutUint16(h[30:], ExtentBlocks)
+	le.PutUint16(h[30:], uint16(eb))
 	le.PutUint64(h[72:], uint64(len(out)))
 	copy(h[headerFixed2:HeaderSize-4], volume)
 	le.PutUint32(h[HeaderSize-4:], crc(h[:HeaderSize-4]))

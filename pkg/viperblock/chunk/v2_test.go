@@ -41,6 +41,8 @@ func TestV2RoundTrip(t *testing.T) {
 	for _, p := range []Params{
 		{}, {Compression: CompressZstd}, {Compression: CompressLZ4},
 		{Sealed: true, KeyID: 9, Key: key},
+		{Sealed: true, KeyID: 9, Key: key, ExtentBlocks: 1},
+		{Compression: CompressZstd, ExtentBlocks: 5},
 		{Sealed: true, KeyID: 9, Key: key, Compression: CompressZstd},
 		{Sealed: true, KeyID: 9, Key: key, Compression: CompressLZ4},
 	} {
