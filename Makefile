@@ -4,7 +4,7 @@ GO ?= go
 export PATH := $(shell $(GO) env GOPATH)/bin:$(PATH)
 PKGS := ./...
 
-.PHONY: all build plugin print-ldflags deps test unit check fmt vet staticcheck fuzz sanity vm-test e2e conformance nemesis nemesis-broken preflight bench bench-go bench-flush bench-nbd bench-budget bench-space demo stress clean
+.PHONY: all build plugin print-ldflags deps test unit check fmt vet staticcheck fuzz sanity vm-test e2e conformance nemesis nemesis-broken preflight bench bench-go bench-flush bench-nbd bench-seal bench-budget bench-space demo stress clean
 
 all: build
 
@@ -157,6 +157,12 @@ bench-flush: deps
 
 bench-nbd:
 	./scripts/bench-nbd.sh
+
+# Encryption and compression: fio over NBD on plain, encrypted, compressed
+# and encrypted+compressed volumes, and load-dir compression ratios; the
+# engine's own comparison is BenchmarkSeal.
+bench-seal:
+	./scripts/bench-seal.sh
 
 # A node's memory budget at scale: 64 volume servers, each with the node's
 # per-volume share, written past their pending limits and read back; prints

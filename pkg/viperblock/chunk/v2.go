@@ -92,7 +92,10 @@ func zstdCodecs() (*zstd.Encoder, *zstd.Decoder) {
 		if err != nil {
 			panic(err)
 		}
-		zdec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderLowmem(true))
+		// An extent decodes to at most MaxBlocks blocks: a frame that
+		// claims more is corrupt, never a reason to allocate.
+		zdec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderLowmem(true),
+			zstd.WithDecoderMaxMemory(2*MaxBlocks*BlockSize), zstd.WithDecoderMaxWindow(MaxBlocks*BlockSize))
 		if err != nil {
 			panic(err)
 		}
