@@ -4,7 +4,7 @@ GO ?= go
 export PATH := $(shell $(GO) env GOPATH)/bin:$(PATH)
 PKGS := ./...
 
-.PHONY: all build plugin print-ldflags deps test unit check fmt vet staticcheck fuzz sanity vm-test e2e conformance nemesis nemesis-broken preflight bench bench-go bench-flush bench-nbd bench-s3read bench-budget bench-space demo stress clean
+.PHONY: all build plugin print-ldflags deps test unit check fmt vet staticcheck fuzz sanity vm-test e2e conformance nemesis nemesis-broken preflight bench bench-go bench-flush bench-nbd bench-s3read bench-seal bench-budget bench-space demo stress clean
 
 all: build
 
@@ -137,7 +137,7 @@ stress: build
 preflight: fmt vet staticcheck
 	@echo "== go test -race"; $(GO) test -race -count=1 -short -timeout 30m $(PKGS)
 
-bench: deps build bench-go bench-flush bench-nbd bench-s3read bench-budget bench-space
+bench: deps build bench-go bench-flush bench-nbd bench-s3read bench-seal bench-budget bench-space
 
 # Engine benchmarks. The 4 KiB write burst is sized to stay below the drain
 # threshold; the replay and S3 benchmarks run a few fixed iterations; a
@@ -162,6 +162,11 @@ bench-nbd:
 # without the chunk read cache.
 bench-s3read: deps build
 	./scripts/bench-s3read.sh
+# Encryption and compression: fio over NBD on plain, encrypted, compressed
+# and encrypted+compressed volumes, and load-dir compression ratios; the
+# engine's own comparison is BenchmarkSeal.
+bench-seal:
+	./scripts/bench-seal.sh
 
 # A node's memory budget at scale: 64 volume servers, each with the node's
 # per-volume share, written past their pending limits and read back; prints

@@ -26,6 +26,10 @@
   "                   required unless readonly=true\n" \
   "cache=<N|N%|SIZE>  read cache: N 4 KiB blocks, N% of memory, or a size (256MiB)\n" \
   "size=<SIZE>        create the volume with this size if it is missing (10GiB)\n" \
+  "encryption_key_file=<FILE> key-encryption key of an encrypted volume: 32\n" \
+  "                   bytes, raw or base64 (default $VBLOCK_ENCRYPTION_KEY_FILE);\n" \
+  "                   a missing or wrong key fails the open and changes nothing;\n" \
+  "                   with size= a missing volume is created encrypted\n" \
   "readonly=<BOOL>    serve without taking ownership; writes fail (default false)\n" \
   "resume_only=<BOOL> take ownership only back from this wal_dir's own earlier\n" \
   "                   open (a restart after a crash); if another owner has the\n" \

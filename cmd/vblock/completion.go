@@ -36,15 +36,16 @@ flags. Load it with:
 
 // flagChoices are the values a flag takes, where they are a fixed set.
 var flagChoices = map[string][]string{
-	"durability": {"node", "store"},
-	"progress":   {"auto", "always", "never"},
+	"durability":  {"node", "store"},
+	"progress":    {"auto", "always", "never"},
+	"compression": {"zstd", "lz4", "none"},
 }
 
 // dirFlags take a directory, fileFlags a path; other flags with a value
 // (sizes, durations, counts) complete nothing.
 var (
 	dirFlags  = map[string]bool{"wal-dir": true, "tmp-dir": true}
-	fileFlags = map[string]bool{"store": true, "plugin": true, "nbdkit": true, "socket": true}
+	fileFlags = map[string]bool{"store": true, "plugin": true, "nbdkit": true, "socket": true, "encryption-key-file": true, "new-encryption-key-file": true}
 )
 
 // compFlag is one flag as the completion scripts see it.

@@ -56,7 +56,7 @@ func TestCompletionBash(t *testing.T) {
 		words []string
 		want  string
 	}{
-		{[]string{""}, strings.Join(append(commandNames(), "help", "--store", "--wal-dir"), " ")},
+		{[]string{""}, strings.Join(append(commandNames(), "help", "--encryption-key-file", "--store", "--wal-dir"), " ")},
 		{[]string{"sn"}, "snapshot"},
 		{[]string{"st"}, "store"},
 		{[]string{"--store", "x", "cr"}, "create"},
@@ -68,8 +68,9 @@ func TestCompletionBash(t *testing.T) {
 		{[]string{"create", "v", "--durability", ""}, "node store"},
 		{[]string{"import", "--progress", "a"}, "auto always"},
 		{[]string{"create", "--size", ""}, ""},
-		{[]string{"gc", "--"}, "--store --wal-dir --json --wait --help"},
-		{[]string{"list", "-"}, "--store --wal-dir --json -l --help"},
+		{[]string{"gc", "--"}, "--encryption-key-file --store --wal-dir --json --wait --help"},
+		{[]string{"list", "-"}, "--encryption-key-file --store --wal-dir --json -l --help"},
+		{[]string{"create", "v", "--compression", ""}, "zstd lz4 none"},
 		{[]string{"import", "v", "di"}, "disk.img"},
 		{[]string{"serve", "--wal-dir", ""}, "wal"},
 		{[]string{"help", "lo"}, "load-dir"},

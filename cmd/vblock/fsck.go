@@ -69,7 +69,11 @@ func runFsck(ctx context.Context, e *env, o *opts, args []string) error {
 			return err
 		}
 	}
-	rep, err := vb.Check(ctx, store, name, vb.CheckOptions{Parallel: o.threads})
+	keys, err := o.keys()
+	if err != nil {
+		return err
+	}
+	rep, err := vb.Check(ctx, store, name, vb.CheckOptions{Parallel: o.threads, Keys: keys})
 	if errors.Is(err, vb.ErrNotFound) {
 		return volErr(name, o, vb.ErrNotFound)
 	}
@@ -88,6 +92,13 @@ func runFsck(ctx context.Context, e *env, o *opts, args []string) error {
 		e.printf("snapshots: %d manifest(s) checked\n", rep.Snapshots)
 	}
 	e.printf("chunks: %d of %d verified (%s read)\n", rep.ChunksVerified, rep.ChunksReferenced, units.Format(rep.BytesRead))
+	if rep.Sealed > 0 {
+		if rep.Authenticated == rep.Sealed {
+			e.printf("encryption: %d sealed chunk(s), every authentication tag verified\n", rep.Sealed)
+		} else {
+			e.printf("encryption: %d sealed chunk(s), %d authenticated; pass --encryption-key-file to verify the tags of the rest (their checksums were verified)\n", rep.Sealed, rep.Authenticated)
+		}
+	}
 	if rep.Orphans > 0 {
 		e.printf("note: %d chunk object(s) of %s not referenced by any manifest (left by an interrupted drain or awaiting gc; not damage)\n", rep.Orphans, name)
 	}

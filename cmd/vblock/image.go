@@ -29,6 +29,7 @@ takes ownership of it (refused while a server has it open, unless --force). With
 		fs.StringVar(&o.size, "size", "", "size for a new volume (default: the size of FILE)")
 		fs.BoolVar(&o.force, "force", false, "take the volume over even if a server has it open (it is asked to release the volume, or its lease must expire)")
 		fs.StringVar(&o.progress, "progress", "auto", "progress bar: auto (on a terminal), always or never")
+		fs.StringVar(&o.compression, "compression", "none", "for a new volume: zstd, lz4 or none (with --encryption-key-file it is encrypted too)")
 	},
 	run: func(ctx context.Context, e *env, o *opts, args []string) error {
 		var rep imageReport
@@ -88,7 +89,11 @@ func openWritable(ctx context.Context, o *opts, store backend.Store, name string
 		}
 		temp = true
 	}
-	v, err = vb.Open(ctx, store, name, vb.Options{WALDir: walDir, CacheBlocks: 1024})
+	keys, err := o.keys()
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err = vb.Open(ctx, store, name, vb.Options{WALDir: walDir, CacheBlocks: 1024, Keys: keys})
 	if err != nil {
 		if temp {
 			os.RemoveAll(walDir)
@@ -138,7 +143,15 @@ func importFile(ctx context.Context, e *env, o *opts, name, path string, rep *im
 		if want <= 0 {
 			return usagef("volume %s does not exist and the size of %s is unknown: pass --size", name, path)
 		}
-		if err := vb.CreateOnly(ctx, store, name, want); err != nil {
+		keys, err := o.keys()
+		if err != nil {
+			return err
+		}
+		comp, err := vb.ParseCompression(o.compression)
+		if err != nil {
+			return usagef("--compression %s: want zstd, lz4 or none", o.compression)
+		}
+		if err := vb.CreateVolume(ctx, store, name, want, vb.CreateOptions{Keys: keys, Compression: comp}); err != nil {
 			return volErr(name, o, err)
 		}
 		e.note("created volume %s (%s)", name, units.Format(roundBlock(want)))
@@ -267,7 +280,11 @@ func exportFile(ctx context.Context, e *env, o *opts, name, path string, rep *im
 		return err
 	}
 	defer store.Close()
-	v, err := vb.Open(ctx, store, name, vb.Options{ReadOnly: true, CacheBlocks: 1024})
+	keys, err := o.keys()
+	if err != nil {
+		return err
+	}
+	v, err := vb.Open(ctx, store, name, vb.Options{ReadOnly: true, CacheBlocks: 1024, Keys: keys})
 	if err != nil {
 		return volErr(name, o, err)
 	}

@@ -41,7 +41,7 @@ func TestJSONOutput(t *testing.T) {
 
 	var created createReport
 	decode(t, vblock(t, dir, "create", "v1", "--size", "10000", "--durability", "store", "--json"), &created)
-	if created != (createReport{Name: "v1", Size: 12288, Durability: vb.DurabilityStore}) {
+	if created != (createReport{Name: "v1", Size: 12288, Durability: vb.DurabilityStore, Compression: vb.CompressionNone}) {
 		t.Errorf("create --json = %+v", created)
 	}
 
@@ -84,6 +84,7 @@ func TestJSONOutput(t *testing.T) {
 		LocalWAL          *walUsage
 		Space             vb.SpaceInfo
 		StoredToLiveRatio float64
+		CompressionRatio  float64
 	}
 	decode(t, vblock(t, dir, "inspect", "v2", "--json"), &ins)
 	if ins.Name != "v2" || len(ins.Snapshots) != 1 || ins.WrittenBytes < int64(len(data)) ||

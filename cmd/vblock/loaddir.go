@@ -28,6 +28,7 @@ after 'vblock serve' through any NBD client (nbdfuse + a loop device, nbd-client
 		fs.BoolVar(&o.force, "force", false, "replace the contents of an existing volume (taking it over if a server has it open)")
 		fs.StringVar(&o.tmpDir, "tmp-dir", "", "directory for the temporary image (default $TMPDIR)")
 		fs.StringVar(&o.progress, "progress", "auto", "progress bar: auto (on a terminal), always or never")
+		fs.StringVar(&o.compression, "compression", "none", "for a new volume: zstd, lz4 or none (with --encryption-key-file it is encrypted too)")
 	},
 	run: runLoadDir,
 }

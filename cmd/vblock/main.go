@@ -22,6 +22,7 @@ import (
 	"github.com/viperblock/viperblock-csi/internal/version"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/seal"
 )
 
 // Exit statuses.
@@ -37,6 +38,8 @@ const (
 	envStore  = "VBLOCK_STORE"
 	envWALDir = "VBLOCK_WAL_DIR"
 	envPlugin = "VBLOCK_PLUGIN"
+	// envKeyFile: the default of --encryption-key-file.
+	envKeyFile = "VBLOCK_ENCRYPTION_KEY_FILE"
 )
 
 // command is one subcommand.
@@ -83,6 +86,18 @@ type opts struct {
 	progress      string
 	label         string
 	tmpDir        string
+	keyFile       string // --encryption-key-file: the KEK of an encrypted volume
+	newKeyFile    string // rekey: the new KEK
+	compression   string // create: chunk compression
+}
+
+// keys returns the key source of --encryption-key-file (nil without one).
+// A file that cannot be used is an error naming it (vb.ErrKey).
+func (o *opts) keys() (vb.KeySource, error) {
+	if o.keyFile == "" {
+		return nil, nil
+	}
+	return seal.LoadKeyFile(o.keyFile)
 }
 
 // env is what a command talks to.
@@ -118,7 +133,7 @@ func init() {
 	commands = []*command{
 		cmdCreate, cmdList, cmdInspect, cmdDelete, cmdServe,
 		cmdImport, cmdExport, cmdFsck, cmdLoadDir,
-		cmdSnapshot, cmdClone, cmdGC, cmdStore, cmdVersion, cmdCompletion,
+		cmdSnapshot, cmdClone, cmdGC, cmdRekey, cmdStore, cmdVersion, cmdCompletion,
 	}
 }
 
@@ -215,6 +230,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	if o.walDir == "" {
 		o.walDir = getenv(envWALDir)
 	}
+	if o.keyFile == "" {
+		o.keyFile = getenv(envKeyFile)
+	}
+	if o.keyFile != "" {
+		if abs, err := filepath.Abs(o.keyFile); err == nil {
+			o.keyFile = abs
+		}
+	}
 	if o.walDir != "" {
 		if abs, err := filepath.Abs(o.walDir); err == nil {
 			o.walDir = abs
@@ -286,13 +309,14 @@ func commandFlags(fs *flag.FlagSet, c *command, o *opts) {
 func commonFlags(fs *flag.FlagSet, o *opts) {
 	fs.StringVar(&o.store, "store", o.store, "object store URL: file:///abs/dir, mem://name, s3://... or a directory path (default $"+envStore+")")
 	fs.StringVar(&o.walDir, "wal-dir", o.walDir, "node-local WAL directory (default $"+envWALDir+")")
+	fs.StringVar(&o.keyFile, "encryption-key-file", o.keyFile, "file holding the key-encryption key of an encrypted volume: 32 bytes, raw or base64 (default $"+envKeyFile+")")
 }
 
 func topUsage(w io.Writer) {
 	fmt.Fprintf(w, `vblock manages Viperblock volumes: block devices whose data lives in an object store,
 served over NBD by nbdkit with the viperblock plugin.
 
-usage: vblock [--store URL] [--wal-dir DIR] COMMAND [ARGS] [FLAGS]
+usage: vblock [--store URL] [--wal-dir DIR] [--encryption-key-file FILE] COMMAND [ARGS] [FLAGS]
 
 commands:
 `)
@@ -303,12 +327,14 @@ commands:
 global flags (also accepted after the command):
   --store URL    object store: file:///abs/dir, mem://name, s3://..., or a directory (default $%s)
   --wal-dir DIR  node-local write-ahead log directory (default $%s)
+  --encryption-key-file FILE
+                 key-encryption key of encrypted volumes, 32 bytes raw or base64 (default $%s)
 
 Sizes are written like 10GiB, 512MiB, 1.5G or 4096 (bytes); K/M/G/T and KiB/MiB/GiB/TiB are
 powers of 1024, KB/MB/GB/TB powers of 1000.
 Commands that report take --json: one JSON document on stdout instead of text.
 Run 'vblock COMMAND --help' for details. Exit status: 0 ok, 1 failure, 2 bad usage, 3 fsck found corruption.
-`, envStore, envWALDir)
+`, envStore, envWALDir, envKeyFile)
 }
 
 func cmdUsage(w io.Writer, c *command) {
@@ -382,6 +408,8 @@ func friendly(err error) string {
 		hint = "pass --wal-dir or set " + envWALDir
 	case errors.Is(err, vb.ErrFenced):
 		hint = "another process opened the volume for writing"
+	case errors.Is(err, vb.ErrKey):
+		hint = "encryption key: --encryption-key-file FILE or $" + envKeyFile + "; nothing was changed"
 	}
 	msg = strings.ReplaceAll(msg, "\n", " ")
 	if hint != "" {

@@ -40,6 +40,13 @@ func runServe(ctx context.Context, e *env, o *opts, args []string) error {
 		return err
 	}
 	params := []string{"volume=" + name}
+	if o.keyFile != "" {
+		// Read it now: a file that cannot be used fails here, clearly.
+		if _, err := o.keys(); err != nil {
+			return err
+		}
+		params = append(params, "encryption_key_file="+o.keyFile)
+	}
 	if o.walDir != "" {
 		params = append(params, "wal_dir="+o.walDir)
 	}

@@ -240,7 +240,11 @@ Prints the stored and live bytes before and after.`,
 			how = fmt.Sprintf("compacted by its owner (epoch %d)", epoch)
 		case o.walDir != "":
 			by = "offline"
-			v, err := vb.Open(ctx, store, name, vb.Options{WALDir: o.walDir, Compaction: vb.CompactionOptions{Disabled: true}})
+			keys, err := o.keys()
+			if err != nil {
+				return err
+			}
+			v, err := vb.Open(ctx, store, name, vb.Options{WALDir: o.walDir, Compaction: vb.CompactionOptions{Disabled: true}, Keys: keys})
 			if err != nil {
 				return volErr(name, o, err)
 			}

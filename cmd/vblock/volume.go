@@ -25,10 +25,15 @@ var cmdCreate = &command{
 	summary: "create an empty volume",
 	detail: `Creates volume NAME of SIZE bytes (rounded up to 4 KiB) in the store. The volume reads as
 zeros until written. Fails if NAME exists. --durability store makes every flush durable in the
-object store before it returns (node, the default: durable on the serving node's disk).`,
+object store before it returns (node, the default: durable on the serving node's disk).
+With --encryption-key-file (or $VBLOCK_ENCRYPTION_KEY_FILE) the volume is encrypted: its data and
+its WAL are sealed with AES-256-GCM under a random data key, kept in the manifest wrapped by the
+file's key, which every later command that opens the volume needs. --compression zstd or lz4
+compresses its chunks (data that does not compress is stored as it is).`,
 	flags: func(fs *flag.FlagSet, o *opts) {
 		fs.StringVar(&o.size, "size", "", "volume size, e.g. 10GiB, 512MiB or bytes (required)")
 		fs.StringVar(&o.durability, "durability", "node", "node or store: where a flush is durable")
+		fs.StringVar(&o.compression, "compression", "none", "zstd, lz4 or none: how chunks are compressed")
 	},
 	run: func(ctx context.Context, e *env, o *opts, args []string) error {
 		if o.size == "" {
@@ -42,18 +47,33 @@ object store before it returns (node, the default: durable on the serving node's
 		if err != nil {
 			return usagef("--durability %s: want node or store", o.durability)
 		}
+		comp, err := vb.ParseCompression(o.compression)
+		if err != nil {
+			return usagef("--compression %s: want zstd, lz4 or none", o.compression)
+		}
+		keys, err := o.keys()
+		if err != nil {
+			return err
+		}
 		store, err := openStore(ctx, o)
 		if err != nil {
 			return err
 		}
 		defer store.Close()
-		if err := vb.CreateWithClass(ctx, store, args[0], size, class); err != nil {
+		if err := vb.CreateVolume(ctx, store, args[0], size, vb.CreateOptions{Durability: class, Compression: comp, Keys: keys}); err != nil {
 			return volErr(args[0], o, err)
 		}
 		if o.json {
-			return printJSON(e, createReport{Name: args[0], Size: roundBlock(size), Durability: class})
+			return printJSON(e, createReport{Name: args[0], Size: roundBlock(size), Durability: class, Compression: comp, Encrypted: keys != nil})
 		}
-		e.printf("created volume %s (%s)\n", args[0], units.Format(roundBlock(size)))
+		what := ""
+		if keys != nil {
+			what += ", encrypted"
+		}
+		if comp != vb.CompressionNone {
+			what += ", " + string(comp) + " compression"
+		}
+		e.printf("created volume %s (%s%s)\n", args[0], units.Format(roundBlock(size)), what)
 		return nil
 	},
 }
@@ -127,10 +147,11 @@ the local WAL of NAME is summarized as well.`,
 		if o.json {
 			return printJSON(e, struct {
 				vb.Info
-				Space    vb.SpaceInfo
-				Ratio    float64   `json:"StoredToLiveRatio"`
-				LocalWAL *walUsage `json:"LocalWAL,omitempty"`
-			}{inf, space, space.Ratio(), wal})
+				Space            vb.SpaceInfo
+				Ratio            float64   `json:"StoredToLiveRatio"`
+				CompressionRatio float64   `json:"CompressionRatio"`
+				LocalWAL         *walUsage `json:"LocalWAL,omitempty"`
+			}{inf, space, space.Ratio(), space.CompressionRatio(), wal})
 		}
 		pct := 0.0
 		if inf.Size > 0 {
@@ -149,6 +170,13 @@ the local WAL of NAME is summarized as well.`,
 		fmt.Fprintf(tw, "chunks:\t%d (%s)\n", inf.Chunks, units.Format(inf.ChunkBytes))
 		fmt.Fprintf(tw, "stored:\t%s in %d chunk object(s) for %s live (%.2fx); %d pinned only by snapshots, %d unreferenced\n",
 			units.Format(space.StoredBytes), space.Chunks, units.Format(space.LiveBytes), space.Ratio(), space.PinnedChunks, space.GarbageChunks)
+		enc := "no"
+		if space.Encrypted {
+			enc = "yes (AES-256-GCM; commands that open it need its key)"
+		}
+		fmt.Fprintf(tw, "encrypted:\t%s\n", enc)
+		fmt.Fprintf(tw, "compression:\t%s: %s of blocks stored in %s (%.2fx)\n", space.Compression,
+			units.Format(space.BlockBytes), units.Format(space.StoredBytes), space.CompressionRatio())
 		fmt.Fprintf(tw, "snapshots:\t%s\n", listOrNone(inf.Snapshots))
 		fmt.Fprintf(tw, "parent:\t%s\n", parent)
 		fmt.Fprintf(tw, "clones:\t%s\n", listOrNone(inf.Dependants))
@@ -210,9 +238,11 @@ holds it. The volume must not be served anywhere else.`,
 // The JSON reports of create and delete.
 type (
 	createReport struct {
-		Name       string
-		Size       int64 // bytes, rounded up to the block size
-		Durability vb.Durability
+		Name        string
+		Size        int64 // bytes, rounded up to the block size
+		Durability  vb.Durability
+		Compression vb.Compression
+		Encrypted   bool
 	}
 	deleteReport struct {
 		Name            string

@@ -18,6 +18,12 @@ import (
 type CheckOptions struct {
 	// Parallel is how many chunks are read at once (default 4).
 	Parallel int
+	// Keys, for an encrypted volume, unwraps its data keys so that every
+	// sealed extent is opened and its authentication tag verified. Without
+	// it the stored checksums of sealed chunks are verified, not their
+	// tags. A key that does not unwrap the volume's keys fails the check
+	// with ErrKey.
+	Keys KeySource
 }
 
 // CheckReport is what Check found. Problems lists the damage, one sentence
@@ -37,8 +43,13 @@ type CheckReport struct {
 	// (an interrupted drain leaves them; gc removes them): not damage.
 	// Not counted when a manifest is damaged (every chunk would look
 	// unreferenced).
-	Orphans  int      `json:"orphans"`
-	Problems []string `json:"problems,omitempty"`
+	Orphans int `json:"orphans"`
+	// Sealed counts the verified chunks that are encrypted; Authenticated
+	// those of them whose every extent was opened with the data key
+	// (authentication tags verified).
+	Sealed        int      `json:"sealed_chunks,omitempty"`
+	Authenticated int      `json:"authenticated_chunks,omitempty"`
+	Problems      []string `json:"problems,omitempty"`
 }
 
 // OK reports whether the check found no damage.
@@ -106,6 +117,7 @@ func Check(ctx context.Context, store backend.Store, name string, opts CheckOpti
 	ck := &checker{}
 	chunks := map[string]*chunkCheck{}
 	referenced := map[uint64]bool{} // own chunk ids referenced by any manifest
+	wrapped := &manifest.Manifest{Name: name}
 
 	// checkManifest decodes one manifest and records its chunk claims.
 	checkManifest := func(key, what string) (*manifest.Manifest, error) {
@@ -120,6 +132,11 @@ func Check(ctx context.Context, store backend.Store, name string, opts CheckOpti
 		}
 		if m.Name != name {
 			ck.add("%s: manifest names volume %q", what, m.Name)
+		}
+		for _, k := range m.Keys {
+			if _, ok := wrapped.Key(k.ID); !ok {
+				wrapped.AddKey(k)
+			}
 		}
 		live := map[[2]uint64]uint64{}
 		for _, x := range m.Extents {
@@ -184,6 +201,13 @@ func Check(ctx context.Context, store backend.Store, name string, opts CheckOpti
 		rep.Snapshots++
 	}
 
+	var kr *keyring
+	if opts.Keys != nil && len(wrapped.Keys) > 0 {
+		var err error
+		if kr, err = unlock(ctx, wrapped, opts.Keys); err != nil {
+			return nil, err
+		}
+	}
 	var mu sync.Mutex
 	work := make(chan *chunkCheck)
 	var wg sync.WaitGroup
@@ -192,10 +216,16 @@ func Check(ctx context.Context, store backend.Store, name string, opts CheckOpti
 		go func() {
 			defer wg.Done()
 			for c := range work {
-				if n := verifyChunk(ctx, store, c, ck); n > 0 {
+				if n, sealed, auth := verifyChunk(ctx, store, c, ck, kr); n > 0 {
 					mu.Lock()
 					rep.ChunksVerified++
 					rep.BytesRead += n
+					if sealed {
+						rep.Sealed++
+					}
+					if auth {
+						rep.Authenticated++
+					}
 					mu.Unlock()
 				}
 			}
@@ -239,21 +269,47 @@ feed:
 }
 
 // verifyChunk reads and checks one chunk against the claims on it and
-// returns its size (0 if it could not be read).
-func verifyChunk(ctx context.Context, store backend.Store, c *chunkCheck, ck *checker) int64 {
+// returns its size (0 if it could not be read), whether it is sealed and
+// whether its tags were verified.
+func verifyChunk(ctx context.Context, store backend.Store, c *chunkCheck, ck *checker, kr *keyring) (int64, bool, bool) {
 	b, _, err := store.Get(ctx, c.key)
 	if errors.Is(err, backend.ErrNotFound) {
 		ck.add("chunk %s: missing from the store", c.key)
-		return 0
+		return 0, false, false
 	}
 	if err != nil {
 		ck.add("chunk %s: cannot read: %v", c.key, err)
-		return 0
+		return 0, false, false
 	}
-	h, idx, err := chunk.Decode(b)
+	var h chunk.Header
+	var idx []chunk.Entry
+	sealed, auth := false, false
+	if hh, herr := chunk.DecodeHeader(b); herr == nil && hh.Version == chunk.Version2 {
+		sealed = hh.Sealed
+		var ix *chunk.Index
+		if sealed && kr.chunkKey(hh.KeyID) == nil {
+			// No key: the structure and the stored checksums only.
+			if int64(len(b)) != hh.Size {
+				err = fmt.Errorf("%w: chunk is %d bytes, header says %d", chunk.ErrCorrupt, len(b), hh.Size)
+			} else if ix, err = chunk.DecodeIndex2(b[chunk.HeaderSize:chunk.HeaderSize+chunk.IndexLen2(hh.Count, hh.ExtentBlocks)], hh); err == nil {
+				err = chunk.VerifyStored(b, ix)
+			}
+			if err == nil && kr != nil {
+				err = fmt.Errorf("sealed with data key %016x, which no manifest of the volume holds", hh.KeyID)
+			}
+		} else {
+			ix, _, err = chunk.Decode2(b, kr.chunkKey(hh.KeyID))
+			auth = sealed && err == nil
+		}
+		if ix != nil {
+			h, idx = ix.Header, ix.Entries
+		}
+	} else {
+		h, idx, err = chunk.Decode(b)
+	}
 	if err != nil {
 		ck.add("chunk %s: %v", c.key, err)
-		return 0
+		return 0, sealed, false
 	}
 	if h.ID != c.id || h.Volume != c.volume {
 		ck.add("chunk %s: header names chunk %016x of volume %q", c.key, h.ID, h.Volume)
@@ -278,5 +334,5 @@ func verifyChunk(ctx context.Context, store backend.Store, c *chunkCheck, ck *ch
 			}
 		}
 	}
-	return int64(len(b))
+	return int64(len(b)), sealed, auth
 }

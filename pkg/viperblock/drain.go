@@ -67,8 +67,8 @@ func (v *Volume) seal() ([]*segment, uint64) {
 }
 
 type drained struct {
-	seq  uint64
-	data []byte
+	seq uint64
+	rec wal.Record // its block record (sealed or not)
 }
 
 // drain is Drain without the state check (Close uses it).
@@ -121,9 +121,9 @@ func (v *Volume) drainOnce(ctx context.Context) error {
 				if r.Seq <= v.man.SeqHW {
 					continue
 				}
-				if r.Type == wal.TypeBlock {
+				if r.IsBlock() {
 					if cur, ok := writes[r.Block]; !ok || r.Seq > cur.seq {
-						writes[r.Block] = drained{r.Seq, r.Data}
+						writes[r.Block] = drained{r.Seq, r}
 					}
 				} else if !trimSeen[r.Seq] {
 					trimSeen[r.Seq] = true
@@ -242,9 +242,10 @@ func (v *Volume) drainOnce(ctx context.Context) error {
 		for _, sl := range seg.slabs {
 			for off := 0; off < sl.used; {
 				r := wal.ParseTrusted(sl.buf[off:])
+				at := off
 				off += wal.RecordLen(r.Type)
-				if r.Type == wal.TypeBlock {
-					if e, ok := sh.blocks[r.Block]; ok && e.sl == sl && e.off == off-wal.BlockRecordLen {
+				if r.IsBlock() {
+					if e, ok := sh.blocks[r.Block]; ok && e.sl == sl && e.off == at {
 						delete(sh.blocks, r.Block)
 					}
 				}
@@ -295,12 +296,18 @@ func (v *Volume) upload(ctx context.Context, parts [][]uint64, ids []uint64, wri
 			defer wg.Done()
 			bld := v.getBuilder()
 			defer v.putBuilder(bld)
+			var plain [BlockSize]byte
 			for i := range work {
 				bld.Reset()
 				for _, b := range parts[i] {
-					bld.Add(b, writes[b].seq, writes[b].data)
+					w := writes[b]
+					d, err := v.recordBlock(w.rec, plain[:])
+					if err != nil {
+						panic(fmt.Sprintf("viperblock: a WAL record in memory does not open: %v", err))
+					}
+					bld.Add(b, w.seq, d)
 				}
-				obj := bld.Finish(v.name, ids[i])
+				obj := v.finishChunk(bld, ids[i])
 				if err := v.crashPoint("drain.before-chunk-put"); err != nil {
 					errs <- err
 					cancel()

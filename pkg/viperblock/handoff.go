@@ -217,6 +217,10 @@ func OpenStandby(ctx context.Context, store backend.Store, name string, opts Opt
 	if err != nil {
 		return nil, err
 	}
+	// The key first, as Open checks it: nothing is announced without it.
+	if _, err := unlock(ctx, m, opts.Keys); err != nil {
+		return nil, err
+	}
 	nonce, err := newNonce()
 	if err != nil {
 		return nil, err
@@ -552,7 +556,12 @@ func (s *Standby) sync(ctx context.Context) (*Volume, error) {
 			if s.view == nil || ver != s.viewVer {
 				o := s.opts
 				o.ReadOnly = true
+				kr, err := unlock(ctx, m, o.Keys)
+				if err != nil {
+					return nil, err
+				}
 				s.view, s.viewVer = newVolume(s.store, s.name, m, ver, o), ver
+				s.view.keys = kr
 			}
 			return s.view, nil
 		}

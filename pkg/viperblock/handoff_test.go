@@ -9,6 +9,7 @@ import (
 
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/seal"
 )
 
 // handoffExists reports whether vol's handoff object is in the store.
@@ -418,4 +419,64 @@ func TestStandbyReadsFresh(t *testing.T) {
 	if !bytes.Equal(buf[:vb.BlockSize], fill(5, vb.BlockSize)) {
 		t.Fatal("read after a takeover from a dead owner returned the wrong data")
 	}
+}
+
+// An encrypted volume: a standby without the right key is refused before
+// it announces anything; with it, the standby reads (through its own view
+// of the committed state) and takes the volume over.
+func TestStandbyEncrypted(t *testing.T) {
+	ctx := context.Background()
+	const d = time.Second
+	store := backend.NewMem()
+	k1, k2 := testKEK(1), testKEK(2)
+	if err := vb.CreateVolume(ctx, store, "v", 1<<20, vb.CreateOptions{Keys: k1, Compression: vb.CompressionLZ4}); err != nil {
+		t.Fatal(err)
+	}
+	oa := leaseOpts(t, d)
+	oa.Keys = k1
+	a, err := vb.Open(ctx, store, "v", oa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	mustWrite(t, a, 1, 0, true)
+	for _, k := range []vb.KeySource{nil, k2} {
+		o := leaseOpts(t, d)
+		o.Keys = k
+		if _, err := vb.OpenStandby(ctx, store, "v", o); !errors.Is(err, vb.ErrKey) {
+			t.Fatalf("standby with key %v: %v", k, err)
+		}
+		if handoffExists(t, store, "v") {
+			t.Fatal("a refused standby announced itself")
+		}
+	}
+	o := leaseOpts(t, d)
+	o.Keys = k1
+	s, err := vb.OpenStandby(ctx, store, "v", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	buf := make([]byte, vb.BlockSize)
+	if _, v, err := s.ReadAt(ctx, buf, 0); err != nil || v != nil || !bytes.Equal(buf, fill(1, vb.BlockSize)) {
+		t.Fatalf("read on the standby: handed over %v, %v", v != nil, err)
+	}
+	mustWrite(t, a, 2, 1, false)
+	b, err := s.Handoff(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	got := readAll(t, b)
+	if !bytes.Equal(got[:vb.BlockSize], fill(1, vb.BlockSize)) || !bytes.Equal(got[vb.BlockSize:2*vb.BlockSize], fill(2, vb.BlockSize)) {
+		t.Fatal("the new owner lacks the old owner's writes")
+	}
+}
+
+func testKEK(b byte) vb.KeySource {
+	var k [seal.KeySize]byte
+	for i := range k {
+		k[i] = b
+	}
+	return seal.NewFileSource(k, "test")
 }

@@ -149,6 +149,10 @@ func infoOf(m *manifest.Manifest) Info {
 	if m.Flags&manifest.FlagDurableStore != 0 {
 		inf.Durability = DurabilityStore
 	}
+	inf.Encrypted, inf.Compression = m.Encrypted(), compressionName(m.Compression)
+	if k, ok := m.Key(m.WriteKey); ok {
+		inf.KEKID = k.KEKID
+	}
 	for _, e := range m.Extents {
 		inf.WrittenBytes += int64(e.Count) * BlockSize
 	}

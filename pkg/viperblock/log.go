@@ -99,10 +99,6 @@ type entry struct {
 	off int // record offset in sl.buf
 }
 
-func (e entry) data() []byte {
-	return e.sl.buf[e.off+wal.HeaderSize : e.off+wal.BlockRecordLen]
-}
-
 // shard is one of the 16 lock domains: the block store for blocks with
 // (block & 0xF) == index and that shard's WAL segments.
 type shard struct {
@@ -352,11 +348,12 @@ func (v *Volume) appendBlock(b uint64, data []byte) {
 	sh := &v.shards[b&(nShards-1)]
 	sh.mu.Lock()
 	seq := v.seq.Add(1)
-	sl, off := v.reserve(sh, wal.BlockRecordLen)
-	wal.PutBlock(sl.buf[off:off+wal.BlockRecordLen], sh.seg.salt, seq, b, data)
+	n := v.blockRecLen()
+	sl, off := v.reserve(sh, n)
+	v.putBlockRecord(sl.buf[off:off+n], sh.seg.salt, seq, b, data)
 	sh.blocks[b] = entry{seq: seq, sl: sl, off: off}
 	sh.mu.Unlock()
-	v.pending.Add(wal.BlockRecordLen)
+	v.pending.Add(int64(n))
 }
 
 // writeOut writes a segment's unwritten records, at least up to target

@@ -34,7 +34,14 @@ func Open(ctx context.Context, store backend.Store, name string, opts Options) (
 	if err != nil {
 		return nil, err
 	}
+	// The key first: a missing or wrong one fails here, before the lease
+	// or the epoch change anything.
+	kr, err := unlock(ctx, m, opts.Keys)
+	if err != nil {
+		return nil, err
+	}
 	v := newVolume(store, name, m, ver, opts)
+	v.keys = kr
 	if opts.ReadOnly {
 		return v, nil
 	}
@@ -88,7 +95,13 @@ func OpenSnapshot(ctx context.Context, store backend.Store, vol, snap string, op
 	if err != nil {
 		return nil, err
 	}
-	return newVolume(store, vol, m, ver, opts), nil
+	kr, err := unlock(ctx, m, opts.Keys)
+	if err != nil {
+		return nil, err
+	}
+	v := newVolume(store, vol, m, ver, opts)
+	v.keys = kr
+	return v, nil
 }
 
 // newVolume builds the in-memory volume for manifest m (without a WAL).
@@ -107,6 +120,7 @@ func newVolume(store backend.Store, name string, m *manifest.Manifest, ver backe
 	v.size.Store(m.Size)
 	v.seq.Store(m.SeqHW)
 	v.bmap.Store(blockmap.New(m.Extents))
+	v.compression = m.Compression
 	v.setChunkSizes(m)
 	v.initCompactor()
 	for i := range v.shards {
@@ -158,7 +172,13 @@ func (v *Volume) openWAL(ctx context.Context) error {
 		return err
 	}
 	if ver != v.manVer {
+		// Re-keyed meanwhile? Unwrap again (nothing is written yet).
+		kr, err := unlock(ctx, m, v.opts.Keys)
+		if err != nil {
+			return err
+		}
 		v.resetTo(m, ver)
+		v.keys = kr
 	}
 	if v.opts.ResumeOnly && !own.owns(m.Epoch, m.Owner) {
 		return v.notOwner(own, found)
@@ -214,6 +234,9 @@ func (v *Volume) openWAL(ctx context.Context) error {
 		return err
 	}
 	next := *m
+	if err := ownKey(ctx, &next, v.keys, v.opts.Keys); err != nil {
+		return err
+	}
 	next.Epoch, next.Owner = newEpoch, nonce
 	next.Flags |= manifest.FlagOpen
 	next.Committed = time.Now().UnixNano()
@@ -259,6 +282,13 @@ func (v *Volume) openWAL(ctx context.Context) error {
 	v.slog.dir = storeLogDir(v.name, newEpoch, nonce)
 	v.slog.upTo = m.SeqHW
 	v.cleanStoreLog(ctx)
+	if v.keys != nil {
+		a, err := v.keys.walKey(v.keys.write, newEpoch)
+		if err != nil {
+			return err
+		}
+		v.walAEAD = a
+	}
 	v.gen++
 	for i := range v.shards {
 		v.shards[i].seg = v.newSegment(i, v.gen)
@@ -305,6 +335,7 @@ func (v *Volume) resetTo(m *manifest.Manifest, ver backend.Version) {
 	v.size.Store(m.Size)
 	v.seq.Store(max(v.seq.Load(), m.SeqHW))
 	v.bmap.Store(blockmap.New(m.Extents))
+	v.compression = m.Compression
 	v.setChunkSizes(m)
 }
 
@@ -391,6 +422,7 @@ func (v *Volume) replay(files []segFile) ([]trimRange, error) {
 	}
 	var writes []rec
 	var trims []trimRange
+	var scratch [BlockSize]byte
 	hw := v.man.SeqHW
 	for _, f := range files {
 		data, err := vfs.ReadFile(v.fs, f.path)
@@ -421,12 +453,15 @@ func (v *Volume) replay(files []segFile) ([]trimRange, error) {
 		seg := &segment{shard: f.shard, gen: f.gen, path: f.path, recovered: true, slabs: []*slab{sl}, salt: salt, alloc: int64(len(data))}
 		rd := wal.NewSegment(h, body)
 		for {
-			r, _, err := rd.Next()
+			r, n, err := rd.Next()
 			off := rd.Offset()
 			if err == nil {
+				if err := v.checkRecord(r, scratch[:]); err != nil {
+					return nil, fmt.Errorf("WAL %s at offset %d: %w", f.path, hlen+off-n, err)
+				}
 				if r.Seq > hw {
-					if r.Type == wal.TypeBlock {
-						writes = append(writes, rec{seg, sl, off - wal.BlockRecordLen, r})
+					if r.IsBlock() {
+						writes = append(writes, rec{seg, sl, off - n, r})
 					} else {
 						trims = append(trims, trimRange{r.Block, uint64(r.Count), r.Seq})
 					}

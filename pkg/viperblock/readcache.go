@@ -8,7 +8,6 @@ import (
 
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/blockmap"
-	"github.com/viperblock/viperblock-csi/pkg/viperblock/chunk"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/diskcache"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
 )
@@ -94,7 +93,7 @@ func (v *Volume) fetchRun(ctx context.Context, run []miss) error {
 // readChunkIndex reads and verifies the index of chunk id, of n blocks
 // (readChunkIndexOnce), again from the store when the cached copy proves
 // bad.
-func (v *Volume) readChunkIndex(ctx context.Context, id blockmap.ChunkRef, n uint32) ([]chunk.Entry, error) {
+func (v *Volume) readChunkIndex(ctx context.Context, id blockmap.ChunkRef, n uint32) (*chunkIdx, error) {
 	e, err := v.readChunkIndexOnce(ctx, id, n)
 	if rctx, retry := v.retryUncached(ctx, v.chunkKeyRef(id), err); retry {
 		e, err = v.readChunkIndexOnce(rctx, id, n)

@@ -173,6 +173,20 @@ func Rebuild(ctx context.Context, store backend.Store, name string, opts Rebuild
 
 	// The base: a clone's parent snapshot.
 	m := &manifest.Manifest{Name: name, Epoch: rep.Epoch, SeqHW: rep.CommittedSeq, Committed: time.Now().UnixNano()}
+	// An encrypted or compressed volume's settings and key table survive
+	// in its snapshots' manifests, if it has any: the newest one's is
+	// taken (without it, sealed chunks cannot be read again).
+	if snaps, err := listSnapshotObjects(ctx, store, name); err == nil {
+		var newest *manifest.Manifest
+		for _, s := range snaps {
+			if (len(s.Keys) > 0 || s.Compression != 0) && (newest == nil || s.Committed > newest.Committed) {
+				newest = s
+			}
+		}
+		if newest != nil {
+			m.Compression, m.WriteKey, m.Keys = newest.Compression, newest.WriteKey, newest.Keys
+		}
+	}
 	parent := opts.Parent
 	if parent == "" {
 		if parent, err = findParent(ctx, store, name); err != nil {
@@ -289,6 +303,23 @@ func readChunkIndex(ctx context.Context, store backend.Store, vol string, id uin
 	}
 	if h.ID != id || h.Volume != vol {
 		return nil, fmt.Sprintf("header names chunk %016x of volume %q", h.ID, h.Volume), nil
+	}
+	if h.Version == chunk.Version2 {
+		ib, err := store.GetRange(ctx, key, chunk.HeaderSize, chunk.IndexLen2(h.Count, h.ExtentBlocks))
+		if errors.Is(err, backend.ErrNotFound) {
+			return nil, "deleted during the rebuild", nil
+		}
+		if errors.Is(err, backend.ErrRange) {
+			return nil, "truncated", nil
+		}
+		if err != nil {
+			return nil, "", fmt.Errorf("read %s: %w", key, err)
+		}
+		ix, err := chunk.DecodeIndex2(ib, h)
+		if err != nil {
+			return nil, err.Error(), nil
+		}
+		return ix.Entries, "", nil
 	}
 	ib, err := store.GetRange(ctx, key, chunk.IndexOffset(h.Count), chunk.IndexLen(h.Count))
 	if errors.Is(err, backend.ErrNotFound) {

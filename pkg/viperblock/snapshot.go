@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -396,8 +397,11 @@ func Clone(ctx context.Context, store backend.Store, src, snap, dst string, size
 	}
 	// The clone's volume table: [dst, src, src's table...]. The snapshot's
 	// index i becomes i+1.
+	// It inherits the snapshot's compression and key table (so it reads
+	// the chunks it shares with its ancestors); its first writable open
+	// gives it a data key of its own for its writes (see ownKey).
 	c := &manifest.Manifest{Name: dst, Size: size, Parent: parentRef(src, snap), Committed: time.Now().UnixNano(),
-		Refs: append([]string{src}, s.Refs...)}
+		Refs: append([]string{src}, s.Refs...), Compression: s.Compression, WriteKey: s.WriteKey, Keys: slices.Clone(s.Keys)}
 	for _, r := range c.Refs {
 		if r == dst {
 			return fmt.Errorf("%w: %s cannot be a clone of itself", ErrInvalidArg, dst)

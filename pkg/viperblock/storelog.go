@@ -290,7 +290,11 @@ func (v *Volume) readStoreLog(ctx context.Context) ([]wal.Record, error) {
 		if epoch != m.Epoch {
 			return nil, fmt.Errorf("%w: %s holds epoch %d", ErrCorrupt, k, epoch)
 		}
+		var scratch [BlockSize]byte
 		for _, r := range recs {
+			if err := v.checkRecord(r, scratch[:]); err != nil {
+				return nil, fmt.Errorf("%s: %w", k, err)
+			}
 			if r.Seq > m.SeqHW {
 				out = append(out, r)
 			}
@@ -314,7 +318,7 @@ func (v *Volume) adoptStoreLog(recs []wal.Record, replayed []trimRange) {
 	var ws []blockSeq
 	for _, r := range recs {
 		i := 0
-		if r.Type == wal.TypeBlock {
+		if r.IsBlock() {
 			i = int(r.Block & (nShards - 1))
 			ws = append(ws, blockSeq{r.Block, r.Seq})
 		} else {
@@ -362,7 +366,7 @@ func (v *Volume) adoptStoreLog(recs []wal.Record, replayed []trimRange) {
 		sh := &v.shards[i]
 		for off := 0; off < len(buf); {
 			r := wal.ParseTrusted(buf[off:])
-			if r.Type == wal.TypeBlock && r.Block < uint64(v.size.Load()/BlockSize) && !deadSeq[r.Seq] {
+			if r.IsBlock() && r.Block < uint64(v.size.Load()/BlockSize) && !deadSeq[r.Seq] {
 				if e, ok := sh.blocks[r.Block]; !ok || e.seq < r.Seq {
 					sh.blocks[r.Block] = entry{seq: r.Seq, sl: sl, off: off}
 				}
@@ -381,6 +385,12 @@ func (v *Volume) adoptStoreLog(recs []wal.Record, replayed []trimRange) {
 // WAL segment file, so their salts need not be their segment's.
 func encodeRecord(r wal.Record) []byte {
 	b := make([]byte, wal.RecordLen(r.Type))
+	if r.Sealed() {
+		// Carried as it is: the salt is outside its seal.
+		copy(b, r.Raw)
+		binary.LittleEndian.PutUint32(b, r.Salt)
+		return b
+	}
 	if r.Type == wal.TypeBlock {
 		wal.PutBlock(b, r.Salt, r.Seq, r.Block, r.Data)
 	} else {

@@ -16,6 +16,7 @@ import (
 
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/seal"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/wal"
 )
 
@@ -28,13 +29,33 @@ func storeOpts(t *testing.T) vb.Options {
 // durability=store: a node lost for good (process killed, WAL directory
 // gone) loses nothing it confirmed; neither does the next owner if it dies
 // before its first commit.
-func TestStoreDurabilityNodeLost(t *testing.T) { forEachStore(t, testStoreDurabilityNodeLost) }
+func TestStoreDurabilityNodeLost(t *testing.T) {
+	forEachStore(t, func(t *testing.T, ns func(t *testing.T) backend.Store) { testStoreDurabilityNodeLost(t, ns, nil) })
+}
 
-func testStoreDurabilityNodeLost(t *testing.T, newStore func(t *testing.T) backend.Store) {
+// The same with an encrypted, compressed volume: the store log carries
+// sealed records, which the next owners verify and open.
+func TestStoreDurabilityNodeLostEncrypted(t *testing.T) {
+	var k [seal.KeySize]byte
+	k[0] = 9
+	keys := seal.NewFileSource(k, "test")
+	forEachStore(t, func(t *testing.T, ns func(t *testing.T) backend.Store) { testStoreDurabilityNodeLost(t, ns, keys) })
+}
+
+func testStoreDurabilityNodeLost(t *testing.T, newStore func(t *testing.T) backend.Store, keys vb.KeySource) {
 	ctx := context.Background()
 	s := newStore(t)
-	if err := vb.CreateWithClass(ctx, s, "v", 1<<20, vb.DurabilityStore); err != nil {
+	co := vb.CreateOptions{Durability: vb.DurabilityStore, Keys: keys}
+	if keys != nil {
+		co.Compression = vb.CompressionZstd
+	}
+	if err := vb.CreateVolume(ctx, s, "v", 1<<20, co); err != nil {
 		t.Fatal(err)
+	}
+	storeOpts := func(t *testing.T) vb.Options {
+		o := storeOpts(t)
+		o.Keys = keys
+		return o
 	}
 	oa := storeOpts(t)
 	a, err := vb.Open(ctx, s, "v", oa)
@@ -90,11 +111,11 @@ func testStoreDurabilityNodeLost(t *testing.T, newStore func(t *testing.T) backe
 		t.Fatal("C does not hold every write A confirmed")
 	}
 	// Only C's log remains (A's and B's were carried and deleted).
-	keys, err := s.List(ctx, "v/wal/")
+	logKeys, err := s.List(ctx, "v/wal/")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range keys {
+	for _, k := range logKeys {
 		if !strings.Contains(k, fmt.Sprintf("/wal/%016x-", c.Epoch())) {
 			t.Errorf("store log of another epoch left: %s", k)
 		}

@@ -2,6 +2,7 @@ package viperblock
 
 import (
 	"context"
+	"crypto/cipher"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -161,6 +162,11 @@ type Options struct {
 	// quarantine) is kept for inspection before an open removes it
 	// (default DefaultStaleRetention; negative: forever).
 	StaleRetention time.Duration
+	// Keys supplies the key-encryption key of an encrypted volume. Open
+	// unwraps the volume's data keys with it before it changes anything
+	// (an open without it, or with the wrong key, fails with ErrKey); a
+	// plain volume ignores it. See docs/encryption.md.
+	Keys KeySource
 	// MaxSnapshots limits Snapshot as SnapshotOptions.MaxSnapshots does
 	// CreateSnapshot (0: DefaultMaxSnapshots; negative: no limit).
 	MaxSnapshots int
@@ -269,6 +275,12 @@ type Volume struct {
 	slabs slabPool // the WAL arena's free slabs (log.go)
 	refs  []string // volume table: refs[0] is this volume, then ancestors; fixed at open
 	idx   chunkIndexCache
+	// keys holds the unwrapped data keys of an encrypted volume (nil:
+	// plain); compression is the chunk compression it writes with. A
+	// volume with either writes version 2 chunks and sealed WAL records.
+	keys        *keyring
+	compression uint8
+	walAEAD     cipher.AEAD // seals this open's WAL records (keys.walKey)
 	// lastFetch is where the last backend read ended (read-ahead).
 	lastFetch atomic.Pointer[fetchPos]
 
@@ -456,13 +468,44 @@ func CreateOnly(ctx context.Context, store backend.Store, name string, size int6
 // CreateWithClass creates a volume's manifest, recording its durability
 // class, without opening it.
 func CreateWithClass(ctx context.Context, store backend.Store, name string, size int64, d Durability) error {
+	return CreateVolume(ctx, store, name, size, CreateOptions{Durability: d})
+}
+
+// CreateOptions configure CreateVolume.
+type CreateOptions struct {
+	// Durability is the volume's durability class (default
+	// DurabilityNode).
+	Durability Durability
+	// Compression compresses the volume's chunks (default none).
+	Compression Compression
+	// Keys, when set, makes the volume encrypted: it gets a random data
+	// key, stored in its manifest wrapped by Keys' KEK. Every later open
+	// needs the same KEK (Options.Keys) until a Rekey changes it.
+	Keys KeySource
+}
+
+// CreateVolume creates a volume's manifest without opening it.
+func CreateVolume(ctx context.Context, store backend.Store, name string, size int64, opts CreateOptions) error {
 	if err := validName(name); err != nil {
 		return err
 	}
 	if size <= 0 || size > 1<<50 {
 		return fmt.Errorf("%w: size %d must be between 1 byte and 1 PiB", ErrInvalidArg, size)
 	}
-	m := &manifest.Manifest{Name: name, Size: roundSize(size)}
+	comp, err := ParseCompression(string(opts.Compression))
+	if err != nil {
+		return err
+	}
+	m := &manifest.Manifest{Name: name, Size: roundSize(size), Compression: comp.code()}
+	if opts.Keys != nil {
+		wk, _, err := newWrappedKey(ctx, name, opts.Keys)
+		if err != nil {
+			return err
+		}
+		m.AddKey(wk)
+		m.WriteKey = wk.ID
+	}
+	d := opts.Durability
 	switch d {
 	case DurabilityStore:
 		m.Flags |= manifest.FlagDurableStore
@@ -518,6 +561,11 @@ type Info struct {
 	Committed    time.Time  // time of the last commit
 	Snapshots    []string
 	Dependants   []string // clones made from this volume's snapshots
+	// Encrypted: the volume seals its data; KEKID names the KEK that
+	// wraps the data key it writes with (what Options.Keys must hold).
+	Encrypted   bool
+	KEKID       string `json:",omitempty"`
+	Compression Compression
 }
 
 // Inspect reads a volume's committed state from the backend, with its

@@ -3,6 +3,12 @@
 // chunk verifies itself and a volume's block map can be rebuilt from its
 // chunks alone. All integers are little-endian; CRCs are CRC32C.
 //
+// Two versions exist, both read. Version 1 stores blocks raw; plain volumes
+// still write it (its data offsets are fixed, so a read needs no table).
+// Version 2 stores the blocks in extents that may be compressed and sealed
+// (encrypted and authenticated); volumes with encryption or compression
+// write it.
+//
 // # Layout (version 1), for a chunk of c blocks
 //
 //	offset              size      part
@@ -11,7 +17,7 @@
 //	4096 + c*4096       c*20      index
 //	4096 + c*4116       32        footer
 //
-// # Header (one 4 KiB block, so data stays block-aligned)
+// # Header (version 1; one 4 KiB block, so data stays block-aligned)
 //
 //	offset  size  field
 //	0       8     magic "VBCHUNK1"
@@ -25,20 +31,93 @@
 //	32+n    ...   zero padding
 //	4092    4     CRC32C of bytes [0, 4092)
 //
-// # Index entry (20 bytes, one per block, in data order)
+// # Index entry (version 1; 20 bytes, one per block, in data order)
 //
 //	0   8  block number in the volume
 //	8   8  sequence number of the write that produced the block
 //	16  4  CRC32C of the block's 4096 bytes
 //
-// # Footer
+// # Footer (both versions)
 //
 //	0   8  magic "VBCHFOOT"
 //	8   4  block count c
-//	12  4  CRC32C of the index bytes
+//	12  4  CRC32C of the index bytes (everything between the header and
+//	       the footer)
 //	16  8  chunk id
 //	24  4  reserved, zero
 //	28  4  CRC32C of footer bytes [0, 28)
+//
+// # Layout (version 2), for a chunk of c blocks in x extents of E blocks
+//
+// The blocks, in slot order, are cut into x = ceil(c/E) extents of E
+// consecutive slots (the last may be shorter). This build writes E = 16
+// for compressed chunks (a 4 KiB read decodes at most 64 KiB) and E = 1
+// for sealed, uncompressed ones (a 4 KiB read opens just its block). The
+// index comes first, so that one ranged read of the chunk's first
+// HeadLen2(c, E) bytes yields header and index together.
+//
+//	offset              size      part
+//	0                   4096      header
+//	4096                c*16      block entries
+//	4096 + c*16         x*24      extent entries
+//	...                 32        footer (as version 1)
+//	4096 + IndexLen2    ...       the extents' stored bytes, back to back
+//
+// # Header (version 2)
+//
+//	offset  size  field
+//	0       8     magic "VBCHUNK1"
+//	8       2     format version (2)
+//	10      2     length n of the volume name (at most 1024)
+//	12      4     block count c (1-1024)
+//	16      8     chunk id
+//	24      4     block size (4096)
+//	28      1     compression: 0 none, 1 zstd, 2 lz4 (block format)
+//	29      1     flags: 1 = sealed
+//	30      2     extent size E in blocks (1-1024)
+//	32      8     sealed: id of the data key (in the manifest's key
+//	              table); otherwise 0
+//	40      32    sealed: random salt; otherwise zero
+//	72      8     the whole chunk's size in bytes
+//	80      n     name of the volume that wrote the chunk
+//	80+n    ...   zero padding
+//	4092    4     CRC32C of bytes [0, 4092)
+//
+// # Block entry (version 2; 16 bytes, one per slot)
+//
+//	0   8  block number in the volume
+//	8   8  sequence number of the write that produced the block
+//
+// # Extent entry (version 2; 24 bytes, one per extent)
+//
+//	0   8  offset of the stored bytes in the chunk
+//	8   4  stored length (at most the extent's blocks * 4096 + 16)
+//	12  2  flags: 1 = compressed
+//	14  2  reserved, zero
+//	16  4  CRC32C of the stored bytes
+//	20  4  unsealed chunk: CRC32C of the decoded bytes; sealed: zero (a
+//	       checksum of plaintext would leak it)
+//
+// An extent's stored bytes follow each other with no gaps, the first right
+// after the footer, the last ending at the chunk's size.
+//
+// # Extent encoding
+//
+// The decoded extent is its blocks' 4096-byte data, in slot order. With
+// compression, the writer compresses the decoded bytes as one frame (zstd)
+// or one block (lz4) and keeps the result only if it saves at least an
+// eighth; otherwise the extent is stored raw (flag clear). In a sealed
+// chunk the result is then sealed with AES-256-GCM: stored bytes are the
+// ciphertext followed by the 16-byte tag. The key is the chunk's subkey,
+// HKDF-SHA256(data key, salt, "viperblock chunk v2" 0x00 volume 0x00
+// chunk id (8 bytes)), see package seal; the nonce is 1 (4 bytes) then
+// the extent number (8 bytes); the additional data is the volume name,
+// 0x00, the chunk id (8), the extent number (4), the extent's flags (2),
+// then the extent's block entries (16 each). So a sealed extent opens only
+// in its own chunk, at its own place, for the blocks and sequence numbers
+// its index names: blocks cannot be swapped, moved between chunks or
+// replayed from older chunks, and a changed index entry fails
+// authentication like changed data does.
 package chunk
 
 import (
@@ -94,6 +173,9 @@ type Entry struct {
 type Builder struct {
 	buf   []byte
 	index []Entry
+	out   []byte // version 2 encoding
+	tmp   []byte // compression output
+	aad   []byte
 }
 
 // Reset starts a new chunk.
@@ -153,9 +235,17 @@ func (b *Builder) Finish(volume string, id uint64) []byte {
 
 // Header is a decoded chunk header.
 type Header struct {
-	Volume string
-	ID     uint64
-	Count  int
+	Version uint16
+	Volume  string
+	ID      uint64
+	Count   int
+	// Version 2 only.
+	Compression  uint8
+	Sealed       bool
+	ExtentBlocks int
+	KeyID        uint64
+	Salt         [SaltSize]byte
+	Size         int64 // the whole chunk's size (version 1: Size(Count))
 }
 
 // DecodeHeader decodes and verifies a chunk header (the first 4096 bytes).
@@ -167,8 +257,9 @@ func DecodeHeader(b []byte) (Header, error) {
 	if string(b[:8]) != Magic {
 		return h, fmt.Errorf("%w: bad magic %q", ErrCorrupt, b[:8])
 	}
-	if v := binary.LittleEndian.Uint16(b[8:]); v != Version {
-		return h, fmt.Errorf("%w: %d (this build reads %d)", ErrVersion, v, Version)
+	h.Version = binary.LittleEndian.Uint16(b[8:])
+	if h.Version != Version && h.Version != Version2 {
+		return h, fmt.Errorf("%w: %d (this build reads %d and %d)", ErrVersion, h.Version, Version, Version2)
 	}
 	if got, want := binary.LittleEndian.Uint32(b[HeaderSize-4:]), crc(b[:HeaderSize-4]); got != want {
 		return h, fmt.Errorf("%w: header CRC %08x, want %08x", ErrCorrupt, got, want)
@@ -179,6 +270,10 @@ func DecodeHeader(b []byte) (Header, error) {
 	if bs := binary.LittleEndian.Uint32(b[24:]); bs != BlockSize {
 		return h, fmt.Errorf("%w: block size %d", ErrCorrupt, bs)
 	}
+	if h.Version == Version2 {
+		return decodeHeader2(b, h)
+	}
+	h.Size = Size(h.Count)
 	if n > MaxNameLen || 32+n > HeaderSize-4 || h.Count < 1 || h.Count > MaxBlocks {
 		return h, fmt.Errorf("%w: name length %d, block count %d", ErrCorrupt, n, h.Count)
 	}
@@ -228,11 +323,14 @@ func VerifyBlock(data []byte, e Entry) error {
 	return nil
 }
 
-// Decode verifies a whole chunk and returns its header and index.
+// Decode verifies a whole version 1 chunk and returns its header and index.
 func Decode(b []byte) (Header, []Entry, error) {
 	h, err := DecodeHeader(b)
 	if err != nil {
 		return h, nil, err
+	}
+	if h.Version != Version {
+		return h, nil, fmt.Errorf("%w: version %d where 1 was expected", ErrVersion, h.Version)
 	}
 	if int64(len(b)) != Size(h.Count) {
 		return h, nil, fmt.Errorf("%w: chunk is %d bytes, want %d for %d blocks", ErrCorrupt, len(b), Size(h.Count), h.Count)

@@ -52,7 +52,7 @@ func TestEveryByteIsChecked(t *testing.T) {
 		}
 	}
 	b := append([]byte(nil), c...)
-	b[8] = 2
+	b[8] = 3
 	if _, _, err := Decode(b); !errors.Is(err, ErrVersion) {
 		t.Fatalf("version: %v", err)
 	}

@@ -40,6 +40,31 @@
 //	                u32, volume index u32, chunk id u64, block index in the
 //	                chunk u32
 //	...     4       CRC32C of every byte before it
+//
+// # Layout (version 2)
+//
+// Version 2 is version 1 with the version field 2 and, between the extents
+// and the CRC, the volume's storage settings and key table. It is written
+// only for volumes with compression or encryption (so plain volumes stay
+// readable by older builds).
+//
+//	size    field
+//	1       compression of the chunks the volume writes: 0 none, 1 zstd,
+//	        2 lz4
+//	1       reserved, zero
+//	2       number q of wrapped keys
+//	8       id of the data key the volume seals new data with (0: the
+//	        volume writes plain data; then q is 0)
+//	...     q key entries, sorted by id, ids unique and non-zero:
+//	          8  key id
+//	          2  length o, then o bytes: name of the volume that created
+//	             the key (part of the wrapping's additional data)
+//	          2  length k, then k bytes: id of the KEK that wraps it
+//	          2  length w, then w bytes: the wrapped key (see package
+//	             seal; at most 4096)
+//
+// A clone's table holds its ancestors' keys, so that it can read the chunks
+// it shares with them, and a key of its own for its writes.
 package manifest
 
 import (
@@ -55,6 +80,7 @@ import (
 // Format constants.
 const (
 	Version    = 1
+	Version2   = 2
 	Magic      = "VBMANIF1"
 	BlockSize  = 4096
 	fixedSize  = 80
@@ -110,7 +136,37 @@ type Manifest struct {
 	Refs      []string // volume table entries 1..r
 	Chunks    []Chunk
 	Extents   []blockmap.Extent
+	// Version 2.
+	Compression uint8
+	WriteKey    uint64 // the data key new data is sealed with; 0: plain
+	Keys        []WrappedKey
 }
+
+// WrappedKey is one key table entry.
+type WrappedKey struct {
+	ID      uint64
+	Origin  string // volume that created the key
+	KEKID   string
+	Wrapped []byte
+}
+
+// MaxWrapped bounds a wrapped key's encoding.
+const MaxWrapped = 4096
+
+// Encrypted reports whether the volume seals its data.
+func (m *Manifest) Encrypted() bool { return m.WriteKey != 0 }
+
+// Key returns the table entry of key id.
+func (m *Manifest) Key(id uint64) (WrappedKey, bool) {
+	for _, k := range m.Keys {
+		if k.ID == id {
+			return k, true
+		}
+	}
+	return WrappedKey{}, false
+}
+
+func (m *Manifest) v2() bool { return m.Compression != 0 || m.WriteKey != 0 || len(m.Keys) > 0 }
 
 // VolumeName returns the name of volume-table entry i.
 func (m *Manifest) VolumeName(i uint32) string {
@@ -126,10 +182,17 @@ func Encode(m *Manifest) []byte {
 	for _, r := range m.Refs {
 		n += 2 + len(r)
 	}
-	b := make([]byte, 0, n)
+	for _, k := range m.Keys {
+		n += 14 + len(k.Origin) + len(k.KEKID) + len(k.Wrapped)
+	}
+	b := make([]byte, 0, n+12)
 	le := binary.LittleEndian
 	b = append(b, Magic...)
-	b = le.AppendUint16(b, Version)
+	if m.v2() {
+		b = le.AppendUint16(b, Version2)
+	} else {
+		b = le.AppendUint16(b, Version)
+	}
 	b = le.AppendUint16(b, m.Flags)
 	b = le.AppendUint32(b, BlockSize)
 	b = le.AppendUint64(b, uint64(m.Size))
@@ -164,6 +227,18 @@ func Encode(m *Manifest) []byte {
 		b = le.AppendUint64(b, e.Chunk)
 		b = le.AppendUint32(b, e.Off)
 	}
+	if m.v2() {
+		b = append(b, m.Compression, 0)
+		b = le.AppendUint16(b, uint16(len(m.Keys)))
+		b = le.AppendUint64(b, m.WriteKey)
+		for _, k := range m.Keys {
+			b = le.AppendUint64(b, k.ID)
+			for _, f := range [][]byte{[]byte(k.Origin), []byte(k.KEKID), k.Wrapped} {
+				b = le.AppendUint16(b, uint16(len(f)))
+				b = append(b, f...)
+			}
+		}
+	}
 	return le.AppendUint32(b, crc32.Checksum(b, castagnoli))
 }
 
@@ -187,8 +262,9 @@ func Decode(b []byte) (*Manifest, error) {
 	if string(b[:8]) != Magic {
 		return nil, corrupt("bad magic %q", b[:8])
 	}
-	if v := le.Uint16(b[8:]); v != Version {
-		return nil, fmt.Errorf("%w: %d (this build reads %d)", ErrVersion, v, Version)
+	ver := le.Uint16(b[8:])
+	if ver != Version && ver != Version2 {
+		return nil, fmt.Errorf("%w: %d (this build reads %d and %d)", ErrVersion, ver, Version, Version2)
 	}
 	body := b[:len(b)-4]
 	if got, want := le.Uint32(b[len(b)-4:]), crc32.Checksum(body, castagnoli); got != want {
@@ -255,8 +331,14 @@ func Decode(b []byte) (*Manifest, error) {
 	}
 	ne := int(le.Uint32(rest))
 	rest = rest[4:]
-	if ne < 0 || len(rest) != ne*extentSize {
+	if ne < 0 || len(rest) < ne*extentSize || (ver == Version && len(rest) != ne*extentSize) {
 		return nil, corrupt("extent list of %d entries in %d bytes", ne, len(rest))
+	}
+	if ver == Version2 {
+		if err := m.decodeV2(rest[ne*extentSize:]); err != nil {
+			return nil, err
+		}
+		rest = rest[:ne*extentSize]
 	}
 	m.Extents = make([]blockmap.Extent, ne)
 	for i := range m.Extents {
@@ -278,6 +360,51 @@ func Decode(b []byte) (*Manifest, error) {
 	return m, nil
 }
 
+func (m *Manifest) decodeV2(b []byte) error {
+	le := binary.LittleEndian
+	if len(b) < 12 {
+		return corrupt("truncated version 2 settings")
+	}
+	m.Compression = b[0]
+	q := int(le.Uint16(b[2:]))
+	m.WriteKey = le.Uint64(b[4:])
+	if m.Compression > 2 || b[1] != 0 {
+		return corrupt("compression %d, reserved %d", b[0], b[1])
+	}
+	b = b[12:]
+	for i := 0; i < q; i++ {
+		if len(b) < 8 {
+			return corrupt("truncated key table")
+		}
+		k := WrappedKey{ID: le.Uint64(b)}
+		b = b[8:]
+		var fields [3][]byte
+		for j := range fields {
+			if len(b) < 2 || len(b) < 2+int(le.Uint16(b)) {
+				return corrupt("truncated key table entry %d", i)
+			}
+			l := int(le.Uint16(b))
+			fields[j] = b[2 : 2+l]
+			b = b[2+l:]
+		}
+		k.Origin, k.KEKID, k.Wrapped = string(fields[0]), string(fields[1]), append([]byte(nil), fields[2]...)
+		if k.ID == 0 || (i > 0 && k.ID <= m.Keys[i-1].ID) || len(k.Origin) == 0 || len(k.Origin) > MaxNameLen || len(k.Wrapped) == 0 || len(k.Wrapped) > MaxWrapped {
+			return corrupt("key table entry %d (id %016x)", i, k.ID)
+		}
+		m.Keys = append(m.Keys, k)
+	}
+	if len(b) != 0 {
+		return corrupt("%d bytes after the key table", len(b))
+	}
+	if _, ok := m.Key(m.WriteKey); m.WriteKey != 0 && !ok {
+		return corrupt("write key %016x is not in the key table", m.WriteKey)
+	}
+	if m.WriteKey == 0 && q != 0 {
+		return corrupt("a plain volume with %d keys", q)
+	}
+	return nil
+}
+
 // SetChunks rebuilds m's chunk table from known chunk sizes, recounting live
 // blocks from m's extents and dropping chunks no extent references.
 func (m *Manifest) SetChunks(sizes map[blockmap.ChunkRef]uint32) {
@@ -296,4 +423,12 @@ func (m *Manifest) Sizes() map[blockmap.ChunkRef]uint32 {
 		s[c.Ref()] = c.Blocks
 	}
 	return s
+}
+
+// AddKey inserts k into the key table, kept sorted by id.
+func (m *Manifest) AddKey(k WrappedKey) {
+	i := sort.Search(len(m.Keys), func(i int) bool { return m.Keys[i].ID >= k.ID })
+	m.Keys = append(m.Keys, WrappedKey{})
+	copy(m.Keys[i+1:], m.Keys[i:])
+	m.Keys[i] = k
 }

@@ -28,13 +28,43 @@
 //
 //	offset  size  field
 //	0       4     the segment's salt (as in its header)
-//	4       1     type: 1 = block write, 2 = trim (blocks read as zeros)
+//	4       1     type: 1 = block write, 2 = trim (blocks read as zeros),
+//	              3 = sealed block write, 4 = sealed trim
 //	5       3     reserved, zero
 //	8       8     sequence number (unique per volume, increasing)
 //	16      8     block number (write: the block; trim: the first block)
-//	24      4     type 1: payload length (always 4096); type 2: block count
+//	24      4     types 1 and 3: payload length (4096, 4128); types 2 and
+//	              4: block count
 //	28      4     CRC32C of bytes [0, 28) followed by the payload
-//	32      ...   payload: type 1: the block's 4096 bytes; type 2: none
+//	32      ...   payload: type 1: the block's 4096 bytes; type 2: none;
+//	              types 3 and 4: a sealed payload
+//
+// # Sealed records (encrypted volumes)
+//
+// An encrypted volume writes types 3 and 4 only, so no block data reaches
+// the disk in the clear. Their payload:
+//
+//	offset  size  field
+//	32      8     owner epoch of the writer
+//	40      8     id of the data key (in the manifest's key table)
+//	48      ...   type 3: the block's 4096 bytes sealed (ciphertext), then
+//	              the 16-byte GCM tag; type 4: the 16-byte tag alone
+//
+// A type 3 record is 4160 bytes, a type 4 record 64. The seal is
+// AES-256-GCM under the writer's WAL key, HKDF-SHA256(data key, no salt,
+// "viperblock wal v2" 0x00 volume name 0x00 epoch (8 bytes)); the nonce is
+// the type (4 bytes) then the sequence number (8 bytes); the additional
+// data is bytes [4, 28) then [32, 48) of the record (type, reserved
+// bytes, sequence number, block number, length or count, epoch, key id:
+// everything but the salt and the CRC). An owner's epoch
+// is never reused and it never gives one sequence number to two records,
+// so nonces never repeat under a key; and a record authenticates only at
+// its own block and sequence number, so records cannot be moved, swapped or
+// replayed under another sequence number. The CRC still frames the record
+// (torn writes, stale records) as for plain records; a record whose CRC is
+// right but whose tag is not is corruption, reported by the engine, which
+// holds the keys. The salt is left out of the additional data: it frames
+// records in a segment file and nothing more.
 //
 // A version 2 segment file may be longer than its records: the writer
 // extends files ahead of its writes (preallocation, zero filled) and
@@ -100,27 +130,36 @@ package wal
 
 import (
 	"bytes"
+	"crypto/cipher"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
+
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/seal"
 )
 
 // Format constants. They are part of the on-disk format.
 const (
-	Version        = 2 // the version written
-	Version1       = 1 // the version before salts; still read
-	SegmentMagic   = "VBWALSEG"
-	RecordMagic    = "VBWR" // version 1 records
-	HeaderSize     = 32     // record header bytes
-	BlockSize      = 4096   // payload of a block record
-	BlockRecordLen = HeaderSize + BlockSize
-	TypeBlock      = 1
-	TypeTrim       = 2
-	segFixedV1     = 32
-	segFixedV2     = 40
-	MaxNameLen     = 1024
+	Version         = 2 // the version written
+	Version1        = 1 // the version before salts; still read
+	SegmentMagic    = "VBWALSEG"
+	RecordMagic     = "VBWR" // version 1 records
+	HeaderSize      = 32     // record header bytes
+	BlockSize       = 4096   // payload of a block record
+	BlockRecordLen  = HeaderSize + BlockSize
+	TypeBlock       = 1
+	TypeTrim        = 2
+	TypeSealedBlock = 3
+	TypeSealedTrim  = 4
+	SealedPrefix    = 16 // epoch and key id
+	SealedBlockLen  = HeaderSize + SealedPrefix + BlockSize + tagSize
+	SealedTrimLen   = HeaderSize + SealedPrefix + tagSize
+	tagSize         = 16
+	segFixedV1      = 32
+	segFixedV2      = 40
+	MaxNameLen      = 1024
 )
 
 // recordMagic is RecordMagic as a salt value: no version 2 segment uses it,
@@ -239,7 +278,74 @@ type Record struct {
 	Seq   uint64
 	Block uint64
 	Count uint32 // trim: number of blocks; block write: 1
-	Data  []byte
+	Data  []byte // type 1: the block; type 3: its ciphertext and tag
+	// Sealed records: the writer's epoch and data key.
+	Epoch, KeyID uint64
+	// Raw is the whole encoded record (aliasing the decoded buffer).
+	Raw []byte
+}
+
+// IsBlock reports whether r writes a block (sealed or not).
+func (r Record) IsBlock() bool { return r.Type == TypeBlock || r.Type == TypeSealedBlock }
+
+// Sealed reports whether r is sealed.
+func (r Record) Sealed() bool { return r.Type == TypeSealedBlock || r.Type == TypeSealedTrim }
+
+func sealNonce(typ uint8, seq uint64) [seal.NonceSize]byte { return seal.Nonce(uint32(typ), seq) }
+
+// sealAAD is a sealed record's additional data: bytes [4, 28) and
+// [32, 48) of the record.
+func sealAAD(rec []byte) [40]byte {
+	var a [40]byte
+	copy(a[:24], rec[4:28])
+	copy(a[24:], rec[32:48])
+	return a
+}
+
+// PutSealedBlock encodes a sealed block-write record (type 3) into dst
+// (at least SealedBlockLen bytes), sealing data (BlockSize bytes) with
+// aead, the WAL key of (keyID, epoch).
+func PutSealedBlock(dst []byte, salt uint32, seq, block, epoch, keyID uint64, aead cipher.AEAD, data []byte) {
+	_ = dst[SealedBlockLen-1]
+	putHeader(dst, salt, TypeSealedBlock, seq, block, SealedPrefix+BlockSize+tagSize)
+	binary.LittleEndian.PutUint64(dst[32:], epoch)
+	binary.LittleEndian.PutUint64(dst[40:], keyID)
+	n := sealNonce(TypeSealedBlock, seq)
+	aad := sealAAD(dst)
+	aead.Seal(dst[48:48], n[:], data, aad[:])
+	c := crc32.Update(CRC(dst[:28]), castagnoli, dst[HeaderSize:SealedBlockLen])
+	binary.LittleEndian.PutUint32(dst[28:], c)
+}
+
+// PutSealedTrim encodes a sealed trim record (type 4) into dst (at least
+// SealedTrimLen bytes).
+func PutSealedTrim(dst []byte, salt uint32, seq, block uint64, count uint32, epoch, keyID uint64, aead cipher.AEAD) {
+	_ = dst[SealedTrimLen-1]
+	putHeader(dst, salt, TypeSealedTrim, seq, block, count)
+	binary.LittleEndian.PutUint64(dst[32:], epoch)
+	binary.LittleEndian.PutUint64(dst[40:], keyID)
+	n := sealNonce(TypeSealedTrim, seq)
+	aad := sealAAD(dst)
+	aead.Seal(dst[48:48], n[:], nil, aad[:])
+	c := crc32.Update(CRC(dst[:28]), castagnoli, dst[HeaderSize:SealedTrimLen])
+	binary.LittleEndian.PutUint32(dst[28:], c)
+}
+
+// Open authenticates a sealed record with aead (the WAL key of its
+// r.KeyID and r.Epoch); a sealed block's data is decrypted into dst (at
+// least BlockSize bytes), which it returns. A record that fails is
+// reported as ErrCorrupt.
+func Open(r Record, aead cipher.AEAD, dst []byte) ([]byte, error) {
+	if !r.Sealed() || len(r.Raw) < SealedTrimLen {
+		return nil, fmt.Errorf("%w: not a sealed record", ErrCorrupt)
+	}
+	n := sealNonce(r.Type, r.Seq)
+	aad := sealAAD(r.Raw)
+	out, err := aead.Open(dst[:0], n[:], r.Raw[48:], aad[:])
+	if err != nil {
+		return nil, fmt.Errorf("%w: sealed record seq %d (block %d) fails authentication", ErrCorrupt, r.Seq, r.Block)
+	}
+	return out, nil
 }
 
 func putHeader(dst []byte, salt uint32, typ uint8, seq, block uint64, n uint32) {
@@ -282,8 +388,13 @@ func PutTrimV1(dst []byte, seq, block uint64, count uint32) {
 
 // RecordLen returns the encoded length of a record of type typ.
 func RecordLen(typ uint8) int {
-	if typ == TypeBlock {
+	switch typ {
+	case TypeBlock:
 		return BlockRecordLen
+	case TypeSealedBlock:
+		return SealedBlockLen
+	case TypeSealedTrim:
+		return SealedTrimLen
 	}
 	return HeaderSize
 }
@@ -297,11 +408,20 @@ func ParseTrusted(b []byte) Record {
 		Seq:   binary.LittleEndian.Uint64(b[8:]),
 		Block: binary.LittleEndian.Uint64(b[16:]),
 	}
-	if r.Type == TypeBlock {
+	r.Raw = b[:RecordLen(r.Type)]
+	switch r.Type {
+	case TypeBlock:
 		r.Count = 1
 		r.Data = b[HeaderSize:BlockRecordLen]
-	} else {
+	case TypeSealedBlock:
+		r.Count = 1
+		r.Data = b[HeaderSize+SealedPrefix : SealedBlockLen]
+	default:
 		r.Count = binary.LittleEndian.Uint32(b[24:])
+	}
+	if r.Sealed() {
+		r.Epoch = binary.LittleEndian.Uint64(b[32:])
+		r.KeyID = binary.LittleEndian.Uint64(b[40:])
 	}
 	return r
 }
@@ -323,6 +443,13 @@ func check(b []byte) (n int, short bool, what string) {
 		n = BlockRecordLen
 	case TypeTrim:
 		n = HeaderSize
+	case TypeSealedBlock:
+		if l := binary.LittleEndian.Uint32(b[24:]); l != SealedPrefix+BlockSize+tagSize {
+			return 0, false, fmt.Sprintf("sealed block record length %d", l)
+		}
+		n = SealedBlockLen
+	case TypeSealedTrim:
+		n = SealedTrimLen
 	default:
 		return 0, false, fmt.Sprintf("unknown record type %d", typ)
 	}
@@ -333,7 +460,7 @@ func check(b []byte) (n int, short bool, what string) {
 	if got := binary.LittleEndian.Uint32(b[28:]); got != c {
 		return 0, false, fmt.Sprintf("record CRC %08x, want %08x", got, c)
 	}
-	if b[4] == TypeTrim && binary.LittleEndian.Uint32(b[24:]) == 0 {
+	if (b[4] == TypeTrim || b[4] == TypeSealedTrim) && binary.LittleEndian.Uint32(b[24:]) == 0 {
 		return 0, false, zeroTrim
 	}
 	return n, false, ""
@@ -405,10 +532,8 @@ func Span(h SegmentHeader, readAt func(p []byte, off int64) (int, error)) int64 
 			return off
 		}
 		switch hdr[4] {
-		case TypeBlock:
-			off += BlockRecordLen
-		case TypeTrim:
-			off += HeaderSize
+		case TypeBlock, TypeTrim, TypeSealedBlock, TypeSealedTrim:
+			off += int64(RecordLen(hdr[4]))
 		default:
 			return off
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/viperblock/viperblock-csi/pkg/units"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/seal"
 )
 
 // Environment variables read when the matching parameter is absent. The
@@ -18,6 +19,8 @@ import (
 const (
 	EnvStore  = "VBLOCK_STORE"
 	EnvWALDir = "VBLOCK_WAL_DIR"
+	// EnvKeyFile is the default of encryption_key_file=.
+	EnvKeyFile = "VBLOCK_ENCRYPTION_KEY_FILE"
 )
 
 // Config is the plugin's configuration, filled by nbdkit's config callbacks.
@@ -32,6 +35,9 @@ const (
 //	                     default DefaultReadCache for an s3:// store, none
 //	                     for a file or memory store
 //	size=SIZE            create the volume if it is missing
+//	encryption_key_file=FILE  KEK of an encrypted volume (vb.Options.Keys);
+//	                     default $VBLOCK_ENCRYPTION_KEY_FILE; with size= a
+//	                     missing volume is created encrypted
 //	readonly=BOOL        open without ownership
 //	resume_only=BOOL     take ownership only back from wal_dir's own open
 //	                     (vb.Options.ResumeOnly); refused: exit status 77
@@ -93,6 +99,10 @@ type Config struct {
 	// ReadCache is read_cache=: 0 unset (Complete fills the default),
 	// negative none.
 	ReadCache int64
+	// KeyFile is encryption_key_file=; Keys its key source, read by
+	// Complete.
+	KeyFile string
+	Keys    vb.KeySource
 
 	seen map[string]bool
 }
@@ -116,6 +126,8 @@ func (c *Config) Set(key, value string) error {
 			return fmt.Errorf("volume= must not be empty")
 		}
 		c.Volume = value
+	case "encryption_key_file", "encryption-key-file":
+		c.KeyFile = value
 	case "store":
 		c.Store = value
 	case "wal_dir", "wal-dir", "waldir":
@@ -336,6 +348,16 @@ func (c *Config) Complete(getenv func(string) string) error {
 	}
 	if c.ResumeOnly && c.Size > 0 {
 		return fmt.Errorf("resume_only=true reopens an existing volume: it excludes size=")
+	}
+	if c.KeyFile == "" {
+		c.KeyFile = getenv(EnvKeyFile)
+	}
+	if c.KeyFile != "" {
+		ks, err := seal.LoadKeyFile(c.KeyFile)
+		if err != nil {
+			return fmt.Errorf("encryption_key_file=%s: %v", c.KeyFile, err)
+		}
+		c.Keys = ks
 	}
 	if c.WALDir != "" && !filepath.IsAbs(c.WALDir) {
 		abs, err := filepath.Abs(c.WALDir)

@@ -157,7 +157,7 @@ func (p *Plugin) GetReady(ctx context.Context) error {
 		CacheBlocks: c.CacheBlocks, CacheMemPercent: c.CacheMemPercent,
 		DrainInterval: c.DrainInterval, Logger: p.log,
 		LeaseDuration: c.LeaseDuration, Durability: c.Durability,
-		Compaction: c.Compaction, ReadCacheBytes: max(c.ReadCache, 0), WALDeferBytes: c.WALDefer,
+		Compaction: c.Compaction, ReadCacheBytes: max(c.ReadCache, 0), WALDeferBytes: c.WALDefer, Keys: c.Keys,
 		// nbdkit swaps stdin and stdout for /dev/null after get_ready,
 		// assuming no other thread opens a file meanwhile: the volume's
 		// background work starts in AfterFork.
@@ -178,7 +178,7 @@ func (p *Plugin) GetReady(ctx context.Context) error {
 	}
 	vol, err := vb.Open(ctx, store, c.Volume, opts)
 	if errors.Is(err, vb.ErrNotFound) && c.Size > 0 && !c.ReadOnly {
-		err = vb.CreateWithClass(ctx, store, c.Volume, c.Size, c.Durability)
+		err = vb.CreateVolume(ctx, store, c.Volume, c.Size, vb.CreateOptions{Durability: c.Durability, Keys: c.Keys})
 		created := err == nil
 		if err == nil || errors.Is(err, vb.ErrExists) { // or created by someone else meanwhile
 			vol, err = vb.Open(ctx, store, c.Volume, opts)
@@ -262,6 +262,8 @@ func openError(c *Config, err error) error {
 		return fmt.Errorf("volume %q is already open by another process using WAL directory %s", c.Volume, c.WALDir)
 	case errors.Is(err, vb.ErrNeedsWALDir):
 		return fmt.Errorf("volume %q: a writable open needs wal_dir=", c.Volume)
+	case errors.Is(err, vb.ErrKey):
+		return fmt.Errorf("volume %q: %v (encryption_key_file=); nothing was changed", c.Volume, err)
 	case errors.Is(err, vb.ErrCorrupt):
 		return fmt.Errorf("volume %q is corrupt, refusing to serve it: %v", c.Volume, err)
 	case errors.Is(err, vb.ErrNotOwner):
