@@ -101,6 +101,10 @@ func (c *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if err != nil {
 		return nil, op.fail(err)
 	}
+	key, err := encryptionKey(req.GetSecrets())
+	if err != nil {
+		return nil, op.fail(err)
+	}
 
 	// What the volume's parent must be, and the smallest size it can have.
 	src := req.GetVolumeContentSource()
@@ -159,6 +163,12 @@ func (c *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		if !fits(inf.Size, req.GetCapacityRange()) {
 			return nil, false, status.Errorf(codes.AlreadyExists, "volume %s exists with %d bytes, outside the requested range", id, inf.Size)
 		}
+		if key != nil && inf.KEKID != key.src.KEKID() || key == nil && inf.Encrypted && src == nil {
+			return nil, false, status.Errorf(codes.AlreadyExists, "volume %s exists with another encryption (encrypted %v, KEK %q; this request's KEK %q)", id, inf.Encrypted, inf.KEKID, key.kekID())
+		}
+		if want := vp.compression(); src == nil && inf.Compression != want {
+			return nil, false, status.Errorf(codes.AlreadyExists, "volume %s exists with compression %s, not %s", id, inf.Compression, want)
+		}
 		return resp(inf.Size), true, nil
 	}
 	if r, ok, err := checkExisting(); err != nil || ok {
@@ -167,7 +177,8 @@ func (c *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 
 	switch {
 	case src == nil:
-		err = vb.CreateWithClass(ctx, st, id.Vol, size, vb.Durability(vp.Durability))
+		err = vb.CreateVolume(ctx, st, id.Vol, size, vb.CreateOptions{
+			Durability: vb.Durability(vp.Durability), Compression: vp.compression(), Keys: key.keys()})
 	case src.GetSnapshot() != nil:
 		var si vb.SnapshotInfo
 		si, err = vb.InspectSnapshot(ctx, st, srcSnap.Vol, srcSnap.Snap)
@@ -176,6 +187,9 @@ func (c *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		}
 		if size, err = cloneSize(size, si.Size, req.GetCapacityRange()); err != nil {
 			return nil, err
+		}
+		if err := checkCloneKey("source snapshot "+srcSnap.String(), si.Encrypted, si.KEKID, key); err != nil {
+			return nil, op.fail(err)
 		}
 		err = vb.Clone(ctx, st, srcSnap.Vol, srcSnap.Snap, id.Vol, size)
 	default:
@@ -186,6 +200,9 @@ func (c *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		}
 		if size, err = cloneSize(size, inf.Size, req.GetCapacityRange()); err != nil {
 			return nil, err
+		}
+		if err := checkCloneKey("source volume "+srcVol.String(), inf.Encrypted, inf.KEKID, key); err != nil {
+			return nil, op.fail(err)
 		}
 		err = vb.CloneVolume(ctx, st, srcVol.Vol, id.Vol, size, vb.SnapshotOptions{OwnerWait: c.opts.OwnerWait, MaxSnapshots: c.opts.MaxSnapshotsPerVolume, Logf: logf})
 	}

@@ -43,6 +43,10 @@ func (c *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 	if err != nil {
 		return nil, op.fail(err)
 	}
+	key, err := encryptionKey(req.GetSecrets())
+	if err != nil {
+		return nil, op.fail(err)
+	}
 	var rec publishRecord
 	if _, ok, err := getRecord(ctx, st, publishKey(id.Vol), &rec); err != nil {
 		return nil, op.fail(err)
@@ -60,7 +64,7 @@ func (c *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 		// close at once, and delete.
 		if inf, ierr := vb.Stat(ctx, st, id.Vol); ierr == nil && inf.Open {
 			klog.InfoS("volume is still marked open but is published nowhere: fencing the old owner before deleting", "volume", id)
-			if ferr := c.fence(ctx, st, id); ferr != nil && !errors.Is(ferr, vb.ErrNotFound) {
+			if ferr := c.fence(ctx, st, id, key); ferr != nil && !errors.Is(ferr, vb.ErrNotFound) {
 				return nil, op.fail(fmt.Errorf("%w (and fencing the old owner failed: %v)", err, ferr))
 			}
 		}
@@ -78,13 +82,13 @@ func (c *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 
 // fence takes ownership of a volume with a throw-away WAL and closes it, so
 // the backend no longer counts it as open and a stale owner is fenced.
-func (c *ControllerServer) fence(ctx context.Context, st backend.Store, id volumeID) error {
+func (c *ControllerServer) fence(ctx context.Context, st backend.Store, id volumeID, key *volumeKey) error {
 	dir, err := os.MkdirTemp(c.tmpDir, "fence-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	v, err := vb.Open(ctx, st, id.Vol, vb.Options{WALDir: dir, CacheBlocks: -1})
+	v, err := vb.Open(ctx, st, id.Vol, vb.Options{WALDir: dir, CacheBlocks: -1, Keys: key.keys()})
 	if err != nil {
 		return err
 	}

@@ -51,7 +51,7 @@ func codeOf(err error) codes.Code {
 		return codes.OutOfRange
 	case errors.Is(err, vb.ErrTooManySnapshots):
 		return codes.ResourceExhausted
-	case errors.Is(err, vb.ErrInUse), errors.Is(err, vb.ErrReadOnly), errors.Is(err, vb.ErrFenced),
+	case errors.Is(err, vb.ErrInUse), errors.Is(err, vb.ErrReadOnly), errors.Is(err, vb.ErrFenced), errors.Is(err, vb.ErrKey),
 		errors.Is(err, errBusy), errors.Is(err, errNotPermitted), errors.Is(err, backend.ErrInvalidURL), errors.Is(err, backend.ErrIncompatible), errors.Is(err, attach.ErrBusy),
 		errors.Is(err, attach.ErrUnsupported), errors.Is(err, attach.ErrInvalid), errors.Is(err, attach.ErrNotAttached):
 		// The request is fine but the system is not in a state to carry it

@@ -16,6 +16,7 @@ import (
 	"github.com/viperblock/viperblock-csi/pkg/attach"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/seal"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/vfs"
 )
 
@@ -154,6 +155,14 @@ func (f *fakeSup) Start(ctx context.Context, spec nbdkitSpec) (server, error) {
 	}
 	if d, err := time.ParseDuration(param(spec.Params, "lease_duration")); err == nil {
 		opts.LeaseDuration = d
+	}
+	if kf := param(spec.Params, "encryption_key_file"); kf != "" {
+		// As the plugin: the KEK from the file the node wrote.
+		src, err := seal.LoadKeyFile(kf)
+		if err != nil {
+			return nil, fmt.Errorf("nbdkit exited before serving: %v", err)
+		}
+		opts.Keys = src
 	}
 	ps := &pausableStore{Store: f.store}
 	f.lastParams = append([]string(nil), spec.Params...)

@@ -175,6 +175,9 @@ func (n *NodeServer) spec(id volumeID, st *volState, url string) nbdkitSpec {
 	if st.Cache != "" {
 		params = append(params, "cache="+st.Cache)
 	}
+	if st.Key {
+		params = append(params, "encryption_key_file="+p.Key)
+	}
 	if mem := n.volumeMemory(); mem > 0 {
 		params = append(params, fmt.Sprintf("memory=%d", mem))
 	}

@@ -104,6 +104,10 @@ func (n *NodeServer) stage(ctx context.Context, id volumeID, st *volState, secre
 	if err != nil {
 		return err
 	}
+	key, err := encryptionKey(secrets)
+	if err != nil {
+		return err
+	}
 	if creds != nil {
 		if err := writePrivateFile(p.Creds, creds); err != nil {
 			return fmt.Errorf("write credentials: %w", err)
@@ -124,6 +128,23 @@ func (n *NodeServer) stage(ctx context.Context, id volumeID, st *volState, secre
 	inf, err := vb.Stat(ctx, store, id.Vol)
 	if err != nil {
 		return err
+	}
+	// An encrypted volume's server reads its KEK from a file in the
+	// volume's state directory (tmpfs): checked here first, so a missing
+	// or wrong key fails the stage with a clear error, not nbdkit's start.
+	if err := checkKey("volume "+id.String(), inf.Encrypted, inf.KEKID, key); err != nil {
+		return err
+	}
+	if inf.Encrypted {
+		if err := writePrivateFile(p.Key, key.file); err != nil {
+			return fmt.Errorf("write the encryption key: %w", err)
+		}
+		if !st.Key {
+			st.Key = true
+			if err := n.saveState(id, st); err != nil {
+				return err
+			}
+		}
 	}
 	if st.Size == 0 || inf.Size > st.Size {
 		st.Size = inf.Size

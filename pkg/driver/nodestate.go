@@ -20,6 +20,9 @@ var errCorruptState = errors.New("corrupt node state file")
 //
 //	volumes/<store>.<volume>/state.json        the volume's staging (volState), written atomically
 //	volumes/<store>.<volume>/credentials.env   S3 credentials from node-stage secrets (0600)
+//	volumes/<store>.<volume>/encryption.key    an encrypted volume's KEK from the node-stage secret
+//	                                           encryptionKey, base64 (0600; --state-dir is a tmpfs,
+//	                                           /run/viperblock, so the key never reaches a disk)
 //	volumes/<store>.<volume>/nbdkit.pid        written by nbdkit once it serves
 //	volumes/<store>.<volume>/nbdkit.status     nbdkit's exit status, written by its keeper
 //	volumes/<store>.<volume>/nbdkit.log        nbdkit's output
@@ -49,7 +52,8 @@ type volState struct {
 	Drain       string   `json:"drainInterval,omitempty"`
 	Durability  string   `json:"durability,omitempty"`
 	Lease       string   `json:"leaseDuration,omitempty"`
-	Creds       bool     `json:"credentials,omitempty"` // credentials.env exists
+	Creds       bool     `json:"credentials,omitempty"`   // credentials.env exists
+	Key         bool     `json:"encryptionKey,omitempty"` // encryption.key exists: the volume's KEK
 	Device      string   `json:"device,omitempty"`
 	Size        int64    `json:"size,omitempty"`  // the size the device shows
 	Epoch       uint64   `json:"epoch,omitempty"` // ownership epoch of our nbdkit's open (from the WAL's OWNER file)
@@ -89,7 +93,7 @@ func (s *volState) removeTarget(t string) {
 
 // paths of one volume's node-local files.
 type volPaths struct {
-	Dir, State, Creds, Pidfile, Status, Log, Socket, Metrics, WALDir string
+	Dir, State, Creds, Key, Pidfile, Status, Log, Socket, Metrics, WALDir string
 }
 
 func (n *NodeServer) paths(id volumeID) volPaths {
@@ -99,6 +103,7 @@ func (n *NodeServer) paths(id volumeID) volPaths {
 		Dir:     dir,
 		State:   filepath.Join(dir, "state.json"),
 		Creds:   filepath.Join(dir, "credentials.env"),
+		Key:     filepath.Join(dir, "encryption.key"),
 		Pidfile: filepath.Join(dir, "nbdkit.pid"),
 		Status:  filepath.Join(dir, "nbdkit.status"),
 		Log:     filepath.Join(dir, "nbdkit.log"),

@@ -35,6 +35,9 @@ const (
 	// ParamLeaseDuration is the ownership lease's duration, e.g. 15s: how
 	// long another node waits for an owner that stopped answering.
 	ParamLeaseDuration = "leaseDuration"
+	// ParamCompression compresses a new volume's chunks: zstd, lz4 or
+	// none (default). A clone keeps its source's.
+	ParamCompression = "compression"
 )
 
 const k8sParamPrefix = "csi.storage.k8s.io/"
@@ -49,6 +52,7 @@ type volumeParams struct {
 	DrainInterval string
 	Durability    string
 	LeaseDuration string
+	Compression   string // creation only: not in the volume context
 }
 
 // parseVolumeParams validates CreateVolume parameters.
@@ -96,8 +100,14 @@ func parseVolumeParams(p map[string]string, defStore string) (volumeParams, erro
 				return vp, fmt.Errorf("parameter %s=%s: %v", k, v, err)
 			}
 			vp.LeaseDuration = v
+		case ParamCompression:
+			c, err := vb.ParseCompression(v)
+			if err != nil {
+				return vp, fmt.Errorf("parameter %s=%s: want zstd, lz4 or none", k, v)
+			}
+			vp.Compression = string(c)
 		default:
-			return vp, fmt.Errorf("unknown parameter %q (known: %s, %s, %s, %s, %s, %s, %s)", k, ParamStore, ParamFsType, ParamMkfsOptions, ParamCache, ParamDrainInterval, ParamDurability, ParamLeaseDuration)
+			return vp, fmt.Errorf("unknown parameter %q (known: %s, %s, %s, %s, %s, %s, %s, %s)", k, ParamStore, ParamFsType, ParamMkfsOptions, ParamCache, ParamDrainInterval, ParamDurability, ParamLeaseDuration, ParamCompression)
 		}
 	}
 	if err := checkMkfsOptionsFor(vp.FsType, vp.MkfsOptions); err != nil {
@@ -110,6 +120,14 @@ func parseVolumeParams(p map[string]string, defStore string) (volumeParams, erro
 		return vp, err
 	}
 	return vp, nil
+}
+
+// compression is the compression a new volume gets.
+func (vp volumeParams) compression() vb.Compression {
+	if vp.Compression == "" {
+		return vb.CompressionNone
+	}
+	return vb.Compression(vp.Compression)
 }
 
 // context returns the volume context handed to the node.

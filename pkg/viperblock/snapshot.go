@@ -88,6 +88,10 @@ type SnapshotInfo struct {
 	WrittenBytes int64
 	Internal     bool // made implicitly to clone a volume
 	Deleted      bool // deleted, kept while clones depend on it
+	// Encrypted and KEKID: as Info's; a clone of the snapshot inherits
+	// them.
+	Encrypted bool
+	KEKID     string `json:",omitempty"`
 }
 
 func snapKey(vol, snap string) string       { return vol + "/snapshots/" + snap }
@@ -97,7 +101,10 @@ func parentRef(vol, snap string) string     { return vol + "@" + snap }
 func splitParent(p string) (string, string) { a, b, _ := strings.Cut(p, "@"); return a, b }
 func snapInfo(m *manifest.Manifest) SnapshotInfo {
 	inf := SnapshotInfo{Volume: m.Name, Name: m.Label, Size: m.Size, Created: time.Unix(0, m.Committed),
-		Internal: m.Flags&manifest.FlagInternal != 0, Deleted: m.Flags&manifest.FlagDeleted != 0}
+		Internal: m.Flags&manifest.FlagInternal != 0, Deleted: m.Flags&manifest.FlagDeleted != 0, Encrypted: m.Encrypted()}
+	if k, ok := m.Key(m.WriteKey); ok {
+		inf.KEKID = k.KEKID
+	}
 	for _, e := range m.Extents {
 		inf.WrittenBytes += int64(e.Count) * BlockSize
 	}

@@ -70,6 +70,8 @@ R=${VB_E2E_RUN_DIR:-/tmp/vb-e2e}
 . "$E2E_DIR/scenarios_nodes.sh"
 # shellcheck source=scenarios_observe.sh
 . "$E2E_DIR/scenarios_observe.sh"
+# shellcheck source=scenarios_encrypted.sh
+. "$E2E_DIR/scenarios_encrypted.sh"
 # shellcheck source=conformance.sh
 . "$E2E_DIR/conformance.sh"
 
