@@ -176,7 +176,7 @@ func TestManifests(t *testing.T) {
 }
 
 // TestExamples decodes every example manifest strictly and checks that it
-// names only classes the base defines.
+// names only classes the base or the example itself defines.
 func TestExamples(t *testing.T) {
 	files, err := filepath.Glob(filepath.Join(deployDir, "examples", "*.yaml"))
 	if err != nil || len(files) == 0 {
@@ -197,9 +197,17 @@ func TestExamples(t *testing.T) {
 			t.Fatal(err)
 		}
 		o := decodeAll(t, filepath.Base(f), data)
+		// An example may define a class of its own, for the driver.
+		own := map[string]bool{}
+		for _, sc := range all[*storagev1.StorageClass](o) {
+			if sc.Provisioner != "csi.viperblock.io" {
+				t.Errorf("%s: StorageClass %s has provisioner %q", f, sc.Name, sc.Provisioner)
+			}
+			own[sc.Name] = true
+		}
 		for _, pvc := range all[*corev1.PersistentVolumeClaim](o) {
-			if sc := pvc.Spec.StorageClassName; sc == nil || !classes[*sc] {
-				t.Errorf("%s: PVC %s uses storage class %v, not one of the base's", f, pvc.Name, sc)
+			if sc := pvc.Spec.StorageClassName; sc == nil || !classes[*sc] && !own[*sc] {
+				t.Errorf("%s: PVC %s uses storage class %v, not one of the base's or the example's", f, pvc.Name, deref(sc))
 			}
 		}
 		for _, vs := range all[*snapshotv1.VolumeSnapshot](o) {
@@ -208,6 +216,13 @@ func TestExamples(t *testing.T) {
 			}
 		}
 	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return "(none)"
+	}
+	return *s
 }
 
 func all[T runtime.Object](o objects) []T {
