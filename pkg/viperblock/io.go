@@ -641,6 +641,21 @@ func (v *Volume) Extents(off, length int64) ([]Extent, error) {
 			}
 			sh.mu.Unlock()
 		}
+		// The pending trims too are read before the map: a drain stores
+		// its map before it clears the trims it committed, so a block
+		// found trimmed here is a hole in whichever map loads next,
+		// while a trim read after the map could already be cleared,
+		// with an older map still saying the block holds data.
+		var trimmedBits [window / 64]uint64
+		if v.hasTrims.Load() {
+			v.trimMu.RLock()
+			for b := ws; b <= we; b++ {
+				if v.trims.covers(b) {
+					trimmedBits[(b-ws)/64] |= 1 << ((b - ws) % 64)
+				}
+			}
+			v.trimMu.RUnlock()
+		}
 		var mapped [][2]uint64
 		v.bmap.Load().Range(ws, we-ws+1, func(e blockmap.Extent) { mapped = append(mapped, [2]uint64{e.Start, e.End()}) })
 		mi := 0
@@ -651,7 +666,7 @@ func (v *Volume) Extents(off, length int64) ([]Extent, error) {
 			data := mi < len(mapped) && mapped[mi][0] <= b
 			if inMem[(b-ws)/64]&(1<<((b-ws)%64)) != 0 {
 				data = true
-			} else if data && v.hasTrims.Load() && v.trimmed(b) {
+			} else if data && trimmedBits[(b-ws)/64]&(1<<((b-ws)%64)) != 0 {
 				data = false
 			}
 			span(b, b+1, !data)
