@@ -391,7 +391,7 @@ DRIVER_SCENARIOS=(
   "12 clone on another node|scenario_clone_other_node"
   "13 node partition|scenario_node_partition"
   "14 engine metrics and logs of a volume under load|scenario_observe"
-  "15 encrypted, compressed PVC: no plaintext at rest, snapshot, clone, wrong key|scenario_encrypted"
+  "15 encrypted, compressed PVC: no plaintext at rest, snapshot, clone|scenario_encrypted"
   "7 delete everything, store empty|scenario_cleanup"
 )
 
