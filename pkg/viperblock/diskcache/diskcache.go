@@ -196,18 +196,8 @@ func (c *Cache) ReadRange(ctx context.Context, key string, off int64, p []byte) 
 	if !c.cacheable(key) {
 		return backend.ReadRange(ctx, c.store, key, off, p)
 	}
-	if e, f := c.acquire(key); e != nil {
-		err := readAt(f, e, off, p)
-		c.release(e)
-		if err == nil || errors.Is(err, backend.ErrRange) {
-			if err == nil {
-				c.hits.Add(1)
-			}
-			return err
-		}
-		// The local copy failed (a disk error): drop it, use the store.
-		c.log.Debug("dropping an unreadable cached copy", "key", key, "err", err)
-		c.drop(key)
+	if ok, err := c.readCopy(key, off, p); ok {
+		return err
 	}
 	if fs := c.startFill(key); fs != nil {
 		// The whole object is on its way: wait for it rather than add a
@@ -217,16 +207,8 @@ func (c *Cache) ReadRange(ctx context.Context, key string, off int64, p []byte) 
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if e, f := c.acquire(key); e != nil {
-			err := readAt(f, e, off, p)
-			c.release(e)
-			if err == nil || errors.Is(err, backend.ErrRange) {
-				if err == nil {
-					c.hits.Add(1)
-				}
-				return err
-			}
-			c.drop(key)
+		if ok, err := c.readCopy(key, off, p); ok {
+			return err
 		}
 	}
 	c.misses.Add(1)
@@ -243,6 +225,29 @@ func (c *Cache) GetRange(ctx context.Context, key string, off, n int64) ([]byte,
 		return nil, err
 	}
 	return p, nil
+}
+
+// readCopy reads from key's local copy and reports whether it answered:
+// with the data, or with backend.ErrRange. A copy that fails to read (a
+// disk error, a file shorter than recorded) is dropped, and the caller
+// goes to the store.
+func (c *Cache) readCopy(key string, off int64, p []byte) (bool, error) {
+	e, f := c.acquire(key)
+	if e == nil {
+		return false, nil
+	}
+	err := readAt(f, e, off, p)
+	c.release(e)
+	switch {
+	case err == nil:
+		c.hits.Add(1)
+		return true, nil
+	case errors.Is(err, backend.ErrRange):
+		return true, err
+	}
+	c.log.Debug("dropping an unreadable cached copy", "key", key, "err", err)
+	c.drop(key)
+	return false, nil
 }
 
 func readAt(f *os.File, e *entry, off int64, p []byte) error {
