@@ -16,7 +16,7 @@ plugin="$root/lib/nbdkit-viperblock-plugin.so"
 vblock="$root/bin/vblock"
 runtime="${BENCH_RUNTIME:-20}"
 vgw="$(command -v versitygw || echo "$(go env GOPATH)/bin/versitygw")"
-for t in nbdkit fio python3 "$vgw"; do
+for t in nbdkit fio python3 curl "$vgw"; do
   command -v "$t" >/dev/null || { echo "bench: $t is not installed (make deps)" >&2; exit 1; }
 done
 for f in "$plugin" "$vblock"; do
