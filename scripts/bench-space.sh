@@ -65,6 +65,7 @@ wait_drained() {
 }
 
 results=()
+settled_bytes=()
 for variant in $variants; do
   d="$work/$variant"
   mkdir -p "$d"
@@ -125,14 +126,17 @@ PY
 )
   echo "  compaction's share of bytes written to the store: $share"
   results+=("$variant: ${r0}x right after fio, ${r1}x settled (${rdu}x by du); compaction share ${share%% *}")
+  settled_bytes+=("$s1 $l1")
 done
 
 echo
 echo "space (store / live data, target <= ${target}x while attached):"
 fail=0
-for r in "${results[@]}"; do
-  echo "  $r"
-  settled=$(echo "$r" | sed -E 's/.*, ([0-9.]+)x settled.*/\1/')
-  python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) <= $target else 1)" "$settled" || fail=1
+for i in "${!results[@]}"; do
+  echo "  ${results[$i]}"
+  # The exact byte counts, not the rounded ratio printed above.
+  read -r s l <<<"${settled_bytes[$i]}"
+  python3 -c "import sys; sys.exit(0 if int(sys.argv[1]) <= $target*int(sys.argv[2]) else 1)" "$s" "$l" || {
+    echo "    over the target: $s stored > $target x $l live"; fail=1; }
 done
 [ "$fail" = 0 ] && echo "target met" || { echo "TARGET MISSED"; exit 1; }
