@@ -87,6 +87,10 @@ for variant in $variants; do
   if [ "$variant" = snapshot ]; then
     half=$(python3 -c "import sys; n=sys.argv[1]; m={'K':1<<10,'M':1<<20,'G':1<<30}; print(int(n[:-1])*m[n[-1]]//2 if n[-1] in m else int(n)//2)" "$overwrite")
     fio_over "$half" 1
+    # The snapshot pins the chunks it sees, with whatever dead space they
+    # hold at this moment: the compactor never rewrites a pinned chunk.
+    sp=$(stored "$d" space); lp=$(live "$d" space)
+    echo "  at the snapshot: stored $sp bytes, live $lp bytes: $(ratio "$sp" "$lp")x"
     "$vblock" snapshot create space mid >/dev/null
     echo "  snapshot 'mid' taken after $half bytes"
     fio_over "$half" 2
