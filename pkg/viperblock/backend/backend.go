@@ -10,6 +10,15 @@
 // [A-Za-z0-9._-] starting with a letter or digit (so never "." or "..");
 // ValidateKey enforces this at the store boundary so no key can escape a
 // store's root, and stores may keep private files whose names start with '.'.
+//
+// The file store keeps the files of deleted chunk-sized objects (1-16 MiB)
+// in a per-instance pool, <root>/.pool/<id>/ (at most DefaultPoolFiles =
+// 64 files, removed at Close, or by the next open once the owner is gone),
+// and overwrites them for new objects: cheaper than new files. A deleted
+// object's bytes stay in its pooled file until reused or Close, as the
+// bytes of an unlinked file stay on disk; FileOptions.PoolFiles < 0 turns
+// this off. Its readers hold shared flocks so that no file anyone reads
+// is recycled (filepool.go has the protocol).
 package backend
 
 import (

@@ -2,8 +2,6 @@ package backend
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -25,11 +23,20 @@ import (
 // between processes on one machine.
 //
 // Ranged reads keep the files they read open (see fdCache), so reading a
-// block of a chunk costs one pread.
+// block of a chunk costs one pread. The files of deleted chunk-sized
+// objects are kept for reuse by later writes (see filepool.go).
 type File struct {
 	fs   vfs.FS
 	root string
 	fds  fdCache
+	pool *filePool // nil: no recycling
+}
+
+// FileOptions tune a File store.
+type FileOptions struct {
+	// PoolFiles bounds the deleted objects' files kept for reuse: 0 means
+	// DefaultPoolFiles, a negative value turns recycling off.
+	PoolFiles int
 }
 
 func init() {
@@ -47,13 +54,30 @@ func init() {
 // NewFile opens (creating if needed) a file store rooted at dir; a nil fsys
 // means the operating system's filesystem.
 func NewFile(fsys vfs.FS, dir string) (*File, error) {
+	return NewFileOptions(fsys, dir, FileOptions{})
+}
+
+// NewFileOptions is NewFile with options. It removes the file pools of
+// store instances that are gone (see filepool.go).
+func NewFileOptions(fsys vfs.FS, dir string, o FileOptions) (*File, error) {
 	if fsys == nil {
 		fsys = vfs.Default
 	}
 	if err := vfs.MkdirAllDurable(fsys, dir); err != nil {
 		return nil, fmt.Errorf("viperblock/backend: file store %s: %w", dir, err)
 	}
-	return &File{fs: fsys, root: filepath.Clean(dir), fds: fdCache{limit: fdCacheSize, recheck: fdRecheck}}, nil
+	f := &File{fs: fsys, root: filepath.Clean(dir), fds: fdCache{limit: fdCacheSize, recheck: fdRecheck}}
+	if o.PoolFiles == 0 {
+		o.PoolFiles = DefaultPoolFiles
+	}
+	if o.PoolFiles > 0 {
+		f.pool = newFilePool(fsys, f.root, o.PoolFiles)
+	}
+	// Abandoned pools are removed whether or not this store recycles.
+	if err := newFilePool(fsys, f.root, 0).sweep(); err != nil {
+		return nil, fmt.Errorf("viperblock/backend: file store %s: %w", dir, err)
+	}
+	return f, nil
 }
 
 // IsLocal implements Local: the kernel's page cache serves a file store's
@@ -89,7 +113,7 @@ func (f *File) Get(_ context.Context, key string) ([]byte, Version, error) {
 	if err := f.isObject(key); err != nil {
 		return nil, "", err
 	}
-	d, err := vfs.ReadFile(f.fs, f.path(key))
+	d, err := f.readFile(f.path(key))
 	if err != nil {
 		return nil, "", notFound(err, key)
 	}
@@ -190,9 +214,20 @@ func (f *File) Sync(ctx context.Context, keys []string) error {
 
 func (f *File) write(key string, data []byte) error { return f.writeFile(key, data, true) }
 
-// writeFile writes the object to a temporary file and renames it into
-// place, so readers never see a part of it. With durable it fsyncs the file
-// before the rename and the directory after it.
+// readFile reads a whole file under a shared lock (see openLocked).
+func (f *File) readFile(p string) ([]byte, error) {
+	fh, err := f.openLocked(p)
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	return io.ReadAll(fh)
+}
+
+// writeFile writes the object to a hidden file (a new temporary file, or a
+// pooled one, see filepool.go) and renames it into place, so readers never
+// see a part of it. With durable it fsyncs the file before the rename and
+// the directory after it.
 func (f *File) writeFile(key string, data []byte, durable bool) error {
 	p := f.path(key)
 	defer f.fds.drop(p) // after the rename: no reader caches the old file
@@ -200,14 +235,16 @@ func (f *File) writeFile(key string, data []byte, durable bool) error {
 	if err := vfs.MkdirAllDurable(f.fs, dir); err != nil {
 		return err
 	}
-	var rnd [8]byte
-	_, _ = rand.Read(rnd[:])
-	tmp := filepath.Join(dir, "."+filepath.Base(p)+".tmp-"+hex.EncodeToString(rnd[:]))
-	fh, err := f.fs.Create(tmp)
+	fh, tmp, err := f.createForPut(dir, filepath.Base(p), len(data))
 	if err != nil {
 		return err
 	}
-	if _, err = fh.Write(data); err == nil {
+	_, err = fh.Write(data)
+	if err == nil {
+		// A pooled file may be longer than data (a new one is empty).
+		err = fh.Truncate(int64(len(data)))
+	}
+	if err == nil {
 		if durable {
 			err = fh.Sync()
 		} else {
@@ -245,7 +282,7 @@ func (f *File) PutIf(_ context.Context, key string, data []byte, ifMatch Version
 		return "", fmt.Errorf("viperblock/backend: lock %s: %w", f.root, err)
 	}
 	defer l.Close()
-	cur, err := vfs.ReadFile(f.fs, f.path(key))
+	cur, err := f.readFile(f.path(key))
 	exists := err == nil
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return "", err
@@ -267,9 +304,16 @@ func (f *File) Delete(_ context.Context, key string) error {
 		return err
 	}
 	p := f.path(key)
+	// Forget our cached descriptor first: its shared lock would keep the
+	// file out of the pool. And again after: a read may have cached it
+	// meanwhile.
+	f.fds.drop(p)
 	defer f.fds.drop(p)
 	if err := f.isObject(key); err != nil {
 		return nil // missing, or a directory (a prefix, not an object)
+	}
+	if f.recycle(p) {
+		return vfs.SyncDir(f.fs, filepath.Dir(p))
 	}
 	if err := f.fs.Remove(p); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -329,7 +373,11 @@ func (f *File) List(_ context.Context, prefix string) ([]string, error) {
 	return keys, err
 }
 
+// Close drops the cached descriptors and removes the store's file pool.
 func (f *File) Close() error {
 	f.fds.closeAll()
+	if f.pool != nil {
+		return f.pool.close()
+	}
 	return nil
 }

@@ -176,7 +176,7 @@ func (f *File) openForRange(key string) (*openFile, error) {
 	if err := f.isObject(key); err != nil {
 		return nil, err
 	}
-	fh, err := f.fs.Open(p)
+	fh, err := f.openLocked(p)
 	if err != nil {
 		return nil, notFound(err, key)
 	}

@@ -33,6 +33,9 @@ type memNode struct {
 	// directory state
 	entries map[string]*memNode // current entries
 	durable map[string]*memNode // entries as of the last directory Sync
+	// advisory locks of open files (TryLockFile)
+	lockShared int
+	lockExcl   bool
 }
 
 func newDir() *memNode {
@@ -320,6 +323,7 @@ type memFile struct {
 	n     *memNode
 	off   int64
 	write bool
+	held  LockMode // the advisory lock held, plus one (0: none)
 }
 
 func (f *memFile) Read(p []byte) (int, error) {
@@ -418,4 +422,9 @@ func (f *memFile) Size() (int64, error) {
 	return int64(len(f.n.data)), nil
 }
 
-func (f *memFile) Close() error { return nil }
+func (f *memFile) Close() error {
+	f.fs.mu.Lock()
+	defer f.fs.mu.Unlock()
+	f.unlockLocked()
+	return nil
+}
