@@ -34,7 +34,7 @@ directory).`,
 		fs.StringVar(&o.drainInterval, "drain-interval", "", "longest time written data waits before it is drained, e.g. 5s")
 		fs.StringVar(&o.durability, "durability", "", "node or store: where a flush is durable (default: the volume's class)")
 		fs.StringVar(&o.leaseDuration, "lease-duration", "", "ownership lease, e.g. 15s (the default): another node takes over an unresponsive server after 1.2x")
-		fs.StringVar(&o.walDefer, "wal-defer", "", "written data whose WAL write may wait for a flush or a drain, e.g. 64MiB (0: none; default half the pending limit)")
+		fs.StringVar(&o.walDefer, "wal-defer", "", "written data whose WAL write may wait for a flush or a drain, e.g. 64MiB (0: none; default 7/8 of the pending limit)")
 		fs.StringVar(&o.compact, "compact", "", "compaction settings, comma-separated: off, bandwidth=SIZE (bytes/s, 0 unlimited), requests=N (per second), ratio=R (stored/live target)")
 		fs.IntVar(&o.threads, "threads", 0, "nbdkit worker threads per connection (nbdkit's default if 0)")
 		fs.BoolVar(&o.verbose, "v", false, "verbose nbdkit (debug messages)")
