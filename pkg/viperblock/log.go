@@ -182,13 +182,18 @@ func newSalt() uint32 {
 //     [walPreallocMin, walPreallocMax]: 8 MiB by default, so at most
 //     16*8 MiB = 128 MiB for a fresh volume's first segments);
 //   - bandwidth: the zeros are written in walPrepChunk pieces at no more
-//     than walPrepRate (128 MiB/s) on average, so they take a bounded
-//     share of the disk from drains and WAL writes; in steady state
-//     recycled files, already written, need little or nothing.
+//     than walPrepRate (128 MiB/s), with no credit for idle time, so they
+//     take a bounded share of the disk from drains and WAL writes; in
+//     steady state recycled files, already written, need little or
+//     nothing.
 //
-// A segment that outgrows its file still extends it ahead of its writes
-// (extend), walPreallocMin at first and then by its own size (at most
-// walPreallocMax) whenever the records reach its end, with fallocate.
+// The same goroutine keeps written space ahead of the records of each
+// shard's active segment (fillActive), for a segment whose file did not
+// come prepared (none was ready: the first segments of an open) or that
+// outgrows it; the zeros count against the same rate. Should the records
+// still reach the file's end, the write extends it itself (extend),
+// walPreallocMin at first and then by its own size (at most
+// walPreallocMax), with fallocate.
 const (
 	walPreallocMin  = 1 << 20
 	walPreallocMax  = 16 << 20
@@ -492,6 +497,9 @@ func (v *Volume) writeOut(sh *shard, seg *segment, target int64, sync bool) erro
 	if need := seg.base + end; need > seg.alloc {
 		v.extend(seg, need)
 	}
+	if seg.init-(seg.base+end) < v.wfree.prep/2 {
+		v.kickPrep() // fillActive: keep written space ahead of the records
+	}
 	for _, p := range parts {
 		if _, err := seg.f.Write(p); err != nil {
 			return v.failedWrite(seg, fmt.Errorf("viperblock: write WAL %s: %w", seg.path, err))
@@ -610,6 +618,11 @@ func (v *Volume) reuseFile(i int, seg *segment, hdr []byte) (vfs.File, freeFile,
 			_ = v.fs.Remove(ff.path)
 			continue
 		}
+		// Records do not fill whole pages, so each append also writes
+		// part of the next page, which is read first unless cached (a
+		// page of unwritten extents reads as zeros without a read): have
+		// the file cached before the records come, off the Flush path.
+		vfs.WillNeed(f)
 		if _, err := f.Write(hdr); err != nil {
 			f.Close()
 			_ = v.fs.Remove(ff.path)
@@ -962,8 +975,17 @@ func (v *Volume) kickPrep() {
 func (v *Volume) walPrepLoop() {
 	defer v.done.Done()
 	zeros := make([]byte, walPrepChunk)
+	p := pacer{rate: walPrepRate}
 	for {
-		p := pacer{rate: walPrepRate, start: time.Now()}
+		// Active segments first: their next appends are due soon.
+		for i := range nShards {
+			if err := v.fillActive(i, zeros, &p); err != nil {
+				if errors.Is(err, errStopping) {
+					return
+				}
+				v.log.Debug("could not write ahead in a WAL segment file", "shard", i, "err", err)
+			}
+		}
 		for i := range nShards {
 			for {
 				ff, fresh, ok := v.wfree.claim(i, v.shardDir(i))
@@ -972,12 +994,11 @@ func (v *Volume) walPrepLoop() {
 				}
 				if err := v.prepFile(i, ff, fresh, zeros, &p); err != nil {
 					v.wfree.prepared(i, ff.path, 0, false)
+					_ = v.fs.Remove(ff.path)
 					if errors.Is(err, errStopping) {
-						_ = v.fs.Remove(ff.path)
 						return
 					}
 					v.log.Debug("could not prepare a free WAL segment file", "file", ff.path, "err", err)
-					_ = v.fs.Remove(ff.path)
 					break // the next kick tries again
 				}
 				v.wfree.prepared(i, ff.path, ff.size, true)
@@ -992,6 +1013,82 @@ func (v *Volume) walPrepLoop() {
 }
 
 var errStopping = errors.New("viperblock: stopping")
+
+// fillActive keeps written space ahead of the records of shard i's active
+// segment, so that its appends never reach space that is preallocated
+// (unwritten extents) or past the file's end: a segment whose file did not
+// come prepared (no free file was ready) or that outgrows it. When less
+// than half a prepared file's length is written ahead of the next record,
+// it writes zeros from there up to a prepared file's length ahead (or to
+// the file's preallocated size, if more), and fdatasyncs them.
+//
+// The zeros are written under seg.io, in walPrepChunk pieces, and only at
+// or past the end of what the segment has written to its file, so no
+// record is ever overwritten: records appended later overwrite zeros, as
+// in a prepared file. Zeros after the last record read as the end of the
+// log (package wal), synced or not. The file is written through a handle
+// of its own (the segment's keeps its offset), opened under seg.io while
+// the segment is live; its fdatasync, outside seg.io so Flushes need not
+// wait, only makes durable what is already written, so it is harmless
+// even once the segment is retired and its file reused.
+func (v *Volume) fillActive(i int, zeros []byte, p *pacer) error {
+	sh := &v.shards[i]
+	sh.mu.Lock()
+	seg := sh.seg
+	sh.mu.Unlock()
+	prep := v.wfree.prep
+	var h vfs.File
+	var to int64
+	for {
+		seg.io.Lock()
+		if seg.f == nil || seg.dead || seg.path == "" || v.walErr() != nil {
+			seg.io.Unlock()
+			break
+		}
+		pos := seg.base + seg.written
+		if h == nil {
+			if prep <= 0 || seg.init-pos >= prep/2 {
+				seg.io.Unlock()
+				return nil
+			}
+			to = max(seg.alloc, pos+prep)
+			f, err := v.fs.OpenReadWrite(seg.path)
+			if err != nil {
+				seg.io.Unlock()
+				return err
+			}
+			h = f
+			defer h.Close()
+		}
+		from := max(seg.init, pos)
+		if from >= to {
+			seg.io.Unlock()
+			break
+		}
+		n := min(int64(len(zeros)), to-from)
+		if _, err := h.Seek(from, io.SeekStart); err != nil {
+			seg.io.Unlock()
+			return err
+		}
+		if _, err := h.Write(zeros[:n]); err != nil {
+			seg.io.Unlock()
+			return err
+		}
+		seg.init = from + n
+		seg.alloc = max(seg.alloc, seg.init)
+		seg.io.Unlock()
+		if !p.wait(n, v.stop) {
+			return errStopping
+		}
+	}
+	if h == nil {
+		return nil
+	}
+	if err := v.crashPoint("wal.before-fill-sync"); err != nil {
+		return err
+	}
+	return vfs.DataSync(h)
+}
 
 // prepFile writes zeros over a free file's tail, from its init to its size
 // (a fresh file is created first), and fdatasyncs it. The file has its
@@ -1035,28 +1132,22 @@ func (v *Volume) prepFile(i int, ff freeFile, fresh bool, zeros []byte, p *pacer
 	return vfs.DataSync(f)
 }
 
-// pacer spaces writes so that they average at most rate bytes a second
-// from its start.
+// pacer spaces writes so that they proceed at no more than rate bytes a
+// second; time spent idle earns no credit for a later burst.
 type pacer struct {
-	rate  float64
-	start time.Time
-	bytes int64
+	rate float64
+	next time.Time // when the next write may start
 }
 
-// wait counts n bytes written and sleeps until the average is back within
-// the rate; it reports false if stop closed meanwhile.
+// wait counts n bytes just written and sleeps until the next write may
+// start; it reports false if stop closed meanwhile.
 func (p *pacer) wait(n int64, stop <-chan struct{}) bool {
-	p.bytes += n
-	d := time.Duration(float64(p.bytes)/p.rate*float64(time.Second)) - time.Since(p.start)
-	if d <= 0 {
-		select {
-		case <-stop:
-			return false
-		default:
-			return true
-		}
+	now := time.Now()
+	if p.next.Before(now) {
+		p.next = now
 	}
-	t := time.NewTimer(d)
+	p.next = p.next.Add(time.Duration(float64(n) / p.rate * float64(time.Second)))
+	t := time.NewTimer(p.next.Sub(now))
 	defer t.Stop()
 	select {
 	case <-stop:
