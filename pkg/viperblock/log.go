@@ -160,40 +160,41 @@ func newSalt() uint32 {
 //
 // Free files. The file of a retired segment (all its records committed) is
 // renamed <generation>.free and kept, up to walFreePerShard per shard and
-// walFreeBytes in all, for the next segment of its shard: its header is
-// rewritten with a new salt and made durable under its free name, and only
-// then renamed to the new segment's name, so the records of its previous
-// life read as the end of the log (package wal) and a crash never leaves a
-// segment file with a torn header (reuseFile). Free files are deleted at
-// Close and at Open.
+// MaxPendingBytes/2 bytes in all, for the next segment of its shard: its
+// header is rewritten with a new salt and made durable under its free
+// name, and only then renamed to the new segment's name, so the records of
+// its previous life read as the end of the log (package wal) and a crash
+// never leaves a segment file with a torn header (reuseFile). Free files
+// are deleted at Close and at Open.
 //
-// Preparation. A background goroutine (walPrepLoop) keeps every shard
-// supplied with a free file whose whole length is written: when a shard
-// has no free file it creates prep-<n>.free and writes it with zeros, and
-// a recycled file whose tail was only preallocated (or never reached) gets
-// that tail written with zeros; either is fdatasync'ed before it goes back
-// to the pool, so the segment that takes it appends into initialized space
-// from its first record to its last. The cost is bounded:
+// Preparation. A background goroutine (walPrepLoop) keeps every shard in
+// use (with records not yet committed) supplied with a free file whose
+// whole length is written: when such a shard has no free file it creates
+// prep-<n>.free and writes it with zeros, and a recycled file whose tail
+// was only preallocated (or never reached) gets that tail written with
+// zeros; either is fdatasync'ed before it goes back to the pool, so the
+// segment that takes it appends into written space from its first record
+// to its last. The same goroutine keeps written space ahead of the records
+// of each shard's active segment (fillActive), for a segment whose file
+// did not come prepared (none was ready: the first segments of an open)
+// or that outgrows it. Should the records still reach the file's end, the
+// write extends it itself (extend), walPreallocMin at first and then by
+// its own size (at most walPreallocMax), with fallocate. The cost is
+// bounded:
 //
-//   - space: prepared files count against the same bound as recycled ones
-//     (walFreePerShard per shard, MaxPendingBytes/2 in all), and a shard
-//     gets a new file only when it has none; a prepared file is twice the
-//     share of one shard in a drain (2*DrainBytes/16, within
-//     [walPreallocMin, walPreallocMax]: 8 MiB by default, so at most
-//     16*8 MiB = 128 MiB for a fresh volume's first segments);
+//   - space: a prepared file is twice the share of one shard in a drain
+//     (walPrepSize: 2*DrainBytes/16, within [walPreallocMin,
+//     walPreallocMax]; 8 MiB by default). Prepared files count against the
+//     free files' bound (walFreePerShard per shard, MaxPendingBytes/2 in
+//     all), and a shard gets a new one only when it has no free file, so
+//     by default at most 16*8 MiB = 128 MiB beyond the recycled files; an
+//     active segment's file is written at most a prepared file's length
+//     past its records (another 128 MiB at most);
 //   - bandwidth: the zeros are written in walPrepChunk pieces at no more
 //     than walPrepRate (128 MiB/s), with no credit for idle time, so they
 //     take a bounded share of the disk from drains and WAL writes; in
 //     steady state recycled files, already written, need little or
 //     nothing.
-//
-// The same goroutine keeps written space ahead of the records of each
-// shard's active segment (fillActive), for a segment whose file did not
-// come prepared (none was ready: the first segments of an open) or that
-// outgrows it; the zeros count against the same rate. Should the records
-// still reach the file's end, the write extends it itself (extend),
-// walPreallocMin at first and then by its own size (at most
-// walPreallocMax), with fallocate.
 const (
 	walPreallocMin  = 1 << 20
 	walPreallocMax  = 16 << 20
@@ -256,10 +257,10 @@ func (p *walFree) take(i int, salt uint32) (freeFile, bool) {
 }
 
 // claim marks a free file of shard i that is not fully written as being
-// prepared and returns it; a shard without free files gets a new one,
-// named and reserved, with nothing written (fresh). It reports false when
-// there is nothing to prepare or no room.
-func (p *walFree) claim(i int, dir string) (f freeFile, fresh, ok bool) {
+// prepared and returns it; if create, a shard without free files gets a
+// new one, named and reserved, with nothing written (fresh). It reports
+// false when there is nothing to prepare or no room.
+func (p *walFree) claim(i int, dir string, create bool) (f freeFile, fresh, ok bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for k, f := range p.files[i] {
@@ -268,7 +269,7 @@ func (p *walFree) claim(i int, dir string) (f freeFile, fresh, ok bool) {
 			return f, false, true
 		}
 	}
-	if len(p.files[i]) > 0 || p.prep <= 0 || p.bytes+p.prep > p.max {
+	if !create || len(p.files[i]) > 0 || p.prep <= 0 || p.bytes+p.prep > p.max {
 		return freeFile{}, false, false
 	}
 	p.names++
@@ -970,38 +971,27 @@ func (v *Volume) kickPrep() {
 	}
 }
 
-// walPrepLoop prepares free segment files (see walPrepSize): it goes over
-// the shards whenever kicked, until none has anything to prepare.
+// walPrepLoop prepares free segment files (see walPrepSize) and writes
+// ahead in active ones (fillActive): whenever kicked, it works until
+// nothing is left to do, active segments first, as their appends are due
+// soonest, and going back to them after each free file.
 func (v *Volume) walPrepLoop() {
 	defer v.done.Done()
 	zeros := make([]byte, walPrepChunk)
 	p := pacer{rate: walPrepRate}
 	for {
-		// Active segments first: their next appends are due soon.
-		for i := range nShards {
-			if err := v.fillActive(i, zeros, &p); err != nil {
-				if errors.Is(err, errStopping) {
-					return
-				}
-				v.log.Debug("could not write ahead in a WAL segment file", "shard", i, "err", err)
-			}
-		}
-		for i := range nShards {
-			for {
-				ff, fresh, ok := v.wfree.claim(i, v.shardDir(i))
-				if !ok {
-					break
-				}
-				if err := v.prepFile(i, ff, fresh, zeros, &p); err != nil {
-					v.wfree.prepared(i, ff.path, 0, false)
-					_ = v.fs.Remove(ff.path)
+		for more := true; more; {
+			for i := range nShards {
+				if err := v.fillActive(i, zeros, &p); err != nil {
 					if errors.Is(err, errStopping) {
 						return
 					}
-					v.log.Debug("could not prepare a free WAL segment file", "file", ff.path, "err", err)
-					break // the next kick tries again
+					v.log.Debug("could not write ahead in a WAL segment file", "shard", i, "err", err)
 				}
-				v.wfree.prepared(i, ff.path, ff.size, true)
+			}
+			var err error
+			if more, err = v.prepOne(zeros, &p); errors.Is(err, errStopping) {
+				return
 			}
 		}
 		select {
@@ -1010,6 +1000,34 @@ func (v *Volume) walPrepLoop() {
 		case <-v.wprep:
 		}
 	}
+}
+
+// prepOne prepares one free file, if any shard needs one, and reports
+// whether it did.
+func (v *Volume) prepOne(zeros []byte, p *pacer) (bool, error) {
+	for i := range nShards {
+		// A new file only for a shard in use: an idle volume costs no
+		// space.
+		sh := &v.shards[i]
+		sh.mu.Lock()
+		used := sh.seg.size > 0 || len(sh.sealed) > 0
+		sh.mu.Unlock()
+		ff, fresh, ok := v.wfree.claim(i, v.shardDir(i), used)
+		if !ok {
+			continue
+		}
+		if err := v.prepFile(i, ff, fresh, zeros, p); err != nil {
+			v.wfree.prepared(i, ff.path, 0, false)
+			_ = v.fs.Remove(ff.path)
+			if !errors.Is(err, errStopping) {
+				v.log.Debug("could not prepare a free WAL segment file", "file", ff.path, "err", err)
+			}
+			return false, err // the next kick tries again
+		}
+		v.wfree.prepared(i, ff.path, ff.size, true)
+		return true, nil
+	}
+	return false, nil
 }
 
 var errStopping = errors.New("viperblock: stopping")
@@ -1039,33 +1057,43 @@ func (v *Volume) fillActive(i int, zeros []byte, p *pacer) error {
 	prep := v.wfree.prep
 	var h vfs.File
 	var to int64
+	// next returns where the next piece goes and its length (0: done);
+	// seg.io must be held.
+	next := func() (int64, int64) {
+		if seg.f == nil || seg.dead || seg.path == "" || v.walErr() != nil {
+			return 0, 0
+		}
+		from := max(seg.init, seg.base+seg.written)
+		return from, min(int64(len(zeros)), max(to-from, 0))
+	}
+	seg.io.Lock()
+	if seg.f == nil || seg.dead || seg.path == "" || prep <= 0 || seg.init-(seg.base+seg.written) >= prep/2 {
+		seg.io.Unlock()
+		return nil
+	}
+	to = max(seg.alloc, seg.base+seg.written+prep)
+	h, err := v.fs.OpenReadWrite(seg.path) // the path is the segment's while seg.io is held
+	seg.io.Unlock()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
 	for {
 		seg.io.Lock()
-		if seg.f == nil || seg.dead || seg.path == "" || v.walErr() != nil {
+		_, n := next()
+		seg.io.Unlock()
+		if n == 0 {
+			break
+		}
+		if !p.wait(n, v.stop) { // not under seg.io: Flushes need it
+			return errStopping
+		}
+		seg.io.Lock()
+		from, n := next()
+		if n == 0 {
 			seg.io.Unlock()
 			break
 		}
-		pos := seg.base + seg.written
-		if h == nil {
-			if prep <= 0 || seg.init-pos >= prep/2 {
-				seg.io.Unlock()
-				return nil
-			}
-			to = max(seg.alloc, pos+prep)
-			f, err := v.fs.OpenReadWrite(seg.path)
-			if err != nil {
-				seg.io.Unlock()
-				return err
-			}
-			h = f
-			defer h.Close()
-		}
-		from := max(seg.init, pos)
-		if from >= to {
-			seg.io.Unlock()
-			break
-		}
-		n := min(int64(len(zeros)), to-from)
 		if _, err := h.Seek(from, io.SeekStart); err != nil {
 			seg.io.Unlock()
 			return err
@@ -1077,12 +1105,6 @@ func (v *Volume) fillActive(i int, zeros []byte, p *pacer) error {
 		seg.init = from + n
 		seg.alloc = max(seg.alloc, seg.init)
 		seg.io.Unlock()
-		if !p.wait(n, v.stop) {
-			return errStopping
-		}
-	}
-	if h == nil {
-		return nil
 	}
 	if err := v.crashPoint("wal.before-fill-sync"); err != nil {
 		return err
@@ -1118,13 +1140,13 @@ func (v *Volume) prepFile(i int, ff freeFile, fresh bool, zeros []byte, p *pacer
 	}
 	for off := ff.init; off < ff.size; {
 		n := min(int64(len(zeros)), ff.size-off)
+		if !p.wait(n, v.stop) {
+			return errStopping
+		}
 		if _, err := f.Write(zeros[:n]); err != nil {
 			return err
 		}
 		off += n
-		if !p.wait(n, v.stop) {
-			return errStopping
-		}
 	}
 	if err := v.crashPoint("wal.before-prep-sync"); err != nil {
 		return err
@@ -1139,15 +1161,24 @@ type pacer struct {
 	next time.Time // when the next write may start
 }
 
-// wait counts n bytes just written and sleeps until the next write may
-// start; it reports false if stop closed meanwhile.
+// wait sleeps until a write of n bytes may start and counts it; it reports
+// false if stop closed meanwhile.
 func (p *pacer) wait(n int64, stop <-chan struct{}) bool {
 	now := time.Now()
 	if p.next.Before(now) {
 		p.next = now
 	}
+	d := p.next.Sub(now)
 	p.next = p.next.Add(time.Duration(float64(n) / p.rate * float64(time.Second)))
-	t := time.NewTimer(p.next.Sub(now))
+	if d <= 0 {
+		select {
+		case <-stop:
+			return false
+		default:
+			return true
+		}
+	}
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-stop:
