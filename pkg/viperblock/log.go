@@ -186,22 +186,24 @@ func newSalt() uint32 {
 //     (walPrepSize: 2*DrainBytes/16, within [walPreallocMin,
 //     walPreallocMax]; 8 MiB by default). Prepared files count against the
 //     free files' bound (walFreePerShard per shard, MaxPendingBytes/2 in
-//     all), and a shard gets a new one only when it has no free file, so
-//     by default at most 16*8 MiB = 128 MiB beyond the recycled files; an
-//     active segment's file is written at most a prepared file's length
-//     past its records (another 128 MiB at most);
-//   - bandwidth: the zeros are written in walPrepChunk pieces at no more
-//     than walPrepRate (128 MiB/s), with no credit for idle time, so they
-//     take a bounded share of the disk from drains and WAL writes; in
-//     steady state recycled files, already written, need little or
-//     nothing.
+//     all), and a shard gets a new one only when it has no free file and
+//     no sealed segment (whose file comes back to it once drained), so by
+//     default at most 16*8 MiB = 128 MiB beyond the recycled files; an
+//     active segment's file is written at most half a prepared file's
+//     length past its records (64 MiB in all by default);
+//   - bandwidth: the zeros are written in walPrepChunk (256 KiB) pieces,
+//     each sent to the disk at once (not left for a sync to write in one
+//     burst), at no more than walPrepRate (64 MiB/s), with no credit for
+//     idle time, so they take a bounded share of the disk from drains and
+//     WAL writes; in steady state recycled files, already written, need
+//     little or nothing.
 const (
 	walPreallocMin  = 1 << 20
 	walPreallocMax  = 16 << 20
 	walFreePerShard = 2
 	walFreeSuffix   = ".free"
-	walPrepChunk    = 1 << 20
-	walPrepRate     = 128 << 20 // bytes per second
+	walPrepChunk    = 256 << 10
+	walPrepRate     = 64 << 20 // bytes per second
 )
 
 // walPrepSize is the size of a prepared free file for a drain threshold.
@@ -498,7 +500,7 @@ func (v *Volume) writeOut(sh *shard, seg *segment, target int64, sync bool) erro
 	if need := seg.base + end; need > seg.alloc {
 		v.extend(seg, need)
 	}
-	if seg.init-(seg.base+end) < v.wfree.prep/2 {
+	if seg.init-(seg.base+end) < v.wfree.prep/4 {
 		v.kickPrep() // fillActive: keep written space ahead of the records
 	}
 	for _, p := range parts {
@@ -1006,11 +1008,13 @@ func (v *Volume) walPrepLoop() {
 // whether it did.
 func (v *Volume) prepOne(zeros []byte, p *pacer) (bool, error) {
 	for i := range nShards {
-		// A new file only for a shard in use: an idle volume costs no
-		// space.
+		// A new file only for a shard in use (an idle volume costs no
+		// space) and with no sealed segment, whose file comes back to the
+		// pool once a drain commits it, before the shard's next segment
+		// is due (at the next drain).
 		sh := &v.shards[i]
 		sh.mu.Lock()
-		used := sh.seg.size > 0 || len(sh.sealed) > 0
+		used := sh.seg.size > 0 && len(sh.sealed) == 0
 		sh.mu.Unlock()
 		ff, fresh, ok := v.wfree.claim(i, v.shardDir(i), used)
 		if !ok {
@@ -1036,9 +1040,9 @@ var errStopping = errors.New("viperblock: stopping")
 // segment, so that its appends never reach space that is preallocated
 // (unwritten extents) or past the file's end: a segment whose file did not
 // come prepared (no free file was ready) or that outgrows it. When less
-// than half a prepared file's length is written ahead of the next record,
-// it writes zeros from there up to a prepared file's length ahead (or to
-// the file's preallocated size, if more), and fdatasyncs them.
+// than a quarter of a prepared file's length is written ahead of the next
+// record, it writes zeros from there up to half that length ahead, and
+// fdatasyncs them piece by piece.
 //
 // The zeros are written under seg.io, in walPrepChunk pieces, and only at
 // or past the end of what the segment has written to its file, so no
@@ -1067,11 +1071,11 @@ func (v *Volume) fillActive(i int, zeros []byte, p *pacer) error {
 		return from, min(int64(len(zeros)), max(to-from, 0))
 	}
 	seg.io.Lock()
-	if seg.f == nil || seg.dead || seg.path == "" || prep <= 0 || seg.init-(seg.base+seg.written) >= prep/2 {
+	if seg.f == nil || seg.dead || seg.path == "" || prep <= 0 || seg.init-(seg.base+seg.written) >= prep/4 {
 		seg.io.Unlock()
 		return nil
 	}
-	to = max(seg.alloc, seg.base+seg.written+prep)
+	to = seg.base + seg.written + prep/2
 	h, err := v.fs.OpenReadWrite(seg.path) // the path is the segment's while seg.io is held
 	seg.io.Unlock()
 	if err != nil {
@@ -1105,11 +1109,17 @@ func (v *Volume) fillActive(i int, zeros []byte, p *pacer) error {
 		seg.init = from + n
 		seg.alloc = max(seg.alloc, seg.init)
 		seg.io.Unlock()
+		// Synced a piece at a time: what the zeros change in the file's
+		// metadata (its size, extents converted from unwritten) is
+		// committed here, not by a Flush's fdatasync of the segment.
+		if err := v.crashPoint("wal.before-fill-sync"); err != nil {
+			return err
+		}
+		if err := vfs.DataSync(h); err != nil {
+			return err
+		}
 	}
-	if err := v.crashPoint("wal.before-fill-sync"); err != nil {
-		return err
-	}
-	return vfs.DataSync(h)
+	return nil
 }
 
 // prepFile writes zeros over a free file's tail, from its init to its size
@@ -1146,6 +1156,7 @@ func (v *Volume) prepFile(i int, ff freeFile, fresh bool, zeros []byte, p *pacer
 		if _, err := f.Write(zeros[:n]); err != nil {
 			return err
 		}
+		vfs.StartWriteback(f) // a piece at a time, not all at the sync
 		off += n
 	}
 	if err := v.crashPoint("wal.before-prep-sync"); err != nil {
