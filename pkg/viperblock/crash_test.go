@@ -147,6 +147,7 @@ func TestCrashRandom(t *testing.T) {
 // crashPoints are the engine's named crash points.
 var crashPoints = []string{
 	"wal.before-fsync", "wal.before-dir-sync", "wal.before-recycle-sync", "wal.before-recycle-rename",
+	"wal.before-prep-sync", "wal.before-fill-sync",
 	"wal.before-write-ahead",
 	"drain.before-chunk-put", "drain.before-chunk-sync", "drain.before-commit", "drain.after-commit",
 	"drain.before-skip-wal",

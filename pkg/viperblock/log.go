@@ -132,6 +132,7 @@ type segment struct {
 
 	salt  uint32 // every record's salt (wal format version 2); fixed at creation
 	alloc int64  // the file's size: records may be written below it without growing it; guarded by io
+	init  int64  // the file's written length (see freeFile.init); guarded by io
 }
 
 func (v *Volume) shardDir(i int) string { return filepath.Join(v.wdir, fmt.Sprintf("%02d", i)) }
@@ -149,33 +150,82 @@ func newSalt() uint32 {
 	}
 }
 
-// WAL segment files are preallocated and recycled, so that the write a
-// Flush syncs lands in space the file already has: an fdatasync then
-// writes the data alone, where a write that grows the file also commits
-// the filesystem's journal (its size and block map). A new file is
-// extended ahead of its writes, walPreallocMin at first and then by its
-// own size (at most walPreallocMax) whenever the records reach its end.
-// The file of a retired segment (all its records committed) is renamed
-// <generation>.free and kept, up to walFreePerShard per shard and
-// walFreeBytes in all, for the next segment of its shard: its header is
-// rewritten with a new salt and made durable under its free name, and only
-// then renamed to the new segment's name, so the records of its previous
-// life read as the end of the log (package wal) and a crash never leaves a
-// segment file with a torn header (reuseFile). Free files are deleted at
-// Close and at Open.
+// WAL segment files are prepared ahead of need and recycled, so that the
+// write a Flush syncs lands in space the file already has and has already
+// written: an fdatasync then writes the data alone. A write that grows the
+// file also commits the filesystem's journal (its size and block map), and
+// so does the first write into preallocated (fallocate) space, which the
+// filesystem keeps as unwritten extents until their data is on disk and
+// converts in the journal at that write's sync.
+//
+// Free files. The file of a retired segment (all its records committed) is
+// renamed <generation>.free and kept, up to walFreePerShard per shard and
+// MaxPendingBytes/2 bytes in all, for the next segment of its shard: its
+// header is rewritten with a new salt and made durable under its free
+// name, and only then renamed to the new segment's name, so the records of
+// its previous life read as the end of the log (package wal) and a crash
+// never leaves a segment file with a torn header (reuseFile). Free files
+// are deleted at Close and at Open.
+//
+// Preparation. A background goroutine (walPrepLoop) keeps every shard in
+// use (with records not yet committed) supplied with a free file whose
+// whole length is written: when such a shard has no free file it creates
+// prep-<n>.free and writes it with zeros, and a recycled file whose tail
+// was only preallocated (or never reached) gets that tail written with
+// zeros; either is fdatasync'ed before it goes back to the pool, so the
+// segment that takes it appends into written space from its first record
+// to its last. The same goroutine keeps written space ahead of the records
+// of each shard's active segment (fillActive), for a segment whose file
+// did not come prepared (none was ready: the first segments of an open)
+// or that outgrows it. Should the records still reach the file's end, the
+// write extends it itself (extend), walPreallocMin at first and then by
+// its own size (at most walPreallocMax), with fallocate. The cost is
+// bounded:
+//
+//   - space: a prepared file is twice the share of one shard in a drain
+//     (walPrepSize: 2*DrainBytes/16, within [walPreallocMin,
+//     walPreallocMax]; 8 MiB by default). Prepared files count against the
+//     free files' bound (walFreePerShard per shard, MaxPendingBytes/2 in
+//     all), and a shard gets a new one only when it has no free file and
+//     no sealed segment (whose file comes back to it once drained), so by
+//     default at most 16*8 MiB = 128 MiB beyond the recycled files; an
+//     active segment's file is written at most half a prepared file's
+//     length past its records (64 MiB in all by default);
+//   - bandwidth: the zeros are written in walPrepChunk (256 KiB) pieces,
+//     each sent to the disk at once (not left for a sync to write in one
+//     burst), at no more than walPrepRate (64 MiB/s), with no credit for
+//     idle time, so they take a bounded share of the disk from drains and
+//     WAL writes; in steady state recycled files, already written, need
+//     little or nothing.
 const (
 	walPreallocMin  = 1 << 20
 	walPreallocMax  = 16 << 20
 	walFreePerShard = 2
 	walFreeSuffix   = ".free"
+	walPrepChunk    = 256 << 10
+	walPrepRate     = 64 << 20 // bytes per second
 )
+
+// walPrepSize is the size of a prepared free file for a drain threshold.
+func walPrepSize(drainBytes int64) int64 {
+	n := (2*drainBytes/nShards + walPreallocMin - 1) / walPreallocMin * walPreallocMin
+	return min(max(n, walPreallocMin), walPreallocMax)
+}
 
 // freeFile is a retired segment file kept for reuse.
 type freeFile struct {
 	path string
 	size int64
-	salt uint32 // the salt of its last life (never reused for the next)
+	// init is how much of the file, from its start, is written (a header,
+	// records or zeros) rather than a hole or preallocated: appends below
+	// it convert no unwritten extent. Equal to size once prepared.
+	init int64
+	salt uint32 // the salt of its last life (never reused for the next); 0 for a prepared file
+	busy bool   // being prepared: not to be taken
 }
+
+// ready reports whether f is written over its whole length.
+func (f freeFile) ready() bool { return f.init >= f.size }
 
 // walFree is a volume's pool of free segment files.
 type walFree struct {
@@ -183,22 +233,71 @@ type walFree struct {
 	files [nShards][]freeFile
 	bytes int64
 	max   int64 // most bytes kept; fixed at open
+	prep  int64 // the size of a prepared file; fixed at open
+	names int   // prepared files created (their names)
 }
 
 // take removes and returns a free file of shard i whose last salt is not
-// salt.
+// salt and that is not being prepared, a fully written one if there is.
 func (p *walFree) take(i int, salt uint32) (freeFile, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	l := p.files[i]
+	best := -1
 	for k := len(l) - 1; k >= 0; k-- {
-		if f := l[k]; f.salt != salt {
-			p.files[i] = append(l[:k], l[k+1:]...)
-			p.bytes -= f.size
-			return f, true
+		if f := l[k]; f.salt != salt && !f.busy && (best < 0 || f.ready() && !l[best].ready()) {
+			best = k
 		}
 	}
-	return freeFile{}, false
+	if best < 0 {
+		return freeFile{}, false
+	}
+	f := l[best]
+	p.files[i] = append(l[:best], l[best+1:]...)
+	p.bytes -= f.size
+	return f, true
+}
+
+// claim marks a free file of shard i that is not fully written as being
+// prepared and returns it; if create, a shard without free files gets a
+// new one, named and reserved, with nothing written (fresh). It reports
+// false when there is nothing to prepare or no room.
+func (p *walFree) claim(i int, dir string, create bool) (f freeFile, fresh, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, f := range p.files[i] {
+		if !f.busy && !f.ready() {
+			p.files[i][k].busy = true
+			return f, false, true
+		}
+	}
+	if !create || len(p.files[i]) > 0 || p.prep <= 0 || p.bytes+p.prep > p.max {
+		return freeFile{}, false, false
+	}
+	p.names++
+	f = freeFile{path: filepath.Join(dir, fmt.Sprintf("prep-%d%s", p.names, walFreeSuffix)), size: p.prep, busy: true}
+	p.files[i] = append(p.files[i], f)
+	p.bytes += f.size
+	return f, true, true
+}
+
+// prepared ends the preparation of shard i's free file at path: it is
+// written up to init, or, if !ok, gone from the pool (and the disk).
+func (p *walFree) prepared(i int, path string, init int64, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k, f := range p.files[i] {
+		if f.path == path {
+			if ok {
+				p.files[i][k].busy = false
+				p.files[i][k].init = init
+			} else {
+				p.files[i] = append(p.files[i][:k], p.files[i][k+1:]...)
+				p.bytes -= f.size
+			}
+			return
+		}
+	}
 }
 
 // room reserves room for a file of size bytes in shard i's pool.
@@ -250,7 +349,11 @@ func (v *Volume) recycle(seg *segment) {
 		// replayed under its old name, and its records, all committed,
 		// are skipped.
 		if err := v.fs.Rename(seg.path, free); err == nil {
-			v.wfree.put(seg.shard, freeFile{path: free, size: size, salt: seg.salt})
+			init := min(max(seg.init, seg.base+seg.written), size)
+			v.wfree.put(seg.shard, freeFile{path: free, size: size, init: init, salt: seg.salt})
+			if init < size {
+				v.kickPrep()
+			}
 			return
 		}
 		v.wfree.unreserve(size)
@@ -397,6 +500,9 @@ func (v *Volume) writeOut(sh *shard, seg *segment, target int64, sync bool) erro
 	if need := seg.base + end; need > seg.alloc {
 		v.extend(seg, need)
 	}
+	if seg.init-(seg.base+end) < v.wfree.prep/4 {
+		v.kickPrep() // fillActive: keep written space ahead of the records
+	}
 	for _, p := range parts {
 		if _, err := seg.f.Write(p); err != nil {
 			return v.failedWrite(seg, fmt.Errorf("viperblock: write WAL %s: %w", seg.path, err))
@@ -438,6 +544,7 @@ func (v *Volume) failedWrite(seg *segment, err error) error {
 	}
 	good := seg.base + seg.written
 	seg.alloc = good
+	seg.init = min(seg.init, good)
 	if terr := seg.f.Truncate(good); terr != nil {
 		return v.setWALErr(fmt.Errorf("%w; truncating back to the last good record failed: %v", err, terr))
 	}
@@ -449,10 +556,11 @@ func (v *Volume) failedWrite(seg *segment, err error) error {
 
 func (v *Volume) createSegmentFile(sh *shard, seg *segment) error {
 	hdr := wal.AppendSegmentHeader(nil, wal.SegmentHeader{Shard: uint16(sh.idx), Epoch: v.epoch, Generation: seg.gen, Salt: seg.salt, Created: uint32(time.Now().Unix()), Volume: v.name})
-	f, size, err := v.reuseFile(sh.idx, seg, hdr)
+	f, ff, err := v.reuseFile(sh.idx, seg, hdr)
 	if err != nil {
 		return err
 	}
+	size, init := ff.size, ff.init
 	if f == nil {
 		if f, err = v.fs.Create(seg.path); err != nil {
 			return fmt.Errorf("viperblock: create WAL segment: %w", err)
@@ -476,13 +584,15 @@ func (v *Volume) createSegmentFile(sh *shard, seg *segment) error {
 	seg.f = f
 	seg.base = int64(len(hdr))
 	seg.alloc = max(size, seg.base)
+	seg.init = max(init, seg.base)
 	seg.created = true
 	return nil
 }
 
 // reuseFile turns a free file of shard i into seg's file, with hdr written
-// at its start and durable, or returns a nil file when none is free. Its
-// size is what records can fill without growing it.
+// at its start and durable, or returns a nil file when none is free, and
+// the free file it was: its size is what records can fill without growing
+// it, its init what they can fill without converting unwritten extents.
 //
 // The header is rewritten while the file still has its free name, and that
 // name is made durable first: a crash at any step then leaves either a free
@@ -490,13 +600,14 @@ func (v *Volume) createSegmentFile(sh *shard, seg *segment) error {
 // durable, never a segment file with a torn header, which would read as
 // corruption. Only the crash points' errors are returned; a file that
 // fails any step is deleted and the next one tried.
-func (v *Volume) reuseFile(i int, seg *segment, hdr []byte) (vfs.File, int64, error) {
+func (v *Volume) reuseFile(i int, seg *segment, hdr []byte) (vfs.File, freeFile, error) {
 	synced := false
 	for {
 		ff, ok := v.wfree.take(i, seg.salt)
 		if !ok {
-			return nil, 0, nil
+			return nil, freeFile{}, nil
 		}
+		v.kickPrep() // the shard may need another
 		if !synced {
 			// The rename that retired the file was not synced.
 			if err := vfs.SyncDir(v.fs, v.shardDir(i)); err != nil {
@@ -510,6 +621,11 @@ func (v *Volume) reuseFile(i int, seg *segment, hdr []byte) (vfs.File, int64, er
 			_ = v.fs.Remove(ff.path)
 			continue
 		}
+		// Records do not fill whole pages, so each append also writes
+		// part of the next page, which is read first unless cached (a
+		// page of unwritten extents reads as zeros without a read): have
+		// the file cached before the records come, off the Flush path.
+		vfs.WillNeed(f)
 		if _, err := f.Write(hdr); err != nil {
 			f.Close()
 			_ = v.fs.Remove(ff.path)
@@ -517,7 +633,7 @@ func (v *Volume) reuseFile(i int, seg *segment, hdr []byte) (vfs.File, int64, er
 		}
 		if err := v.crashPoint("wal.before-recycle-sync"); err != nil {
 			f.Close()
-			return nil, 0, err
+			return nil, freeFile{}, err
 		}
 		if err := vfs.DataSync(f); err != nil {
 			f.Close()
@@ -526,7 +642,7 @@ func (v *Volume) reuseFile(i int, seg *segment, hdr []byte) (vfs.File, int64, er
 		}
 		if err := v.crashPoint("wal.before-recycle-rename"); err != nil {
 			f.Close()
-			return nil, 0, err
+			return nil, freeFile{}, err
 		}
 		if err := v.fs.Rename(ff.path, seg.path); err != nil {
 			f.Close()
@@ -534,7 +650,7 @@ func (v *Volume) reuseFile(i int, seg *segment, hdr []byte) (vfs.File, int64, er
 			continue
 		}
 		v.stats.walRecycled.Add(1)
-		return f, ff.size, nil
+		return f, ff, nil
 	}
 }
 
@@ -847,4 +963,238 @@ func (v *Volume) newestUnwritten() (*shard, *segment) {
 		sh.mu.Unlock()
 	}
 	return bsh, best
+}
+
+// kickPrep wakes the goroutine that prepares free segment files.
+func (v *Volume) kickPrep() {
+	select {
+	case v.wprep <- struct{}{}:
+	default:
+	}
+}
+
+// walPrepLoop prepares free segment files (see walPrepSize) and writes
+// ahead in active ones (fillActive): whenever kicked, it works until
+// nothing is left to do, active segments first, as their appends are due
+// soonest, and going back to them after each free file.
+func (v *Volume) walPrepLoop() {
+	defer v.done.Done()
+	zeros := make([]byte, walPrepChunk)
+	p := pacer{rate: walPrepRate}
+	for {
+		for more := true; more; {
+			for i := range nShards {
+				if err := v.fillActive(i, zeros, &p); err != nil {
+					if errors.Is(err, errStopping) {
+						return
+					}
+					v.log.Debug("could not write ahead in a WAL segment file", "shard", i, "err", err)
+				}
+			}
+			var err error
+			if more, err = v.prepOne(zeros, &p); errors.Is(err, errStopping) {
+				return
+			}
+		}
+		select {
+		case <-v.stop:
+			return
+		case <-v.wprep:
+		}
+	}
+}
+
+// prepOne prepares one free file, if any shard needs one, and reports
+// whether it did.
+func (v *Volume) prepOne(zeros []byte, p *pacer) (bool, error) {
+	for i := range nShards {
+		// A new file only for a shard in use (an idle volume costs no
+		// space) and with no sealed segment, whose file comes back to the
+		// pool once a drain commits it, before the shard's next segment
+		// is due (at the next drain).
+		sh := &v.shards[i]
+		sh.mu.Lock()
+		used := sh.seg.size > 0 && len(sh.sealed) == 0
+		sh.mu.Unlock()
+		ff, fresh, ok := v.wfree.claim(i, v.shardDir(i), used)
+		if !ok {
+			continue
+		}
+		if err := v.prepFile(i, ff, fresh, zeros, p); err != nil {
+			v.wfree.prepared(i, ff.path, 0, false)
+			_ = v.fs.Remove(ff.path)
+			if !errors.Is(err, errStopping) {
+				v.log.Debug("could not prepare a free WAL segment file", "file", ff.path, "err", err)
+			}
+			return false, err // the next kick tries again
+		}
+		v.wfree.prepared(i, ff.path, ff.size, true)
+		return true, nil
+	}
+	return false, nil
+}
+
+var errStopping = errors.New("viperblock: stopping")
+
+// fillActive keeps written space ahead of the records of shard i's active
+// segment, so that its appends never reach space that is preallocated
+// (unwritten extents) or past the file's end: a segment whose file did not
+// come prepared (no free file was ready) or that outgrows it. When less
+// than a quarter of a prepared file's length is written ahead of the next
+// record, it writes zeros from there up to half that length ahead, and
+// fdatasyncs them piece by piece.
+//
+// The zeros are written under seg.io, in walPrepChunk pieces, and only at
+// or past the end of what the segment has written to its file, so no
+// record is ever overwritten: records appended later overwrite zeros, as
+// in a prepared file. Zeros after the last record read as the end of the
+// log (package wal), synced or not. The file is written through a handle
+// of its own (the segment's keeps its offset), opened under seg.io while
+// the segment is live; its fdatasync, outside seg.io so Flushes need not
+// wait, only makes durable what is already written, so it is harmless
+// even once the segment is retired and its file reused.
+func (v *Volume) fillActive(i int, zeros []byte, p *pacer) error {
+	sh := &v.shards[i]
+	sh.mu.Lock()
+	seg := sh.seg
+	sh.mu.Unlock()
+	prep := v.wfree.prep
+	var h vfs.File
+	var to int64
+	// next returns where the next piece goes and its length (0: done);
+	// seg.io must be held.
+	next := func() (int64, int64) {
+		if seg.f == nil || seg.dead || seg.path == "" || v.walErr() != nil {
+			return 0, 0
+		}
+		from := max(seg.init, seg.base+seg.written)
+		return from, min(int64(len(zeros)), max(to-from, 0))
+	}
+	seg.io.Lock()
+	if seg.f == nil || seg.dead || seg.path == "" || prep <= 0 || seg.init-(seg.base+seg.written) >= prep/4 {
+		seg.io.Unlock()
+		return nil
+	}
+	to = seg.base + seg.written + prep/2
+	h, err := v.fs.OpenReadWrite(seg.path) // the path is the segment's while seg.io is held
+	seg.io.Unlock()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	for {
+		seg.io.Lock()
+		_, n := next()
+		seg.io.Unlock()
+		if n == 0 {
+			break
+		}
+		if !p.wait(n, v.stop) { // not under seg.io: Flushes need it
+			return errStopping
+		}
+		seg.io.Lock()
+		from, n := next()
+		if n == 0 {
+			seg.io.Unlock()
+			break
+		}
+		if _, err := h.Seek(from, io.SeekStart); err != nil {
+			seg.io.Unlock()
+			return err
+		}
+		if _, err := h.Write(zeros[:n]); err != nil {
+			seg.io.Unlock()
+			return err
+		}
+		seg.init = from + n
+		seg.alloc = max(seg.alloc, seg.init)
+		seg.io.Unlock()
+		// Synced a piece at a time: what the zeros change in the file's
+		// metadata (its size, extents converted from unwritten) is
+		// committed here, not by a Flush's fdatasync of the segment.
+		if err := v.crashPoint("wal.before-fill-sync"); err != nil {
+			return err
+		}
+		if err := vfs.DataSync(h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// prepFile writes zeros over a free file's tail, from its init to its size
+// (a fresh file is created first), and fdatasyncs it. The file has its
+// free name, durable, throughout, so a crash at any point leaves a free
+// file, which the next open deletes: a recycled file's free name is made
+// durable before anything is written (recycle does not sync the rename,
+// and until then the file may come back under its segment name, whose
+// header and records must then be intact). A fresh file's name need not
+// be durable: reuseFile syncs the directory before it uses a free file.
+func (v *Volume) prepFile(i int, ff freeFile, fresh bool, zeros []byte, p *pacer) error {
+	var f vfs.File
+	var err error
+	if fresh {
+		f, err = v.fs.Create(ff.path)
+	} else {
+		if err := vfs.SyncDir(v.fs, v.shardDir(i)); err != nil {
+			return err
+		}
+		f, err = v.fs.OpenReadWrite(ff.path)
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Seek(ff.init, io.SeekStart); err != nil {
+		return err
+	}
+	for off := ff.init; off < ff.size; {
+		n := min(int64(len(zeros)), ff.size-off)
+		if !p.wait(n, v.stop) {
+			return errStopping
+		}
+		if _, err := f.Write(zeros[:n]); err != nil {
+			return err
+		}
+		vfs.StartWriteback(f) // a piece at a time, not all at the sync
+		off += n
+	}
+	if err := v.crashPoint("wal.before-prep-sync"); err != nil {
+		return err
+	}
+	return vfs.DataSync(f)
+}
+
+// pacer spaces writes so that they proceed at no more than rate bytes a
+// second; time spent idle earns no credit for a later burst.
+type pacer struct {
+	rate float64
+	next time.Time // when the next write may start
+}
+
+// wait sleeps until a write of n bytes may start and counts it; it reports
+// false if stop closed meanwhile.
+func (p *pacer) wait(n int64, stop <-chan struct{}) bool {
+	now := time.Now()
+	if p.next.Before(now) {
+		p.next = now
+	}
+	d := p.next.Sub(now)
+	p.next = p.next.Add(time.Duration(float64(n) / p.rate * float64(time.Second)))
+	if d <= 0 {
+		select {
+		case <-stop:
+			return false
+		default:
+			return true
+		}
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-stop:
+		return false
+	case <-t.C:
+		return true
+	}
 }

@@ -76,10 +76,12 @@ func (v *Volume) Start() {
 			return
 		}
 		v.startReadCache()
-		v.done.Add(3)
+		v.done.Add(4)
 		go v.drainLoop()
 		go v.writebackLoop()
 		go v.compactLoop()
+		go v.walPrepLoop()
+		v.kickPrep()
 		v.startLease()
 		if v.pending.Load() > 0 {
 			v.kickDrain()
@@ -109,10 +111,11 @@ func newVolume(store backend.Store, name string, m *manifest.Manifest, ver backe
 	v := &Volume{
 		name: name, store: store, opts: opts, log: opts.Logger.With("volume", name), fs: opts.FS,
 		man: m, manVer: ver, epoch: m.Epoch, owner: m.Owner, refs: append([]string{name}, m.Refs...),
-		kick: make(chan struct{}, 1), builders: make(chan *chunk.Builder, opts.UploadConcurrency), writeback: make(chan *segment, 64), stop: make(chan struct{}),
+		kick: make(chan struct{}, 1), wprep: make(chan struct{}, 1), builders: make(chan *chunk.Builder, opts.UploadConcurrency), writeback: make(chan *segment, 64), stop: make(chan struct{}),
 	}
 	v.waitCond = sync.NewCond(&v.waitMu)
 	v.wfree.max = opts.MaxPendingBytes / 2
+	v.wfree.prep = walPrepSize(opts.DrainBytes)
 	v.committedHW.Store(m.SeqHW)
 	v.idx.max = opts.chunkIndexes()
 	v.cache = cache.New(opts.CacheBlocks)

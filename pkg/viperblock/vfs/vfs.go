@@ -281,6 +281,17 @@ func StartWriteback(f File) {
 	}
 }
 
+// WillNeed asks the operating system to start reading f's data into its
+// cache, without waiting, because it is about to be overwritten in pieces
+// that do not cover whole pages: a write of part of a page that is not
+// cached must first read the page from disk. It is a hint: files that
+// cannot take it ignore it.
+func WillNeed(f File) {
+	if w, ok := f.(interface{ willNeed() }); ok {
+		w.willNeed()
+	}
+}
+
 // MkdirAllDurable creates dir and any missing parents and syncs each parent
 // whose entries changed, so the new directories survive a crash.
 func MkdirAllDurable(fs FS, dir string) error {

@@ -19,3 +19,7 @@ func (f osFile) allocate(size int64) error {
 	}
 	return unix.Fallocate(int(f.Fd()), 0, 0, size)
 }
+
+// willNeed is posix_fadvise POSIX_FADV_WILLNEED over the whole file: it
+// starts reading what is not cached, without waiting.
+func (f osFile) willNeed() { _ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_WILLNEED) }

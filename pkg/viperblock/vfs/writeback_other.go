@@ -5,3 +5,5 @@ package vfs
 func (f osFile) startWriteback() {}
 
 func (f osFile) dataSync() error { return f.Sync() }
+
+func (f osFile) willNeed() {}
