@@ -224,6 +224,8 @@ func (v *Volume) uploadTail(ctx context.Context) error {
 		sh.mu.Unlock()
 	}
 	if len(buf) > 0 {
+		// Sealed out of the shard locks: the copies are ours.
+		v.sealInPlace(buf)
 		sl.counter++
 		key := sl.dir + fmt.Sprintf("%016x", sl.counter)
 		if err := v.store.Put(ctx, key, encodeStoreLog(v.epoch, sl.counter, first, last, buf)); err != nil {
