@@ -406,11 +406,15 @@ func Seal(dst, src []byte, aead cipher.AEAD) ([]byte, int) {
 	start := len(dst)
 	dst = append(dst, src[:48]...)
 	rec := dst[start:]
-	rec[4] = typ &^ 0x80
-	nonce := sealNonce(rec[4], binary.LittleEndian.Uint64(rec[8:]))
-	aad := sealAAD(rec)
-	dst = aead.Seal(dst, nonce[:], src[48:n-tagSize], aad[:])
+	rec[4], rec[5], rec[6], rec[7] = typ&^0x80, 0, 0, 0
+	// Nothing allocated: the nonce, the type (4 bytes) then the sequence
+	// number, is bytes [4, 16) of the record; the additional data, bytes
+	// [4, 28) and [32, 48), is made contiguous by moving [32, 48) down
+	// over the CRC's place while the record is sealed, then back.
+	copy(rec[28:44], rec[32:48])
+	dst = aead.Seal(dst, rec[4:16], src[48:n-tagSize], rec[4:44])
 	rec = dst[start:]
+	copy(rec[32:48], rec[28:44])
 	c := crc32.Update(CRC(rec[:28]), castagnoli, rec[HeaderSize:n])
 	binary.LittleEndian.PutUint32(rec[28:], c)
 	return dst, n
@@ -424,9 +428,13 @@ func Open(r Record, aead cipher.AEAD, dst []byte) ([]byte, error) {
 	if !r.Sealed() || len(r.Raw) < SealedTrimLen {
 		return nil, fmt.Errorf("%w: not a sealed record", ErrCorrupt)
 	}
-	n := sealNonce(r.Type, r.Seq)
+	if r.Raw[5]|r.Raw[6]|r.Raw[7] != 0 {
+		return nil, fmt.Errorf("%w: sealed record seq %d: reserved bytes set", ErrCorrupt, r.Seq)
+	}
+	// The nonce, the type (4 bytes) then the sequence number, is bytes
+	// [4, 16) of the record (the reserved bytes are zero).
 	aad := sealAAD(r.Raw)
-	out, err := aead.Open(dst[:0], n[:], r.Raw[48:], aad[:])
+	out, err := aead.Open(dst[:0], r.Raw[4:16], r.Raw[48:], aad[:])
 	if err != nil {
 		return nil, fmt.Errorf("%w: sealed record seq %d (block %d) fails authentication", ErrCorrupt, r.Seq, r.Block)
 	}
