@@ -374,6 +374,26 @@ func (v *Volume) checkRecord(r wal.Record, scratch []byte) error {
 	return nil
 }
 
+// takeRecord verifies a record read back from the local WAL, as
+// checkRecord does, and unseals a sealed one where it lies: the replayed
+// records are then held like those this open appends, so that reads and
+// the drain do not open them again. Their segments are in their files
+// already and are never written again; should the store log need them,
+// sealing them again gives back the same bytes (see package wal).
+func (v *Volume) takeRecord(r wal.Record) error {
+	if !r.Sealed() || v.keys == nil {
+		return v.checkRecord(r, nil)
+	}
+	a, err := v.keys.walKey(r.KeyID, r.Epoch)
+	if err != nil {
+		return err
+	}
+	if err := wal.Unseal(r, a); err != nil {
+		return fmt.Errorf("%w: volume %s: %v", ErrCorrupt, v.name, err)
+	}
+	return nil
+}
+
 // copyEntry copies the block of block-store entry e into dst. The records
 // in memory were written by this process or verified when read back, so
 // a failure is a bug.

@@ -355,6 +355,26 @@ func TestNoPlaintextWrittenOut(t *testing.T) {
 				v.abandon()
 				crash.Store(false)
 				if p.name == "store-log" {
+					// Replayed on this node (unsealed in memory), then sealed
+					// again, under the old epoch's key, for the store log of
+					// the next open (no drain: DeferBackground).
+					o2 := o
+					o2.DeferBackground = true
+					r, err := Open(ctx, d.store, "vol", o2)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if err := r.Flush(); err != nil {
+						t.Fatal(err)
+					}
+					if r.stats.storeLogPuts.Load() == 0 {
+						t.Fatal("the replayed records were not uploaded to the store log")
+					}
+					if found := findMarker(t, full[:64], d.storeDir, d.walDir); encrypted == (len(found) > 0) {
+						t.Fatalf("marker after the replayed records' upload: %v (encrypted %v)", found, encrypted)
+					}
+					r.abandon()
+					// Then on another node: from the store log alone.
 					o.WALDir = t.TempDir()
 				}
 				r, err := Open(ctx, d.store, "vol", o)

@@ -368,6 +368,9 @@ func (v *Volume) adoptStoreLog(recs []wal.Record, replayed []trimRange) {
 		sh := &v.shards[i]
 		for off := 0; off < len(buf); {
 			r := wal.ParseTrusted(buf[off:])
+			if r.Sealed() && v.takeRecord(r) == nil { // verified already: opened once, here
+				r = wal.ParseTrusted(buf[off:])
+			}
 			if r.IsBlock() && r.Block < uint64(v.size.Load()/BlockSize) && !deadSeq[r.Seq] {
 				if e, ok := sh.blocks[r.Block]; !ok || e.seq < r.Seq {
 					sh.blocks[r.Block] = entry{seq: r.Seq, sl: sl, off: off}

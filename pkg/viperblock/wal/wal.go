@@ -441,6 +441,22 @@ func Open(r Record, aead cipher.AEAD, dst []byte) ([]byte, error) {
 	return out, nil
 }
 
+// Unseal authenticates the sealed record r (as Open) and turns it, where
+// it lies (r.Raw), into its unsealed form (see "Unsealed records"): for a
+// writer that holds records it read back in memory, so that reading them
+// does not open them again. On failure it returns ErrCorrupt and the
+// record's bytes are no longer usable.
+func Unseal(r Record, aead cipher.AEAD) error {
+	if _, err := Open(r, aead, r.Raw[48:48]); err != nil {
+		return err
+	}
+	rec := r.Raw
+	rec[4] |= 0x80
+	clear(rec[28:32])
+	clear(rec[len(rec)-tagSize:])
+	return nil
+}
+
 func putHeader(dst []byte, salt uint32, typ uint8, seq, block uint64, n uint32) {
 	binary.LittleEndian.PutUint32(dst[0:4], salt)
 	dst[4], dst[5], dst[6], dst[7] = typ, 0, 0, 0
