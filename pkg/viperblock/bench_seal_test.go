@@ -131,7 +131,9 @@ func reportCPU(b *testing.B) func() {
 //   - write-4k-random, write-1m-seq: writes acknowledged from memory, then
 //     the drain that seals and uploads them, inside the timing;
 //   - read-4k-random, read-1m-seq: cold reads (no cache) of a full volume,
-//     each one a ranged store read (and decode).
+//     each one a ranged store read (and decode); read-1m-seq-readahead:
+//     sequential reads as a server makes them, through the block cache
+//     with read-ahead.
 //
 // It reports the compression ratio (block bytes / stored bytes). The store
 // is in memory unless VB_BENCH_STORE=file. Run:
@@ -213,6 +215,23 @@ func BenchmarkSeal(b *testing.B) {
 					defer reportCPU(b)()
 					for i := 0; i < b.N; i++ {
 						if _, err := v.ReadAt(p, rng.Int63n(sealBenchSize/BlockSize)*BlockSize); err != nil {
+							b.Fatal(err)
+						}
+					}
+				})
+				// As a server reads: through the block cache, with
+				// read-ahead (the volume is larger than the cache).
+				b.Run("1m-seq-readahead", func(b *testing.B) {
+					v, err := Open(ctx, st, "bench", Options{ReadOnly: true, Keys: o.Keys, Logger: quietLogger()})
+					if err != nil {
+						b.Fatal(err)
+					}
+					p := make([]byte, 1<<20)
+					b.SetBytes(1 << 20)
+					b.ResetTimer()
+					defer reportCPU(b)()
+					for i := 0; i < b.N; i++ {
+						if _, err := v.ReadAt(p, int64(i)<<20%sealBenchSize); err != nil {
 							b.Fatal(err)
 						}
 					}
