@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"sync"
@@ -220,10 +221,15 @@ func (v *Volume) trimRecLen() int {
 	return wal.HeaderSize
 }
 
-// putBlockRecord and putTrimRecord encode a record of the active epoch.
+// putBlockRecord and putTrimRecord encode a record of the active epoch
+// into a slab. An encrypted volume's records stay unsealed in memory (see
+// package wal, "Unsealed records"): reads of pending blocks and the drain
+// use their data as it is, and a record is sealed only when it is written
+// out (writeRecords, sealInPlace), which most never are (see "Deferred
+// WAL writes").
 func (v *Volume) putBlockRecord(dst []byte, salt uint32, seq, b uint64, data []byte) {
 	if v.keys != nil {
-		wal.PutSealedBlock(dst, salt, seq, b, v.epoch, v.keys.write, v.walAEAD, data)
+		wal.PutUnsealedBlock(dst, salt, seq, b, v.epoch, v.keys.write, data)
 		return
 	}
 	wal.PutBlock(dst, salt, seq, b, data)
@@ -231,14 +237,108 @@ func (v *Volume) putBlockRecord(dst []byte, salt uint32, seq, b uint64, data []b
 
 func (v *Volume) putTrimRecord(dst []byte, salt uint32, seq, b uint64, count uint32) {
 	if v.keys != nil {
-		wal.PutSealedTrim(dst, salt, seq, b, count, v.epoch, v.keys.write, v.walAEAD)
+		wal.PutUnsealedTrim(dst, salt, seq, b, count, v.epoch, v.keys.write)
 		return
 	}
 	wal.PutTrim(dst, salt, seq, b, count)
 }
 
+// appendSealed appends the records of recs (whole records, as a slab holds
+// them) to dst as they are written to a file: unsealed ones sealed, the
+// others as they are.
+func (v *Volume) appendSealed(dst, recs []byte) []byte {
+	for off := 0; off < len(recs); {
+		typ := recs[off+4]
+		if !wal.IsUnsealed(typ) {
+			n := wal.RecordLen(typ)
+			dst = append(dst, recs[off:off+n]...)
+			off += n
+			continue
+		}
+		var n int
+		dst, n = wal.Seal(dst, recs[off:], v.recordAEAD(recs[off:]))
+		off += n
+	}
+	return dst
+}
+
+// sealInPlace seals the unsealed records of recs (whole records) where
+// they are.
+func (v *Volume) sealInPlace(recs []byte) {
+	if v.keys == nil {
+		return
+	}
+	for off := 0; off < len(recs); {
+		typ := recs[off+4]
+		n := wal.RecordLen(typ)
+		if wal.IsUnsealed(typ) {
+			wal.Seal(recs[off:off], recs[off:off+n], v.recordAEAD(recs[off:]))
+		}
+		off += n
+	}
+}
+
+// recordAEAD returns the WAL key of the unsealed record at the start of
+// rec: this open's, as the records it appends are all of its epoch and
+// write key.
+func (v *Volume) recordAEAD(rec []byte) cipher.AEAD {
+	r := wal.ParseTrusted(rec)
+	if r.Epoch == v.epoch && r.KeyID == v.keys.write {
+		return v.walAEAD
+	}
+	a, err := v.keys.walKey(r.KeyID, r.Epoch)
+	if err != nil {
+		panic(fmt.Sprintf("viperblock: an unsealed WAL record in memory names an unknown key: %v", err))
+	}
+	return a
+}
+
+// sealBufSize bounds the buffer records are sealed into on their way to a
+// WAL segment file: a larger write is made in several.
+const sealBufSize = 64 * wal.SealedBlockLen
+
+var sealBufs = sync.Pool{New: func() any { b := make([]byte, 0, sealBufSize+wal.SealedBlockLen); return &b }}
+
+// writeRecords writes parts (whole records, as slabs hold them) to w:
+// sealing the unsealed records of an encrypted volume on the way, so that
+// no block data reaches the file in the clear; a plain volume's parts as
+// they are.
+func (v *Volume) writeRecords(w io.Writer, parts [][]byte) error {
+	if v.keys == nil {
+		for _, p := range parts {
+			if _, err := w.Write(p); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	bp := sealBufs.Get().(*[]byte)
+	buf := (*bp)[:0]
+	defer func() { *bp = buf[:0]; sealBufs.Put(bp) }()
+	for _, p := range parts {
+		for off := 0; off < len(p); {
+			n := wal.RecordLen(p[off+4])
+			buf = v.appendSealed(buf, p[off:off+n])
+			off += n
+			if len(buf) >= sealBufSize {
+				if _, err := w.Write(buf); err != nil {
+					return err
+				}
+				buf = buf[:0]
+			}
+		}
+	}
+	if len(buf) > 0 {
+		if _, err := w.Write(buf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // recordBlock returns the block data of block record r, decrypting a
-// sealed one into dst (BlockSize bytes); a plain one's data aliases r.
+// sealed one into dst (BlockSize bytes); a plain or unsealed one's data
+// aliases r.
 func (v *Volume) recordBlock(r wal.Record, dst []byte) ([]byte, error) {
 	if !r.Sealed() {
 		return r.Data, nil
@@ -269,6 +369,26 @@ func (v *Volume) checkRecord(r wal.Record, scratch []byte) error {
 		return err
 	}
 	if _, err := wal.Open(r, a, scratch); err != nil {
+		return fmt.Errorf("%w: volume %s: %v", ErrCorrupt, v.name, err)
+	}
+	return nil
+}
+
+// takeRecord verifies a record read back from the local WAL, as
+// checkRecord does, and unseals a sealed one where it lies: the replayed
+// records are then held like those this open appends, so that reads and
+// the drain do not open them again. Their segments are in their files
+// already and are never written again; should the store log need them,
+// sealing them again gives back the same bytes (see package wal).
+func (v *Volume) takeRecord(r wal.Record) error {
+	if !r.Sealed() || v.keys == nil {
+		return v.checkRecord(r, nil)
+	}
+	a, err := v.keys.walKey(r.KeyID, r.Epoch)
+	if err != nil {
+		return err
+	}
+	if err := wal.Unseal(r, a); err != nil {
 		return fmt.Errorf("%w: volume %s: %v", ErrCorrupt, v.name, err)
 	}
 	return nil

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -223,6 +224,173 @@ func TestNoPlaintextAtRest(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestNoPlaintextWrittenOut covers each path by which WAL records leave
+// memory (an encrypted volume keeps them unsealed there and seals each one
+// on its way out): a Flush, a FUA write (a write then a Flush), the
+// writeback's write-ahead (a bound, and none), the final flush of a Close
+// whose drain fails, and the store log (durability store). After each, no
+// file under the store or the WAL directory holds a marker block written
+// in full, in part (read-modify-write) or next to a trim; a plain volume
+// must show them (the search works, and the path did write). The records
+// written then replay: the reopened volume reads every marker back.
+func TestNoPlaintextWrittenOut(t *testing.T) {
+	ctx := context.Background()
+	paths := []struct {
+		name string
+		opts func(*Options)
+		// out writes the records out; a drain fails while crash is set.
+		out func(t *testing.T, v *Volume, crash *atomic.Bool)
+	}{
+		{"flush", nil, func(t *testing.T, v *Volume, _ *atomic.Bool) {
+			if err := v.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"fua", nil, func(t *testing.T, v *Volume, _ *atomic.Bool) {
+			// The server's FUA write: the write, then a Flush.
+			if _, err := v.WriteAt(markerBlock(9), 11*BlockSize); err != nil {
+				t.Fatal(err)
+			}
+			if err := v.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"write-ahead", func(o *Options) { o.WALDeferBytes = 1 }, func(t *testing.T, v *Volume, _ *atomic.Bool) {
+			// Everything above the bound (1 byte) is written ahead.
+			waitFor(t, "the writeback to write the records", func() bool { return v.unwritten.Load() <= 1 })
+		}},
+		{"write-ahead-no-defer", func(o *Options) { o.WALDeferBytes = -1; o.MaxPendingBytes, o.DrainBytes = 8<<20, 8<<20 }, func(t *testing.T, v *Volume, _ *atomic.Bool) {
+			// Fill the first slab (64 KiB at this pending limit) of the
+			// markers' shards, 3 and 9, so that the writeback writes them.
+			for k := range 2 * 15 {
+				for _, s := range []int64{3, 9} {
+					if _, err := v.WriteAt(markerBlock(uint64(100+k)), (s+16*int64(1+k%15))*BlockSize); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			rec := uint64(v.blockRecLen())
+			waitFor(t, "the writeback to write the records", func() bool { return v.stats.walWritten.Load() >= 2*15*rec })
+		}},
+		{"close", nil, func(t *testing.T, v *Volume, crash *atomic.Bool) {
+			crash.Store(true) // the drain fails: the records stay in the WAL Close flushed
+			if err := v.Close(); !errors.Is(err, errCrash) {
+				t.Fatalf("Close: %v, want the drain's failure", err)
+			}
+		}},
+		{"store-log", func(o *Options) { o.Durability = DurabilityStore; o.LeaseDuration = 500 * time.Millisecond }, func(t *testing.T, v *Volume, _ *atomic.Bool) {
+			if err := v.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if v.stats.storeLogPuts.Load() == 0 {
+				t.Fatal("no store-log object written")
+			}
+		}},
+	}
+	for _, encrypted := range []bool{false, true} {
+		for _, p := range paths {
+			name := "plain/" + p.name
+			if encrypted {
+				name = "encrypted/" + p.name
+			}
+			t.Run(name, func(t *testing.T) {
+				d := newDiskVolume(t)
+				var keys KeySource
+				if encrypted {
+					keys = testKeySource(t, 7)
+				}
+				if err := CreateVolume(ctx, d.store, "vol", 1<<20, CreateOptions{Keys: keys}); err != nil {
+					t.Fatal(err)
+				}
+				o := d.opts(keys)
+				var crash atomic.Bool
+				o.crash = func(point string) error {
+					if crash.Load() && point == "drain.before-chunk-put" {
+						return errCrash
+					}
+					return nil
+				}
+				if p.opts != nil {
+					p.opts(&o)
+				}
+				v, err := Open(ctx, d.store, "vol", o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer v.Close()
+				full, part := markerBlock(1), markerBlock(2)
+				if _, err := v.WriteAt(full, 3*BlockSize); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := v.WriteAt(part[:100], 9*BlockSize+7); err != nil {
+					t.Fatal(err)
+				}
+				if err := v.Trim(20*BlockSize, 4*BlockSize); err != nil {
+					t.Fatal(err)
+				}
+				p.out(t, v, &crash)
+				if v.stats.walWritten.Load() == 0 {
+					t.Fatal("nothing was written to the WAL")
+				}
+				for _, m := range [][]byte{full[:64], part[:64]} {
+					found := findMarker(t, m, d.storeDir, d.walDir)
+					if encrypted && len(found) > 0 {
+						t.Fatalf("plaintext found at rest in %v", found)
+					}
+					if !encrypted && len(found) == 0 {
+						t.Fatal("the marker is not found in a plain volume: the search is broken, or nothing was written out")
+					}
+				}
+				if p.name == "store-log" {
+					// The store log alone holds them too.
+					if found := findMarker(t, full[:64], filepath.Join(d.storeDir, "vol", "wal")); encrypted == (len(found) > 0) {
+						t.Fatalf("marker in the store log: %v (encrypted %v)", found, encrypted)
+					}
+				}
+				// What was written out replays after a crash (no drain): from
+				// the WAL, or for the store log on another node.
+				v.abandon()
+				crash.Store(false)
+				if p.name == "store-log" {
+					// Replayed on this node (unsealed in memory), then sealed
+					// again, under the old epoch's key, for the store log of
+					// the next open (no drain: DeferBackground).
+					o2 := o
+					o2.DeferBackground = true
+					r, err := Open(ctx, d.store, "vol", o2)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if err := r.Flush(); err != nil {
+						t.Fatal(err)
+					}
+					if r.stats.storeLogPuts.Load() == 0 {
+						t.Fatal("the replayed records were not uploaded to the store log")
+					}
+					if found := findMarker(t, full[:64], d.storeDir, d.walDir); encrypted == (len(found) > 0) {
+						t.Fatalf("marker after the replayed records' upload: %v (encrypted %v)", found, encrypted)
+					}
+					r.abandon()
+					// Then on another node: from the store log alone.
+					o.WALDir = t.TempDir()
+				}
+				r, err := Open(ctx, d.store, "vol", o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer r.Close()
+				got := make([]byte, BlockSize)
+				if _, err := r.ReadAt(got, 3*BlockSize); err != nil || !bytes.Equal(got, full) {
+					t.Fatalf("full block after reopen: %v", err)
+				}
+				if _, err := r.ReadAt(got[:100], 9*BlockSize+7); err != nil || !bytes.Equal(got[:100], part[:100]) {
+					t.Fatalf("partial block after reopen: %v", err)
+				}
+			})
+		}
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/blockmap"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/cache"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/chunk"
+	"github.com/viperblock/viperblock-csi/pkg/viperblock/seal"
 )
 
 func (v *Volume) checkRange(n int, off int64) error {
@@ -411,9 +413,15 @@ func contiguous(run []miss) bool {
 
 // Pooled buffers for backend reads that cannot go straight to the caller:
 // small ones (a few blocks) and large ones (a run plus its read-ahead).
+// They hold stored bytes too: a sealed chunk's extents are longer than
+// their blocks by a tag each (one per block in an uncompressed chunk), and
+// a run of a version 2 chunk is read in whole extents, so the large class
+// has room for an extent more. (A read-ahead run of sealed one-block
+// extents that did not fit was allocated, and zeroed, on every fetch.)
 const (
-	smallReadBuf = 16 * BlockSize
-	largeReadBuf = 512 * BlockSize
+	storedBlock  = BlockSize + seal.Overhead
+	smallReadBuf = 16 * storedBlock
+	largeReadBuf = (512 + chunk.ExtentBlocks) * storedBlock
 )
 
 var smallReadBufs, largeReadBufs sync.Pool

@@ -18,8 +18,9 @@ import (
 )
 
 // maxSlabSize is the arena's largest allocation unit, and minSlabSize its
-// smallest. A slab holds WAL records back to back exactly as they go to the
-// segment file, so one copy of the data serves the WAL write, reads of
+// smallest. A slab holds WAL records back to back as they go to the segment
+// file (an encrypted volume's unsealed, sealed on their way out: see
+// putBlockRecord), so one copy of the data serves the WAL write, reads of
 // blocks not yet drained, and the drain. A volume's slab size follows its
 // pending limit (slabSizeFor): every live segment holds a partly filled
 // last slab, and that waste must stay small next to the limit.
@@ -503,10 +504,8 @@ func (v *Volume) writeOut(sh *shard, seg *segment, target int64, sync bool) erro
 	if seg.init-(seg.base+end) < v.wfree.prep/4 {
 		v.kickPrep() // fillActive: keep written space ahead of the records
 	}
-	for _, p := range parts {
-		if _, err := seg.f.Write(p); err != nil {
-			return v.failedWrite(seg, fmt.Errorf("viperblock: write WAL %s: %w", seg.path, err))
-		}
+	if err := v.writeRecords(seg.f, parts); err != nil {
+		return v.failedWrite(seg, fmt.Errorf("viperblock: write WAL %s: %w", seg.path, err))
 	}
 	if n := end - seg.written; n > 0 {
 		v.unwritten.Add(-n)

@@ -425,7 +425,6 @@ func (v *Volume) replay(files []segFile) ([]trimRange, error) {
 	}
 	var writes []rec
 	var trims []trimRange
-	var scratch [BlockSize]byte
 	hw := v.man.SeqHW
 	for _, f := range files {
 		data, err := vfs.ReadFile(v.fs, f.path)
@@ -459,7 +458,7 @@ func (v *Volume) replay(files []segFile) ([]trimRange, error) {
 			r, n, err := rd.Next()
 			off := rd.Offset()
 			if err == nil {
-				if err := v.checkRecord(r, scratch[:]); err != nil {
+				if err := v.takeRecord(r); err != nil {
 					return nil, fmt.Errorf("WAL %s at offset %d: %w", f.path, hlen+off-n, err)
 				}
 				if r.Seq > hw {

@@ -224,6 +224,8 @@ func (v *Volume) uploadTail(ctx context.Context) error {
 		sh.mu.Unlock()
 	}
 	if len(buf) > 0 {
+		// Sealed out of the shard locks: the copies are ours.
+		v.sealInPlace(buf)
 		sl.counter++
 		key := sl.dir + fmt.Sprintf("%016x", sl.counter)
 		if err := v.store.Put(ctx, key, encodeStoreLog(v.epoch, sl.counter, first, last, buf)); err != nil {
@@ -366,6 +368,9 @@ func (v *Volume) adoptStoreLog(recs []wal.Record, replayed []trimRange) {
 		sh := &v.shards[i]
 		for off := 0; off < len(buf); {
 			r := wal.ParseTrusted(buf[off:])
+			if r.Sealed() && v.takeRecord(r) == nil { // verified already: opened once, here
+				r = wal.ParseTrusted(buf[off:])
+			}
 			if r.IsBlock() && r.Block < uint64(v.size.Load()/BlockSize) && !deadSeq[r.Seq] {
 				if e, ok := sh.blocks[r.Block]; !ok || e.seq < r.Seq {
 					sh.blocks[r.Block] = entry{seq: r.Seq, sl: sl, off: off}

@@ -282,7 +282,8 @@ type Volume struct {
 	idx   chunkIndexCache
 	// keys holds the unwrapped data keys of an encrypted volume (nil:
 	// plain); compression is the chunk compression it writes with. A
-	// volume with either writes version 2 chunks and sealed WAL records.
+	// volume with either writes version 2 chunks; an encrypted one seals
+	// its WAL records as they are written out (crypt.go, putBlockRecord).
 	keys        *keyring
 	compression uint8
 	walAEAD     cipher.AEAD // seals this open's WAL records (keys.walKey)

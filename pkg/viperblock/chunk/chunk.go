@@ -176,6 +176,7 @@ type Builder struct {
 	out   []byte // version 2 encoding
 	tmp   []byte // compression output
 	aad   []byte
+	nonce [12]byte // seal.NonceSize; here, as a local would escape to the heap
 }
 
 // Reset starts a new chunk.

@@ -142,12 +142,15 @@ func decompress(alg uint8, dst, src []byte) ([]byte, error) {
 // ValidCompression reports whether alg is known.
 func ValidCompression(alg uint8) bool { return alg <= CompressLZ4 }
 
-// sealAAD appends the additional data of extent k to dst: see the package
-// doc.
-func sealAAD(dst []byte, volume string, id uint64, k int, flags uint16, entries []Entry) []byte {
-	dst = append(dst, volume...)
-	dst = append(dst, 0)
-	dst = binary.LittleEndian.AppendUint64(dst, id)
+// aadPrefix is the part of every extent's additional data that names the
+// chunk: the volume name, a zero byte and the chunk id.
+func aadPrefix(volume string, id uint64) []byte {
+	return binary.LittleEndian.AppendUint64(append([]byte(volume), 0), id)
+}
+
+// extentAAD appends the rest of extent k's additional data (see the
+// package doc) to dst, which holds aadPrefix.
+func extentAAD(dst []byte, k int, flags uint16, entries []Entry) []byte {
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(k))
 	dst = binary.LittleEndian.AppendUint16(dst, flags)
 	for _, e := range entries {
@@ -187,7 +190,9 @@ func (b *Builder) Finish2(volume string, id uint64, p Params) []byte {
 	if p.Sealed {
 		seal.Salt(salt[:])
 		aead = subkey(p.Key, salt[:], volume, id)
+		b.aad = append(b.aad[:0], aadPrefix(volume, id)...)
 	}
+	prefix := len(b.aad)
 	data := b.buf[HeaderSize:]
 	ext := make([]ExtentEntry, x)
 	for k := range x {
@@ -203,9 +208,9 @@ func (b *Builder) Finish2(volume string, id uint64, p Params) []byte {
 		}
 		off := len(out)
 		if aead != nil {
-			b.aad = sealAAD(b.aad[:0], volume, id, k, flags, b.index[lo:hi])
-			n := seal.Nonce(1, uint64(k))
-			out = aead.Seal(out, n[:], payload, b.aad)
+			b.aad = extentAAD(b.aad[:prefix], k, flags, b.index[lo:hi])
+			b.nonce = seal.Nonce(1, uint64(k))
+			out = aead.Seal(out, b.nonce[:], payload, b.aad)
 		} else {
 			out = append(out, payload...)
 		}
@@ -344,12 +349,22 @@ func (ix *Index) ExtentSlots(k int) (first, n int) {
 	return k * e, min(e, ix.Header.Count-k*e)
 }
 
-var aadPool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
+// openScratch is what opening an extent needs besides its input and
+// output, pooled so that a read allocates nothing per extent.
+type openScratch struct {
+	nonce [seal.NonceSize]byte
+	aad   []byte
+	buf   []byte // a compressed extent's payload, decrypted
+}
 
-// Opener decodes a version 2 chunk's extents.
+var openScratches = sync.Pool{New: func() any { return &openScratch{aad: make([]byte, 0, 256)} }}
+
+// Opener decodes a version 2 chunk's extents. It derives the chunk's
+// subkey once: make one per chunk and keep it with the chunk's index.
 type Opener struct {
-	ix   *Index
-	aead cipher.AEAD
+	ix     *Index
+	aead   cipher.AEAD
+	prefix []byte // aadPrefix of the chunk
 }
 
 // NewOpener returns an opener for the chunk of index ix. A sealed chunk
@@ -361,6 +376,7 @@ func NewOpener(ix *Index, key *seal.Key) (*Opener, error) {
 			return nil, fmt.Errorf("%w: chunk %016x is sealed with key %016x, which the volume does not hold", ErrCorrupt, ix.Header.ID, ix.Header.KeyID)
 		}
 		o.aead = subkey(*key, ix.Header.Salt[:], ix.Header.Volume, ix.Header.ID)
+		o.prefix = aadPrefix(ix.Header.Volume, ix.Header.ID)
 	}
 	return o, nil
 }
@@ -385,19 +401,21 @@ func (o *Opener) Extent(k int, stored, dst []byte) ([]byte, error) {
 	}
 	payload := stored
 	if o.aead != nil {
-		ab := aadPool.Get().(*[]byte)
-		defer aadPool.Put(ab)
-		aad := sealAAD((*ab)[:0], o.ix.Header.Volume, o.ix.Header.ID, k, ee.Flags, o.ix.Entries[first:first+n])
-		*ab = aad
-		nonce := seal.Nonce(1, uint64(k))
-		var buf []byte
+		// An uncompressed extent opens straight into dst; a compressed
+		// one into pooled scratch, then decompresses into dst.
+		s := openScratches.Get().(*openScratch)
+		defer openScratches.Put(s)
+		s.aad = extentAAD(append(s.aad[:0], o.prefix...), k, ee.Flags, o.ix.Entries[first:first+n])
+		s.nonce = seal.Nonce(1, uint64(k))
+		buf := dst[:0]
 		if ee.Compressed() {
-			buf = make([]byte, 0, len(stored))
-		} else {
-			buf = dst[:0]
+			if cap(s.buf) < len(stored) {
+				s.buf = make([]byte, 0, max(len(stored), ExtentBlocks*BlockSize+seal.Overhead))
+			}
+			buf = s.buf[:0]
 		}
 		var err error
-		payload, err = o.aead.Open(buf, nonce[:], stored, aad)
+		payload, err = o.aead.Open(buf, s.nonce[:], stored, s.aad)
 		if err != nil {
 			return nil, fmt.Errorf("%w: chunk %016x extent %d fails authentication (%v)", ErrCorrupt, o.ix.Header.ID, k, seal.ErrAuth)
 		}

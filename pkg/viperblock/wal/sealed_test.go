@@ -58,3 +58,70 @@ func TestSealedRecords(t *testing.T) {
 		t.Fatalf("moved record: %v", err)
 	}
 }
+
+// An unsealed record seals into exactly the record PutSealedBlock (or
+// PutSealedTrim) encodes, in place or into another buffer, every time
+// (deterministic: writing a record twice reuses no nonce on another
+// plaintext); its block reads as Data before; and a reader rejects it on
+// disk, so it can never be served from there.
+func TestUnsealedRecords(t *testing.T) {
+	key := seal.Subkey(seal.NewKey(), nil, "wal test", []byte{2})
+	data := bytes.Repeat([]byte("in clear"), BlockSize/8)
+	const salt = 0x2345678
+	want := make([]byte, SealedBlockLen+SealedTrimLen)
+	PutSealedBlock(want, salt, 20, 5, 3, 77, key, data)
+	PutSealedTrim(want[SealedBlockLen:], salt, 21, 8, 4, 3, 77, key)
+
+	un := make([]byte, SealedBlockLen+SealedTrimLen)
+	PutUnsealedBlock(un, salt, 20, 5, 3, 77, data)
+	PutUnsealedTrim(un[SealedBlockLen:], salt, 21, 8, 4, 3, 77)
+	r := ParseTrusted(un)
+	if !r.Unsealed() || r.Sealed() || !r.IsBlock() || r.Seq != 20 || r.Block != 5 || r.Epoch != 3 || r.KeyID != 77 || !bytes.Equal(r.Data, data) {
+		t.Fatalf("unsealed block %+v", r)
+	}
+	if tr := ParseTrusted(un[SealedBlockLen:]); !tr.Unsealed() || tr.IsBlock() || tr.Count != 4 || len(tr.Raw) != SealedTrimLen {
+		t.Fatalf("unsealed trim %+v", tr)
+	}
+	// A reader rejects both where a segment or a record stream holds them.
+	if _, _, err := DecodeAny(un); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("unsealed block decoded: %v", err)
+	}
+	if _, _, err := DecodeAny(un[SealedBlockLen:]); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("unsealed trim decoded: %v", err)
+	}
+	if _, _, err := NewSegment(SegmentHeader{Version: Version, Salt: salt}, un).Next(); !errors.Is(err, ErrTornTail) {
+		t.Fatalf("segment of unsealed records: %v, want a torn tail", err)
+	}
+
+	orig := bytes.Clone(un)
+	var out []byte
+	for range 2 {
+		for off := 0; off < len(un); {
+			var n int
+			out, n = Seal(out, un[off:], key)
+			off += n
+		}
+	}
+	if !bytes.Equal(un, orig) {
+		t.Fatal("Seal changed its source")
+	}
+	if !bytes.Equal(out[:len(want)], want) || !bytes.Equal(out[len(want):], want) {
+		t.Fatal("sealed records differ from PutSealedBlock's and PutSealedTrim's")
+	}
+	// In place.
+	for off := 0; off < len(un); {
+		_, n := Seal(un[off:off], un[off:], key)
+		off += n
+	}
+	if !bytes.Equal(un, want) {
+		t.Fatal("records sealed in place differ")
+	}
+	s := NewSegment(SegmentHeader{Version: Version, Salt: salt}, un)
+	r, _, err := s.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Open(r, key, make([]byte, BlockSize)); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("open: %v", err)
+	}
+}

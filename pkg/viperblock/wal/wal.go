@@ -66,6 +66,29 @@
 // holds the keys. The salt is left out of the additional data: it frames
 // records in a segment file and nothing more.
 //
+// # Unsealed records (in memory only, never written)
+//
+// An encrypted volume's writer keeps the records it appends unsealed in
+// memory and seals each one only when it writes it out, to a segment file
+// or to the store log: most records are committed by a drain before
+// anything asks for them to be durable, and are never written at all. An
+// unsealed record has the layout of its sealed counterpart (types 3 and
+// 4), except:
+//
+//	offset  size  field
+//	4       1     type: 0x83 = unsealed block write, 0x84 = unsealed trim
+//	28      4     zero (no CRC)
+//	48      ...   type 0x83: the block's 4096 bytes in the clear, then 16
+//	              zero bytes; type 0x84: 16 zero bytes
+//
+// Seal turns one into the record PutSealedBlock or PutSealedTrim would
+// have encoded. Sealing is deterministic (the key is the writer's, the
+// nonce the type and sequence number): a record sealed twice (written to
+// a segment file and to the store log, or written again after a failed
+// write) gives the same bytes both times, so a nonce never seals two
+// different plaintexts. Readers take these types for unknown ones: an
+// unsealed record found on disk is never served as data.
+//
 // A version 2 segment file may be longer than its records: the writer
 // extends files ahead of its writes (preallocation, zero filled) and
 // recycles the files of retired segments, whose old records stay behind
@@ -153,13 +176,16 @@ const (
 	TypeTrim        = 2
 	TypeSealedBlock = 3
 	TypeSealedTrim  = 4
-	SealedPrefix    = 16 // epoch and key id
-	SealedBlockLen  = HeaderSize + SealedPrefix + BlockSize + tagSize
-	SealedTrimLen   = HeaderSize + SealedPrefix + tagSize
-	tagSize         = 16
-	segFixedV1      = 32
-	segFixedV2      = 40
-	MaxNameLen      = 1024
+	// In memory only (see "Unsealed records").
+	TypeUnsealedBlock = 0x80 | TypeSealedBlock
+	TypeUnsealedTrim  = 0x80 | TypeSealedTrim
+	SealedPrefix      = 16 // epoch and key id
+	SealedBlockLen    = HeaderSize + SealedPrefix + BlockSize + tagSize
+	SealedTrimLen     = HeaderSize + SealedPrefix + tagSize
+	tagSize           = 16
+	segFixedV1        = 32
+	segFixedV2        = 40
+	MaxNameLen        = 1024
 )
 
 // recordMagic is RecordMagic as a salt value: no version 2 segment uses it,
@@ -278,7 +304,7 @@ type Record struct {
 	Seq   uint64
 	Block uint64
 	Count uint32 // trim: number of blocks; block write: 1
-	Data  []byte // type 1: the block; type 3: its ciphertext and tag
+	Data  []byte // types 1 and 0x83: the block; type 3: its ciphertext and tag
 	// Sealed records: the writer's epoch and data key.
 	Epoch, KeyID uint64
 	// Raw is the whole encoded record (aliasing the decoded buffer).
@@ -286,10 +312,19 @@ type Record struct {
 }
 
 // IsBlock reports whether r writes a block (sealed or not).
-func (r Record) IsBlock() bool { return r.Type == TypeBlock || r.Type == TypeSealedBlock }
+func (r Record) IsBlock() bool {
+	return r.Type == TypeBlock || r.Type == TypeSealedBlock || r.Type == TypeUnsealedBlock
+}
 
 // Sealed reports whether r is sealed.
 func (r Record) Sealed() bool { return r.Type == TypeSealedBlock || r.Type == TypeSealedTrim }
+
+// Unsealed reports whether r is an unsealed record (in memory only: see
+// "Unsealed records"). An unsealed block's Data is its block.
+func (r Record) Unsealed() bool { return IsUnsealed(r.Type) }
+
+// IsUnsealed reports whether typ is the type of an unsealed record.
+func IsUnsealed(typ uint8) bool { return typ == TypeUnsealedBlock || typ == TypeUnsealedTrim }
 
 func sealNonce(typ uint8, seq uint64) [seal.NonceSize]byte { return seal.Nonce(uint32(typ), seq) }
 
@@ -331,6 +366,60 @@ func PutSealedTrim(dst []byte, salt uint32, seq, block uint64, count uint32, epo
 	binary.LittleEndian.PutUint32(dst[28:], c)
 }
 
+// PutUnsealedBlock encodes an unsealed block-write record (type 0x83, see
+// "Unsealed records") into dst (at least SealedBlockLen bytes): the record
+// Seal turns into the one PutSealedBlock encodes.
+func PutUnsealedBlock(dst []byte, salt uint32, seq, block, epoch, keyID uint64, data []byte) {
+	_ = dst[SealedBlockLen-1]
+	putHeader(dst, salt, TypeUnsealedBlock, seq, block, SealedPrefix+BlockSize+tagSize)
+	binary.LittleEndian.PutUint32(dst[28:], 0)
+	binary.LittleEndian.PutUint64(dst[32:], epoch)
+	binary.LittleEndian.PutUint64(dst[40:], keyID)
+	copy(dst[48:48+BlockSize], data)
+	clear(dst[48+BlockSize : SealedBlockLen])
+}
+
+// PutUnsealedTrim encodes an unsealed trim record (type 0x84) into dst (at
+// least SealedTrimLen bytes).
+func PutUnsealedTrim(dst []byte, salt uint32, seq, block uint64, count uint32, epoch, keyID uint64) {
+	_ = dst[SealedTrimLen-1]
+	putHeader(dst, salt, TypeUnsealedTrim, seq, block, count)
+	binary.LittleEndian.PutUint32(dst[28:], 0)
+	binary.LittleEndian.PutUint64(dst[32:], epoch)
+	binary.LittleEndian.PutUint64(dst[40:], keyID)
+	clear(dst[48:SealedTrimLen])
+}
+
+// Seal appends to dst the sealed record (type 3 or 4) of the unsealed
+// record at the start of src, sealed with aead (the WAL key of the key id
+// and epoch the record names), and returns the extended slice and the
+// length of the record read from src. dst may be src[:0], to seal the
+// record in place; otherwise src is not modified. It panics if src does
+// not start with an unsealed record.
+func Seal(dst, src []byte, aead cipher.AEAD) ([]byte, int) {
+	typ := src[4]
+	if !IsUnsealed(typ) {
+		panic(fmt.Sprintf("viperblock/wal: Seal of a record of type %d", typ))
+	}
+	n := RecordLen(typ)
+	_ = src[n-1]
+	start := len(dst)
+	dst = append(dst, src[:48]...)
+	rec := dst[start:]
+	rec[4], rec[5], rec[6], rec[7] = typ&^0x80, 0, 0, 0
+	// Nothing allocated: the nonce, the type (4 bytes) then the sequence
+	// number, is bytes [4, 16) of the record; the additional data, bytes
+	// [4, 28) and [32, 48), is made contiguous by moving [32, 48) down
+	// over the CRC's place while the record is sealed, then back.
+	copy(rec[28:44], rec[32:48])
+	dst = aead.Seal(dst, rec[4:16], src[48:n-tagSize], rec[4:44])
+	rec = dst[start:]
+	copy(rec[32:48], rec[28:44])
+	c := crc32.Update(CRC(rec[:28]), castagnoli, rec[HeaderSize:n])
+	binary.LittleEndian.PutUint32(rec[28:], c)
+	return dst, n
+}
+
 // Open authenticates a sealed record with aead (the WAL key of its
 // r.KeyID and r.Epoch); a sealed block's data is decrypted into dst (at
 // least BlockSize bytes), which it returns. A record that fails is
@@ -339,13 +428,33 @@ func Open(r Record, aead cipher.AEAD, dst []byte) ([]byte, error) {
 	if !r.Sealed() || len(r.Raw) < SealedTrimLen {
 		return nil, fmt.Errorf("%w: not a sealed record", ErrCorrupt)
 	}
-	n := sealNonce(r.Type, r.Seq)
+	if r.Raw[5]|r.Raw[6]|r.Raw[7] != 0 {
+		return nil, fmt.Errorf("%w: sealed record seq %d: reserved bytes set", ErrCorrupt, r.Seq)
+	}
+	// The nonce, the type (4 bytes) then the sequence number, is bytes
+	// [4, 16) of the record (the reserved bytes are zero).
 	aad := sealAAD(r.Raw)
-	out, err := aead.Open(dst[:0], n[:], r.Raw[48:], aad[:])
+	out, err := aead.Open(dst[:0], r.Raw[4:16], r.Raw[48:], aad[:])
 	if err != nil {
 		return nil, fmt.Errorf("%w: sealed record seq %d (block %d) fails authentication", ErrCorrupt, r.Seq, r.Block)
 	}
 	return out, nil
+}
+
+// Unseal authenticates the sealed record r (as Open) and turns it, where
+// it lies (r.Raw), into its unsealed form (see "Unsealed records"): for a
+// writer that holds records it read back in memory, so that reading them
+// does not open them again. On failure it returns ErrCorrupt and the
+// record's bytes are no longer usable.
+func Unseal(r Record, aead cipher.AEAD) error {
+	if _, err := Open(r, aead, r.Raw[48:48]); err != nil {
+		return err
+	}
+	rec := r.Raw
+	rec[4] |= 0x80
+	clear(rec[28:32])
+	clear(rec[len(rec)-tagSize:])
+	return nil
 }
 
 func putHeader(dst []byte, salt uint32, typ uint8, seq, block uint64, n uint32) {
@@ -391,9 +500,9 @@ func RecordLen(typ uint8) int {
 	switch typ {
 	case TypeBlock:
 		return BlockRecordLen
-	case TypeSealedBlock:
+	case TypeSealedBlock, TypeUnsealedBlock:
 		return SealedBlockLen
-	case TypeSealedTrim:
+	case TypeSealedTrim, TypeUnsealedTrim:
 		return SealedTrimLen
 	}
 	return HeaderSize
@@ -416,10 +525,13 @@ func ParseTrusted(b []byte) Record {
 	case TypeSealedBlock:
 		r.Count = 1
 		r.Data = b[HeaderSize+SealedPrefix : SealedBlockLen]
+	case TypeUnsealedBlock:
+		r.Count = 1
+		r.Data = b[HeaderSize+SealedPrefix : HeaderSize+SealedPrefix+BlockSize]
 	default:
 		r.Count = binary.LittleEndian.Uint32(b[24:])
 	}
-	if r.Sealed() {
+	if r.Sealed() || r.Unsealed() {
 		r.Epoch = binary.LittleEndian.Uint64(b[32:])
 		r.KeyID = binary.LittleEndian.Uint64(b[40:])
 	}
