@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"syscall"
@@ -27,8 +28,21 @@ func Cgroup(t testing.TB, label string) *hostcgroup.Group {
 	}
 	t.Cleanup(func() {
 		KillCgroup(t, g)
-		if err := g.Remove(); err != nil {
-			t.Errorf("removing test cgroup: %v", err)
+		// A killed process leaves cgroup.procs when it starts exiting but
+		// keeps the group populated until its exit completes (a FUSE
+		// server tearing down its connection can take a moment), and rmdir
+		// fails with EBUSY until then.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			err := g.Remove()
+			if err == nil {
+				return
+			}
+			if !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
+				t.Errorf("removing test cgroup: %v", err)
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	})
 	return g
