@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -32,17 +33,20 @@ func Cgroup(t testing.TB, label string) *hostcgroup.Group {
 		// keeps the group populated until its exit completes (a FUSE
 		// server tearing down its connection can take a moment), and rmdir
 		// fails with EBUSY until then.
-		deadline := time.Now().Add(30 * time.Second)
-		for {
+		var other error
+		err := WaitFor(context.Background(), 30*time.Second, func() (bool, error) {
 			err := g.Remove()
-			if err == nil {
-				return
+			if err != nil && !errors.Is(err, syscall.EBUSY) {
+				other = err // not worth waiting for
+				return true, nil
 			}
-			if !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
-				t.Errorf("removing test cgroup: %v", err)
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
+			return err == nil, err
+		})
+		if err == nil {
+			err = other
+		}
+		if err != nil {
+			t.Errorf("removing test cgroup: %v", err)
 		}
 	})
 	return g
