@@ -7,6 +7,7 @@ import (
 	"math/rand"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -395,6 +396,18 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 				}
 			}
 		}
+		// Some points are reached only by background goroutines, at their
+		// own pace: let them finish what the ops gave them to do, so that
+		// a slow machine reaches these points as surely as a fast one.
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		switch {
+		case target == "wal.before-write-ahead":
+			v.settleWriteback(sctx)
+		case strings.HasPrefix(target, "wal.before-prep"), strings.HasPrefix(target, "wal.before-fill"):
+			v.settleWriteback(sctx) // it hands the prep loop new segments
+			v.settleWALPrep(sctx)
+		}
+		cancel()
 		v.abandon()
 		if !isCrashed() {
 			crashed = fs.CrashClone(rng)

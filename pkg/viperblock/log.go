@@ -897,21 +897,43 @@ func (v *Volume) writebackLoop() {
 		case <-v.stop:
 			return
 		case seg := <-v.writeback:
-			if !v.removeRetired(seg) {
-				sh := &v.shards[seg.shard]
-				v.prepare(sh, seg)
-				if v.opts.WALDeferBytes < 0 {
-					sh.mu.Lock()
-					target := seg.size
-					sh.mu.Unlock()
-					_ = v.writeOut(sh, seg, target, false)
+			v.writebackOne(seg)
+		case c := <-v.wbsettle:
+			for more := true; more; {
+				select {
+				case seg := <-v.writeback:
+					v.writebackOne(seg)
+				default:
+					more = false
 				}
 			}
-			if v.opts.WALDeferBytes >= 0 {
-				v.writeAhead()
-			}
+			close(c)
 		}
 	}
+}
+
+// writebackOne does writebackLoop's work for one segment sent to it.
+func (v *Volume) writebackOne(seg *segment) {
+	if !v.removeRetired(seg) {
+		sh := &v.shards[seg.shard]
+		v.prepare(sh, seg)
+		if v.opts.WALDeferBytes < 0 {
+			sh.mu.Lock()
+			target := seg.size
+			sh.mu.Unlock()
+			_ = v.writeOut(sh, seg, target, false)
+		}
+	}
+	if v.opts.WALDeferBytes >= 0 {
+		v.writeAhead()
+	}
+}
+
+// settleWriteback waits until writebackLoop has done the work for every
+// segment sent to it before the call, or until the volume stops or ctx
+// ends. Tests use it to reach the loop's crash points deterministically.
+func (v *Volume) settleWriteback(ctx context.Context) {
+	settle(ctx, v.wbsettle, v.stop)
 }
 
 // writeAhead writes records of the newest segments with unwritten records
@@ -980,6 +1002,7 @@ func (v *Volume) walPrepLoop() {
 	defer v.done.Done()
 	zeros := make([]byte, walPrepChunk)
 	p := pacer{rate: walPrepRate}
+	var settled []chan struct{} // settleWALPrep callers waiting for this pass
 	for {
 		for more := true; more; {
 			for i := range nShards {
@@ -995,11 +1018,43 @@ func (v *Volume) walPrepLoop() {
 				return
 			}
 		}
+		for _, c := range settled {
+			close(c)
+		}
+		settled = nil
 		select {
 		case <-v.stop:
 			return
 		case <-v.wprep:
+		case c := <-v.wsettle:
+			settled = append(settled, c)
 		}
+	}
+}
+
+// settleWALPrep waits until walPrepLoop has done all the work there was
+// when it was called (a whole pass that starts after the call), or until
+// the volume stops or ctx ends. Tests use it to reach the loop's crash
+// points deterministically.
+func (v *Volume) settleWALPrep(ctx context.Context) {
+	settle(ctx, v.wsettle, v.stop)
+}
+
+// settle sends a request to a background loop and waits for the loop to
+// close it, for stop to close or for ctx to end.
+func settle(ctx context.Context, req chan<- chan struct{}, stop <-chan struct{}) {
+	c := make(chan struct{})
+	select {
+	case req <- c:
+	case <-stop:
+		return
+	case <-ctx.Done():
+		return
+	}
+	select {
+	case <-c:
+	case <-stop:
+	case <-ctx.Done():
 	}
 }
 

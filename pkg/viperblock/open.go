@@ -111,7 +111,7 @@ func newVolume(store backend.Store, name string, m *manifest.Manifest, ver backe
 	v := &Volume{
 		name: name, store: store, opts: opts, log: opts.Logger.With("volume", name), fs: opts.FS,
 		man: m, manVer: ver, epoch: m.Epoch, owner: m.Owner, refs: append([]string{name}, m.Refs...),
-		kick: make(chan struct{}, 1), wprep: make(chan struct{}, 1), builders: make(chan *chunk.Builder, opts.UploadConcurrency), writeback: make(chan *segment, 64), stop: make(chan struct{}),
+		kick: make(chan struct{}, 1), wprep: make(chan struct{}, 1), wsettle: make(chan chan struct{}), wbsettle: make(chan chan struct{}), builders: make(chan *chunk.Builder, opts.UploadConcurrency), writeback: make(chan *segment, 64), stop: make(chan struct{}),
 	}
 	v.waitCond = sync.NewCond(&v.waitMu)
 	v.wfree.max = opts.MaxPendingBytes / 2

@@ -314,6 +314,8 @@ type Volume struct {
 	builders  chan *chunk.Builder             // reusable chunk buffers
 	kick      chan struct{}                   // asks the drain loop for a drain now
 	wprep     chan struct{}                   // asks walPrepLoop to prepare free segment files (log.go)
+	wsettle   chan chan struct{}              // settleWALPrep's requests to walPrepLoop (log.go)
+	wbsettle  chan chan struct{}              // settleWriteback's requests to writebackLoop (log.go)
 	writeback chan *segment                   // full slabs to write out
 	wfree     walFree                         // retired WAL segment files kept for reuse (log.go)
 	rc        atomic.Pointer[diskcache.Cache] // chunk read cache, when configured (readcache.go)
