@@ -58,7 +58,7 @@ func newFuse(t *testing.T) (*attacher, string) {
 
 func fuseAt(t *testing.T, dir string) *attacher {
 	t.Helper()
-	a, err := New(KindNbdfuse, Options{StateDir: dir, Timeout: 10 * time.Second})
+	a, err := New(KindNbdfuse, Options{StateDir: dir, Timeout: 30 * time.Second}) // the product default: nbdfuse and losetup are slow in an emulated guest
 	if err != nil {
 		t.Fatal(err)
 	}

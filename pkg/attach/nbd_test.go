@@ -233,7 +233,7 @@ func TestKernelNBD(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
 	srv := newMemServer(t, sock, 128<<20, 128<<20)
-	o := Options{StateDir: dir, NoModprobe: true, DeadConnTimeout: time.Minute, Timeout: 10 * time.Second}
+	o := Options{StateDir: dir, NoModprobe: true, DeadConnTimeout: time.Minute, Timeout: 30 * time.Second}
 	att, err := New(KindNBD, o)
 	if err != nil {
 		t.Fatal(err)
@@ -379,7 +379,7 @@ func TestKernelNBD(t *testing.T) {
 		if err != nil {
 			t.Fatalf("I/O after reconnect: %v", err)
 		}
-	case <-time.After(20 * time.Second):
+	case <-time.After(90 * time.Second): // the kernel retries on its own schedule, slow in an emulated guest
 		t.Fatal("I/O still pending after reconnect")
 	}
 	if got := srv.read(100<<20, 13); string(got) != "after restart" {

@@ -217,9 +217,11 @@ func TestSyncNeverMixesVersions(t *testing.T) {
 			vol.update(versions[i%2])
 		}
 	}()
-	deadline := time.Now().Add(500 * time.Millisecond)
+	// At least half a second of swaps, and on a slow disk until two of
+	// them were followed (or 30 s).
+	start := time.Now()
 	writes := 0
-	for time.Now().Before(deadline) {
+	for since := time.Duration(0); since < 500*time.Millisecond || writes < 2 && since < 30*time.Second; since = time.Since(start) {
 		changed, err := credsync.Sync(vol.dir, dst)
 		if err != nil {
 			continue // a read that kept losing the race; the next one is fresh
@@ -271,7 +273,23 @@ func TestRun(t *testing.T) {
 	}
 	waitFor("AKIDONE")
 	vol.update(keys("", "SeCrEtBaD")) // incomplete: logged once, file kept
-	time.Sleep(50 * time.Millisecond)
+	// Let Run see the bad version (it may still be syncing the first
+	// write's directory) before the good one replaces it.
+	logged := func(what string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, l := range logs {
+			if strings.Contains(l, what) {
+				return true
+			}
+		}
+		return false
+	}
+	for deadline := time.Now().Add(10 * time.Second); !logged("cannot update"); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Run never reported the incomplete version")
+		}
+	}
 	vol.update(keys("AKIDTWO", "SeCrEtTwO"))
 	waitFor("AKIDTWO")
 	cancel()

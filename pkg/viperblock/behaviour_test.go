@@ -123,7 +123,7 @@ func testFencing(t *testing.T, newStore func(t *testing.T) backend.Store) {
 	ctx := context.Background()
 	s := newStore(t)
 	oa := opts(t)
-	oa.LeaseDuration = 500 * time.Millisecond
+	oa.LeaseDuration = 2 * time.Second // A's drain must confirm it on a busy disk or S3 server
 	a := mustCreate(t, s, "v", 1<<20, oa)
 	if _, err := a.WriteAt(fill(1, 4096), 0); err != nil {
 		t.Fatal(err)
@@ -174,7 +174,7 @@ func testStaleWALQuarantined(t *testing.T, newStore func(t *testing.T) backend.S
 	ctx := context.Background()
 	s := newStore(t)
 	walA := t.TempDir()
-	a := mustCreate(t, s, "v", 1<<20, vb.Options{WALDir: walA, LeaseDuration: 500 * time.Millisecond})
+	a := mustCreate(t, s, "v", 1<<20, vb.Options{WALDir: walA, LeaseDuration: 2 * time.Second}) // its flush must confirm it on a busy disk
 	if _, err := a.WriteAt(fill(1, 4096), 0); err != nil {
 		t.Fatal(err)
 	}

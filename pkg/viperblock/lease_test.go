@@ -31,7 +31,10 @@ func TestLeaseRelease(t *testing.T) { forEachStore(t, testLeaseRelease) }
 
 func testLeaseRelease(t *testing.T, newStore func(t *testing.T) backend.Store) {
 	ctx := context.Background()
-	a := mustCreate(t, newStore(t), "v", 1<<20, leaseOpts(t, 2*time.Second))
+	// Long leases: the bound below must tell an answer at the next
+	// renewal (d/4) plus a drain on a busy disk from an expiry (1.2 d).
+	const d = 8 * time.Second
+	a := mustCreate(t, newStore(t), "v", 1<<20, leaseOpts(t, d))
 	defer a.Close()
 	if _, err := a.WriteAt(fill(1, 4096), 0); err != nil {
 		t.Fatal(err)
@@ -43,14 +46,14 @@ func testLeaseRelease(t *testing.T, newStore func(t *testing.T) backend.Store) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	b, err := vb.Open(ctx, newStore(t), "v", leaseOpts(t, 2*time.Second))
+	b, err := vb.Open(ctx, newStore(t), "v", leaseOpts(t, d))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
 	// The holder answers at its next renewal (every duration/4); expiry
 	// would take 1.2 durations after the taker first saw the lease.
-	if took := time.Since(start); took > 2*time.Second {
+	if took := time.Since(start); took > 3*d/4 {
 		t.Errorf("takeover of a live owner took %s; the release should answer within a renewal period", took)
 	}
 	got := readAll(t, b)
@@ -85,7 +88,10 @@ func TestLeasePausedOwner(t *testing.T) { forEachStore(t, testLeasePausedOwner) 
 
 func testLeasePausedOwner(t *testing.T, newStore func(t *testing.T) backend.Store) {
 	ctx := context.Background()
-	a := mustCreate(t, newStore(t), "v", 1<<20, leaseOpts(t, time.Second))
+	// A's lease is long enough for its drain to confirm it on a busy
+	// disk or S3 server; B's is longer still, as nothing waits for it.
+	const d = 2 * time.Second
+	a := mustCreate(t, newStore(t), "v", 1<<20, leaseOpts(t, d))
 	defer a.Close()
 	if _, err := a.WriteAt(fill(1, 4096), 0); err != nil {
 		t.Fatal(err)
@@ -95,12 +101,12 @@ func testLeasePausedOwner(t *testing.T, newStore func(t *testing.T) backend.Stor
 	}
 	vb.PauseLeaseForTest(a) // A stops: no renewals, no answers
 	start := time.Now()
-	b, err := vb.Open(ctx, newStore(t), "v", leaseOpts(t, time.Second))
+	b, err := vb.Open(ctx, newStore(t), "v", leaseOpts(t, 10*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if took := time.Since(start); took < 1200*time.Millisecond {
+	if took := time.Since(start); took < 6*d/5 {
 		t.Fatalf("took a paused owner's lease after %s; it must wait 1.2 durations", took)
 	}
 	if _, err := b.WriteAt(fill(2, 4096), 4096); err != nil {
@@ -344,6 +350,16 @@ func TestLeaseNoFlushAfterTakeover(t *testing.T) {
 						}
 					}
 				}()
+			}
+			// At least one flush confirmed before the partition, or
+			// there is nothing to test (the first creates the WAL, with
+			// fsyncs that a busy disk makes slow).
+			for deadline := time.Now().Add(30 * time.Second); lastOK.Load() == 0; time.Sleep(5 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					close(stop)
+					wg.Wait()
+					t.Fatal("no flush succeeded before the partition")
+				}
 			}
 			fl.on.Store(partitioned)
 			b, err := vb.Open(ctx, mem, "v", leaseOpts(t, time.Second))

@@ -293,7 +293,7 @@ func TestRelease(t *testing.T) {
 // reaches the store, and A exits non-zero.
 func TestFencing(t *testing.T) {
 	h := newHarness(t)
-	a := h.serve("wal-a", "size=1MiB", "drain_interval=50ms", "lease_duration=1s")
+	a := h.serve("wal-a", "size=1MiB", "drain_interval=50ms", "lease_duration=2s") // its FUA write must confirm it on a busy disk
 	ca := a.dial()
 	if err := ca.WriteAt([]byte("from A"), 0, true); err != nil {
 		t.Fatal(err)
@@ -356,7 +356,7 @@ func TestFencing(t *testing.T) {
 // the next node, once the lease has expired, adopts the store log.
 func TestStoreDurability(t *testing.T) {
 	h := newHarness(t)
-	a := h.serve("wal-a", "size=1MiB", "drain_interval=1h", "lease_duration=1s", "durability=store")
+	a := h.serve("wal-a", "size=1MiB", "drain_interval=1h", "lease_duration=2s", "durability=store") // its FUA writes must confirm it on a busy disk
 	ca := a.dial()
 	if err := ca.WriteAt([]byte("confirmed"), 0, true); err != nil {
 		t.Fatal(err)

@@ -102,9 +102,11 @@ func TestLiveMigrationHandoff(t *testing.T) {
 // volume and its writes, and the standby exits cleanly.
 func TestLiveMigrationStandbyUnused(t *testing.T) {
 	h := newHarness(t)
-	src := h.serve("walA", "size=16MiB", "lease_duration=1s")
+	// Long leases: nothing here waits for one, and three seconds of
+	// FUA writes must confirm the source's on a busy disk.
+	src := h.serve("walA", "size=16MiB", "lease_duration=10s")
 	a := src.dial()
-	dst := h.serve("walB", "standby=true", "lease_duration=1s")
+	dst := h.serve("walB", "standby=true", "lease_duration=10s")
 	b := dst.dial()
 	b.Close()
 	dst.stop()

@@ -153,7 +153,7 @@ func onlyGets(r *http.Request) bool { return r.Method == http.MethodGet }
 
 func faultStore(t *testing.T, srv *s3server.Server, p *faultproxy.Proxy, onRetry func(string, int, error)) *s3store.Store {
 	t.Helper()
-	return faultStoreTimeout(t, srv, p, onRetry, time.Second)
+	return faultStoreTimeout(t, srv, p, onRetry, 5*time.Second)
 }
 
 // faultStoreTimeout is faultStore with another attempt timeout.
@@ -183,17 +183,17 @@ func faultStoreTimeout(t *testing.T, srv *s3server.Server, p *faultproxy.Proxy, 
 func TestPutIfAmbiguousRetry(t *testing.T) {
 	t.Parallel()
 	srv := s3server.Start(t)
-	// The delayed answer is held for a minute: only the 1 s attempt timeout
+	// The delayed answer is held for a minute: only the 5 s attempt timeout
 	// can make the PutIf return well before that, however loaded the
-	// machine is.
+	// machine is, and no attempt the test does not fault times out.
 	p := faultproxy.Start(t, srv.Endpoint, faultproxy.Options{Match: onlyPuts, Delay: time.Minute})
 	var mu sync.Mutex
 	var retried []string
-	s := faultStore(t, srv, p, func(op string, attempt int, err error) {
+	s := faultStoreTimeout(t, srv, p, func(op string, attempt int, err error) {
 		mu.Lock()
 		retried = append(retried, fmt.Sprintf("%s#%d after %v", op, attempt, err))
 		mu.Unlock()
-	})
+	}, 5*time.Second)
 	ctx := context.Background()
 	check := func(what string, v backend.Version, err error, want string, ambiguous uint64) backend.Version {
 		t.Helper()
@@ -265,7 +265,7 @@ func TestPutIfAmbiguousUnreadable(t *testing.T) {
 	t.Parallel()
 	srv := s3server.Start(t)
 	p := faultproxy.Start(t, srv.Endpoint, faultproxy.Options{})
-	s := faultStore(t, srv, p, nil)
+	s := faultStoreTimeout(t, srv, p, nil, 5*time.Second) // no attempt the test does not fault may time out
 	ctx := context.Background()
 	v, err := s.PutIf(ctx, "manifest", []byte("one"), "")
 	if err != nil {
