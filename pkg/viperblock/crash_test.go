@@ -401,7 +401,7 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 		// a slow machine reaches these points as surely as a fast one.
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		switch {
-		case target == "wal.before-write-ahead":
+		case target == "wal.before-write-ahead", strings.HasPrefix(target, "wal.before-recycle"):
 			v.settleWriteback(sctx)
 		case strings.HasPrefix(target, "wal.before-prep"), strings.HasPrefix(target, "wal.before-fill"):
 			v.settleWriteback(sctx) // it hands the prep loop new segments
