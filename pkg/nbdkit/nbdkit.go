@@ -26,7 +26,10 @@
 //     the context or Config.Ready ends first, nbdkit is killed.
 //   - Stop sends SIGTERM (the viperblock plugin drains the volume to its
 //     store before nbdkit exits) and waits for the exit, or for the context,
-//     which leaves nbdkit running. Kill sends SIGKILL.
+//     which leaves nbdkit running. Kill sends SIGKILL. Done closes once
+//     nbdkit has exited and, for a server Start ran under the keeper, the
+//     keeper has written the status file, so a restart or a removal of the
+//     directory never races the old keeper's write.
 //   - Adopt finds a server started earlier (by another process) from its
 //     pidfile, and holds it through a pidfd once /proc/PID/cmdline shows
 //     nbdkit serving that socket (before and after the pidfd is opened, so
@@ -344,7 +347,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 					s.exited()
 				}()
 			} else {
-				go s.watch()
+				go s.watch(exited)
 			}
 			return s, nil
 		}
@@ -395,7 +398,7 @@ func Adopt(cfg Config) (s *Server, ok bool, err error) {
 	if fi, err := os.Stat(cfg.LogFile); cfg.LogFile != "" && err == nil {
 		s.logStart = fi.Size() // what it logs from now on is new
 	}
-	go s.watch()
+	go s.watch(nil)
 	return s, true, nil
 }
 
@@ -419,7 +422,8 @@ func (s *Server) URI() string {
 // LogFile is the server's log file ("" if its output goes elsewhere).
 func (s *Server) LogFile() string { return s.cfg.LogFile }
 
-// Done is closed when nbdkit has exited.
+// Done is closed when nbdkit has exited and, for a server started by
+// Start under the keeper, the keeper has recorded its status (see watch).
 func (s *Server) Done() <-chan struct{} { return s.done }
 
 // Signal sends sig to nbdkit (nothing once it has exited).
@@ -538,8 +542,30 @@ func (s *Server) accepting() bool {
 	return true
 }
 
-// watch closes done when the pidfd reports nbdkit's exit.
-func (s *Server) watch() {
+// watch closes done when the pidfd reports nbdkit's exit and, for a
+// server started here under the keeper, once the keeper (whose exit
+// closes keeper) has recorded the status too: a caller that then starts
+// a new server, or removes the directory, never races the old keeper's
+// write of its status file. The keeper writes it at once; should it (or
+// its wrapper) linger, done closes after keeperGrace anyway.
+func (s *Server) watch(keeper <-chan struct{}) {
+	defer s.exited()
+	s.waitPidfd()
+	if keeper != nil {
+		t := time.NewTimer(keeperGrace)
+		defer t.Stop()
+		select {
+		case <-keeper:
+		case <-t.C:
+		}
+	}
+}
+
+// keeperGrace bounds watch's wait for the keeper after nbdkit's exit.
+const keeperGrace = 15 * time.Second
+
+// waitPidfd returns when the pidfd reports the process's exit.
+func (s *Server) waitPidfd() {
 	fds := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}}
 	for {
 		n, err := unix.Poll(fds, -1)
@@ -550,7 +576,6 @@ func (s *Server) watch() {
 			break
 		}
 	}
-	s.exited()
 }
 
 // exited releases the pidfd and marks the process gone. A private pidfile

@@ -207,7 +207,8 @@ func TestKeeperAdopt(t *testing.T) {
 // nbdkit to exit by itself.
 func TestStopTimeout(t *testing.T) {
 	testutil.NeedCommands(t, "nbdkit")
-	s, err := Start(context.Background(), keeperConfig(t.TempDir()))
+	c := keeperConfig(t.TempDir())
+	s, err := Start(context.Background(), c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,6 +219,14 @@ func TestStopTimeout(t *testing.T) {
 		t.Fatalf("stop: %v", err)
 	}
 	<-s.Done() // SIGTERM was sent: it exits anyway
+	// Done waited for the keeper too: the status is already recorded, and
+	// nothing writes to the directory any more.
+	if b, err := os.ReadFile(c.Status); err != nil || string(b) != "0\n" {
+		t.Fatalf("status file right after Done: %q, %v", b, err)
+	}
+	if err := s.Wait(); err != nil {
+		t.Fatalf("wait after the SIGTERM: %v", err)
+	}
 }
 
 // TestPlace: the keeper is handed to Place before it starts nbdkit; a
