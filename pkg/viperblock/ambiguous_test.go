@@ -471,7 +471,7 @@ func testCommitTakeoverStillFences(t *testing.T, newStore func(t *testing.T) bac
 			st, ls := newLossy(newStore(t))
 			im := volImage{vol: tc.name}
 			o := quietOpts(t)
-			o.LeaseDuration = 500 * time.Millisecond
+			o.LeaseDuration = 2 * time.Second // its flushes must confirm it on a busy disk or S3 server
 			v := mustCreate(t, st, im.vol, imgBlocks*vb.BlockSize, o)
 			defer v.Close()
 			im.writeFlush(t, v, 'a', 0, 8)
@@ -632,8 +632,9 @@ func TestS3CommitAnswerLost(t *testing.T) {
 	im.checkElsewhere(t, "a new node after the lost answers", openS3(t, direct))
 
 	// A real takeover (of a paused owner) still fences, through the same
-	// proxy.
-	o.LeaseDuration = 500 * time.Millisecond
+	// proxy. The lease is long enough for the drain before the pause to
+	// confirm it on a busy S3 server.
+	o.LeaseDuration = 2 * time.Second
 	v, err := vb.Open(ctx, openS3(t, u), "v", o)
 	if err != nil {
 		t.Fatal(err)

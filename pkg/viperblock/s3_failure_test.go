@@ -354,7 +354,9 @@ func TestS3SplitBrain(t *testing.T) {
 	// A stops renewing its lease (paused, as far as the store can tell)
 	// but goes on writing; B waits the lease out and takes over.
 	vb.PauseLeaseForTest(a)
-	b, err := vb.Open(ctx, nodeB, "v", fast(walB))
+	ob := fast(walB)
+	ob.LeaseDuration = 10 * time.Second // nothing waits for B's expiry; its drains must confirm it on a busy server
+	b, err := vb.Open(ctx, nodeB, "v", ob)
 	if err != nil {
 		t.Fatal(err)
 	}
