@@ -15,6 +15,7 @@ import (
 	"github.com/go-logr/logr/funcr"
 	"k8s.io/klog/v2"
 
+	"github.com/viperblock/viperblock-csi/internal/testutil"
 	"github.com/viperblock/viperblock-csi/pkg/credsync"
 )
 
@@ -275,21 +276,16 @@ func TestRun(t *testing.T) {
 	vol.update(keys("", "SeCrEtBaD")) // incomplete: logged once, file kept
 	// Let Run see the bad version (it may still be syncing the first
 	// write's directory) before the good one replaces it.
-	logged := func(what string) bool {
+	testutil.Eventually(t, 10*time.Second, "Run to report the incomplete version", func() (bool, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, l := range logs {
-			if strings.Contains(l, what) {
-				return true
+			if strings.Contains(l, "cannot update") {
+				return true, nil
 			}
 		}
-		return false
-	}
-	for deadline := time.Now().Add(10 * time.Second); !logged("cannot update"); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("Run never reported the incomplete version")
-		}
-	}
+		return false, nil
+	})
 	vol.update(keys("AKIDTWO", "SeCrEtTwO"))
 	waitFor("AKIDTWO")
 	cancel()

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/viperblock/viperblock-csi/internal/testutil"
 	vb "github.com/viperblock/viperblock-csi/pkg/viperblock"
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
 )
@@ -354,12 +355,10 @@ func TestLeaseNoFlushAfterTakeover(t *testing.T) {
 			// At least one flush confirmed before the partition, or
 			// there is nothing to test (the first creates the WAL, with
 			// fsyncs that a busy disk makes slow).
-			for deadline := time.Now().Add(30 * time.Second); lastOK.Load() == 0; time.Sleep(5 * time.Millisecond) {
-				if time.Now().After(deadline) {
-					close(stop)
-					wg.Wait()
-					t.Fatal("no flush succeeded before the partition")
-				}
+			if err := testutil.WaitFor(ctx, 30*time.Second, func() (bool, error) { return lastOK.Load() != 0, nil }); err != nil {
+				close(stop)
+				wg.Wait()
+				t.Fatalf("no flush succeeded before the partition: %v", err)
 			}
 			fl.on.Store(partitioned)
 			b, err := vb.Open(ctx, mem, "v", leaseOpts(t, time.Second))
