@@ -511,35 +511,46 @@ func (s *Server) where() string {
 }
 
 // accepting reports whether the server accepts a connection and answers
-// the NBD handshake. The probe ends the handshake as a client should
-// (NBD_OPT_ABORT, and it reads the reply) so that nbdkit logs no error
-// about a client gone mid-handshake.
+// the NBD handshake.
 func (s *Server) accepting() bool {
 	network, addr := "unix", s.cfg.Socket
 	if addr == "" {
 		network, addr = "tcp", s.cfg.Addr
 	}
+	connected, serving := probe(network, addr)
+	return connected && serving
+}
+
+// probe connects to addr and, if it is an NBD server, ends the handshake
+// as a client should: NBD_OPT_ABORT, then it reads the reply. A probe that
+// just closed its connection would make nbdkit log an error about a client
+// gone mid-handshake, and would leave nbdkit accepting a connection after
+// the probe returned: nbdkit counts a connection's thread only once the
+// thread runs, so a SIGTERM in that window lets nbdkit exit under a
+// running connection thread, and it dies of SIGSEGV. Once the server has
+// sent its greeting, its thread is counted and nbdkit waits for it.
+func probe(network, addr string) (connected, serving bool) {
 	c, err := net.DialTimeout(network, addr, time.Second)
 	if err != nil {
-		return false
+		return false, false
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	// Server: "NBDMAGIC", "IHAVEOPT", 16-bit handshake flags.
 	b := make([]byte, 18)
 	if _, err := io.ReadFull(c, b); err != nil || string(b[:16]) != "NBDMAGICIHAVEOPT" {
-		return false
+		return true, false
 	}
 	// Client: flags (fixed newstyle, no zeroes), then option NBD_OPT_ABORT
 	// (2) with no data.
 	req := []byte{0, 0, 0, 3, 'I', 'H', 'A', 'V', 'E', 'O', 'P', 'T', 0, 0, 0, 2, 0, 0, 0, 0}
 	if _, err := c.Write(req); err != nil {
-		return false
+		return true, false
 	}
 	// The server acknowledges (a 20-byte option reply) and closes; an
 	// older one may close at once. Either way it is serving.
 	io.ReadFull(c, make([]byte, 20))
-	return true
+	return true, true
 }
 
 // watch closes done when the pidfd reports nbdkit's exit and, for a
@@ -686,9 +697,9 @@ func removeStaleSocket(path string) error {
 		return fmt.Errorf("nbdkit: socket path %s is a directory", path)
 	}
 	if fi.Mode()&os.ModeSocket != 0 {
-		c, err := net.DialTimeout("unix", path, time.Second)
-		if err == nil {
-			c.Close()
+		// Anything that accepts is a live server; the probe ends an NBD
+		// server's handshake properly (see probe).
+		if connected, _ := probe("unix", path); connected {
 			return fmt.Errorf("nbdkit: %s: another server is already listening", path)
 		}
 	}
