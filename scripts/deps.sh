@@ -30,7 +30,7 @@ pkg_for cpio cpio
 pkg_for jq jq
 pkg_for zsh zsh
 pkg_for fish fish
-dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need_apt+=(busybox-static)
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep "ok installed" >/dev/null || need_apt+=(busybox-static)
 [ -f /usr/include/nbdkit-plugin.h ] || need_apt+=(nbdkit-plugin-dev)
 
 if [ ${#need_apt[@]} -gt 0 ] && ! $only_go_tools; then
@@ -57,7 +57,7 @@ gobin="$(go env GOPATH)/bin"
 # already that version.
 go_tool() {
   local bin=$1 pkg=$2 ver=$3
-  if [ -x "$gobin/$bin" ] && go version -m "$gobin/$bin" 2>/dev/null | awk '$1 == "mod" { print $3 }' | grep -qx "$ver"; then
+  if [ -x "$gobin/$bin" ] && go version -m "$gobin/$bin" 2>/dev/null | awk '$1 == "mod" { print $3 }' | grep -x "$ver" >/dev/null; then
     return 0
   fi
   echo "deps: installing $pkg@$ver"

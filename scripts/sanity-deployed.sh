@@ -80,7 +80,7 @@ cleanup() {
     fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m"
   done
   for pid in $(pids_from | sort -u); do
-    if tr '\0' ' ' </proc/"$pid"/cmdline 2>/dev/null | grep -q -e "$work" -e nbdfuse; then
+    if tr '\0' ' ' </proc/"$pid"/cmdline 2>/dev/null | grep -e "$work" -e nbdfuse >/dev/null; then
       kill -TERM "$pid" 2>/dev/null
     fi
   done

@@ -58,7 +58,7 @@ CLUSTER_PACKAGES=(etcd-server containerd runc containernetworking-plugins iptabl
 ensure_packages() {
   local missing=() p
   for p in "${CLUSTER_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grepq 'ok installed' || missing+=("$p")
   done
   [ ${#missing[@]} = 0 ] && { log "Debian packages present"; return 0; }
   log "installing ${missing[*]}"
@@ -454,7 +454,7 @@ EOF
 }
 
 node_ready() {
-  kc get node "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -qx True
+  kc get node "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grepq -x True
 }
 
 nodes_up() {

@@ -179,7 +179,7 @@ driver_rollout() {
 csinode_has_driver() {
   local n
   for n in ${1:-$NODE_A $NODE_B}; do
-    kc get csinode "$n" -o jsonpath='{.spec.drivers[*].name}' 2>/dev/null | grep -qw "$DRIVER" || return 1
+    kc get csinode "$n" -o jsonpath='{.spec.drivers[*].name}' 2>/dev/null | grepq -w "$DRIVER" || return 1
   done
 }
 
@@ -236,7 +236,7 @@ node_plugin_pid() {
   local p want
   want=$(ip netns exec "${1:-$NODE}" readlink /proc/self/ns/net) || return 1
   for p in $(pgrep -x node); do
-    tr '\0' ' ' <"/proc/$p/cmdline" | grep -q -- '--endpoint=unix:///csi/csi.sock' || continue
+    tr '\0' ' ' <"/proc/$p/cmdline" | grepq -- '--endpoint=unix:///csi/csi.sock' || continue
     [ "$(readlink "/proc/$p/ns/net")" = "$want" ] && { echo "$p"; return 0; }
   done
   return 1

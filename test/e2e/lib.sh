@@ -5,6 +5,12 @@
 # run directory; teardown stops exactly those PIDs, then unmounts whatever is
 # left under the run directory.
 
+# grepq ARGS...: grep -q for the end of a pipeline. grep -q exits at its
+# first match; the command writing into the pipe then dies of SIGPIPE on its
+# next write, and under pipefail the pipeline fails although grep matched
+# (or, negated, passes although it did). grepq reads all of its input.
+grepq() { grep "$@" >/dev/null; }
+
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$E2E_DIR/../.." && pwd)
 

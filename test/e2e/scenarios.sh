@@ -187,7 +187,7 @@ EOF
   done
   for id in "${NODE_IDS[@]}"; do
     wait_running "smoke-$id" 120 || return 1
-    kc -n "$NS" logs "smoke-$id" | grep -qx smoke-ok || fail "pod log of smoke-$id lacks smoke-ok" || return 1
+    kc -n "$NS" logs "smoke-$id" | grepq -x smoke-ok || fail "pod log of smoke-$id lacks smoke-ok" || return 1
     [ "$(kc -n "$NS" exec "smoke-$id" -- cat /proc/self/comm 2>&1)" = cat ] || fail "kubectl exec does not work on node $id" || return 1
     ip=$(kc -n "$NS" get pod "smoke-$id" -o jsonpath='{.status.podIP}')
     [[ "$ip" == "$(node_pod_cidr "$id" | sed 's/0\/24$//')"* ]] || fail "smoke-$id has address $ip, not one of node $id's pod network" || return 1
@@ -216,7 +216,7 @@ fs_roundtrip() {
   local name=$1 class=$2 fstype=$3 w r
   pvc "$name" "$class" 1Gi && wait_bound "$name" || return 1
   w=$(run_pod "$name-w" "$name" "awk '\$2==\"/data\"{print \"fstype\", \$3}' /proc/mounts; $write_script") || fail "writer pod: $w" || return 1
-  echo "$w" | grep -qx "fstype $fstype" || fail "/data is not $fstype: $w" || return 1
+  echo "$w" | grepq -x "fstype $fstype" || fail "/data is not $fstype: $w" || return 1
   delete_pod "$name-w" || return 1
   r=$(run_pod "$name-r" "$name" "$verify_script") || fail "reader pod: $r" || return 1
   [ -n "$(echo "$w" | blob_sum)" ] && [ "$(echo "$w" | blob_sum)" = "$(echo "$r" | blob_sum)" ] || fail "checksums differ: wrote $w read $r" || return 1
@@ -249,7 +249,7 @@ scenario_snapshot() {
   local before after restored
   pvc snap-src viperblock-ext4 1Gi && wait_bound snap-src || return 1
   pod snap-w snap-src "$write_script && echo written; exec sleep 3600" && wait_running snap-w || return 1
-  wait_until 120 "snap-w wrote its data" eval 'kc -n "$NS" logs snap-w | grep -qx written' || fail "writer did not finish" || return 1
+  wait_until 120 "snap-w wrote its data" eval 'kc -n "$NS" logs snap-w | grepq -x written' || fail "writer did not finish" || return 1
   before=$(kc -n "$NS" logs snap-w | grep -v '^written$' | tail -1)
   [ -n "$before" ] || fail "writer printed no checksum" || return 1
   kc -n "$NS" apply -f - >/dev/null <<EOF
@@ -279,7 +279,7 @@ scenario_clone() {
   c=$(run_pod clone-r clone "$verify_script && echo clone-only > /data/clone-only && sync") || fail "clone reader: $c" || return 1
   [ -n "$(echo "$src" | blob_sum)" ] && [ "$(echo "$c" | blob_sum)" = "$(echo "$src" | blob_sum)" ] || fail "clone has $c, source had $src" || return 1
   out=$(run_pod clone-src-r clone-src "$verify_script; test ! -e /data/clone-only && echo source-untouched") || fail "source after clone write: $out" || return 1
-  echo "$out" | grep -qx source-untouched || fail "a write to the clone shows in the source" || return 1
+  echo "$out" | grepq -x source-untouched || fail "a write to the clone shows in the source" || return 1
   delete_pod clone-r clone-src-r || return 1
   # Delete the source while the clone lives: the clone must still read.
   local pv; pv=$(pv_of clone-src)
@@ -322,7 +322,7 @@ expand_online() {
   log "   df: ${before} KiB -> ${after} KiB"
   [ -n "$after" ] && [ "$after" -gt $((before * 18 / 10)) ] || fail "df did not grow (before ${before} KiB, after ${after} KiB)" || return 1
   [ "$(kc -n "$NS" get pvc "$expand" -o jsonpath='{.status.capacity.storage}')" = 2Gi ] || fail "PVC capacity not 2Gi" || return 1
-  kc -n "$NS" get pod expand-p -o jsonpath='{.status.phase}' | grep -qx Running || fail "pod stopped during expansion" || return 1
+  kc -n "$NS" get pod expand-p -o jsonpath='{.status.phase}' | grepq -x Running || fail "pod stopped during expansion" || return 1
   delete_pod expand-p
 }
 
@@ -339,16 +339,16 @@ expand_restage() {
   kc -n "$NS" patch pvc "$expand" --type=merge -p '{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}' >/dev/null || return 1
   # The kubelet reports the refusal as the PVC's NodeResizeError condition.
   wait_until 180 "the refused online growth reported on the PVC" eval \
-    "kc -n $NS get pvc $expand -o jsonpath='{.status.conditions[?(@.type==\"NodeResizeError\")].message}' | grep -q CAP_SYS_RESOURCE" ||
+    "kc -n $NS get pvc $expand -o jsonpath='{.status.conditions[?(@.type==\"NodeResizeError\")].message}' | grepq CAP_SYS_RESOURCE" ||
     fail "the PVC does not say the online growth was refused: $(kc -n "$NS" get pvc "$expand" -o jsonpath='{range .status.conditions[*]}{.type}: {.message}{"\n"}{end}')" || return 1
-  kc -n "$NS" get pod expand-p -o jsonpath='{.status.phase}' | grep -qx Running || fail "pod stopped after the refused growth" || return 1
+  kc -n "$NS" get pod expand-p -o jsonpath='{.status.phase}' | grepq -x Running || fail "pod stopped after the refused growth" || return 1
   delete_pod expand-p
   pod expand-q "$expand" "exec sleep 3600" && wait_running expand-q || return 1
   wait_until 180 "df grows after restaging" eval '[ "$(df_kib expand-q)" -gt $((before * 18 / 10)) ]'
   after=$(df_kib expand-q)
   log "   df: ${before} KiB -> ${after} KiB (grown offline at restage)"
   [ -n "$after" ] && [ "$after" -gt $((before * 18 / 10)) ] || fail "df did not grow (before ${before} KiB, after ${after} KiB)" || return 1
-  kc -n "$NS" exec expand-q -- cat /data/kept | grep -qx kept || fail "the file written before the growth is gone" || return 1
+  kc -n "$NS" exec expand-q -- cat /data/kept | grepq -x kept || fail "the file written before the growth is gone" || return 1
   wait_until 120 "PVC capacity 2Gi" eval '[ "$(kc -n '"$NS"' get pvc '"$expand"' -o jsonpath="{.status.capacity.storage}")" = 2Gi ]' ||
     fail "PVC capacity $(kc -n "$NS" get pvc "$expand" -o jsonpath='{.status.capacity.storage}'), not 2Gi" || return 1
   delete_pod expand-q

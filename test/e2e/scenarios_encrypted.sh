@@ -59,7 +59,7 @@ scenario_encrypted() {
   wait_until 60 "the plain volume's chunks in the store" eval '[ -n "$(store_grep "$plain" "$marker")" ]' ||
     fail "the marker is not found in the plain volume's store objects: the search does not work" || return 1
   [ -z "$(store_grep "$enc" "$marker")" ] || fail "plaintext in the store: $(store_grep "$enc" "$marker")" || return 1
-  ! wal_grep "$marker" | grep -v "/$plain/" | grep -q . || fail "plaintext in a WAL: $(wal_grep "$marker")" || return 1
+  ! wal_grep "$marker" | grep -v "/$plain/" | grepq . || fail "plaintext in a WAL: $(wal_grep "$marker")" || return 1
   delete_pod enc-w enc-plain-w || return 1
   r=$(run_pod enc-r enc "sha256sum /data/marker") || fail "reader: $r" || return 1
   [ "$(echo "$w" | grep marker)" = "$(echo "$r" | grep marker)" ] || fail "read back $r, wrote $w" || return 1

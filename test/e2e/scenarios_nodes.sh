@@ -27,7 +27,7 @@ pvc_traces() {
   volume_mounts "$id" | grep -F -e "$pv" -e "$hash" -e "${handle##*/}"
   want=$(readlink "/run/netns/$(node_name "$id")" 2>/dev/null || ip netns exec "$(node_name "$id")" readlink /proc/self/ns/net)
   for p in $(pgrep -x nbdkit); do
-    tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -qF "${handle##*/}" || continue
+    tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grepq -F "${handle##*/}" || continue
     [ "$(readlink "/proc/$p/ns/net")" = "$want" ] && echo "$id: nbdkit $p serves ${handle##*/}"
   done
 }
@@ -38,7 +38,7 @@ node_released() {
   local id=$1; shift
   local c n; n=$(node_name "$id")
   for c in "$@"; do
-    wait_until 120 "node $id lets go of $c" eval '[ -z "$(pvc_traces '"$id $c"')" ] && ! attached_nodes '"$c"' | grep -qx '"$n" ||
+    wait_until 120 "node $id lets go of $c" eval '[ -z "$(pvc_traces '"$id $c"')" ] && ! attached_nodes '"$c"' | grepq -x '"$n" ||
       fail "node $id still holds $c: $(pvc_traces "$id" "$c" | tr '\n' ';') attached to: $(attached_nodes "$c" | tr '\n' ' ')" || return 1
   done
 }
@@ -111,7 +111,7 @@ spec:
       resources: {requests: {storage: 1Gi}}
 EOF
   wait_until 180 "$pod Ready" kc -n "$NS" wait --for=condition=Ready "pod/$pod" --timeout=5s || fail "$pod not Ready" || return 1
-  wait_until 60 "$pod wrote" eval 'kc -n "$NS" logs '"$pod"' | grep -qx WROTE' || fail "$pod did not write: $(kc -n "$NS" logs "$pod")" || return 1
+  wait_until 60 "$pod wrote" eval 'kc -n "$NS" logs '"$pod"' | grepq -x WROTE' || fail "$pod did not write: $(kc -n "$NS" logs "$pod")" || return 1
   from=$(pod_node "$pod"); to=$(other_node "$from")
   log "   $pod wrote on $from; draining $from"
   kc drain "$from" --ignore-daemonsets --delete-emptydir-data --force --timeout=300s >"$R/log/drain.log" 2>&1 ||
@@ -121,8 +121,8 @@ EOF
       { fail "$pod did not come up on $to (on $(pod_node "$pod"))"; rc=1; }
   fi
   if [ $rc = 0 ]; then
-    wait_until 60 "$pod checked its data" eval 'kc -n "$NS" logs '"$pod"' | grep -q "^VERIFIED\|^CORRUPT"'
-    kc -n "$NS" logs "$pod" | grep -q '^VERIFIED' || { fail "$pod on $to: $(kc -n "$NS" logs "$pod")"; rc=1; }
+    wait_until 60 "$pod checked its data" eval 'kc -n "$NS" logs '"$pod"' | grepq "^VERIFIED\|^CORRUPT"'
+    kc -n "$NS" logs "$pod" | grepq '^VERIFIED' || { fail "$pod on $to: $(kc -n "$NS" logs "$pod")"; rc=1; }
     log "   $(kc -n "$NS" logs "$pod" | head -1)"
   fi
   [ $rc = 0 ] && { node_released "$(node_id_of "$from")" "$claim" || rc=1; }
@@ -243,7 +243,7 @@ scenario_node_partition_b() {
   kc -n "$NS" delete pod part-w --force --grace-period=0 >/dev/null 2>&1
   kc taint node "$NODE_A" node.kubernetes.io/out-of-service=nodeshutdown:NoExecute --overwrite >/dev/null || return 1
   wait_until 180 "the VolumeAttachments to $NODE_A removed" eval \
-    '! attached_nodes part-fs | grep -qx '"$NODE_A"' && ! attached_nodes part-blk | grep -qx '"$NODE_A" ||
+    '! attached_nodes part-fs | grepq -x '"$NODE_A"' && ! attached_nodes part-blk | grepq -x '"$NODE_A" ||
     fail "VolumeAttachments to $NODE_A not removed" || return 1
   n=$(log_lines "$R/log/part-writer.log" | awk '$1 == "step" {n = $2 + 1} END {print n + 0}')
   log "   attachments to $NODE_A removed; verifying steps 0..$((n - 1)) on $NODE_B"
@@ -306,6 +306,6 @@ scenario_clone_other_node() {
   out=$(POD_NODE=$NODE_B run_pod cln-r2 cln-dst "[ -e /data/clone-only ] && [ \"\$(cat /data/count)\" = $cc ] && sha256sum -c /data/base.sha256 >/dev/null && echo clone intact") ||
     fail "the clone changed after the source went on writing: $out" || return 1
   log "   $NODE_B: $out; source at $(io_count cln-w)"
-  ! kc -n "$NS" logs cln-w | grep -q IOERROR || fail "I/O error on the source: $(kc -n "$NS" logs cln-w | grep IOERROR | head -2)" || return 1
+  ! kc -n "$NS" logs cln-w | grepq IOERROR || fail "I/O error on the source: $(kc -n "$NS" logs cln-w | grep IOERROR | head -2)" || return 1
   delete_pod cln-w cln-r cln-r2
 }

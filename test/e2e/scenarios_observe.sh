@@ -47,7 +47,7 @@ scenario_observe() {
   log "   $(node_metric a '^viperblock_node_wal_disk_avail_bytes')"
   node_pod_name=$(node_pod "$(node_name a)")
   logs=$(kc -n "$CSI_NS" logs "$node_pod_name" -c node 2>&1 | grep -F "volume_id=\"$vol\"" | grep -F 'source="nbdkit"')
-  echo "$logs" | grep -q 'volume open' || fail "the node plugin's log has no engine line for $vol: $(echo "$logs" | tail -3)" || return 1
+  echo "$logs" | grepq 'volume open' || fail "the node plugin's log has no engine line for $vol: $(echo "$logs" | tail -3)" || return 1
   log "   $(echo "$logs" | grep -m1 'volume open' | cut -c1-200)"
   delete_pod obs-w || return 1
   kc -n "$NS" delete pvc obs --wait=true --timeout=120s >/dev/null || fail "pvc obs not deleted" || return 1

@@ -10,7 +10,7 @@
 scenario_shipped_image() {
   local images bad vol
   images=$(kc -n "$CSI_NS" get pods -o jsonpath='{range .items[*]}{range .spec.containers[*]}{.image}{"\n"}{end}{end}' | sort -u)
-  echo "$images" | grep -qx "$DRIVER_IMAGE:$DRIVER_TAG" || fail "no pod runs $DRIVER_IMAGE:$DRIVER_TAG: $images" || return 1
+  echo "$images" | grepq -x "$DRIVER_IMAGE:$DRIVER_TAG" || fail "no pod runs $DRIVER_IMAGE:$DRIVER_TAG: $images" || return 1
   bad=$(kc -n "$CSI_NS" get pods --no-headers | awk '$3 != "Running"')
   [ -z "$bad" ] || fail "driver pods not Running: $bad" || return 1
   [ "$(kc -n "$CSI_NS" get deployment viperblock-csi-controller -o jsonpath='{.status.readyReplicas}')" = 2 ] ||
@@ -24,7 +24,7 @@ scenario_shipped_image() {
   # The node plugin of the node the writer ran on.
   NPOD=$(node_pod "$(pod_node shipped-w)")
   wait_until 60 "the engine's log for $vol in kubectl logs" eval \
-    'kc -n "$CSI_NS" logs "$NPOD" -c node | grep -qF "$ENGINE_PREFIX"' ||
+    'kc -n "$CSI_NS" logs "$NPOD" -c node | grepq -F "$ENGINE_PREFIX"' ||
     fail "kubectl logs of the node plugin has no line with '$ENGINE_PREFIX': $(kc -n "$CSI_NS" logs "$NPOD" -c node | tail -5)" || return 1
   log "   $(kc -n "$CSI_NS" logs "$NPOD" -c node | grep -F "$ENGINE_PREFIX" | head -1 | cut -c1-160)"
   delete_pod shipped-w
@@ -109,7 +109,7 @@ io_progress() {
   c0=$(io_count "$1")
   wait_until 90 "writes continue $2" eval '[ "$(io_count '"$1"')" -gt "${c0:-0}" ]' ||
     fail "writes stalled $2 (count ${c0:-none}): $(kc -n "$NS" logs "$1" | tail -3)" || return 1
-  ! kc -n "$NS" logs "$1" | grep -q IOERROR || fail "I/O error $2: $(kc -n "$NS" logs "$1" | grep IOERROR | head -3)" || return 1
+  ! kc -n "$NS" logs "$1" | grepq IOERROR || fail "I/O error $2: $(kc -n "$NS" logs "$1" | grep IOERROR | head -3)" || return 1
   log "   writes $2: ${c0:-0} -> $(io_count "$1")"
 }
 
@@ -127,8 +127,8 @@ io_scenario() {
   [ "$(kc -n "$NS" get pod "$name-w" -o jsonpath='{.status.phase}')" = Running ] ||
     fail "writer stopped: $(kc -n "$NS" logs "$name-w" | tail -3)" || return 1
   kc -n "$NS" exec "$name-w" -- touch /tmp/stop || return 1
-  wait_until 30 "writer stopped" eval 'kc -n "$NS" logs '"$name-w"' | grep -q "^stopped at"' || fail "writer did not stop" || return 1
-  ! kc -n "$NS" logs "$name-w" | grep -q IOERROR || fail "I/O error: $(kc -n "$NS" logs "$name-w" | grep IOERROR | head -3)" || return 1
+  wait_until 30 "writer stopped" eval 'kc -n "$NS" logs '"$name-w"' | grepq "^stopped at"' || fail "writer did not stop" || return 1
+  ! kc -n "$NS" logs "$name-w" | grepq IOERROR || fail "I/O error: $(kc -n "$NS" logs "$name-w" | grep IOERROR | head -3)" || return 1
   log "   writer $(kc -n "$NS" logs "$name-w" | tail -1)"
   delete_pod "$name-w" || fail "deleting the writer (unstage)" || return 1
   out=$(run_pod_io "$name-r" "$name-fs" "$name-blk" "$io_verify_script" 2>&1) ||
@@ -231,7 +231,7 @@ scenario_credential_rotation() {
   # The kubelet updates the mounted Secret within its sync period; the
   # driver notices the change and logs it.
   wait_until 180 "the node plugin uses the new keys" eval \
-    "kc -n $CSI_NS logs $(node_pod) -c node | grep -q 'credentials.*changed'" ||
+    "kc -n $CSI_NS logs $(node_pod) -c node | grepq 'credentials.*changed'" ||
     fail "the node plugin did not log a credentials change" || return 1
   store_user delete "$STORE_KEY" || fail "deleting the first account" || return 1
   log "   account $STORE_KEY deleted; volume $vol keeps draining"

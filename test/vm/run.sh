@@ -184,7 +184,7 @@ guest_checks() {
     fi
   done < <(console "$name" | grep '^CHECK ')
   [ -n "$killed" ] && return 0
-  if console "$name" | grep -q '^VM_EXIT=0$'; then
+  if console "$name" | grep '^VM_EXIT=0$' >/dev/null; then
     return 0
   fi
   fail "$prefix: guest ran to the end" 0 "no VM_EXIT=0 in the console; last lines:"
@@ -224,7 +224,7 @@ img_sums() {
 }
 # same A B: files A and B are equal; shows the difference otherwise.
 same() { diff "$1" "$2" >/dev/null || { diff "$1" "$2" | head -20; return 1; }; }
-img_absent() { debugfs -R "stat /$2" "$1" 2>&1 | grep -q 'File not found'; }
+img_absent() { debugfs -R "stat /$2" "$1" 2>&1 | grep 'File not found' >/dev/null; }
 
 # ---- the guest -------------------------------------------------------------
 
