@@ -517,8 +517,8 @@ func (s *Server) accepting() bool {
 	if addr == "" {
 		network, addr = "tcp", s.cfg.Addr
 	}
-	connected, serving := probe(network, addr)
-	return connected && serving
+	_, serving := probe(network, addr)
+	return serving
 }
 
 // probe connects to addr and, if it is an NBD server, ends the handshake

@@ -63,6 +63,12 @@ func TestStartStop(t *testing.T) {
 	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("socket left behind: %v", err)
 	}
+	// The probes (readiness, and the check for a server already
+	// listening) end the handshake as a client should: nbdkit logged no
+	// client gone mid-handshake.
+	if out := s.Output(); strings.Contains(out, "error") {
+		t.Fatalf("nbdkit logged an error about the probes: %s", out)
+	}
 }
 
 func TestStaleSocketAndKill(t *testing.T) {

@@ -238,11 +238,7 @@ func runCrash(t *testing.T, rng *rand.Rand, seed int64, iters int, newStore func
 			WALDeferBytes: []int64{-1, 1, 3 * wal.BlockRecordLen, 0}[rng.Intn(4)], Logger: quietLogger(),
 			Compaction: CompactionOptions{Disabled: true}, Keys: keys} // compactions run as ops below
 		if strings.HasPrefix(target, "open.") {
-			// A crash inside Open leaves a lease that the next open must
-			// wait out: 15 s by default, most of this point's time. The
-			// test's owners run on memory stores, where 2 s leaves their
-			// renewals ample room.
-			o.LeaseDuration = 2 * time.Second
+			o.LeaseDuration = crashLease // a crash inside Open leaves a lease to wait out
 		}
 		crashRng := rand.New(rand.NewSource(rng.Int63()))
 		// midDrain, when set, is run once by the next drain as it uploads

@@ -119,7 +119,7 @@ func TestCrashInsideOperations(t *testing.T) {
 			return err
 		}, nil},
 		{"snapshot-owner", func(s backend.Store) error {
-			v, err := Open(ctx, s, "a", Options{WALDir: "/w", FS: vfs.NewMem(), Logger: quietLogger(), LeaseDuration: crashOpsLease})
+			v, err := Open(ctx, s, "a", Options{WALDir: "/w", FS: vfs.NewMem(), Logger: quietLogger(), LeaseDuration: crashLease})
 			if err != nil {
 				return err
 			}
@@ -137,7 +137,7 @@ func TestCrashInsideOperations(t *testing.T) {
 		{"delete-snapshot", func(s backend.Store) error { return DeleteSnapshot(ctx, s, "a", "s1") }, []string{"a@s1"}},
 		{"gc", func(s backend.Store) error { _, err := GC(ctx, s, "a"); return err }, nil},
 		{"gc-open", func(s backend.Store) error {
-			v, err := Open(ctx, s, "b", Options{WALDir: "/w", FS: vfs.NewMem(), Logger: quietLogger(), LeaseDuration: crashOpsLease})
+			v, err := Open(ctx, s, "b", Options{WALDir: "/w", FS: vfs.NewMem(), Logger: quietLogger(), LeaseDuration: crashLease})
 			if err != nil {
 				return err
 			}
@@ -146,7 +146,7 @@ func TestCrashInsideOperations(t *testing.T) {
 			return err
 		}, nil},
 		{"compact-open", func(s backend.Store) error {
-			v, err := Open(ctx, s, "a", Options{WALDir: "/w", FS: vfs.NewMem(), Logger: quietLogger(), LeaseDuration: crashOpsLease,
+			v, err := Open(ctx, s, "a", Options{WALDir: "/w", FS: vfs.NewMem(), Logger: quietLogger(), LeaseDuration: crashLease,
 				Compaction: CompactionOptions{Disabled: true, ChunkLiveRatio: 1}})
 			if err != nil {
 				return err
@@ -228,12 +228,12 @@ func TestCrashInsideOperations(t *testing.T) {
 	}
 }
 
-// crashOpsLease is the lease of the owners the operations open. A crashed
-// owner's lease must run out before the recovery's open can take the
-// volume over; with the default 15 s that waiting was most of this
-// test's time. The operations take milliseconds on the memory store, so
-// 2 s leaves their renewals ample room.
-const crashOpsLease = 2 * time.Second
+// crashLease is the lease of owners that a crash test crashes inside Open
+// or an operation. A crashed owner's lease must run out before the next
+// open can take the volume over; with the default 15 s that waiting was
+// most of these tests' time. The owners run on memory stores, where their
+// operations take milliseconds, so 2 s leaves their renewals ample room.
+const crashLease = 2 * time.Second
 
 func contains(l []string, s string) bool {
 	for _, x := range l {
