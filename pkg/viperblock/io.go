@@ -1,10 +1,11 @@
 package viperblock
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
 	"sync"
 
 	"github.com/viperblock/viperblock-csi/pkg/viperblock/backend"
@@ -193,7 +194,10 @@ type miss struct {
 
 // readBlocks fills dst (whole blocks) starting at block first.
 func (v *Volume) readBlocks(ctx context.Context, first uint64, dst []byte) error {
-	var misses []miss
+	// A read of a few blocks (most random reads) keeps its misses on the
+	// stack: no allocation per read.
+	var small [8]miss
+	misses := small[:0]
 	n := uint64(len(dst) / BlockSize)
 	for i := uint64(0); i < n; i++ {
 		d := dst[i*BlockSize : (i+1)*BlockSize]
@@ -251,27 +255,26 @@ func (v *Volume) resolve(b uint64, dst []byte) (cache.Key, bool) {
 // blocks that sit next to each other in one chunk (whatever their order in
 // the volume), several runs at a time, each block verified.
 func (v *Volume) fetch(ctx context.Context, misses []miss) error {
-	sort.Slice(misses, func(i, j int) bool {
-		a, b := misses[i].key, misses[j].key
-		if a.Vol != b.Vol {
-			return a.Vol < b.Vol
+	slices.SortFunc(misses, func(a, b miss) int {
+		if c := cmp.Compare(a.key.Vol, b.key.Vol); c != 0 {
+			return c
 		}
-		if a.Chunk != b.Chunk {
-			return a.Chunk < b.Chunk
+		if c := cmp.Compare(a.key.Chunk, b.key.Chunk); c != 0 {
+			return c
 		}
-		return a.Index < b.Index
+		return cmp.Compare(a.key.Index, b.key.Index)
 	})
-	var runs [][]miss
-	for i := 0; i < len(misses); {
-		j := i + 1
-		for j < len(misses) && misses[j].key.Vol == misses[i].key.Vol && misses[j].key.Chunk == misses[i].key.Chunk && misses[j].key.Index == misses[j-1].key.Index+1 {
-			j++
-		}
-		runs = append(runs, misses[i:j])
-		i = j
+	if runEnd(misses, 0) == len(misses) {
+		return v.fetchRun(ctx, misses)
 	}
-	if len(runs) == 1 {
-		return v.fetchRun(ctx, runs[0])
+	// Several runs, read at once: the goroutines get their own copy, so
+	// the caller's slice (on its stack for a small read) does not escape.
+	own := slices.Clone(misses)
+	var runs [][]miss
+	for i := 0; i < len(own); {
+		j := runEnd(own, i)
+		runs = append(runs, own[i:j])
+		i = j
 	}
 	errs := make([]error, len(runs))
 	sem := make(chan struct{}, 8)
@@ -287,6 +290,16 @@ func (v *Volume) fetch(ctx context.Context, misses []miss) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// runEnd returns the end of the run of sorted misses that starts at i:
+// blocks next to each other in one chunk.
+func runEnd(misses []miss, i int) int {
+	j := i + 1
+	for j < len(misses) && misses[j].key.Vol == misses[i].key.Vol && misses[j].key.Chunk == misses[i].key.Chunk && misses[j].key.Index == misses[j-1].key.Index+1 {
+		j++
+	}
+	return j
 }
 
 func (v *Volume) fetchRunOnce(ctx context.Context, run []miss) error {
@@ -306,7 +319,7 @@ func (v *Volume) fetchRunOnce(ctx context.Context, run []miss) error {
 	}
 	// Read ahead in the chunk when this run continues the previous one.
 	total := n
-	if prev := v.lastFetch.Load(); v.opts.ReadAheadBlocks > 0 && v.cache.Cap() > 0 && prev != nil && prev.chunk == c && prev.end == first {
+	if prev := v.lastFetch.Load(); v.readsAhead() && prev != nil && prev.chunk == c && prev.end == first {
 		total = min(n+v.opts.ReadAheadBlocks, len(idx)-int(first))
 	}
 	// Read straight into the caller's buffer when the run lands in one
@@ -320,7 +333,7 @@ func (v *Volume) fetchRunOnce(ctx context.Context, run []miss) error {
 		defer putReadBuf(buf)
 		data = buf
 	}
-	err = v.readChunkRange(ctx, v.chunkKeyRef(c), chunkDataOffset(first), data)
+	err = v.readChunkRange(ctx, ci.chunkKey(v, c), chunkDataOffset(first), data)
 	v.stats.backendReads.Add(1)
 	if err != nil {
 		return fmt.Errorf("viperblock: read chunk %s: %w", v.chunkKeyRef(c), err)
@@ -345,7 +358,7 @@ func (v *Volume) fetchRunOnce(ctx context.Context, run []miss) error {
 			v.cache.Put(cache.Key{Vol: c.Vol, Chunk: c.ID, Index: first + uint32(i)}, d)
 		}
 	}
-	v.lastFetch.Store(&fetchPos{c, first + uint32(total)})
+	v.noteFetch(c, first+uint32(total))
 	return nil
 }
 
@@ -360,7 +373,7 @@ func (v *Volume) fetchRun2(ctx context.Context, run []miss, c blockmap.ChunkRef,
 		return fmt.Errorf("%w: volume %s maps past the end of chunk %s", ErrCorrupt, v.name, v.chunkKeyRef(c))
 	}
 	total := n
-	if prev := v.lastFetch.Load(); v.opts.ReadAheadBlocks > 0 && v.cache.Cap() > 0 && prev != nil && prev.chunk == c && prev.end == uint32(first) {
+	if prev := v.lastFetch.Load(); v.readsAhead() && prev != nil && prev.chunk == c && prev.end == uint32(first) {
 		total = min(n+v.opts.ReadAheadBlocks, count-first)
 	}
 	e := ci.v2.Header.ExtentBlocks
@@ -392,8 +405,21 @@ func (v *Volume) fetchRun2(ctx context.Context, run []miss, c blockmap.ChunkRef,
 	for i := 0; i < len(dec)/BlockSize; i++ {
 		v.cache.Put(cache.Key{Vol: c.Vol, Chunk: c.ID, Index: uint32(base + i)}, dec[i*BlockSize:(i+1)*BlockSize])
 	}
-	v.lastFetch.Store(&fetchPos{c, uint32(first + total)})
+	v.noteFetch(c, uint32(first+total))
 	return nil
+}
+
+// readsAhead reports whether backend reads that continue the last one
+// read ahead into the cache.
+func (v *Volume) readsAhead() bool { return v.opts.ReadAheadBlocks > 0 && v.cache.Cap() > 0 }
+
+// noteFetch records where a backend read of chunk c ended, for the next
+// read's read-ahead; without read-ahead there is nothing to record (and
+// no allocation per read).
+func (v *Volume) noteFetch(c blockmap.ChunkRef, end uint32) {
+	if v.readsAhead() {
+		v.lastFetch.Store(&fetchPos{c, end})
+	}
 }
 
 // contiguous reports whether the run's destinations follow each other in

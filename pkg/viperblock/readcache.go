@@ -84,6 +84,9 @@ func (v *Volume) retryUncached(ctx context.Context, key string, err error) (cont
 // from the store when the cached copy proves bad.
 func (v *Volume) fetchRun(ctx context.Context, run []miss) error {
 	err := v.fetchRunOnce(ctx, run)
+	if err == nil {
+		return nil
+	}
 	if rctx, retry := v.retryUncached(ctx, v.chunkKeyRef(blockmap.ChunkRef{Vol: run[0].key.Vol, ID: run[0].key.Chunk}), err); retry {
 		err = v.fetchRunOnce(rctx, run)
 	}

@@ -149,6 +149,52 @@ func TestReadShapesAfterDrain(t *testing.T) {
 	}
 }
 
+// A 4 KiB read of a drained block on a file store (the default settings:
+// no memory cache, the page cache keeps the chunk files) allocates
+// nothing once the chunk's index and file are open: random reads are the
+// hot path of a block device, and each allocation there costs them (a
+// read made eleven before chunk keys were kept with their index and the
+// file store looked descriptors up by key).
+func TestRandomReadsAllocateNothing(t *testing.T) {
+	ctx := context.Background()
+	st, err := backend.NewFile(nil, filepath.Join(t.TempDir(), "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 8 << 20
+	v := mustCreate(t, st, "allocs", size, vb.Options{WALDir: t.TempDir()})
+	data := make([]byte, size)
+	rand.New(rand.NewSource(3)).Read(data)
+	if _, err := v.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 4096)
+	for off := int64(0); off < size; off += 1 << 20 { // open every chunk
+		if _, err := v.ReadAt(p, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rng := rand.New(rand.NewSource(4))
+	var bad error
+	n := testing.AllocsPerRun(2000, func() {
+		off := rng.Int63n(size/4096) * 4096
+		if _, err := v.ReadAt(p, off); err != nil {
+			bad = err
+		} else if !bytes.Equal(p, data[off:off+4096]) {
+			bad = errors.New("a read returned other data")
+		}
+	})
+	if bad != nil {
+		t.Fatal(bad)
+	}
+	if n != 0 {
+		t.Fatalf("a 4 KiB read of a drained block makes %v allocations, want 0", n)
+	}
+}
+
 // Readers that miss the same chunk at the same time read its index once.
 func TestChunkIndexReadOnce(t *testing.T) {
 	ctx := context.Background()

@@ -150,12 +150,16 @@ func ValidateKey(key string) error {
 	if key == "" {
 		return fmt.Errorf("%w: empty key", ErrInvalidKey)
 	}
-	for _, seg := range strings.Split(key, "/") {
+	for rest := key; ; {
+		seg, more, found := strings.Cut(rest, "/")
 		if err := ValidateName(seg); err != nil {
 			return fmt.Errorf("%w (in key %q)", err, key)
 		}
+		if !found {
+			return nil
+		}
+		rest = more
 	}
-	return nil
 }
 
 // validPrefix checks a List prefix: a key, a key followed by '/', or empty.

@@ -230,7 +230,7 @@ func (f *File) readFile(p string) ([]byte, error) {
 // the directory after it.
 func (f *File) writeFile(key string, data []byte, durable bool) error {
 	p := f.path(key)
-	defer f.fds.drop(p) // after the rename: no reader caches the old file
+	defer f.fds.drop(key) // after the rename: no reader caches the old file
 	dir := filepath.Dir(p)
 	if err := vfs.MkdirAllDurable(f.fs, dir); err != nil {
 		return err
@@ -307,8 +307,8 @@ func (f *File) Delete(_ context.Context, key string) error {
 	// Forget our cached descriptor first: its shared lock would keep the
 	// file out of the pool. And again after: a read may have cached it
 	// meanwhile.
-	f.fds.drop(p)
-	defer f.fds.drop(p)
+	f.fds.drop(key)
+	defer f.fds.drop(key)
 	if err := f.isObject(key); err != nil {
 		return nil // missing, or a directory (a prefix, not an object)
 	}

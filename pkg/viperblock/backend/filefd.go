@@ -26,8 +26,8 @@ const fdRecheck = time.Second
 // through the same store drops the key's descriptor first, and a change by
 // another process is noticed within fdRecheck.
 type fdCache struct {
-	mu    sync.Mutex // guards m, tick and gen
-	m     map[string]*openFile
+	mu    sync.Mutex           // guards m, tick and gen
+	m     map[string]*openFile // by key: a read that hits builds no path
 	tick  uint64
 	gen   uint64 // counts drops: a file opened before one is not cached
 	limit int
@@ -39,6 +39,7 @@ type fdCache struct {
 // and each read in progress; the file is closed when it drops to zero.
 type openFile struct {
 	fh      vfs.File
+	path    string // the file's path, for the recheck
 	size    int64
 	refs    int
 	used    uint64
@@ -56,12 +57,12 @@ func (o *openFile) release(c *fdCache) {
 	}
 }
 
-// get returns an open file for p with a reference the caller releases, or
-// nil when none is cached (or the cached one is due for a check that
+// get returns an open file for key with a reference the caller releases,
+// or nil when none is cached (or the cached one is due for a check that
 // failed; it is then dropped).
-func (c *fdCache) get(fsys vfs.FS, p string) *openFile {
+func (c *fdCache) get(fsys vfs.FS, key string) *openFile {
 	c.mu.Lock()
-	o, ok := c.m[p]
+	o, ok := c.m[key]
 	if !ok {
 		c.mu.Unlock()
 		return nil
@@ -74,14 +75,14 @@ func (c *fdCache) get(fsys vfs.FS, p string) *openFile {
 	if !due {
 		return o
 	}
-	if sameFile(fsys, p, o) {
+	if sameFile(fsys, o.path, o) {
 		c.mu.Lock()
 		o.checked = time.Now()
 		c.mu.Unlock()
 		return o
 	}
 	o.release(c)
-	c.drop(p)
+	c.drop(key)
 	return nil
 }
 
@@ -102,12 +103,13 @@ func (c *fdCache) generation() uint64 {
 	return c.gen
 }
 
-// put caches fh (of the given size) for p and returns it with a reference
-// for the caller. If another reader cached p meanwhile, or a key was
-// dropped since generation gen (fh may be a file a writer just replaced),
-// fh is kept by the caller's reference alone and closed on release.
-func (c *fdCache) put(p string, fh vfs.File, size int64, gen uint64) *openFile {
-	o := &openFile{fh: fh, size: size, refs: 1, checked: time.Now()}
+// put caches fh (of the given size, opened at path p) for key and returns
+// it with a reference for the caller. If another reader cached key
+// meanwhile, or a key was dropped since generation gen (fh may be a file a
+// writer just replaced), fh is kept by the caller's reference alone and
+// closed on release.
+func (c *fdCache) put(key, p string, fh vfs.File, size int64, gen uint64) *openFile {
+	o := &openFile{fh: fh, path: p, size: size, refs: 1, checked: time.Now()}
 	if st, ok := fh.(interface{ Stat() (fs.FileInfo, error) }); ok {
 		if fi, err := st.Stat(); err == nil {
 			o.id = fi
@@ -118,7 +120,7 @@ func (c *fdCache) put(p string, fh vfs.File, size int64, gen uint64) *openFile {
 	if c.m == nil {
 		c.m = map[string]*openFile{}
 	}
-	if _, dup := c.m[p]; !dup && gen == c.gen {
+	if _, dup := c.m[key]; !dup && gen == c.gen {
 		if len(c.m) >= c.limit {
 			var victim string
 			for k, e := range c.m {
@@ -131,7 +133,7 @@ func (c *fdCache) put(p string, fh vfs.File, size int64, gen uint64) *openFile {
 		c.tick++
 		o.used = c.tick
 		o.refs++ // the cache's reference
-		c.m[p] = o
+		c.m[key] = o
 	}
 	c.mu.Unlock()
 	if evicted != nil {
@@ -140,13 +142,13 @@ func (c *fdCache) put(p string, fh vfs.File, size int64, gen uint64) *openFile {
 	return o
 }
 
-// drop forgets p's descriptor (closing it once no read uses it).
-func (c *fdCache) drop(p string) {
+// drop forgets key's descriptor (closing it once no read uses it).
+func (c *fdCache) drop(key string) {
 	c.mu.Lock()
 	c.gen++
-	o, ok := c.m[p]
+	o, ok := c.m[key]
 	if ok {
-		delete(c.m, p)
+		delete(c.m, key)
 	}
 	c.mu.Unlock()
 	if ok {
@@ -168,10 +170,10 @@ func (c *fdCache) closeAll() {
 // openForRange returns an open file for key's path, from the cache or
 // newly opened and cached.
 func (f *File) openForRange(key string) (*openFile, error) {
-	p := f.path(key)
-	if o := f.fds.get(f.fs, p); o != nil {
+	if o := f.fds.get(f.fs, key); o != nil {
 		return o, nil
 	}
+	p := f.path(key)
 	gen := f.fds.generation()
 	if err := f.isObject(key); err != nil {
 		return nil, err
@@ -188,5 +190,5 @@ func (f *File) openForRange(key string) (*openFile, error) {
 		}
 		return nil, err
 	}
-	return f.fds.put(p, fh, size, gen), nil
+	return f.fds.put(key, p, fh, size, gen), nil
 }

@@ -162,3 +162,38 @@ func TestFileRangeBoundedAndConcurrent(t *testing.T) {
 		t.Fatalf("%d files open after Close", len(f.fds.m))
 	}
 }
+
+// Keys are checked segment by segment: every segment a valid name.
+func TestValidateKey(t *testing.T) {
+	for _, k := range []string{"a", "vol/chunks/0000000000000001", "a.b/c_d/e-f"} {
+		if err := ValidateKey(k); err != nil {
+			t.Errorf("ValidateKey(%q) = %v, want nil", k, err)
+		}
+	}
+	for _, k := range []string{"", "/", "a/", "/a", "a//b", "a/../b", "a/./b", "../a", "a/.hidden", "a b", "a/b\x00"} {
+		if err := ValidateKey(k); !errors.Is(err, ErrInvalidKey) {
+			t.Errorf("ValidateKey(%q) = %v, want ErrInvalidKey", k, err)
+		}
+	}
+}
+
+// A ranged read of a file whose descriptor is cached allocates nothing:
+// no path is built and the key is checked in place (random reads of a
+// volume make one such read each).
+func TestFileRangeCachedReadAllocatesNothing(t *testing.T) {
+	ctx := context.Background()
+	f := newFileT(t, vfs.Default, filepath.Join(t.TempDir(), "s"))
+	if err := f.Put(ctx, "vol/chunks/0000000000000001", bytes.Repeat([]byte("x"), 8192)); err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 4096)
+	read := func() {
+		if err := f.ReadRange(ctx, "vol/chunks/0000000000000001", 4096, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read() // caches the descriptor
+	if n := testing.AllocsPerRun(1000, read); n != 0 {
+		t.Fatalf("a cached ranged read makes %v allocations, want 0", n)
+	}
+}
