@@ -86,13 +86,39 @@ func treeHash(t *testing.T, dirs ...string) string {
 // findMarker reports the files under dirs that contain marker.
 func findMarker(t *testing.T, marker []byte, dirs ...string) []string {
 	t.Helper()
-	var found []string
+	// The volume is live: its background work creates, renames and
+	// deletes WAL files (prepared free files, recycled segments) while the
+	// search walks. A file gone between the listing and its read may be
+	// under a name the listing missed, so such a search is made again,
+	// until one reads every file it lists.
+	for range 50 {
+		found, vanished := searchMarker(t, marker, dirs)
+		if !vanished {
+			return found
+		}
+	}
+	t.Fatal("files kept vanishing under the search for 50 rounds")
+	return nil
+}
+
+// searchMarker is one search of findMarker; vanished reports that a
+// listed file was gone when read.
+func searchMarker(t *testing.T, marker []byte, dirs []string) (found []string, vanished bool) {
+	t.Helper()
 	for _, dir := range dirs {
 		err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+			if err != nil && errors.Is(err, fs.ErrNotExist) && p != dir {
+				vanished = true
+				return nil
+			}
 			if err != nil || e.IsDir() {
 				return err
 			}
 			b, err := os.ReadFile(p)
+			if errors.Is(err, fs.ErrNotExist) {
+				vanished = true
+				return nil
+			}
 			if err != nil {
 				return err
 			}
@@ -105,7 +131,7 @@ func findMarker(t *testing.T, marker []byte, dirs ...string) []string {
 			t.Fatal(err)
 		}
 	}
-	return found
+	return found, vanished
 }
 
 // markerBlock is a block of random bytes (incompressible): its first 64
