@@ -38,15 +38,6 @@ type chunkIdx struct {
 	key string // the chunk's store key, built once rather than per read
 }
 
-// chunkKey is ref's store key: the one kept with the index once it is
-// cached, or built now for an index still being read.
-func (ci *chunkIdx) chunkKey(v *Volume, ref blockmap.ChunkRef) string {
-	if ci.key != "" {
-		return ci.key
-	}
-	return v.chunkKeyRef(ref)
-}
-
 func (c *chunkIndexCache) setSize(id blockmap.ChunkRef, blocks uint32) {
 	c.mu.Lock()
 	if c.sizes == nil {
@@ -102,7 +93,6 @@ func (v *Volume) chunkIndex(ctx context.Context, id blockmap.ChunkRef) (*chunkId
 	v.idx.mu.Unlock()
 	l.e, l.err = v.readChunkIndex(ctx, id, n)
 	if l.err == nil {
-		l.e.key = v.chunkKeyRef(id)
 		v.idx.put(id, l.e) // before the load ends: no second read starts
 	}
 	v.idx.mu.Lock()
@@ -202,7 +192,7 @@ func (v *Volume) readV1Index(ctx context.Context, id blockmap.ChunkRef, n uint32
 // readChunkSlots reads and verifies slots [lo, hi) of chunk ref (with its
 // index ci) and returns their data, hi-lo blocks.
 func (v *Volume) readChunkSlots(ctx context.Context, ref blockmap.ChunkRef, ci *chunkIdx, lo, hi int) ([]byte, error) {
-	key := ci.chunkKey(v, ref)
+	key := ci.key
 	if ci.v2 == nil {
 		b := make([]byte, (hi-lo)*BlockSize)
 		if err := v.readChunkRange(ctx, key, chunk.DataOffset(lo), b); err != nil {
@@ -229,7 +219,7 @@ func (v *Volume) readChunkSlots(ctx context.Context, ref blockmap.ChunkRef, ci *
 // returns the decoded bytes, which start at the first extent's first slot,
 // and that extent's number.
 func (v *Volume) readExtents(ctx context.Context, ref blockmap.ChunkRef, ci *chunkIdx, lo, hi int, dec []byte) ([]byte, int, error) {
-	key := ci.chunkKey(v, ref)
+	key := ci.key
 	ix := ci.v2
 	k0, _ := ix.ExtentOf(lo)
 	k1, _ := ix.ExtentOf(hi - 1)

@@ -333,7 +333,7 @@ func (v *Volume) fetchRunOnce(ctx context.Context, run []miss) error {
 		defer putReadBuf(buf)
 		data = buf
 	}
-	err = v.readChunkRange(ctx, ci.chunkKey(v, c), chunkDataOffset(first), data)
+	err = v.readChunkRange(ctx, ci.key, chunkDataOffset(first), data)
 	v.stats.backendReads.Add(1)
 	if err != nil {
 		return fmt.Errorf("viperblock: read chunk %s: %w", v.chunkKeyRef(c), err)

@@ -95,13 +95,18 @@ func (v *Volume) fetchRun(ctx context.Context, run []miss) error {
 
 // readChunkIndex reads and verifies the index of chunk id, of n blocks
 // (readChunkIndexOnce), again from the store when the cached copy proves
-// bad.
+// bad, and keeps the chunk's key with it for the reads that follow.
 func (v *Volume) readChunkIndex(ctx context.Context, id blockmap.ChunkRef, n uint32) (*chunkIdx, error) {
+	key := v.chunkKeyRef(id)
 	e, err := v.readChunkIndexOnce(ctx, id, n)
-	if rctx, retry := v.retryUncached(ctx, v.chunkKeyRef(id), err); retry {
+	if rctx, retry := v.retryUncached(ctx, key, err); retry {
 		e, err = v.readChunkIndexOnce(rctx, id, n)
 	}
-	return e, err
+	if err != nil {
+		return nil, err
+	}
+	e.key = key
+	return e, nil
 }
 
 // readChunkRange fills p from chunk key at off, through the read cache
